@@ -1,0 +1,13 @@
+//! yubin's SMTP server protocol, sans-IO.
+//!
+//! [`Session`] is fed the client's bytes and returns [`Event`]s: replies to send, and the
+//! questions only the host can answer (is this recipient local? is the message stored?).
+//! It knows nothing of sockets, TLS libraries, or storage, so every rule of RFC 5321 that it
+//! keeps is tested here without a network (see `tests/dialogues.rs`).
+
+mod reply;
+mod session;
+pub mod trace;
+
+pub use reply::{Esc, Reply};
+pub use session::{Config, DeliveryOutcome, Event, Message, RcptVerdict, Session};

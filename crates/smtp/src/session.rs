@@ -1,0 +1,704 @@
+//! The SMTP server session as a state machine.
+//!
+//! Implementation notes (the rules this module keeps):
+//! - Sans-IO: the host pushes bytes with [`Session::push`] and drains [`Session::poll`]
+//!   until it says [`Event::NeedInput`]. Decisions that need the outside world (is this a
+//!   local recipient? is the message stored?) are returned as events and answered with
+//!   [`Session::rcpt_verdict`] and [`Session::delivery_result`].
+//! - Commands are parsed by smtp-proto; line framing, limits and the state rules live here.
+//! - A command line longer than `max_line_length` is refused and skipped up to its LF; memory
+//!   per session is bounded by that plus `max_message_size`.
+//! - Pipelined commands are handled one at a time, replies come out in order (RFC 2920 §3).
+//! - Input pipelined after STARTTLS is discarded, never executed (RFC 3207 §4.2).
+//! - DATA ends only at CRLF.CRLF (RFC 5321 §4.1.1.4); a message with a bare LF is refused
+//!   (RFC 5321 §2.3.8), which also closes the "SMTP smuggling" hole for later relaying.
+//! - Nothing is handed over for delivery until the whole message is in; an over-size message
+//!   is read to its end and refused with 552 (RFC 5321 §4.5.3.1.10, RFC 1870 §6.3).
+//! - The host answers 250 to DATA only after it stored the message durably.
+
+use std::collections::VecDeque;
+
+use smtp_proto::request::receiver::{BdatReceiver, DataReceiver, DummyDataReceiver};
+use smtp_proto::{Error as ProtoError, MailFrom, RcptTo, Request};
+
+use crate::reply::Reply;
+
+/// Limits and identity of one listener; fixed for the session's life.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The name we announce in the greeting, EHLO and Received headers.
+    pub hostname: String,
+    /// Largest message accepted, in octets (advertised as SIZE, RFC 1870).
+    pub max_message_size: usize,
+    /// Recipients per transaction. RFC 5321 §4.5.3.1.8 asks for at least 100.
+    pub max_recipients: usize,
+    /// Error replies before the session is closed with 421.
+    pub max_errors: u32,
+    /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4 says 512; extensions need more).
+    pub max_line_length: usize,
+    /// Offer STARTTLS (a certificate is loaded and the connection is not yet encrypted).
+    pub starttls: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            hostname: "localhost".into(),
+            max_message_size: 50 * 1024 * 1024,
+            max_recipients: 100,
+            max_errors: 20,
+            max_line_length: 4096,
+            starttls: false,
+        }
+    }
+}
+
+/// What the host must do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Send this reply to the client (the host may batch replies until `NeedInput`).
+    Reply(Reply),
+    /// Look up this forward-path and answer with [`Session::rcpt_verdict`].
+    CheckRecipient(String),
+    /// Store this message durably, then answer with [`Session::delivery_result`].
+    Deliver(Message),
+    /// Flush pending replies, then run the TLS handshake and call [`Session::tls_started`].
+    StartTls,
+    /// Flush pending replies and close the connection.
+    Close,
+    /// Read more bytes from the client and [`Session::push`] them.
+    NeedInput,
+}
+
+/// The host's answer to [`Event::CheckRecipient`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptVerdict {
+    Accept,
+    /// A local domain, but no such user or alias.
+    UnknownUser,
+    /// The account exists but is disabled.
+    Disabled,
+    /// Not a local domain and the client may not relay.
+    RelayDenied,
+    /// Lookup failed for a reason that may pass (storage busy...).
+    TempFail,
+}
+
+/// The host's answer to [`Event::Deliver`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// Durably stored; the id is shown to the client and logged.
+    Stored { id: String },
+    /// Not stored; the client should retry later.
+    TempFail(String),
+    /// Refused for good.
+    Rejected(String),
+}
+
+/// One received message and its envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub helo: String,
+    pub esmtp: bool,
+    pub tls: bool,
+    /// The reverse-path; empty for the null sender `<>`.
+    pub mail_from: String,
+    /// Accepted forward-paths, in order, without duplicates.
+    pub rcpt_to: Vec<String>,
+    pub smtputf8: bool,
+    /// The message exactly as received, dot-unstuffed, without the final `.` line.
+    pub data: Vec<u8>,
+}
+
+impl Message {
+    /// The `with` keyword of the Received header (RFC 3848, RFC 6531 §3.7.3).
+    pub fn protocol(&self) -> &'static str {
+        match (self.esmtp, self.tls, self.smtputf8) {
+            (false, false, _) => "SMTP",
+            (false, true, _) => "SMTPS",
+            (true, false, false) => "ESMTP",
+            (true, true, false) => "ESMTPS",
+            (true, false, true) => "UTF8SMTP",
+            (true, true, true) => "UTF8SMTPS",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Envelope {
+    mail_from: String,
+    rcpt_to: Vec<String>,
+    smtputf8: bool,
+    /// BDAT chunks have been received: DATA is no longer allowed (RFC 3030 §3).
+    bdat: bool,
+}
+
+enum Phase {
+    Command,
+    /// A too-long command line is being skipped up to its LF.
+    SkipLine,
+    AwaitRcpt(String),
+    Data(DataReceiver),
+    Bdat(BdatReceiver),
+    /// Message bytes are read and thrown away; `reply` is sent at the end.
+    Discard(DummyDataReceiver, Reply),
+    AwaitDelivery,
+    AwaitTls,
+    Closed,
+}
+
+pub struct Session {
+    cfg: Config,
+    phase: Phase,
+    out: VecDeque<Reply>,
+    pending: Option<Message>,
+    buf: Vec<u8>,
+    pos: usize,
+    helo: Option<String>,
+    esmtp: bool,
+    tls: bool,
+    envelope: Option<Envelope>,
+    body: Vec<u8>,
+    errors: u32,
+}
+
+/// RFC 5321 §4.2.2 code and RFC 3463 enhanced code in one call.
+fn r(code: u16, esc: (u8, u16, u16), text: impl Into<String>) -> Reply {
+    Reply::esc(code, esc, text)
+}
+
+impl Session {
+    /// A new session; its first event is the 220 greeting (RFC 5321 §4.3.1).
+    pub fn new(cfg: Config) -> Self {
+        let greeting = Reply::new(220, None, format!("{} ESMTP yubin", cfg.hostname));
+        Session {
+            cfg,
+            phase: Phase::Command,
+            out: VecDeque::from([greeting]),
+            pending: None,
+            buf: Vec::new(),
+            pos: 0,
+            helo: None,
+            esmtp: false,
+            tls: false,
+            envelope: None,
+            body: Vec::new(),
+            errors: 0,
+        }
+    }
+
+    /// For a connection that is already encrypted (implicit TLS, RFC 8314).
+    pub fn new_tls(cfg: Config) -> Self {
+        let mut s = Session::new(Config {
+            starttls: false,
+            ..cfg
+        });
+        s.tls = true;
+        s
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Bytes read from the client.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        } else if self.pos > 64 * 1024 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next thing the host must do.
+    pub fn poll(&mut self) -> Event {
+        loop {
+            if let Some(reply) = self.out.pop_front() {
+                return Event::Reply(reply);
+            }
+            if let Some(msg) = self.pending.take() {
+                return Event::Deliver(msg);
+            }
+            match &mut self.phase {
+                Phase::Closed => return Event::Close,
+                Phase::AwaitTls => return Event::StartTls,
+                Phase::AwaitRcpt(addr) => return Event::CheckRecipient(addr.clone()),
+                // The host must answer before reading more; nothing else to do meanwhile.
+                Phase::AwaitDelivery => return Event::NeedInput,
+                Phase::Command => {
+                    if !self.next_command() {
+                        return Event::NeedInput;
+                    }
+                }
+                Phase::SkipLine => {
+                    let avail = &self.buf[self.pos..];
+                    match avail.iter().position(|&b| b == b'\n') {
+                        Some(i) => {
+                            self.pos += i + 1;
+                            self.phase = Phase::Command;
+                        }
+                        None => {
+                            self.pos = self.buf.len();
+                            return Event::NeedInput;
+                        }
+                    }
+                }
+                Phase::Data(rx) => {
+                    let avail = &self.buf[self.pos..];
+                    let mut it = avail.iter();
+                    let done = rx.ingest(&mut it, &mut self.body);
+                    self.pos += avail.len() - it.as_slice().len();
+                    if done {
+                        self.end_of_message();
+                    } else if self.body.len() > self.cfg.max_message_size {
+                        let dummy = DummyDataReceiver::new_data(rx);
+                        self.body = Vec::new();
+                        self.phase = Phase::Discard(dummy, self.too_big());
+                    } else {
+                        return Event::NeedInput;
+                    }
+                }
+                Phase::Bdat(rx) => {
+                    let avail = &self.buf[self.pos..];
+                    let mut it = avail.iter();
+                    let done = rx.ingest(&mut it, &mut self.body);
+                    self.pos += avail.len() - it.as_slice().len();
+                    if !done {
+                        return Event::NeedInput;
+                    }
+                    if rx.is_last {
+                        self.end_of_message();
+                    } else {
+                        let n = self.body.len();
+                        self.phase = Phase::Command;
+                        self.reply(r(250, (2, 0, 0), format!("{n} octets received")));
+                    }
+                }
+                Phase::Discard(rx, _) => {
+                    let avail = &self.buf[self.pos..];
+                    let mut it = avail.iter();
+                    let done = rx.ingest(&mut it);
+                    self.pos += avail.len() - it.as_slice().len();
+                    if !done {
+                        return Event::NeedInput;
+                    }
+                    if let Phase::Discard(_, reply) =
+                        std::mem::replace(&mut self.phase, Phase::Command)
+                    {
+                        self.reply(reply);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The host's answer to [`Event::CheckRecipient`].
+    pub fn rcpt_verdict(&mut self, verdict: RcptVerdict) {
+        let Phase::AwaitRcpt(addr) = std::mem::replace(&mut self.phase, Phase::Command) else {
+            return;
+        };
+        let reply = match verdict {
+            RcptVerdict::Accept => {
+                if let Some(env) = &mut self.envelope
+                    && !env.rcpt_to.iter().any(|a| a.eq_ignore_ascii_case(&addr))
+                {
+                    env.rcpt_to.push(addr);
+                }
+                r(250, (2, 1, 5), "Ok")
+            }
+            // RFC 3463 §3.2: X.1.1 bad destination mailbox address.
+            RcptVerdict::UnknownUser => r(
+                550,
+                (5, 1, 1),
+                format!("<{addr}>: user unknown in local recipient table"),
+            ),
+            // RFC 3463 §3.3: X.2.1 mailbox disabled, not accepting messages.
+            RcptVerdict::Disabled => r(550, (5, 2, 1), format!("<{addr}>: mailbox disabled")),
+            // RFC 3463 §3.8: X.7.1 delivery not authorized.
+            RcptVerdict::RelayDenied => r(550, (5, 7, 1), format!("<{addr}>: relay access denied")),
+            RcptVerdict::TempFail => r(
+                451,
+                (4, 3, 0),
+                format!("<{addr}>: temporary lookup failure, try again later"),
+            ),
+        };
+        self.reply(reply);
+    }
+
+    /// The host's answer to [`Event::Deliver`]. The transaction ends either way.
+    pub fn delivery_result(&mut self, outcome: DeliveryOutcome) {
+        if !matches!(self.phase, Phase::AwaitDelivery) {
+            return;
+        }
+        self.phase = Phase::Command;
+        self.envelope = None;
+        let reply = match outcome {
+            DeliveryOutcome::Stored { id } => r(250, (2, 0, 0), format!("Ok: stored as {id}")),
+            DeliveryOutcome::TempFail(why) => r(451, (4, 3, 0), why),
+            DeliveryOutcome::Rejected(why) => r(554, (5, 6, 0), why),
+        };
+        self.out.push_back(reply);
+    }
+
+    /// The TLS handshake after STARTTLS succeeded: start over (RFC 3207 §4.2).
+    pub fn tls_started(&mut self) {
+        self.tls = true;
+        self.cfg.starttls = false;
+        self.helo = None;
+        self.esmtp = false;
+        self.envelope = None;
+        self.buf.clear();
+        self.pos = 0;
+        self.phase = Phase::Command;
+    }
+
+    /// The client was idle for too long (RFC 5321 §4.5.3.2.7).
+    pub fn timeout(&mut self) {
+        self.out.push_back(r(
+            421,
+            (4, 4, 2),
+            format!("{} idle timeout, closing", self.cfg.hostname),
+        ));
+        self.phase = Phase::Closed;
+    }
+
+    /// Queue a reply to a client command; error replies count towards `max_errors`.
+    fn reply(&mut self, reply: Reply) {
+        let error = reply.is_error();
+        self.out.push_back(reply);
+        if error {
+            self.errors += 1;
+            if self.errors >= self.cfg.max_errors {
+                self.out
+                    .push_back(r(421, (4, 7, 0), "Too many errors, closing connection"));
+                self.phase = Phase::Closed;
+            }
+        }
+    }
+
+    fn too_big(&self) -> Reply {
+        // RFC 1870 §6.3 / RFC 3463 §3.4: X.3.4 message too big for system.
+        r(
+            552,
+            (5, 3, 4),
+            format!(
+                "Message size exceeds fixed limit of {} octets",
+                self.cfg.max_message_size
+            ),
+        )
+    }
+
+    /// Take one command line from the buffer and act on it. False when no full line is there.
+    fn next_command(&mut self) -> bool {
+        let avail = &self.buf[self.pos..];
+        let Some(i) = avail.iter().position(|&b| b == b'\n') else {
+            if avail.len() >= self.cfg.max_line_length {
+                self.pos = self.buf.len();
+                self.phase = Phase::SkipLine;
+                self.reply(r(500, (5, 5, 2), "Line too long"));
+                return true;
+            }
+            return false;
+        };
+        let start = self.pos;
+        self.pos += i + 1;
+        if i + 1 > self.cfg.max_line_length {
+            self.reply(r(500, (5, 5, 2), "Line too long"));
+            return true;
+        }
+        let line = self.buf[start..start + i + 1].to_vec();
+        self.command(&line);
+        true
+    }
+
+    fn command(&mut self, line: &[u8]) {
+        if line.contains(&0) {
+            return self.reply(r(500, (5, 5, 2), "NUL characters are not allowed"));
+        }
+        if std::str::from_utf8(line).is_err() {
+            return self.reply(r(500, (5, 5, 2), "Command is not valid UTF-8"));
+        }
+        match Request::parse(&mut line.iter()) {
+            Ok(Request::Rcpt { mut to }) if to.address.is_empty() => {
+                // smtp-proto reads `<postmaster>` as an empty path; RFC 5321 §4.1.1.3 requires
+                // accepting "Postmaster" without a domain, and `RCPT TO:<>` is invalid.
+                let lower = line.to_ascii_lowercase();
+                if lower.windows(12).any(|w| w == b"<postmaster>") {
+                    to.address = "postmaster".into();
+                    self.rcpt(to.into_owned())
+                } else {
+                    self.reply(r(501, (5, 1, 3), "Bad recipient address syntax"))
+                }
+            }
+            Ok(req) => self.request(req.into_owned()),
+            Err(e) => {
+                let reply = match e {
+                    ProtoError::UnknownCommand => r(500, (5, 5, 2), "Command unrecognized"),
+                    ProtoError::InvalidSenderAddress => {
+                        r(501, (5, 1, 7), "Bad sender address syntax")
+                    }
+                    ProtoError::InvalidRecipientAddress => {
+                        r(501, (5, 1, 3), "Bad recipient address syntax")
+                    }
+                    ProtoError::SyntaxError { syntax } => {
+                        r(501, (5, 5, 4), format!("Syntax: {syntax}"))
+                    }
+                    ProtoError::InvalidParameter { param } => {
+                        r(501, (5, 5, 4), format!("Invalid parameter {param}"))
+                    }
+                    // RFC 5321 §4.1.1.11: 555 for MAIL/RCPT parameters not recognized.
+                    ProtoError::UnsupportedParameter { param } => {
+                        r(555, (5, 5, 4), format!("Unsupported parameter {param}"))
+                    }
+                    ProtoError::ResponseTooLong => r(500, (5, 5, 2), "Line too long"),
+                    _ => r(500, (5, 5, 2), "Syntax error"),
+                };
+                self.reply(reply)
+            }
+        }
+    }
+
+    fn request(&mut self, req: Request<String>) {
+        match req {
+            Request::Ehlo { host } => self.hello(host, true),
+            Request::Helo { host } => self.hello(host, false),
+            Request::Mail { from } => self.mail(from),
+            Request::Rcpt { to } => self.rcpt(to),
+            Request::Data => self.data(),
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => self.bdat(chunk_size, is_last),
+            Request::Rset => {
+                self.envelope = None;
+                self.body.clear();
+                self.reply(r(250, (2, 0, 0), "Ok"))
+            }
+            Request::Noop { .. } => self.reply(r(250, (2, 0, 0), "Ok")),
+            // RFC 5321 §3.5.3: 252 when we will not verify but would accept.
+            Request::Vrfy { .. } => self.reply(r(
+                252,
+                (2, 5, 2),
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            )),
+            Request::Expn { .. } => self.reply(r(502, (5, 5, 1), "EXPN not available")),
+            Request::Help { .. } => self.reply(r(
+                214,
+                (2, 0, 0),
+                "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP STARTTLS QUIT",
+            )),
+            Request::Quit => {
+                self.out.push_back(r(221, (2, 0, 0), "Bye"));
+                self.phase = Phase::Closed;
+            }
+            Request::StartTls => {
+                if self.tls {
+                    self.reply(r(503, (5, 5, 1), "TLS already active"))
+                } else if !self.cfg.starttls {
+                    self.reply(r(454, (4, 7, 0), "TLS not available"))
+                } else {
+                    // RFC 3207 §4.2: anything the client pipelined after STARTTLS is dropped.
+                    self.pos = self.buf.len();
+                    self.out.push_back(r(220, (2, 0, 0), "Ready to start TLS"));
+                    self.phase = Phase::AwaitTls;
+                }
+            }
+            Request::Auth { .. } => {
+                self.reply(r(502, (5, 5, 1), "AUTH not available on this port"))
+            }
+            Request::Lhlo { .. } => self.reply(r(500, (5, 5, 2), "Command unrecognized")),
+            Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
+                self.reply(r(502, (5, 5, 1), "Command not implemented"))
+            }
+        }
+    }
+
+    fn hello(&mut self, host: String, esmtp: bool) {
+        if host.trim().is_empty() {
+            let cmd = if esmtp { "EHLO" } else { "HELO" };
+            return self.reply(r(501, (5, 5, 4), format!("Syntax: {cmd} hostname")));
+        }
+        // RFC 5321 §4.1.4: EHLO/HELO resets any transaction in progress.
+        self.envelope = None;
+        self.body.clear();
+        self.helo = Some(host.clone());
+        self.esmtp = esmtp;
+        if !esmtp {
+            return self.reply(Reply::new(250, None, self.cfg.hostname.clone()));
+        }
+        let mut lines = vec![
+            format!("{} Hello {}", self.cfg.hostname, host),
+            "PIPELINING".into(),
+            format!("SIZE {}", self.cfg.max_message_size),
+            "8BITMIME".into(),
+            "SMTPUTF8".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "CHUNKING".into(),
+        ];
+        if self.cfg.starttls && !self.tls {
+            lines.push("STARTTLS".into());
+        }
+        lines.push("HELP".into());
+        self.reply(Reply::multi(250, lines));
+    }
+
+    fn mail(&mut self, from: MailFrom<String>) {
+        if self.helo.is_none() {
+            return self.reply(r(503, (5, 5, 1), "Send HELO/EHLO first"));
+        }
+        if self.envelope.is_some() {
+            return self.reply(r(503, (5, 5, 1), "Nested MAIL command"));
+        }
+        // Only the extensions we advertise may be used (RFC 5321 §4.1.1.11).
+        let known = smtp_proto::MAIL_BODY_7BIT | smtp_proto::MAIL_BODY_8BITMIME;
+        let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
+        if from.flags & !(known | smtp_proto::MAIL_SMTPUTF8) != 0
+            || from.env_id.is_some()
+            || from.auth.is_some()
+            || from.trans_id.is_some()
+            || from.by != 0
+            || from.hold_for != 0
+            || from.hold_until != 0
+            || from.mtrk.is_some()
+            || from.solicit.is_some()
+            || from.mt_priority != 0
+        {
+            return self.reply(r(555, (5, 5, 4), "Unsupported MAIL parameter"));
+        }
+        if !self.esmtp && (from.flags != 0 || from.size != 0) {
+            return self.reply(r(555, (5, 5, 4), "MAIL parameters require EHLO"));
+        }
+        if from.size > self.cfg.max_message_size {
+            return self.reply(self.too_big());
+        }
+        if !from.address.is_ascii() && !smtputf8 {
+            // RFC 6531 §3.4: a UTF-8 address needs the SMTPUTF8 parameter.
+            return self.reply(r(553, (5, 6, 7), "Non-ASCII address requires SMTPUTF8"));
+        }
+        if !from.address.is_empty() && !valid_mailbox(&from.address) {
+            return self.reply(r(501, (5, 1, 7), "Sender address must be user@domain"));
+        }
+        self.envelope = Some(Envelope {
+            mail_from: from.address,
+            rcpt_to: Vec::new(),
+            smtputf8,
+            bdat: false,
+        });
+        self.body.clear();
+        self.reply(r(250, (2, 1, 0), "Ok"))
+    }
+
+    fn rcpt(&mut self, to: RcptTo<String>) {
+        let Some(env) = &self.envelope else {
+            return self.reply(r(503, (5, 5, 1), "Need MAIL before RCPT"));
+        };
+        if to.flags != 0 || to.orcpt.is_some() || to.rrvs != 0 {
+            return self.reply(r(555, (5, 5, 4), "Unsupported RCPT parameter"));
+        }
+        if env.rcpt_to.len() >= self.cfg.max_recipients {
+            // RFC 5321 §4.5.3.1.10: 452 for too many recipients; the client sends the rest later.
+            return self.reply(r(452, (4, 5, 3), "Too many recipients"));
+        }
+        if !to.address.is_ascii() && !env.smtputf8 {
+            return self.reply(r(553, (5, 6, 7), "Non-ASCII address requires SMTPUTF8"));
+        }
+        // RFC 5321 §4.1.1.3: "Postmaster" without a domain must be accepted.
+        if !to.address.eq_ignore_ascii_case("postmaster") && !valid_mailbox(&to.address) {
+            return self.reply(r(501, (5, 1, 3), "Recipient address must be user@domain"));
+        }
+        self.phase = Phase::AwaitRcpt(to.address);
+    }
+
+    fn data(&mut self) {
+        let reply = match &self.envelope {
+            None => r(503, (5, 5, 1), "Need MAIL command"),
+            Some(env) if env.bdat => r(503, (5, 5, 1), "DATA not allowed after BDAT"),
+            // RFC 5321 §3.3: 503 or 554 when there are no valid recipients.
+            Some(env) if env.rcpt_to.is_empty() => r(554, (5, 5, 1), "No valid recipients"),
+            Some(_) => {
+                self.body.clear();
+                self.phase = Phase::Data(DataReceiver::new());
+                self.out
+                    .push_back(Reply::new(354, None, "End data with <CR><LF>.<CR><LF>"));
+                return;
+            }
+        };
+        self.reply(reply)
+    }
+
+    fn bdat(&mut self, size: usize, last: bool) {
+        // RFC 3030 §2: the chunk is always consumed, even when the command fails.
+        let refuse = match &mut self.envelope {
+            None => Some(r(503, (5, 5, 1), "Need MAIL command")),
+            Some(env) if env.rcpt_to.is_empty() => Some(r(554, (5, 5, 1), "No valid recipients")),
+            Some(env) => {
+                env.bdat = true;
+                None
+            }
+        };
+        let refuse = refuse.or_else(|| {
+            (self.body.len().saturating_add(size) > self.cfg.max_message_size)
+                .then(|| self.too_big())
+        });
+        match refuse {
+            Some(reply) => {
+                // A failed BDAT ends the transaction; later chunks get 503 (RFC 3030 §2).
+                self.envelope = None;
+                self.body = Vec::new();
+                self.phase = Phase::Discard(DummyDataReceiver::new_bdat(size), reply);
+            }
+            None => {
+                self.body.reserve(size.min(1 << 20));
+                self.phase = Phase::Bdat(BdatReceiver::new(size, last));
+            }
+        }
+    }
+
+    fn end_of_message(&mut self) {
+        let data = std::mem::take(&mut self.body);
+        let Some(env) = self.envelope.take() else {
+            self.phase = Phase::Command;
+            return;
+        };
+        if data.len() > self.cfg.max_message_size {
+            self.phase = Phase::Command;
+            let reply = self.too_big();
+            return self.reply(reply);
+        }
+        if has_bare_lf(&data) {
+            self.phase = Phase::Command;
+            return self.reply(r(
+                554,
+                (5, 6, 0),
+                "Message contains a bare LF; lines must end with CRLF (RFC 5321 §2.3.8)",
+            ));
+        }
+        self.pending = Some(Message {
+            helo: self.helo.clone().unwrap_or_default(),
+            esmtp: self.esmtp,
+            tls: self.tls,
+            mail_from: env.mail_from,
+            rcpt_to: env.rcpt_to,
+            smtputf8: env.smtputf8,
+            data,
+        });
+        self.phase = Phase::AwaitDelivery;
+    }
+}
+
+/// `local@domain` with both parts non-empty (the parser already checked the characters).
+fn valid_mailbox(addr: &str) -> bool {
+    match addr.rsplit_once('@') {
+        Some((local, domain)) => !local.is_empty() && !domain.is_empty(),
+        None => false,
+    }
+}
+
+fn has_bare_lf(data: &[u8]) -> bool {
+    data.iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || data[i - 1] != b'\r'))
+}
