@@ -1,1 +1,171 @@
+//! yubin's storage: the traits the protocols and the CLI use, and the embedded backend.
+//!
+//! Two traits keep the surface narrow enough for a second backend (PostgreSQL for many
+//! nodes): [`Directory`] (domains, accounts, aliases, passwords) and [`MailStore`]
+//! (message bodies and mailboxes). Both are blocking: the server calls them from
+//! `spawn_blocking`, so a backend never needs an async runtime of its own.
+//!
+//! Invariants every backend keeps:
+//! - `deliver` returns only after the body and its metadata are durable (fsync).
+//! - A delivery is all or nothing across its recipients.
+//! - UIDs in a mailbox strictly increase and are never reused; UIDVALIDITY never changes
+//!   for a mailbox's life; MODSEQ strictly increases per mailbox (RFC 3501 §2.3.1.1, RFC 7162).
 
+mod address;
+mod error;
+mod password;
+mod sqlite;
+
+pub use address::{Address, normalize_address};
+pub use error::{Error, Result};
+pub use sqlite::SqliteStore;
+
+pub type AccountId = i64;
+pub type MailboxId = i64;
+
+/// The folders every new account starts with, and their RFC 6154 special-use attribute.
+pub const DEFAULT_MAILBOXES: [(&str, Option<&str>); 6] = [
+    ("INBOX", None),
+    ("Drafts", Some("\\Drafts")),
+    ("Sent", Some("\\Sent")),
+    ("Trash", Some("\\Trash")),
+    ("Junk", Some("\\Junk")),
+    ("Archive", Some("\\Archive")),
+];
+
+/// System flags as bits (RFC 9051 §2.3.2); keywords come with IMAP.
+pub mod flags {
+    pub const SEEN: u32 = 1;
+    pub const ANSWERED: u32 = 2;
+    pub const FLAGGED: u32 = 4;
+    pub const DELETED: u32 = 8;
+    pub const DRAFT: u32 = 16;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Domain {
+    pub name: String,
+    pub accounts: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub id: AccountId,
+    pub address: String,
+    pub disabled: bool,
+    pub admin: bool,
+    pub created: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alias {
+    /// `local@domain`, or `*@domain` for the domain's catch-all.
+    pub alias: String,
+    pub targets: Vec<String>,
+}
+
+/// Where mail for an address goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved {
+    /// The domain is not one of ours.
+    NotLocal,
+    /// Our domain, but no account, alias or catch-all matches.
+    Unknown,
+    /// Every account the address reaches is disabled.
+    Disabled,
+    /// Deliver to these accounts (no duplicates).
+    Accounts(Vec<AccountId>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mailbox {
+    pub id: MailboxId,
+    pub name: String,
+    pub uidvalidity: u32,
+    pub uid_next: u32,
+    pub highest_modseq: u64,
+    pub special_use: Option<String>,
+    pub messages: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageMeta {
+    pub uid: u32,
+    pub size: u64,
+    pub internal_date: i64,
+    pub flags: u32,
+    pub modseq: u64,
+}
+
+/// A message body written to stable storage but not yet in any mailbox.
+/// Hand it to [`MailStore::deliver`]; a staged blob that is never delivered is removed
+/// by the next [`MailStore::sweep_orphans`].
+#[derive(Debug)]
+pub struct StagedBlob {
+    pub(crate) name: String,
+    pub(crate) size: u64,
+}
+
+impl StagedBlob {
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+/// One stored copy of a delivered message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    pub account: AccountId,
+    pub mailbox: MailboxId,
+    pub uid: u32,
+}
+
+/// Domains, accounts, aliases and credentials.
+pub trait Directory: Send + Sync {
+    fn add_domain(&self, name: &str) -> Result<Domain>;
+    fn list_domains(&self) -> Result<Vec<Domain>>;
+    /// Refuses while accounts exist, unless `force` (which removes them and their mail).
+    fn remove_domain(&self, name: &str, force: bool) -> Result<()>;
+    fn is_local_domain(&self, name: &str) -> Result<bool>;
+
+    fn add_account(&self, address: &str, password: &str, admin: bool) -> Result<Account>;
+    fn account(&self, address: &str) -> Result<Account>;
+    fn list_accounts(&self, domain: Option<&str>) -> Result<Vec<Account>>;
+    fn set_password(&self, address: &str, password: &str) -> Result<()>;
+    fn set_disabled(&self, address: &str, disabled: bool) -> Result<()>;
+    /// Removes the account, its mailboxes, messages and alias targets.
+    fn remove_account(&self, address: &str) -> Result<()>;
+    /// Checks a password (argon2; slow by design). `None` when the address is unknown,
+    /// disabled, or the password is wrong: callers must not tell these apart to the peer.
+    fn authenticate(&self, address: &str, password: &str) -> Result<Option<Account>>;
+
+    fn add_alias(&self, alias: &str, targets: &[String]) -> Result<()>;
+    fn list_aliases(&self) -> Result<Vec<Alias>>;
+    /// Removes one target, or the whole alias when `target` is `None`; returns how many.
+    fn remove_alias(&self, alias: &str, target: Option<&str>) -> Result<usize>;
+
+    /// Where mail to `address` goes: account, alias, `user+tag` subaddress, catch-all.
+    fn resolve(&self, address: &str) -> Result<Resolved>;
+}
+
+/// Message bodies and mailboxes.
+pub trait MailStore: Send + Sync {
+    /// Write a body (the concatenation of `parts`) to stable storage.
+    fn stage(&self, parts: &[&[u8]]) -> Result<StagedBlob>;
+    /// Put a staged body into `mailbox` of every account, atomically and durably.
+    /// Duplicate accounts get one copy. Concurrent calls share one commit (group commit).
+    fn deliver(
+        &self,
+        blob: StagedBlob,
+        accounts: &[AccountId],
+        mailbox: &str,
+        flags: u32,
+        internal_date: i64,
+    ) -> Result<Vec<Delivered>>;
+    fn list_mailboxes(&self, account: AccountId) -> Result<Vec<Mailbox>>;
+    fn list_messages(&self, account: AccountId, mailbox: &str) -> Result<Vec<MessageMeta>>;
+    fn read_message(&self, account: AccountId, mailbox: &str, uid: u32) -> Result<Vec<u8>>;
+    /// Remove bodies left by deliveries that never committed (a crash between the two).
+    /// Call only when no delivery is in flight (at start-up). Returns how many were removed.
+    fn sweep_orphans(&self) -> Result<usize>;
+}

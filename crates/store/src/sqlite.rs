@@ -1,0 +1,939 @@
+//! The embedded backend: metadata in SQLite (WAL, `synchronous=FULL`), bodies in files.
+//!
+//! Layout of a data directory:
+//! - `yubin.db` (+ `-wal`, `-shm`): domains, accounts, aliases, mailboxes, message metadata.
+//! - `blobs/xx/<32 hex>`: message bodies, written once, fsynced, never modified.
+//! - `server.lock`: held (flock) by the one server process using this directory.
+//!
+//! Why SQLite: transactional, embedded, crash-safe with WAL, readable by the CLI while the
+//! server runs, and its FTS5 will back IMAP SEARCH. Why bodies outside it: they are large and
+//! immutable; files keep the database small and let FETCH stream a body without a copy.
+//!
+//! Durability of one delivery: (1) the body file is written and fsynced by the caller's
+//! thread; (2) a single writer thread takes every delivery that is waiting, fsyncs the blob
+//! directories they touched, inserts all their rows in one transaction and commits (one WAL
+//! fsync for the whole batch: group commit); (3) only then does `deliver` return. A crash
+//! before (3) leaves at most an unreferenced body file, removed by `sweep_orphans`.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+
+use crate::address::normalize_domain;
+use crate::{
+    Account, AccountId, Alias, DEFAULT_MAILBOXES, Delivered, Directory, Domain, Error, MailStore,
+    Mailbox, MessageMeta, Resolved, Result, StagedBlob, normalize_address, password,
+};
+
+const DB_FILE: &str = "yubin.db";
+const SCHEMA_VERSION: i64 = 1;
+/// Largest number of deliveries committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+const SCHEMA: &str = "
+CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE domains(
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created INTEGER NOT NULL);
+CREATE TABLE accounts(
+    id INTEGER PRIMARY KEY,
+    domain_id INTEGER NOT NULL REFERENCES domains(id) ON DELETE CASCADE,
+    local TEXT NOT NULL,
+    password TEXT NOT NULL,
+    disabled INTEGER NOT NULL DEFAULT 0,
+    admin INTEGER NOT NULL DEFAULT 0,
+    created INTEGER NOT NULL,
+    UNIQUE(domain_id, local));
+CREATE TABLE aliases(
+    domain_id INTEGER NOT NULL REFERENCES domains(id) ON DELETE CASCADE,
+    local TEXT NOT NULL,
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    PRIMARY KEY(domain_id, local, account_id)) WITHOUT ROWID;
+CREATE INDEX aliases_account ON aliases(account_id);
+CREATE TABLE mailboxes(
+    id INTEGER PRIMARY KEY,
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    uidvalidity INTEGER NOT NULL,
+    uid_next INTEGER NOT NULL DEFAULT 1,
+    highest_modseq INTEGER NOT NULL DEFAULT 1,
+    special_use TEXT,
+    subscribed INTEGER NOT NULL DEFAULT 1,
+    UNIQUE(account_id, name));
+CREATE TABLE blobs(
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL);
+CREATE TABLE messages(
+    mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+    uid INTEGER NOT NULL,
+    blob_id INTEGER NOT NULL REFERENCES blobs(id),
+    size INTEGER NOT NULL,
+    internal_date INTEGER NOT NULL,
+    flags INTEGER NOT NULL DEFAULT 0,
+    modseq INTEGER NOT NULL,
+    PRIMARY KEY(mailbox_id, uid)) WITHOUT ROWID;
+CREATE INDEX messages_blob ON messages(blob_id);
+INSERT INTO meta(key, value) VALUES ('uidvalidity', 0);
+";
+
+struct Job {
+    blob: StagedBlob,
+    accounts: Vec<AccountId>,
+    mailbox: String,
+    flags: u32,
+    internal_date: i64,
+    reply: mpsc::SyncSender<Result<Vec<Delivered>>>,
+}
+
+pub struct SqliteStore {
+    root: PathBuf,
+    conn: Mutex<Connection>,
+    writer: mpsc::Sender<Job>,
+    lock: Option<File>,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn connect(path: &Path) -> Result<Connection> {
+    let c = Connection::open(path)?;
+    c.busy_timeout(Duration::from_secs(30))?;
+    c.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))?;
+    // FULL: every commit fsyncs the WAL, so a committed delivery survives power loss.
+    c.pragma_update(None, "synchronous", "FULL")?;
+    c.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(c)
+}
+
+fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync directory", dir, e))
+}
+
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation)
+}
+
+fn canonical_mailbox(name: &str) -> &str {
+    // RFC 3501 §5.1: INBOX is case-insensitive.
+    if name.eq_ignore_ascii_case("INBOX") {
+        "INBOX"
+    } else {
+        name
+    }
+}
+
+impl SqliteStore {
+    pub fn is_initialized(root: &Path) -> bool {
+        root.join(DB_FILE).exists()
+    }
+
+    /// Create the data directory (if needed) and open it.
+    pub fn create(root: &Path) -> Result<Self> {
+        fs::create_dir_all(root.join("blobs")).map_err(|e| Error::io("create", root, e))?;
+        for i in 0..=255u8 {
+            let d = root.join("blobs").join(format!("{i:02x}"));
+            fs::create_dir_all(&d).map_err(|e| Error::io("create", d, e))?;
+        }
+        fsync_dir(&root.join("blobs"))?;
+        fsync_dir(root)?;
+        Self::open_inner(root, true)
+    }
+
+    /// Open an existing data directory.
+    pub fn open(root: &Path) -> Result<Self> {
+        if !Self::is_initialized(root) {
+            return Err(Error::NotInitialized(root.to_owned()));
+        }
+        Self::open_inner(root, false)
+    }
+
+    fn open_inner(root: &Path, create: bool) -> Result<Self> {
+        let path = root.join(DB_FILE);
+        let mut conn = connect(&path)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version == 0 && create {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+            tx.execute_batch(SCHEMA)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tx.commit()?;
+        } else if version > SCHEMA_VERSION {
+            return Err(Error::SchemaTooNew {
+                path,
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        } else if version == 0 {
+            return Err(Error::NotInitialized(root.to_owned()));
+        }
+        let writer_conn = connect(&path)?;
+        let (tx, rx) = mpsc::channel();
+        let wroot = root.to_owned();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(wroot, writer_conn, rx))
+            .map_err(|e| Error::io("start writer thread for", root, e))?;
+        Ok(SqliteStore {
+            root: root.to_owned(),
+            conn: Mutex::new(conn),
+            writer: tx,
+            lock: None,
+        })
+    }
+
+    /// Take the data directory for this process alone (the server does; the CLI does not).
+    pub fn lock_exclusive(&mut self) -> Result<()> {
+        let path = self.root.join("server.lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("open", &path, e))?;
+        match f.try_lock() {
+            Ok(()) => {
+                self.lock = Some(f);
+                Ok(())
+            }
+            Err(fs::TryLockError::WouldBlock) => Err(Error::Locked(self.root.clone())),
+            Err(fs::TryLockError::Error(e)) => Err(Error::io("lock", path, e)),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
+        // back on drop), so a poisoned mutex is still usable.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn blob_path(root: &Path, name: &str) -> PathBuf {
+        root.join("blobs").join(&name[..2]).join(name)
+    }
+
+    fn remove_blob_files(&self, names: &[String]) {
+        for n in names {
+            let p = Self::blob_path(&self.root, n);
+            if let Err(e) = fs::remove_file(&p) {
+                tracing::warn!(path = %p.display(), error = %e, "could not remove message file");
+            }
+        }
+    }
+
+    fn domain_id(c: &Connection, domain: &str) -> Result<Option<i64>> {
+        Ok(
+            c.query_row("SELECT id FROM domains WHERE name = ?1", [domain], |r| {
+                r.get(0)
+            })
+            .optional()?,
+        )
+    }
+
+    fn account_row(c: &Connection, address: &str) -> Result<(Account, String)> {
+        let a = normalize_address(address)?;
+        c.query_row(
+            "SELECT a.id, a.disabled, a.admin, a.created, a.password FROM accounts a
+             JOIN domains d ON d.id = a.domain_id WHERE d.name = ?1 AND a.local = ?2",
+            params![a.domain, a.local],
+            |r| {
+                Ok((
+                    Account {
+                        id: r.get(0)?,
+                        address: a.to_string(),
+                        disabled: r.get(1)?,
+                        admin: r.get(2)?,
+                        created: r.get(3)?,
+                    },
+                    r.get::<_, String>(4)?,
+                ))
+            },
+        )
+        .optional()?
+        .ok_or_else(|| Error::NoSuchAccount(a.to_string()))
+    }
+
+    /// Delete the messages matched by `where_sql` (over `messages m`) and return the names
+    /// of bodies no longer referenced, to remove from disk after commit.
+    fn release_messages(
+        tx: &rusqlite::Transaction<'_>,
+        where_sql: &str,
+        arg: i64,
+    ) -> Result<Vec<String>> {
+        let blob_ids: Vec<i64> = {
+            let mut st = tx.prepare(&format!(
+                "SELECT DISTINCT m.blob_id FROM messages m WHERE {where_sql}"
+            ))?;
+            st.query_map([arg], |r| r.get(0))?
+                .collect::<std::result::Result<_, _>>()?
+        };
+        tx.execute(
+            &format!("DELETE FROM messages AS m WHERE {where_sql}"),
+            [arg],
+        )?;
+        let mut names = Vec::new();
+        let mut st = tx.prepare(
+            "DELETE FROM blobs WHERE id = ?1
+             AND NOT EXISTS (SELECT 1 FROM messages WHERE blob_id = ?1) RETURNING name",
+        )?;
+        for id in blob_ids {
+            if let Some(n) = st.query_row([id], |r| r.get(0)).optional()? {
+                names.push(n);
+            }
+        }
+        Ok(names)
+    }
+
+    fn next_uidvalidity(tx: &rusqlite::Transaction<'_>) -> Result<u32> {
+        // Time-based like most servers, but strictly increasing even if the clock goes back,
+        // so a re-created mailbox never reuses an old UIDVALIDITY (RFC 3501 §2.3.1.1).
+        let v: i64 = tx.query_row(
+            "UPDATE meta SET value = max(value + 1, ?1) WHERE key = 'uidvalidity' RETURNING value",
+            [now() & 0xFFFF_FFFF],
+            |r| r.get(0),
+        )?;
+        Ok(v as u32)
+    }
+
+    /// Find what one local part of a domain reaches: (account id, disabled) pairs.
+    fn lookup_local(c: &Connection, domain_id: i64, local: &str) -> Result<Vec<(i64, bool)>> {
+        let acct: Option<(i64, bool)> = c
+            .query_row(
+                "SELECT id, disabled FROM accounts WHERE domain_id = ?1 AND local = ?2",
+                params![domain_id, local],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some(a) = acct {
+            return Ok(vec![a]);
+        }
+        let mut st = c.prepare_cached(
+            "SELECT a.id, a.disabled FROM aliases al JOIN accounts a ON a.id = al.account_id
+             WHERE al.domain_id = ?1 AND al.local = ?2 ORDER BY a.id",
+        )?;
+        let rows = st
+            .query_map(params![domain_id, local], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(rows)
+    }
+}
+
+impl Directory for SqliteStore {
+    fn add_domain(&self, name: &str) -> Result<Domain> {
+        let name = normalize_domain(name)?;
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        match tx.execute(
+            "INSERT INTO domains(name, created) VALUES (?1, ?2)",
+            params![name, now()],
+        ) {
+            Err(e) if is_constraint(&e) => return Err(Error::DomainExists(name)),
+            r => r?,
+        };
+        let id = tx.last_insert_rowid();
+        // RFC 5321 §4.5.1: every domain needs a postmaster; route it to the first admin.
+        tx.execute(
+            "INSERT INTO aliases(domain_id, local, account_id)
+             SELECT ?1, 'postmaster', id FROM accounts WHERE admin = 1 ORDER BY id LIMIT 1",
+            [id],
+        )?;
+        tx.commit()?;
+        Ok(Domain { name, accounts: 0 })
+    }
+
+    fn list_domains(&self) -> Result<Vec<Domain>> {
+        let c = self.conn();
+        let mut st = c.prepare(
+            "SELECT d.name, count(a.id) FROM domains d LEFT JOIN accounts a ON a.domain_id = d.id
+             GROUP BY d.id ORDER BY d.name",
+        )?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(Domain {
+                    name: r.get(0)?,
+                    accounts: r.get::<_, i64>(1)? as u64,
+                })
+            })?
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    fn remove_domain(&self, name: &str, force: bool) -> Result<()> {
+        let name = normalize_domain(name)?;
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let id = Self::domain_id(&tx, &name)?.ok_or_else(|| Error::NoSuchDomain(name.clone()))?;
+        let n: i64 = tx.query_row(
+            "SELECT count(*) FROM accounts WHERE domain_id = ?1",
+            [id],
+            |r| r.get(0),
+        )?;
+        if n > 0 && !force {
+            return Err(Error::DomainNotEmpty(name, n as u64));
+        }
+        let names = Self::release_messages(
+            &tx,
+            "m.mailbox_id IN (SELECT b.id FROM mailboxes b JOIN accounts a ON a.id = b.account_id
+               WHERE a.domain_id = ?1)",
+            id,
+        )?;
+        tx.execute("DELETE FROM domains WHERE id = ?1", [id])?;
+        tx.commit()?;
+        drop(c);
+        self.remove_blob_files(&names);
+        Ok(())
+    }
+
+    fn is_local_domain(&self, name: &str) -> Result<bool> {
+        let Ok(name) = normalize_domain(name) else {
+            return Ok(false);
+        };
+        Ok(Self::domain_id(&self.conn(), &name)?.is_some())
+    }
+
+    fn add_account(&self, address: &str, password: &str, admin: bool) -> Result<Account> {
+        let a = normalize_address(address)?;
+        if a.local == "*" {
+            return Err(Error::InvalidAddress(
+                address.into(),
+                "'*' is only for catch-all aliases",
+            ));
+        }
+        let hash = password::hash(password)?;
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let domain_id = Self::domain_id(&tx, &a.domain)?
+            .ok_or_else(|| Error::NoSuchDomain(a.domain.clone()))?;
+        let is_alias: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM aliases WHERE domain_id = ?1 AND local = ?2)",
+            params![domain_id, a.local],
+            |r| r.get(0),
+        )?;
+        if is_alias {
+            return Err(Error::InvalidAddress(
+                a.to_string(),
+                "an alias with this address exists; remove it first",
+            ));
+        }
+        let created = now();
+        match tx.execute(
+            "INSERT INTO accounts(domain_id, local, password, admin, created)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![domain_id, a.local, hash, admin, created],
+        ) {
+            Err(e) if is_constraint(&e) => return Err(Error::AccountExists(a.to_string())),
+            r => r?,
+        };
+        let id = tx.last_insert_rowid();
+        for (name, special) in DEFAULT_MAILBOXES {
+            let uv = Self::next_uidvalidity(&tx)?;
+            tx.execute(
+                "INSERT INTO mailboxes(account_id, name, uidvalidity, special_use)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![id, name, uv, special],
+            )?;
+        }
+        if admin {
+            // Domains created before the first admin get their postmaster now.
+            tx.execute(
+                "INSERT OR IGNORE INTO aliases(domain_id, local, account_id)
+                 SELECT d.id, 'postmaster', ?1 FROM domains d
+                 WHERE NOT EXISTS (SELECT 1 FROM aliases x
+                                   WHERE x.domain_id = d.id AND x.local = 'postmaster')
+                   AND NOT EXISTS (SELECT 1 FROM accounts y
+                                   WHERE y.domain_id = d.id AND y.local = 'postmaster')",
+                [id],
+            )?;
+        }
+        tx.commit()?;
+        Ok(Account {
+            id,
+            address: a.to_string(),
+            disabled: false,
+            admin,
+            created,
+        })
+    }
+
+    fn account(&self, address: &str) -> Result<Account> {
+        Ok(Self::account_row(&self.conn(), address)?.0)
+    }
+
+    fn list_accounts(&self, domain: Option<&str>) -> Result<Vec<Account>> {
+        let domain = domain.map(normalize_domain).transpose()?;
+        let c = self.conn();
+        if let Some(d) = &domain
+            && Self::domain_id(&c, d)?.is_none()
+        {
+            return Err(Error::NoSuchDomain(d.clone()));
+        }
+        let mut st = c.prepare(
+            "SELECT a.id, a.local || '@' || d.name, a.disabled, a.admin, a.created
+             FROM accounts a JOIN domains d ON d.id = a.domain_id
+             WHERE ?1 IS NULL OR d.name = ?1 ORDER BY d.name, a.local",
+        )?;
+        let rows = st
+            .query_map([domain], |r| {
+                Ok(Account {
+                    id: r.get(0)?,
+                    address: r.get(1)?,
+                    disabled: r.get(2)?,
+                    admin: r.get(3)?,
+                    created: r.get(4)?,
+                })
+            })?
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    fn set_password(&self, address: &str, password: &str) -> Result<()> {
+        let hash = password::hash(password)?;
+        let c = self.conn();
+        let (acct, _) = Self::account_row(&c, address)?;
+        c.execute(
+            "UPDATE accounts SET password = ?1 WHERE id = ?2",
+            params![hash, acct.id],
+        )?;
+        Ok(())
+    }
+
+    fn set_disabled(&self, address: &str, disabled: bool) -> Result<()> {
+        let c = self.conn();
+        let (acct, _) = Self::account_row(&c, address)?;
+        c.execute(
+            "UPDATE accounts SET disabled = ?1 WHERE id = ?2",
+            params![disabled, acct.id],
+        )?;
+        Ok(())
+    }
+
+    fn remove_account(&self, address: &str) -> Result<()> {
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (acct, _) = Self::account_row(&tx, address)?;
+        let names = Self::release_messages(
+            &tx,
+            "m.mailbox_id IN (SELECT id FROM mailboxes WHERE account_id = ?1)",
+            acct.id,
+        )?;
+        tx.execute("DELETE FROM accounts WHERE id = ?1", [acct.id])?;
+        tx.commit()?;
+        drop(c);
+        self.remove_blob_files(&names);
+        Ok(())
+    }
+
+    fn authenticate(&self, address: &str, password: &str) -> Result<Option<Account>> {
+        let found = match Self::account_row(&self.conn(), address) {
+            Ok(row) => Some(row),
+            Err(Error::NoSuchAccount(_) | Error::InvalidAddress(..) | Error::InvalidDomain(..)) => {
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        match found {
+            Some((acct, hash)) => {
+                let ok = password::verify(password, &hash);
+                Ok((ok && !acct.disabled).then_some(acct))
+            }
+            None => {
+                // Spend the same time as a real check, so timing does not reveal accounts.
+                static DUMMY: OnceLock<String> = OnceLock::new();
+                let dummy = DUMMY.get_or_init(|| password::hash("dummy").unwrap_or_default());
+                let _ = password::verify(password, dummy);
+                Ok(None)
+            }
+        }
+    }
+
+    fn add_alias(&self, alias: &str, targets: &[String]) -> Result<()> {
+        let a = normalize_address(alias)?;
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let domain_id = Self::domain_id(&tx, &a.domain)?
+            .ok_or_else(|| Error::NoSuchDomain(a.domain.clone()))?;
+        if !Self::lookup_local(&tx, domain_id, &a.local)?.is_empty()
+            && Self::account_row(&tx, &a.to_string()).is_ok()
+        {
+            return Err(Error::AliasIsAccount(a.to_string()));
+        }
+        if targets.is_empty() {
+            return Err(Error::InvalidAddress(
+                a.to_string(),
+                "an alias needs a target",
+            ));
+        }
+        for t in targets {
+            let (acct, _) = Self::account_row(&tx, t)?;
+            tx.execute(
+                "INSERT OR IGNORE INTO aliases(domain_id, local, account_id) VALUES (?1, ?2, ?3)",
+                params![domain_id, a.local, acct.id],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn list_aliases(&self) -> Result<Vec<Alias>> {
+        let c = self.conn();
+        let mut st = c.prepare(
+            "SELECT al.local || '@' || d.name, a.local || '@' || ad.name
+             FROM aliases al JOIN domains d ON d.id = al.domain_id
+             JOIN accounts a ON a.id = al.account_id JOIN domains ad ON ad.id = a.domain_id
+             ORDER BY d.name, al.local, a.local",
+        )?;
+        let mut out: Vec<Alias> = Vec::new();
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (alias, target) = row?;
+            match out.last_mut() {
+                Some(last) if last.alias == alias => last.targets.push(target),
+                _ => out.push(Alias {
+                    alias,
+                    targets: vec![target],
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    fn remove_alias(&self, alias: &str, target: Option<&str>) -> Result<usize> {
+        let a = normalize_address(alias)?;
+        let c = self.conn();
+        let domain_id =
+            Self::domain_id(&c, &a.domain)?.ok_or_else(|| Error::NoSuchDomain(a.domain.clone()))?;
+        let n = match target {
+            None => c.execute(
+                "DELETE FROM aliases WHERE domain_id = ?1 AND local = ?2",
+                params![domain_id, a.local],
+            )?,
+            Some(t) => {
+                let (acct, _) = Self::account_row(&c, t)?;
+                c.execute(
+                    "DELETE FROM aliases WHERE domain_id = ?1 AND local = ?2 AND account_id = ?3",
+                    params![domain_id, a.local, acct.id],
+                )?
+            }
+        };
+        if n == 0 {
+            return Err(Error::NoSuchAlias(a.to_string()));
+        }
+        Ok(n)
+    }
+
+    fn resolve(&self, address: &str) -> Result<Resolved> {
+        let Some((local, domain)) = address.rsplit_once('@') else {
+            return Ok(Resolved::Unknown);
+        };
+        let Ok(domain) = normalize_domain(domain) else {
+            return Ok(Resolved::NotLocal);
+        };
+        let c = self.conn();
+        let Some(domain_id) = Self::domain_id(&c, &domain)? else {
+            return Ok(Resolved::NotLocal);
+        };
+        let local = local.to_lowercase();
+        let mut found = Self::lookup_local(&c, domain_id, &local)?;
+        // Subaddressing (RFC 5233): user+tag@ reaches user@.
+        if found.is_empty()
+            && let Some((base, _tag)) = local.split_once('+')
+            && !base.is_empty()
+        {
+            found = Self::lookup_local(&c, domain_id, base)?;
+        }
+        if found.is_empty() {
+            found = Self::lookup_local(&c, domain_id, "*")?;
+        }
+        if found.is_empty() {
+            return Ok(Resolved::Unknown);
+        }
+        let mut active: Vec<AccountId> = found
+            .iter()
+            .filter(|(_, disabled)| !disabled)
+            .map(|(id, _)| *id)
+            .collect();
+        active.dedup();
+        if active.is_empty() {
+            return Ok(Resolved::Disabled);
+        }
+        Ok(Resolved::Accounts(active))
+    }
+}
+
+impl MailStore for SqliteStore {
+    fn stage(&self, parts: &[&[u8]]) -> Result<StagedBlob> {
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id).map_err(|e| {
+            Error::io(
+                "random name for",
+                &self.root,
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+        let name: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let path = Self::blob_path(&self.root, &name);
+        let write = || -> std::io::Result<u64> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)?;
+            let mut size = 0u64;
+            for p in parts {
+                f.write_all(p)?;
+                size += p.len() as u64;
+            }
+            f.sync_all()?;
+            Ok(size)
+        };
+        match write() {
+            Ok(size) => Ok(StagedBlob { name, size }),
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                Err(Error::io("write", path, e))
+            }
+        }
+    }
+
+    fn deliver(
+        &self,
+        blob: StagedBlob,
+        accounts: &[AccountId],
+        mailbox: &str,
+        flags: u32,
+        internal_date: i64,
+    ) -> Result<Vec<Delivered>> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        let job = Job {
+            blob,
+            accounts: accounts.to_vec(),
+            mailbox: canonical_mailbox(mailbox).to_owned(),
+            flags,
+            internal_date,
+            reply,
+        };
+        self.writer.send(job).map_err(|_| Error::WriterGone)?;
+        rx.recv().map_err(|_| Error::WriterGone)?
+    }
+
+    fn list_mailboxes(&self, account: AccountId) -> Result<Vec<Mailbox>> {
+        let c = self.conn();
+        let mut st = c.prepare(
+            "SELECT b.id, b.name, b.uidvalidity, b.uid_next, b.highest_modseq, b.special_use,
+                    (SELECT count(*) FROM messages m WHERE m.mailbox_id = b.id)
+             FROM mailboxes b WHERE b.account_id = ?1 ORDER BY b.name = 'INBOX' DESC, b.name",
+        )?;
+        let rows = st
+            .query_map([account], |r| {
+                Ok(Mailbox {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    uidvalidity: r.get(2)?,
+                    uid_next: r.get(3)?,
+                    highest_modseq: r.get::<_, i64>(4)? as u64,
+                    special_use: r.get(5)?,
+                    messages: r.get::<_, i64>(6)? as u64,
+                })
+            })?
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    fn list_messages(&self, account: AccountId, mailbox: &str) -> Result<Vec<MessageMeta>> {
+        let mailbox = canonical_mailbox(mailbox);
+        let c = self.conn();
+        let id: i64 = c
+            .query_row(
+                "SELECT id FROM mailboxes WHERE account_id = ?1 AND name = ?2",
+                params![account, mailbox],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| Error::NoSuchMailbox(mailbox.to_owned()))?;
+        let mut st = c.prepare(
+            "SELECT uid, size, internal_date, flags, modseq FROM messages
+             WHERE mailbox_id = ?1 ORDER BY uid",
+        )?;
+        let rows = st
+            .query_map([id], |r| {
+                Ok(MessageMeta {
+                    uid: r.get(0)?,
+                    size: r.get::<_, i64>(1)? as u64,
+                    internal_date: r.get(2)?,
+                    flags: r.get(3)?,
+                    modseq: r.get::<_, i64>(4)? as u64,
+                })
+            })?
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    fn read_message(&self, account: AccountId, mailbox: &str, uid: u32) -> Result<Vec<u8>> {
+        let mailbox = canonical_mailbox(mailbox);
+        let name: String = {
+            let c = self.conn();
+            c.query_row(
+                "SELECT bl.name FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id
+                 JOIN blobs bl ON bl.id = m.blob_id
+                 WHERE b.account_id = ?1 AND b.name = ?2 AND m.uid = ?3",
+                params![account, mailbox, uid],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or(Error::NoSuchMessage(uid))?
+        };
+        let path = Self::blob_path(&self.root, &name);
+        fs::read(&path).map_err(|e| Error::io("read", path, e))
+    }
+
+    fn sweep_orphans(&self) -> Result<usize> {
+        let known: HashSet<String> = {
+            let c = self.conn();
+            let mut st = c.prepare("SELECT name FROM blobs")?;
+            st.query_map([], |r| r.get(0))?
+                .collect::<std::result::Result<_, _>>()?
+        };
+        let mut removed = 0;
+        let blobs = self.root.join("blobs");
+        let dirs = fs::read_dir(&blobs).map_err(|e| Error::io("list", &blobs, e))?;
+        for dir in dirs.flatten() {
+            let Ok(files) = fs::read_dir(dir.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if name.len() == 32 && !known.contains(&name) {
+                    fs::remove_file(f.path()).map_err(|e| Error::io("remove", f.path(), e))?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// The single writer: group-commits whatever deliveries are waiting.
+fn writer_loop(root: PathBuf, mut conn: Connection, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = commit_batch(&root, &mut conn, &batch);
+        for (job, result) in batch.into_iter().zip(results) {
+            if result.is_err() {
+                let p = SqliteStore::blob_path(&root, &job.blob.name);
+                let _ = fs::remove_file(p);
+            }
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+fn commit_batch(root: &Path, conn: &mut Connection, batch: &[Job]) -> Vec<Result<Vec<Delivered>>> {
+    let shared_failure = |e: &Error| -> Vec<Result<Vec<Delivered>>> {
+        batch
+            .iter()
+            .map(|_| {
+                Err(Error::io(
+                    "commit",
+                    root,
+                    std::io::Error::other(e.to_string()),
+                ))
+            })
+            .collect()
+    };
+    // The bodies' directory entries must be durable before rows point at them.
+    let dirs: BTreeSet<PathBuf> = batch
+        .iter()
+        .filter_map(|j| {
+            SqliteStore::blob_path(root, &j.blob.name)
+                .parent()
+                .map(Path::to_owned)
+        })
+        .collect();
+    for d in &dirs {
+        if let Err(e) = fsync_dir(d) {
+            return shared_failure(&e);
+        }
+    }
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return shared_failure(&e.into()),
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        // A savepoint per job: one bad job (say, a removed account) fails alone.
+        let r = (|| -> Result<Vec<Delivered>> {
+            let sp = tx.savepoint()?;
+            let out = apply(&sp, job)?;
+            sp.commit()?;
+            Ok(out)
+        })();
+        results.push(r);
+    }
+    if let Err(e) = tx.commit() {
+        return shared_failure(&e.into());
+    }
+    results
+}
+
+fn apply(c: &Connection, job: &Job) -> Result<Vec<Delivered>> {
+    c.prepare_cached("INSERT INTO blobs(name, size) VALUES (?1, ?2)")?
+        .execute(params![job.blob.name, job.blob.size as i64])?;
+    let blob_id = c.last_insert_rowid();
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::with_capacity(job.accounts.len());
+    for &account in &job.accounts {
+        if !seen.insert(account) {
+            continue;
+        }
+        let (mailbox, uid, modseq): (i64, u32, i64) = c
+            .prepare_cached(
+                "UPDATE mailboxes SET uid_next = uid_next + 1, highest_modseq = highest_modseq + 1
+                 WHERE account_id = ?1 AND name = ?2
+                 RETURNING id, uid_next - 1, highest_modseq",
+            )?
+            .query_row(params![account, job.mailbox], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()?
+            .ok_or_else(|| Error::NoSuchMailbox(job.mailbox.clone()))?;
+        c.prepare_cached(
+            "INSERT INTO messages(mailbox_id, uid, blob_id, size, internal_date, flags, modseq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            mailbox,
+            uid,
+            blob_id,
+            job.blob.size as i64,
+            job.internal_date,
+            job.flags,
+            modseq
+        ])?;
+        out.push(Delivered {
+            account,
+            mailbox,
+            uid,
+        });
+    }
+    Ok(out)
+}
