@@ -1,1 +1,285 @@
+//! yubin's runtime: configuration, first run, TLS, listeners, and the drivers that connect
+//! sans-IO protocol sessions to sockets and to the store.
 
+pub mod config;
+mod limits;
+mod smtp;
+mod stream;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn};
+use yubin_store::{Directory, SqliteStore, Store};
+
+pub use config::Config;
+use limits::{ConnLimiter, Refused};
+pub use yubin_smtp::trace::rfc5322_date;
+
+/// Shared by every connection.
+pub struct Server {
+    pub cfg: Config,
+    pub store: Arc<dyn Store>,
+    pub tls: Option<TlsAcceptor>,
+    smtp_limits: Arc<ConnLimiter>,
+}
+
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A short unique id for a message or session, for logs and the client's reply.
+pub fn new_id() -> String {
+    let mut b = [0u8; 8];
+    // An id only needs to be unique enough for logs; fall back to time if the RNG fails.
+    if getrandom::fill(&mut b).is_err() {
+        b = (SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0))
+        .to_be_bytes();
+    }
+    b.iter().map(|x| format!("{x:02X}")).collect()
+}
+
+/// What a first run created, to show the user once.
+#[derive(Debug)]
+pub struct FirstRun {
+    pub config_created: Option<PathBuf>,
+    pub data_dir: PathBuf,
+    pub domain: String,
+    pub admin: String,
+    pub password: String,
+    pub generated_cert: Option<PathBuf>,
+}
+
+/// Make sure a config file and an initialized data directory exist. On the first run this
+/// writes the config, a self-signed certificate, the first domain and an admin account.
+/// Returns the loaded config and, when anything was created, what was.
+pub fn init(config_path: &Path, domain: Option<&str>) -> Result<(Config, Option<FirstRun>)> {
+    let mut config_created = None;
+    if !config_path.exists() {
+        let text = Config::first_run_text(&config::system_hostname());
+        std::fs::write(config_path, text)
+            .with_context(|| format!("cannot create config file {}", config_path.display()))?;
+        config_created = Some(config_path.to_owned());
+    }
+    let cfg = Config::load(config_path)?;
+    let mut generated_cert = None;
+    if cfg.tls.cert.is_none() {
+        let (cert, _) = tls::paths(&cfg);
+        if !cert.exists() {
+            let mut names = vec![cfg.hostname.clone(), "localhost".to_string()];
+            if let Some(d) = domain {
+                names.insert(1, d.to_lowercase());
+            }
+            names.dedup();
+            tls::generate_self_signed(&cfg.tls_dir(), &names)?;
+            generated_cert = Some(cert);
+        }
+    }
+    if SqliteStore::is_initialized(&cfg.data_dir) {
+        let store = SqliteStore::open(&cfg.data_dir)?;
+        if let Some(d) = domain
+            && !store.is_local_domain(d)?
+        {
+            store.add_domain(d)?;
+            info!(domain = d, "domain added");
+        }
+        return Ok((cfg, None));
+    }
+    let store = SqliteStore::create(&cfg.data_dir)
+        .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
+    let domain = domain.unwrap_or(&cfg.hostname).to_lowercase();
+    let domain = store
+        .add_domain(&domain)
+        .with_context(|| format!("cannot add first domain {domain:?}; pass --domain"))?
+        .name;
+    let password = random_password()?;
+    let admin = format!("admin@{domain}");
+    store.add_account(&admin, &password, true)?;
+    let data_dir = cfg.data_dir.clone();
+    Ok((
+        cfg,
+        Some(FirstRun {
+            config_created,
+            data_dir,
+            domain,
+            admin,
+            password,
+            generated_cert,
+        }),
+    ))
+}
+
+fn random_password() -> Result<String> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut b = [0u8; 20];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("random password: {e}"))?;
+    Ok(b.iter()
+        .map(|x| ALPHABET[(*x & 63) as usize] as char)
+        .collect())
+}
+
+/// Bind one listening socket; IPv6 sockets are IPv6-only so `0.0.0.0` and `[::]` can
+/// share a port.
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}
+
+fn bind_all(proto: &str, addrs: &[SocketAddr]) -> Result<Vec<TcpListener>> {
+    let mut out = Vec::new();
+    for &addr in addrs {
+        match bind(addr) {
+            Ok(l) => out.push(TcpListener::from_std(l)?),
+            Err(e)
+                if addr.is_ipv6()
+                    && addr.ip().is_unspecified()
+                    && matches!(e.raw_os_error(), Some(97) | Some(99)) =>
+            {
+                // EAFNOSUPPORT / EADDRNOTAVAIL: this host has no IPv6.
+                warn!(%addr, proto, "IPv6 is not available on this host; skipping");
+            }
+            Err(e) => {
+                let hint = match e.kind() {
+                    std::io::ErrorKind::PermissionDenied => {
+                        "ports below 1024 need root or CAP_NET_BIND_SERVICE"
+                    }
+                    std::io::ErrorKind::AddrInUse => "another program already uses it",
+                    _ => "check the address",
+                };
+                bail!(
+                    "cannot listen for {proto} on {addr}: {e} ({hint}); change [listen] {proto} \
+                     in the config file, or set `{proto} = []` to disable it"
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Run the server until SIGINT or SIGTERM.
+pub async fn serve(cfg: Config) -> Result<()> {
+    let mut store = SqliteStore::open(&cfg.data_dir)?;
+    store.lock_exclusive()?;
+    let swept = tokio::task::block_in_place(|| yubin_store::MailStore::sweep_orphans(&store))?;
+    if swept > 0 {
+        info!(
+            count = swept,
+            "removed message files of deliveries interrupted by a crash"
+        );
+    }
+    let (cert, key) = tls::paths(&cfg);
+    let tls = Some(TlsAcceptor::from(tls::load(&cert, &key)?));
+
+    let smtp = bind_all("smtp", &cfg.listen.smtp)?;
+    for (proto, addrs) in [
+        ("submission", &cfg.listen.submission),
+        ("submissions", &cfg.listen.submissions),
+        ("imap", &cfg.listen.imap),
+        ("imaps", &cfg.listen.imaps),
+        ("pop3", &cfg.listen.pop3),
+        ("pop3s", &cfg.listen.pop3s),
+    ] {
+        if !addrs.is_empty() {
+            info!(proto, "configured but not served by this version yet");
+        }
+    }
+    if smtp.is_empty() {
+        bail!("no listener is enabled; set [listen] smtp in the config file");
+    }
+    let server = Arc::new(Server {
+        smtp_limits: ConnLimiter::new(cfg.smtp.max_connections, cfg.smtp.max_connections_per_ip),
+        cfg,
+        store: Arc::new(store),
+        tls,
+    });
+    for l in smtp {
+        let addr = l.local_addr()?;
+        info!(%addr, "smtp listening");
+        eprintln!("yubin: smtp listening on {addr}");
+        tokio::spawn(accept_smtp(server.clone(), l));
+    }
+    shutdown_signal().await;
+    info!("shutting down");
+    Ok(())
+}
+
+async fn accept_smtp(server: Arc<Server>, listener: TcpListener) {
+    use tracing::Instrument;
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let slot = match server.smtp_limits.acquire(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                info!(%peer, ?why, "connection refused: limit reached");
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    let mut tcp = tcp;
+                    // RFC 5321 §3.1: a server may answer 421 at connection time.
+                    let msg: &[u8] = match why {
+                        Refused::PerIp => {
+                            b"421 4.7.0 Too many connections from your address, try again later\r\n"
+                        }
+                        Refused::Total => b"421 4.3.2 Too many connections, try again later\r\n",
+                    };
+                    let _ = tcp.write_all(msg).await;
+                    let _ = tcp.shutdown().await;
+                });
+                continue;
+            }
+        };
+        let span = tracing::info_span!("smtp", session = %new_id(), %peer);
+        let server = server.clone();
+        tokio::spawn(
+            async move {
+                let _slot = slot;
+                tracing::debug!("connected");
+                smtp::handle(server, tcp, peer).await;
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot watch SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -169,3 +169,7 @@ pub trait MailStore: Send + Sync {
     /// Call only when no delivery is in flight (at start-up). Returns how many were removed.
     fn sweep_orphans(&self) -> Result<usize>;
 }
+
+/// Everything a backend provides; what the server holds as `Arc<dyn Store>`.
+pub trait Store: Directory + MailStore {}
+impl<T: Directory + MailStore> Store for T {}

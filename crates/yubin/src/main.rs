@@ -1,1 +1,393 @@
-fn main() {}
+//! `yubin`: the whole post office in one binary.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use yubin_server::{Config, FirstRun};
+use yubin_store::{Directory, MailStore, SqliteStore};
+
+#[derive(Parser)]
+#[command(
+    name = "yubin",
+    version,
+    about = "yubin (郵便): a complete mail server in one binary"
+)]
+struct Cli {
+    /// Configuration file (created with documented defaults on first run).
+    #[arg(
+        long,
+        global = true,
+        default_value = "yubin.toml",
+        env = "YUBIN_CONFIG"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the first run creates config, data, certificate, domain and admin).
+    Serve {
+        /// First domain to host (default: the host name); added if missing.
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Create config, data directory, certificate, first domain and admin without serving.
+    Init {
+        /// First domain to host (default: the host name).
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Manage the domains this server receives mail for.
+    #[command(subcommand)]
+    Domain(DomainCmd),
+    /// Manage accounts (mailbox users).
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Manage aliases: addresses that deliver to one or more accounts.
+    #[command(subcommand)]
+    Alias(AliasCmd),
+    /// Look at stored mail.
+    #[command(subcommand)]
+    Mail(MailCmd),
+}
+
+#[derive(Subcommand)]
+enum DomainCmd {
+    /// Start receiving mail for a domain.
+    Add { name: String },
+    /// List domains and how many accounts each has.
+    List,
+    /// Stop hosting a domain.
+    Remove {
+        name: String,
+        /// Also remove its accounts and all their mail.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Create an account with the standard folders.
+    Add {
+        address: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long, conflicts_with = "password")]
+        password_stdin: bool,
+        /// The password itself (visible to other users of this machine; prefer the prompt).
+        #[arg(long)]
+        password: Option<String>,
+        /// Make the account an administrator (receives postmaster@ mail).
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List accounts.
+    List {
+        /// Only accounts of this domain.
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Change an account's password.
+    Passwd {
+        address: String,
+        #[arg(long, conflicts_with = "password")]
+        password_stdin: bool,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Refuse logins and incoming mail (550 5.2.1); stored mail is kept.
+    Disable { address: String },
+    /// Undo `disable`.
+    Enable { address: String },
+    /// Delete an account and all its mail.
+    Remove { address: String },
+}
+
+#[derive(Subcommand)]
+enum AliasCmd {
+    /// Deliver mail for ALIAS to the accounts TARGETS; `*@domain` is the domain's catch-all.
+    Add {
+        alias: String,
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
+    /// List aliases and their targets.
+    List,
+    /// Remove an alias, or only one of its targets.
+    Remove {
+        alias: String,
+        target: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum MailCmd {
+    /// List an account's mailboxes.
+    Mailboxes { address: String },
+    /// List the messages in a mailbox: UID, size, date received, flags.
+    List {
+        address: String,
+        #[arg(long, default_value = "INBOX")]
+        mailbox: String,
+    },
+    /// Write one message, exactly as stored, to standard output.
+    Cat {
+        address: String,
+        uid: u32,
+        #[arg(long, default_value = "INBOX")]
+        mailbox: String,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("yubin: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("YUBIN_LOG")
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve { domain } => {
+            let (cfg, first) = yubin_server::init(&cli.config, domain.as_deref())?;
+            init_logging(&cfg.log.level);
+            if let Some(f) = first {
+                print_first_run(&f, &cfg);
+            }
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("yubin")
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(yubin_server::serve(cfg))
+        }
+        Command::Init { domain } => {
+            let (cfg, first) = yubin_server::init(&cli.config, domain.as_deref())?;
+            match first {
+                Some(f) => print_first_run(&f, &cfg),
+                None => println!(
+                    "yubin: already initialized ({} and {})",
+                    cli.config.display(),
+                    cfg.data_dir.display()
+                ),
+            }
+            Ok(())
+        }
+        Command::Domain(cmd) => domain_cmd(&open(&cli.config)?, cmd),
+        Command::User(cmd) => user_cmd(&open(&cli.config)?, cmd),
+        Command::Alias(cmd) => alias_cmd(&open(&cli.config)?, cmd),
+        Command::Mail(cmd) => mail_cmd(&open(&cli.config)?, cmd),
+    }
+}
+
+fn print_first_run(f: &FirstRun, cfg: &Config) {
+    println!("yubin: first run");
+    if let Some(c) = &f.config_created {
+        println!("  config:       {} (every key documented)", c.display());
+    }
+    println!("  data:         {}", f.data_dir.display());
+    if let Some(c) = &f.generated_cert {
+        println!(
+            "  certificate:  {} (self-signed; set [tls] for your own)",
+            c.display()
+        );
+    }
+    println!("  domain:       {}", f.domain);
+    println!("  admin login:  {}", f.admin);
+    println!("  password:     {}", f.password);
+    println!(
+        "  (shown once; change it with `yubin user passwd {}`)",
+        f.admin
+    );
+    let smtp: Vec<String> = cfg.listen.smtp.iter().map(|a| a.to_string()).collect();
+    println!("  SMTP (incoming mail) on {}", smtp.join(", "));
+    println!("  add a user:   yubin user add someone@{}", f.domain);
+    let _ = std::io::stdout().flush();
+}
+
+/// The store of an existing installation, for management commands.
+fn open(config: &Path) -> Result<SqliteStore> {
+    if !config.exists() {
+        bail!(
+            "no config file at {}; run `yubin init` (or `yubin serve`) first, or pass --config",
+            config.display()
+        );
+    }
+    let cfg = Config::load(config)?;
+    Ok(SqliteStore::open(&cfg.data_dir)?)
+}
+
+fn read_password(stdin: bool, given: Option<String>) -> Result<String> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    if stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read the password from standard input")?;
+        let p = line.trim_end_matches(['\r', '\n']).to_owned();
+        if p.is_empty() {
+            bail!("the password on standard input is empty");
+        }
+        return Ok(p);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no terminal to ask for a password; use --password-stdin");
+    }
+    let p = rpassword::prompt_password("Password: ")?;
+    let again = rpassword::prompt_password("Again: ")?;
+    if p != again {
+        bail!("the passwords differ");
+    }
+    if p.is_empty() {
+        bail!("the password is empty");
+    }
+    Ok(p)
+}
+
+fn domain_cmd(store: &SqliteStore, cmd: DomainCmd) -> Result<()> {
+    match cmd {
+        DomainCmd::Add { name } => {
+            let d = store.add_domain(&name)?;
+            println!("domain {} added", d.name);
+        }
+        DomainCmd::List => {
+            for d in store.list_domains()? {
+                println!("{}\t{} account(s)", d.name, d.accounts);
+            }
+        }
+        DomainCmd::Remove { name, force } => {
+            store.remove_domain(&name, force)?;
+            println!("domain {name} removed");
+        }
+    }
+    Ok(())
+}
+
+fn user_cmd(store: &SqliteStore, cmd: UserCmd) -> Result<()> {
+    match cmd {
+        UserCmd::Add {
+            address,
+            password_stdin,
+            password,
+            admin,
+        } => {
+            let pw = read_password(password_stdin, password)?;
+            let a = store.add_account(&address, &pw, admin)?;
+            println!("account {} created", a.address);
+        }
+        UserCmd::List { domain } => {
+            for a in store.list_accounts(domain.as_deref())? {
+                let mut tags = Vec::new();
+                if a.admin {
+                    tags.push("admin");
+                }
+                if a.disabled {
+                    tags.push("disabled");
+                }
+                println!("{}\t{}", a.address, tags.join(","));
+            }
+        }
+        UserCmd::Passwd {
+            address,
+            password_stdin,
+            password,
+        } => {
+            store.account(&address)?;
+            let pw = read_password(password_stdin, password)?;
+            store.set_password(&address, &pw)?;
+            println!("password of {address} changed");
+        }
+        UserCmd::Disable { address } => {
+            store.set_disabled(&address, true)?;
+            println!("account {address} disabled (mail is kept; `yubin user enable` undoes this)");
+        }
+        UserCmd::Enable { address } => {
+            store.set_disabled(&address, false)?;
+            println!("account {address} enabled");
+        }
+        UserCmd::Remove { address } => {
+            store.remove_account(&address)?;
+            println!("account {address} and its mail removed");
+        }
+    }
+    Ok(())
+}
+
+fn alias_cmd(store: &SqliteStore, cmd: AliasCmd) -> Result<()> {
+    match cmd {
+        AliasCmd::Add { alias, targets } => {
+            store.add_alias(&alias, &targets)?;
+            println!("alias {alias} -> {}", targets.join(", "));
+        }
+        AliasCmd::List => {
+            for a in store.list_aliases()? {
+                println!("{}\t{}", a.alias, a.targets.join(", "));
+            }
+        }
+        AliasCmd::Remove { alias, target } => {
+            let n = store.remove_alias(&alias, target.as_deref())?;
+            println!("alias {alias}: {n} target(s) removed");
+        }
+    }
+    Ok(())
+}
+
+fn mail_cmd(store: &SqliteStore, cmd: MailCmd) -> Result<()> {
+    match cmd {
+        MailCmd::Mailboxes { address } => {
+            let a = store.account(&address)?;
+            for m in store.list_mailboxes(a.id)? {
+                println!(
+                    "{}\t{} message(s)\tuidvalidity {}\tuidnext {}\t{}",
+                    m.name,
+                    m.messages,
+                    m.uidvalidity,
+                    m.uid_next,
+                    m.special_use.unwrap_or_default()
+                );
+            }
+        }
+        MailCmd::List { address, mailbox } => {
+            let a = store.account(&address)?;
+            for m in store.list_messages(a.id, &mailbox)? {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    m.uid,
+                    m.size,
+                    yubin_server::rfc5322_date(m.internal_date),
+                    m.flags
+                );
+            }
+        }
+        MailCmd::Cat {
+            address,
+            uid,
+            mailbox,
+        } => {
+            let a = store.account(&address)?;
+            let data = store.read_message(a.id, &mailbox, uid)?;
+            std::io::stdout().write_all(&data)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! The one TOML configuration file. `yubin.example.toml` beside this crate documents every
+//! key with its default; a test keeps the two in step.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+/// The documented example; also the template of the file written on first run.
+pub const EXAMPLE: &str = include_str!("../yubin.example.toml");
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub hostname: String,
+    pub data_dir: PathBuf,
+    pub tls: Tls,
+    pub listen: Listen,
+    pub smtp: Smtp,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Listen {
+    pub smtp: Vec<SocketAddr>,
+    pub submission: Vec<SocketAddr>,
+    pub submissions: Vec<SocketAddr>,
+    pub imap: Vec<SocketAddr>,
+    pub imaps: Vec<SocketAddr>,
+    pub pop3: Vec<SocketAddr>,
+    pub pop3s: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Smtp {
+    pub max_message_size: usize,
+    pub max_recipients: usize,
+    pub max_errors: u32,
+    pub max_line_length: usize,
+    pub idle_timeout: u64,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    pub level: String,
+}
+
+fn both(port: u16) -> Vec<SocketAddr> {
+    vec![
+        SocketAddr::from(([0, 0, 0, 0], port)),
+        SocketAddr::from(([0u16; 8], port)),
+    ]
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            hostname: system_hostname(),
+            data_dir: "data".into(),
+            tls: Tls::default(),
+            listen: Listen::default(),
+            smtp: Smtp::default(),
+            log: Log::default(),
+        }
+    }
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            smtp: both(25),
+            submission: both(587),
+            submissions: both(465),
+            imap: both(143),
+            imaps: both(993),
+            pop3: both(110),
+            pop3s: both(995),
+        }
+    }
+}
+
+impl Default for Smtp {
+    fn default() -> Self {
+        Smtp {
+            max_message_size: 50 * 1024 * 1024,
+            max_recipients: 100,
+            max_errors: 20,
+            max_line_length: 4096,
+            idle_timeout: 300,
+            max_connections: 1000,
+            max_connections_per_ip: 20,
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: "info".into(),
+        }
+    }
+}
+
+/// This machine's host name, lower-cased; `localhost` when it cannot be read.
+pub fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_lowercase())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+impl Config {
+    /// Parse a file; relative paths in it become relative to the file's directory.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let mut cfg = Config::parse(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        cfg.data_dir = base.join(&cfg.data_dir);
+        cfg.tls.cert = cfg.tls.cert.map(|p| base.join(p));
+        cfg.tls.key = cfg.tls.key.map(|p| base.join(p));
+        Ok(cfg)
+    }
+
+    pub fn parse(text: &str) -> Result<Config> {
+        let cfg: Config = toml::from_str(text)?;
+        if cfg.tls.cert.is_some() != cfg.tls.key.is_some() {
+            bail!("[tls] needs both `cert` and `key`, or neither");
+        }
+        if cfg.smtp.max_line_length < 512 {
+            bail!("[smtp] max_line_length must be at least 512 (RFC 5321 §4.5.3.1.4)");
+        }
+        if cfg.smtp.max_recipients == 0 || cfg.smtp.max_errors == 0 {
+            bail!("[smtp] max_recipients and max_errors must be at least 1");
+        }
+        Ok(cfg)
+    }
+
+    /// The text of a new config file: the documented example with the host name filled in.
+    pub fn first_run_text(hostname: &str) -> String {
+        EXAMPLE.replacen(
+            "#hostname = \"mail.example.com\"",
+            &format!("hostname = \"{hostname}\""),
+            1,
+        )
+    }
+
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("tls")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every commented `#key = value` line of the example, uncommented, must parse to the
+    /// defaults: the example cannot drift from the code.
+    #[test]
+    fn example_documents_the_defaults() {
+        let mut uncommented = String::new();
+        for line in EXAMPLE.lines() {
+            let l = line.trim_start();
+            let is_key = l.starts_with('#')
+                && l[1..].split('=').next().is_some_and(|k| {
+                    let k = k.trim();
+                    !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                })
+                && l.contains('=');
+            let skip = l.contains("letsencrypt") || l.starts_with("#hostname");
+            if is_key && !skip {
+                uncommented.push_str(&l[1..]);
+            } else {
+                uncommented.push_str(line);
+            }
+            uncommented.push('\n');
+        }
+        let parsed = Config::parse(&uncommented).unwrap();
+        assert_eq!(parsed, Config::default());
+        assert_eq!(Config::parse(EXAMPLE).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn first_run_text_sets_hostname() {
+        let c = Config::parse(&Config::first_run_text("mx.example.org")).unwrap();
+        assert_eq!(c.hostname, "mx.example.org");
+    }
+
+    #[test]
+    fn clear_errors() {
+        let e = Config::parse("[smtp]\nmax_mesage_size = 1\n").unwrap_err();
+        assert!(
+            format!("{e:#}").contains("unknown field `max_mesage_size`"),
+            "{e:#}"
+        );
+        let e = Config::parse("[tls]\ncert = \"a.pem\"\n").unwrap_err();
+        assert!(e.to_string().contains("both"));
+        let e = Config::parse("[listen]\nsmtp = [\"localhost\"]\n").unwrap_err();
+        assert!(format!("{e:#}").contains("invalid socket address"), "{e:#}");
+    }
+}
