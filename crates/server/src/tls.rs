@@ -24,13 +24,22 @@ pub fn paths(cfg: &Config) -> (PathBuf, PathBuf) {
 /// Write a self-signed certificate for `names` (first run, or when the generated pair is
 /// missing). The key file is created readable by its owner only.
 pub fn generate_self_signed(dir: &Path, names: &[String]) -> Result<()> {
-    let ck = rcgen::generate_simple_self_signed(names.to_vec())
+    let key_pair = rcgen::KeyPair::generate().context("cannot generate a TLS key")?;
+    let mut params = rcgen::CertificateParams::new(names.to_vec())
+        .context("invalid name for the self-signed certificate")?;
+    if let Some(first) = names.first() {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, first.clone());
+    }
+    let cert = params
+        .self_signed(&key_pair)
         .context("cannot generate a self-signed certificate")?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let key_path = dir.join("key.pem");
-    write_private(&key_path, ck.signing_key.serialize_pem().as_bytes())?;
+    write_private(&key_path, key_pair.serialize_pem().as_bytes())?;
     let cert_path = dir.join("cert.pem");
-    std::fs::write(&cert_path, ck.cert.pem())
+    std::fs::write(&cert_path, cert.pem())
         .with_context(|| format!("cannot write {}", cert_path.display()))?;
     Ok(())
 }

@@ -201,6 +201,12 @@ impl Session {
         self.tls
     }
 
+    /// Bytes held for this client: unprocessed input plus the message being received.
+    /// Bounded by `max_line_length + max_message_size` plus one read.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.pos + self.body.len()
+    }
+
     /// Bytes read from the client.
     pub fn push(&mut self, bytes: &[u8]) {
         if self.pos == self.buf.len() {
@@ -701,4 +707,56 @@ fn has_bare_lf(data: &[u8]) -> bool {
     data.iter()
         .enumerate()
         .any(|(i, &b)| b == b'\n' && (i == 0 || data[i - 1] != b'\r'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replies(s: &mut Session) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            match s.poll() {
+                Event::Reply(r) => out.push(r.to_string()),
+                Event::Close => {
+                    out.push("[CLOSE]".into());
+                    return out;
+                }
+                Event::NeedInput => return out,
+                e => panic!("unexpected {e:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn idle_timeout_closes_with_421() {
+        let mut s = Session::new(Config::default());
+        replies(&mut s);
+        s.timeout();
+        assert_eq!(
+            replies(&mut s),
+            ["421 4.4.2 localhost idle timeout, closing\r\n", "[CLOSE]"]
+        );
+    }
+
+    #[test]
+    fn implicit_tls_session_does_not_offer_starttls() {
+        let mut s = Session::new_tls(Config {
+            starttls: true,
+            ..Config::default()
+        });
+        assert!(s.is_tls());
+        replies(&mut s);
+        s.push(b"EHLO x\r\n");
+        let ehlo = replies(&mut s).concat();
+        assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+    }
+
+    #[test]
+    fn bare_lf_detection() {
+        assert!(has_bare_lf(b"a\nb"));
+        assert!(has_bare_lf(b"\n"));
+        assert!(!has_bare_lf(b"a\r\nb\r\n"));
+        assert!(!has_bare_lf(b""));
+    }
 }

@@ -98,7 +98,7 @@ fn run_script(name: &str, script: &str) {
     let mut got: Vec<String> = drain(&mut s, &mut delivered);
     let mut want: Vec<String> = Vec::new();
     let mut lineno = 0;
-    let mut check = |got: &mut Vec<String>, want: &mut Vec<String>, lineno: usize| {
+    let check = |got: &mut Vec<String>, want: &mut Vec<String>, lineno: usize| {
         assert_eq!(got, want, "{name}: mismatch before line {lineno}");
         got.clear();
         want.clear();

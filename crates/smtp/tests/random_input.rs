@@ -1,0 +1,114 @@
+//! The fuzz target's property on seeded random input, so it runs with every test: random
+//! mixes of real SMTP fragments and noise, split at random points, never make the session
+//! panic, stall, or hand over a message above the size limit.
+
+use yubin_smtp::{Config, DeliveryOutcome, Event, RcptVerdict, Session};
+
+const FRAGMENTS: &[&[u8]] = &[
+    b"EHLO x\r\n",
+    b"HELO y\r\n",
+    b"MAIL FROM:<a@b.c>\r\n",
+    b"MAIL FROM:<> SIZE=10\r\n",
+    b"RCPT TO:<d@e.f>\r\n",
+    b"RCPT TO:<postmaster>\r\n",
+    b"DATA\r\n",
+    b"BDAT 5\r\n",
+    b"BDAT 3 LAST\r\n",
+    b"BDAT 99999999999999999999\r\n",
+    b"\r\n.\r\n",
+    b".\r\n",
+    b"..\r\n",
+    b"RSET\r\n",
+    b"NOOP\r\n",
+    b"STARTTLS\r\n",
+    b"QUIT\r\n",
+    b"VRFY x\r\n",
+    b"\r\n",
+    b"\n",
+    b"\r",
+    b"\0",
+    b"\xff\xfe",
+    b"MAIL FROM:<\xc3\x28@x>\r\n",
+    b"RCPT TO:<<>>\r\n",
+    b"AUTH PLAIN\r\n",
+    b"Subject: x\r\n",
+    b"body line\r\n",
+    b"SMTPUTF8",
+    b" ",
+    b"<",
+    b">",
+    b":",
+];
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*: enough randomness for test inputs, no dependency.
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+#[test]
+fn random_input_never_breaks_the_session() {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    for _case in 0..3000 {
+        let mut input = Vec::new();
+        for _ in 0..rng.below(40) {
+            if rng.below(4) == 0 {
+                let n = rng.below(700);
+                input.extend((0..n).map(|_| rng.next() as u8));
+            } else {
+                input.extend_from_slice(FRAGMENTS[rng.below(FRAGMENTS.len())]);
+            }
+        }
+        let cfg = Config {
+            max_message_size: 1024,
+            max_line_length: 512,
+            starttls: true,
+            ..Config::default()
+        };
+        let mut s = Session::new(cfg);
+        let mut rest = &input[..];
+        'outer: loop {
+            let (chunk, tail) = rest.split_at((rng.below(80) + 1).min(rest.len()));
+            rest = tail;
+            s.push(chunk);
+            assert!(
+                s.buffered() <= 512 + 1024 + 2 * 80,
+                "{} bytes buffered",
+                s.buffered()
+            );
+            let mut steps = 0;
+            loop {
+                steps += 1;
+                assert!(steps < 100_000, "no progress");
+                match s.poll() {
+                    Event::Reply(r) => assert!((200..600).contains(&r.code)),
+                    Event::CheckRecipient(a) => s.rcpt_verdict(if a.len() % 2 == 0 {
+                        RcptVerdict::Accept
+                    } else {
+                        RcptVerdict::UnknownUser
+                    }),
+                    Event::Deliver(m) => {
+                        assert!(m.data.len() <= 1024);
+                        assert!(!m.rcpt_to.is_empty());
+                        s.delivery_result(DeliveryOutcome::Stored { id: "R".into() })
+                    }
+                    Event::StartTls => s.tls_started(),
+                    Event::Close => break 'outer,
+                    Event::NeedInput => break,
+                }
+            }
+            if rest.is_empty() {
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,157 @@
+"""End-to-end fixtures: a real `yubin serve` on loopback ports, driven by real clients.
+
+The binary is target/debug/yubin unless YUBIN_BIN names another (the test command builds it
+first). Every server gets its own temporary directory, config and ports.
+"""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+YUBIN = os.environ.get("YUBIN_BIN", str(ROOT / "target" / "debug" / "yubin"))
+DOMAIN = "example.test"
+HOSTNAME = "mx.example.test"
+PASSWORD = "correct horse battery staple"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"yubin exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"yubin did not listen on {port} within {timeout}s")
+
+
+class Yubin:
+    """One server instance: its directory, config, process and CLI."""
+
+    def __init__(self, tmp: Path, smtp: dict | None = None, extra: str = ""):
+        self.dir = tmp
+        self.port = free_port()
+        self.config = tmp / "yubin.toml"
+        smtp_keys = "\n".join(f"{k} = {v}" for k, v in (smtp or {}).items())
+        self.config.write_text(
+            f'hostname = "{HOSTNAME}"\n'
+            f"{extra}\n"
+            "[listen]\n"
+            f'smtp = ["127.0.0.1:{self.port}"]\n'
+            "submission = []\nsubmissions = []\nimap = []\nimaps = []\npop3 = []\npop3s = []\n"
+            "[smtp]\n"
+            f"{smtp_keys}\n"
+        )
+        self.proc: subprocess.Popen | None = None
+        self.log = tmp / "serve.log"
+
+    def cli(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        r = subprocess.run(
+            [YUBIN, "--config", str(self.config), *args],
+            input=input.encode() if input is not None else None,
+            capture_output=True,
+            timeout=60,
+        )
+        if check and r.returncode != 0:
+            raise AssertionError(f"yubin {' '.join(args)} failed: {r.stderr.decode()}")
+        return r
+
+    def start(self) -> "Yubin":
+        logf = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [YUBIN, "--config", str(self.config), "serve"],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "YUBIN_LOG": "debug"},
+        )
+        wait_port(self.port, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.proc = None
+
+    def add_user(self, address: str, password: str = PASSWORD) -> None:
+        self.cli("user", "add", address, "--password-stdin", input=password + "\n")
+
+    def uids(self, address: str, mailbox: str = "INBOX") -> list[int]:
+        out = self.cli("mail", "list", address, "--mailbox", mailbox).stdout.decode()
+        return [int(line.split("\t")[0]) for line in out.splitlines() if line]
+
+    def cat(self, address: str, uid: int, mailbox: str = "INBOX") -> bytes:
+        return self.cli("mail", "cat", address, str(uid), "--mailbox", mailbox).stdout
+
+    def messages(self, address: str) -> list[bytes]:
+        return [self.cat(address, u) for u in self.uids(address)]
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+TRACE = re.compile(
+    rb"^Return-Path: <(?P<from>[^>]*)>\r\n"
+    rb"Received: from (?P<helo>[^ ]+) \(\[(?P<ip>[0-9.:a-f]+)\]\)\r\n"
+    rb"\tby mx\.example\.test \(yubin\) with (?P<proto>[A-Z0-9]+)(?:\r\n\t\(using (?P<tls>[^)]*)\))? id (?P<id>[0-9A-F]+)"
+    rb"(?:\r\n\tfor <(?P<for>[^>]*)>)?;\r\n\t(?P<date>[A-Z][a-z]{2}, \d{1,2} [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d \+0000)\r\n"
+)
+
+
+def split_trace(stored: bytes):
+    """The trace headers yubin added, and the message exactly as the client sent it."""
+    m = TRACE.match(stored)
+    assert m, f"no trace headers at the start of: {stored[:300]!r}"
+    return m, stored[m.end():]
+
+
+@pytest.fixture
+def make_server(tmp_path):
+    servers: list[Yubin] = []
+
+    def make(smtp: dict | None = None, extra: str = "", users: bool = True) -> Yubin:
+        d = tmp_path / f"srv{len(servers)}"
+        d.mkdir()
+        y = Yubin(d, smtp, extra)
+        servers.append(y)
+        y.cli("init", "--domain", DOMAIN)
+        if users:
+            for u in ("bob", "carol", "dave"):
+                y.add_user(f"{u}@{DOMAIN}")
+        return y
+
+    yield make
+    for y in servers:
+        crashed = y.proc is not None and y.proc.poll() is not None
+        y.stop()
+        assert not crashed, f"yubin died during the test:\n{y.log_text()[-3000:]}"
+
+
+@pytest.fixture
+def server(make_server) -> Yubin:
+    return make_server(smtp={"max_message_size": 25 * 1024 * 1024}).start()
