@@ -20,8 +20,22 @@ def tls_context() -> ssl.SSLContext:
     return ctx
 
 
-def smtp(server) -> smtplib.SMTP:
-    return smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.example.org", timeout=60)
+def smtp(server, tls: bool = False) -> smtplib.SMTP:
+    s = smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.example.org", timeout=60)
+    if tls:
+        s.starttls(context=tls_context())
+    return s
+
+
+# The four kinds of message the foundation promises, each over plain SMTP and STARTTLS.
+over_tls = pytest.mark.parametrize("tls", [False, True], ids=["plain", "starttls"])
+
+
+def check_proto(m, tls: bool, base: bytes = b"ESMTP"):
+    assert m["proto"] == base + (b"S" if tls else b"")
+    assert (m["tls"] is not None) == tls
+    if tls:
+        assert m["tls"].startswith(b"TLSv1.3 with cipher")
 
 
 def only_message(server, address):
@@ -30,7 +44,8 @@ def only_message(server, address):
     return server.cat(address, uids[0])
 
 
-def test_plain_message_stored_byte_for_byte(server):
+@over_tls
+def test_plain_message_stored_byte_for_byte(server, tls):
     data = (
         b"From: Alice <alice@remote.example>\r\n"
         b"To: Bob <bob@example.test>\r\n"
@@ -42,11 +57,12 @@ def test_plain_message_stored_byte_for_byte(server):
         b"\r\n"
         b"..two dots\r\n"
     )
-    with smtp(server) as s:
+    with smtp(server, tls) as s:
         code, _ = s.ehlo()
         assert code == 250
         assert s.has_extn("pipelining") and s.has_extn("8bitmime") and s.has_extn("smtputf8")
-        assert s.has_extn("chunking") and s.has_extn("starttls") and s.has_extn("enhancedstatuscodes")
+        assert s.has_extn("chunking") and s.has_extn("enhancedstatuscodes")
+        assert s.has_extn("starttls") != tls
         assert s.esmtp_features["size"] == str(25 * 1024 * 1024)
         assert s.sendmail("alice@remote.example", [BOB], data) == {}
     m, body = split_trace(only_message(server, BOB))
@@ -54,25 +70,27 @@ def test_plain_message_stored_byte_for_byte(server):
     assert m["from"] == b"alice@remote.example"
     assert m["helo"] == b"client.example.org"
     assert m["ip"] == b"127.0.0.1"
-    assert m["proto"] == b"ESMTP"
+    check_proto(m, tls)
     assert m["for"] == BOB.encode()
-    assert m["tls"] is None
 
 
-def test_8bit_message(server):
+@over_tls
+def test_8bit_message(server, tls):
     data = "Subject: 8-bit\r\nContent-Type: text/plain; charset=iso-8859-1\r\n\r\n".encode() + (
         "Grüße aus Köln, çà et là\r\n".encode("latin-1")
     )
-    with smtp(server) as s:
+    with smtp(server, tls) as s:
         s.sendmail("alice@remote.example", [BOB], data, mail_options=["BODY=8BITMIME"])
-    _, body = split_trace(only_message(server, BOB))
+    m, body = split_trace(only_message(server, BOB))
     assert body == data
+    check_proto(m, tls)
 
 
-def test_utf8_addresses_and_headers_with_smtputf8(server):
+@over_tls
+def test_utf8_addresses_and_headers_with_smtputf8(server, tls):
     server.add_user(f"用户@{DOMAIN}")
     data = "From: 发件人 <发件人@remote.example>\r\nTo: 用户@example.test\r\nSubject: 你好, Grüße\r\n\r\nこんにちは\r\n".encode()
-    with smtp(server) as s:
+    with smtp(server, tls) as s:
         s.ehlo()
         refused = s.sendmail(
             "发件人@remote.example", [f"用户@{DOMAIN}"], data, mail_options=["SMTPUTF8", "BODY=8BITMIME"]
@@ -83,18 +101,20 @@ def test_utf8_addresses_and_headers_with_smtputf8(server):
         assert code == 553 and b"5.6.7" in msg
     m, body = split_trace(only_message(server, f"用户@{DOMAIN}"))
     assert body == data
-    assert m["proto"] == b"UTF8SMTP"
+    check_proto(m, tls, b"UTF8SMTP")
     assert m["from"] == "发件人@remote.example".encode()
 
 
-def test_20_mib_message(server):
+@over_tls
+def test_20_mib_message(server, tls):
     line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.\r\n"
     body = b"Subject: big\r\n\r\n" + line * (20 * 1024 * 1024 // len(line))
     assert len(body) >= 20 * 1024 * 1024 - len(line)
-    with smtp(server) as s:
+    with smtp(server, tls) as s:
         assert s.sendmail("alice@remote.example", [BOB], body) == {}
-    _, stored = split_trace(only_message(server, BOB))
+    m, stored = split_trace(only_message(server, BOB))
     assert stored == body
+    check_proto(m, tls)
 
 
 def test_oversize_refused_and_nothing_stored(server):
@@ -110,19 +130,6 @@ def test_oversize_refused_and_nothing_stored(server):
         assert code == 552 and b"5.3.4" in msg
         assert s.noop()[0] == 250
     assert server.uids(BOB) == []
-
-
-def test_starttls(server):
-    data = b"Subject: secret\r\n\r\nover TLS\r\n"
-    with smtp(server) as s:
-        s.starttls(context=tls_context())
-        s.ehlo()
-        assert not s.has_extn("starttls")
-        s.sendmail("alice@remote.example", [BOB], data)
-    m, body = split_trace(only_message(server, BOB))
-    assert body == data
-    assert m["proto"] == b"ESMTPS"
-    assert m["tls"].startswith(b"TLSv1.")
 
 
 def swaks(server, *args, data: bytes | None = None, tmp_path=None):

@@ -50,6 +50,8 @@ pub enum Error {
     NoSuchMessage(u32),
     #[error("password: {0}")]
     Password(String),
+    #[error("a delivery needs at least one account")]
+    NoRecipients,
     #[error("the store's writer has stopped")]
     WriterGone,
 }

@@ -717,6 +717,10 @@ impl MailStore for SqliteStore {
         flags: u32,
         internal_date: i64,
     ) -> Result<Vec<Delivered>> {
+        if accounts.is_empty() {
+            let _ = fs::remove_file(Self::blob_path(&self.root, &blob.name));
+            return Err(Error::NoRecipients);
+        }
         let (reply, rx) = mpsc::sync_channel(1);
         let job = Job {
             blob,
