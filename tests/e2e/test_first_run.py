@@ -121,3 +121,28 @@ def test_tls_versions(server):
         else:
             assert "CONNECTION ESTABLISHED" not in out, (flag, out)
             assert "alert protocol version" in out or "alert handshake failure" in out, (flag, out)
+
+
+def test_graceful_shutdown(server):
+    """SIGTERM: idle sessions get 421, a message being received is finished and stored."""
+    import signal
+    import time
+
+    from test_bad_input import Raw
+
+    idle = Raw(server.port)
+    busy = Raw(server.port)
+    busy.cmd(b"EHLO x.example\r\n")
+    busy.sock.sendall(b"MAIL FROM:<a@remote.example>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
+    assert [busy.reply()[:3] for _ in range(3)] == [b"250", b"250", b"354"]
+    busy.sock.sendall(b"Subject: in flight\r\n\r\nfirst half\r\n")
+    server.proc.send_signal(signal.SIGTERM)
+    idle.sock.settimeout(10)
+    assert idle.line().startswith(b"421 4.3.2")
+    time.sleep(0.2)
+    assert server.proc.poll() is None, "waits for the message in flight"
+    assert busy.cmd(b"second half\r\n.\r\n").startswith(b"250 2.0.0")
+    assert busy.line().startswith(b"421 4.3.2")
+    assert server.proc.wait(timeout=10) == 0
+    server.proc = None
+    assert server.cat("bob@example.test", 1).endswith(b"Subject: in flight\r\n\r\nfirst half\r\nsecond half\r\n")

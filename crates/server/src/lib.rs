@@ -28,7 +28,12 @@ pub struct Server {
     pub store: Arc<dyn Store>,
     pub tls: Option<TlsAcceptor>,
     smtp_limits: Arc<ConnLimiter>,
+    /// Becomes true when the server starts shutting down.
+    shutdown: tokio::sync::watch::Receiver<bool>,
 }
+
+/// How long a shutdown waits for sessions to finish the message they are receiving.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub fn unix_now() -> i64 {
     SystemTime::now()
@@ -206,20 +211,39 @@ pub async fn serve(cfg: Config) -> Result<()> {
     if smtp.is_empty() {
         bail!("no listener is enabled; set [listen] smtp in the config file");
     }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = Arc::new(Server {
+        shutdown: stop_rx,
         smtp_limits: ConnLimiter::new(cfg.smtp.max_connections, cfg.smtp.max_connections_per_ip),
         cfg,
         store: Arc::new(store),
         tls,
     });
+    let mut acceptors = Vec::new();
     for l in smtp {
         let addr = l.local_addr()?;
         info!(%addr, "smtp listening");
         eprintln!("yubin: smtp listening on {addr}");
-        tokio::spawn(accept_smtp(server.clone(), l));
+        acceptors.push(tokio::spawn(accept_smtp(server.clone(), l)));
     }
     shutdown_signal().await;
+    // Stop accepting, tell idle sessions 421, let messages in flight finish (RFC 5321 §3.8).
     info!("shutting down");
+    for a in &acceptors {
+        a.abort();
+    }
+    let _ = stop_tx.send(true);
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    while server.smtp_limits.active() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let left = server.smtp_limits.active();
+    if left > 0 {
+        warn!(
+            sessions = left,
+            "stopping with sessions still open; their clients will retry"
+        );
+    }
     Ok(())
 }
 

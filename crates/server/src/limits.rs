@@ -31,6 +31,11 @@ impl ConnLimiter {
         })
     }
 
+    /// Connections open now.
+    pub fn active(&self) -> usize {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, Refused> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if st.0 >= self.max_total {

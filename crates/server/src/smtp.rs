@@ -54,6 +54,8 @@ impl Conn {
     async fn run(&mut self, mut session: Session) -> std::io::Result<()> {
         let idle = Duration::from_secs(self.server.cfg.smtp.idle_timeout);
         let mut buf = vec![0u8; 64 * 1024];
+        let mut shutdown = self.server.shutdown.clone();
+        let mut draining = false;
         loop {
             match session.poll() {
                 Event::Reply(r) => {
@@ -85,15 +87,32 @@ impl Conn {
                 }
                 Event::NeedInput => {
                     self.flush().await?;
-                    match tokio::time::timeout(idle, self.stream.read(&mut buf)).await {
-                        Err(_) => {
-                            info!("idle timeout");
-                            session.timeout();
+                    // While draining, close as soon as the transaction in progress ends.
+                    if draining && session.shutdown() {
+                        continue;
+                    }
+                    let read = tokio::time::timeout(idle, self.stream.read(&mut buf));
+                    let stop = async {
+                        if draining {
+                            std::future::pending::<()>().await
                         }
-                        // The client went away; a half-received message is simply dropped.
-                        Ok(Ok(0)) => return Ok(()),
-                        Ok(Ok(n)) => session.push(&buf[..n]),
-                        Ok(Err(e)) => return Err(e),
+                        let _ = shutdown.wait_for(|stop| *stop).await;
+                    };
+                    tokio::select! {
+                        r = read => match r {
+                            Err(_) => {
+                                info!("idle timeout");
+                                session.timeout();
+                            }
+                            // The client went away; a half-received message is dropped.
+                            Ok(Ok(0)) => return Ok(()),
+                            Ok(Ok(n)) => session.push(&buf[..n]),
+                            Ok(Err(e)) => return Err(e),
+                        },
+                        () = stop => {
+                            draining = true;
+                            session.shutdown();
+                        }
                     }
                 }
             }

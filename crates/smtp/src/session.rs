@@ -361,6 +361,26 @@ impl Session {
         self.phase = Phase::Command;
     }
 
+    /// The server is shutting down. A session between transactions is closed with 421
+    /// (RFC 5321 §3.8) and `true` is returned; one receiving a message is left to finish.
+    pub fn shutdown(&mut self) -> bool {
+        match self.phase {
+            Phase::Command | Phase::SkipLine | Phase::AwaitTls | Phase::AwaitRcpt(_)
+                if self.envelope.is_none() =>
+            {
+                self.out.push_back(r(
+                    421,
+                    (4, 3, 2),
+                    format!("{} shutting down, try again later", self.cfg.hostname),
+                ));
+                self.phase = Phase::Closed;
+                true
+            }
+            Phase::Closed => true,
+            _ => false,
+        }
+    }
+
     /// The client was idle for too long (RFC 5321 §4.5.3.2.7).
     pub fn timeout(&mut self) {
         self.out.push_back(r(
@@ -606,7 +626,9 @@ impl Session {
         }
         if env.rcpt_to.len() >= self.cfg.max_recipients {
             // RFC 5321 §4.5.3.1.10: 452 for too many recipients; the client sends the rest later.
-            return self.reply(r(452, (4, 5, 3), "Too many recipients"));
+            // Our own limit, not a client error: not counted towards `max_errors`.
+            self.out.push_back(r(452, (4, 5, 3), "Too many recipients"));
+            return;
         }
         if !to.address.is_ascii() && !env.smtputf8 {
             return self.reply(r(553, (5, 6, 7), "Non-ASCII address requires SMTPUTF8"));
@@ -736,6 +758,25 @@ mod tests {
         assert_eq!(
             replies(&mut s),
             ["421 4.4.2 localhost idle timeout, closing\r\n", "[CLOSE]"]
+        );
+    }
+
+    #[test]
+    fn shutdown_spares_a_transaction_in_progress() {
+        let mut s = Session::new(Config::default());
+        replies(&mut s);
+        s.push(b"HELO x\r\nMAIL FROM:<a@b.c>\r\n");
+        replies(&mut s);
+        assert!(!s.shutdown(), "a transaction is in progress");
+        s.push(b"RSET\r\n");
+        replies(&mut s);
+        assert!(s.shutdown());
+        assert_eq!(
+            replies(&mut s),
+            [
+                "421 4.3.2 localhost shutting down, try again later\r\n",
+                "[CLOSE]"
+            ]
         );
     }
 
