@@ -7,6 +7,8 @@
 
 mod reply;
 mod session;
+#[doc(hidden)]
+pub mod testing;
 pub mod trace;
 
 pub use reply::{Esc, Reply};

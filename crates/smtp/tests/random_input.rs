@@ -2,7 +2,8 @@
 //! mixes of real SMTP fragments and noise, split at random points, never make the session
 //! panic, stall, or hand over a message above the size limit.
 
-use yubin_smtp::{Config, DeliveryOutcome, Event, RcptVerdict, Session};
+use yubin_smtp::Config;
+use yubin_smtp::testing::exercise;
 
 const FRAGMENTS: &[&[u8]] = &[
     b"EHLO x\r\n",
@@ -74,41 +75,6 @@ fn random_input_never_breaks_the_session() {
             starttls: true,
             ..Config::default()
         };
-        let mut s = Session::new(cfg);
-        let mut rest = &input[..];
-        'outer: loop {
-            let (chunk, tail) = rest.split_at((rng.below(80) + 1).min(rest.len()));
-            rest = tail;
-            s.push(chunk);
-            assert!(
-                s.buffered() <= 512 + 1024 + 2 * 80,
-                "{} bytes buffered",
-                s.buffered()
-            );
-            let mut steps = 0;
-            loop {
-                steps += 1;
-                assert!(steps < 100_000, "no progress");
-                match s.poll() {
-                    Event::Reply(r) => assert!((200..600).contains(&r.code)),
-                    Event::CheckRecipient(a) => s.rcpt_verdict(if a.len() % 2 == 0 {
-                        RcptVerdict::Accept
-                    } else {
-                        RcptVerdict::UnknownUser
-                    }),
-                    Event::Deliver(m) => {
-                        assert!(m.data.len() <= 1024);
-                        assert!(!m.rcpt_to.is_empty());
-                        s.delivery_result(DeliveryOutcome::Stored { id: "R".into() })
-                    }
-                    Event::StartTls => s.tls_started(),
-                    Event::Close => break 'outer,
-                    Event::NeedInput => break,
-                }
-            }
-            if rest.is_empty() {
-                break;
-            }
-        }
+        exercise(cfg, &input, || rng.below(80) + 1);
     }
 }
