@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 use yubin_smtp::{DeliveryOutcome, Event, Message, RcptVerdict, Session, trace};
-use yubin_store::{AccountId, Resolved};
+use yubin_store::{AccountId, Flags, Resolved};
 
 use crate::stream::Stream;
 use crate::{Server, new_id, unix_now};
@@ -230,7 +230,7 @@ impl Conn {
         let rcpts = msg.rcpt_to.join(",");
         let result = tokio::task::spawn_blocking(move || {
             let blob = store.stage(&[return_path.as_bytes(), received.as_bytes(), &msg.data])?;
-            store.deliver(blob, &accounts, "INBOX", 0, now)
+            store.deliver(blob, &accounts, "INBOX", &Flags::default(), now)
         })
         .await;
         match result {

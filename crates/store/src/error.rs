@@ -46,6 +46,14 @@ pub enum Error {
     NoSuchAlias(String),
     #[error("no mailbox {0}")]
     NoSuchMailbox(String),
+    #[error("mailbox {0} already exists")]
+    MailboxExists(String),
+    #[error("invalid mailbox name {0:?}: {1}")]
+    InvalidMailboxName(String, &'static str),
+    #[error("mailbox {0} has child mailboxes; delete them first")]
+    MailboxHasChildren(String),
+    #[error("INBOX cannot be deleted")]
+    InboxNotDeletable,
     #[error("no message with UID {0}")]
     NoSuchMessage(u32),
     #[error("password: {0}")]

@@ -80,12 +80,78 @@ pub enum Resolved {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mailbox {
     pub id: MailboxId,
+    /// Full name; `/` separates levels (`Archive/2026`).
     pub name: String,
     pub uidvalidity: u32,
     pub uid_next: u32,
     pub highest_modseq: u64,
+    /// RFC 6154 attribute such as `\Sent`.
     pub special_use: Option<String>,
+    pub subscribed: bool,
     pub messages: u64,
+    /// Messages without `\Seen`.
+    pub unseen: u64,
+    /// Total octets of its messages (RFC 8438 STATUS SIZE, quotas).
+    pub size: u64,
+}
+
+/// A message's system flags (bits of [`flags`]) and keywords (`$Junk`, `$Forwarded`...).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Flags {
+    pub system: u32,
+    /// Each keyword once (compared without case, RFC 9051 §2.3.2), in the order first seen.
+    pub keywords: Vec<String>,
+}
+
+impl Flags {
+    pub fn system(bits: u32) -> Self {
+        Flags {
+            system: bits,
+            keywords: Vec::new(),
+        }
+    }
+
+    pub fn has_keyword(&self, k: &str) -> bool {
+        self.keywords.iter().any(|x| x.eq_ignore_ascii_case(k))
+    }
+
+    /// Apply a STORE operation; returns whether anything changed.
+    pub fn apply(&mut self, op: FlagOp, other: &Flags) -> bool {
+        let before = self.clone();
+        match op {
+            FlagOp::Replace => {
+                self.system = other.system;
+                self.keywords.clear();
+                self.add_keywords(&other.keywords);
+            }
+            FlagOp::Add => {
+                self.system |= other.system;
+                self.add_keywords(&other.keywords);
+            }
+            FlagOp::Remove => {
+                self.system &= !other.system;
+                self.keywords
+                    .retain(|k| !other.keywords.iter().any(|o| o.eq_ignore_ascii_case(k)));
+            }
+        }
+        *self != before
+    }
+
+    fn add_keywords(&mut self, ks: &[String]) {
+        for k in ks {
+            if !self.has_keyword(k) {
+                self.keywords.push(k.clone());
+            }
+        }
+    }
+}
+
+/// How STORE changes flags (RFC 9051 §6.4.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagOp {
+    Replace,
+    Add,
+    Remove,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,9 +159,48 @@ pub struct MessageMeta {
     pub uid: u32,
     pub size: u64,
     pub internal_date: i64,
-    pub flags: u32,
+    pub flags: Flags,
     pub modseq: u64,
 }
+
+/// What happened in a mailbox after some MODSEQ.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub highest_modseq: u64,
+    pub uid_next: u32,
+    /// Messages added or whose flags changed, by UID.
+    pub changed: Vec<MessageMeta>,
+    /// UIDs removed, ascending.
+    pub expunged: Vec<u32>,
+}
+
+/// Result of a flag update.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlagsUpdate {
+    /// Every message of the request that still exists, with its flags now.
+    pub messages: Vec<MessageMeta>,
+    /// UIDs left alone because their MODSEQ was above UNCHANGEDSINCE (RFC 7162 §3.1.3).
+    pub modified: Vec<u32>,
+}
+
+/// Result of a copy or move: the target's UIDVALIDITY and (source UID, new UID) pairs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Copied {
+    pub uidvalidity: u32,
+    pub uids: Vec<(u32, u32)>,
+}
+
+/// A message moved into Junk (spam) or out of it (ham), for filter training.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrainingEvent {
+    pub spam: bool,
+    pub created: i64,
+    /// The message, as stored.
+    pub size: u64,
+}
+
+/// Called after a committed change with the mailbox it touched.
+pub type ChangeListener = Box<dyn Fn(MailboxId) + Send + Sync>;
 
 /// A message body written to stable storage but not yet in any mailbox.
 /// Hand it to [`MailStore::deliver`]; a staged blob that is never delivered is removed
@@ -117,6 +222,7 @@ impl StagedBlob {
 pub struct Delivered {
     pub account: AccountId,
     pub mailbox: MailboxId,
+    pub uidvalidity: u32,
     pub uid: u32,
 }
 
@@ -148,7 +254,8 @@ pub trait Directory: Send + Sync {
     fn resolve(&self, address: &str) -> Result<Resolved>;
 }
 
-/// Message bodies and mailboxes.
+/// Message bodies and mailboxes. Mailbox names are full paths with `/` as the separator;
+/// `INBOX` is case-insensitive.
 pub trait MailStore: Send + Sync {
     /// Write a body (the concatenation of `parts`) to stable storage.
     fn stage(&self, parts: &[&[u8]]) -> Result<StagedBlob>;
@@ -159,15 +266,47 @@ pub trait MailStore: Send + Sync {
         blob: StagedBlob,
         accounts: &[AccountId],
         mailbox: &str,
-        flags: u32,
+        flags: &Flags,
         internal_date: i64,
     ) -> Result<Vec<Delivered>>;
+
     fn list_mailboxes(&self, account: AccountId) -> Result<Vec<Mailbox>>;
-    fn list_messages(&self, account: AccountId, mailbox: &str) -> Result<Vec<MessageMeta>>;
-    fn read_message(&self, account: AccountId, mailbox: &str, uid: u32) -> Result<Vec<u8>>;
+    fn mailbox(&self, account: AccountId, name: &str) -> Result<Mailbox>;
+    /// Creates missing parents too (RFC 9051 §6.3.4).
+    fn create_mailbox(&self, account: AccountId, name: &str) -> Result<Mailbox>;
+    /// Refuses INBOX and mailboxes with children; removes the mailbox's messages.
+    fn delete_mailbox(&self, account: AccountId, name: &str) -> Result<()>;
+    /// Renames children too; renaming INBOX moves its messages (RFC 9051 §6.3.6).
+    fn rename_mailbox(&self, account: AccountId, from: &str, to: &str) -> Result<()>;
+    fn subscribe(&self, account: AccountId, name: &str, subscribed: bool) -> Result<()>;
+
+    /// All messages of a mailbox by ascending UID.
+    fn messages(&self, mailbox: MailboxId) -> Result<Vec<MessageMeta>>;
+    /// What changed after `since` (a MODSEQ).
+    fn changes(&self, mailbox: MailboxId, since: u64) -> Result<Changes>;
+    /// A message's bytes exactly as stored.
+    fn read(&self, mailbox: MailboxId, uid: u32) -> Result<Vec<u8>>;
+    fn store_flags(
+        &self,
+        mailbox: MailboxId,
+        uids: &[u32],
+        op: FlagOp,
+        flags: &Flags,
+        unchanged_since: Option<u64>,
+    ) -> Result<FlagsUpdate>;
+    /// Remove messages flagged `\Deleted` (only those in `uids`, when given). Returns the
+    /// removed UIDs, ascending.
+    fn expunge(&self, mailbox: MailboxId, uids: Option<&[u32]>) -> Result<Vec<u32>>;
+    /// Copy (or move, when `remove`) messages to another mailbox of the same account,
+    /// keeping flags and internal dates. Moving into or out of Junk records training events.
+    fn copy(&self, from: MailboxId, uids: &[u32], to: MailboxId, remove: bool) -> Result<Copied>;
+    fn training_events(&self, account: AccountId) -> Result<Vec<TrainingEvent>>;
+
     /// Remove bodies left by deliveries that never committed (a crash between the two).
     /// Call only when no delivery is in flight (at start-up). Returns how many were removed.
     fn sweep_orphans(&self) -> Result<usize>;
+    /// Be told about every committed change to any mailbox (IMAP IDLE, NOOP).
+    fn on_change(&self, listener: ChangeListener);
 }
 
 /// Everything a backend provides; what the server holds as `Arc<dyn Store>`.

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use yubin_store::{Directory, Error, MailStore, Resolved, SqliteStore};
+use yubin_store::{Directory, Error, Flags, MailStore, Resolved, SqliteStore};
 
 fn store() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
@@ -211,7 +211,9 @@ fn concurrent_deliveries_get_unique_uids_and_survive_reopen() {
                     for i in 0..40 {
                         let body = format!("Subject: {t}-{i}\r\n\r\nbody\r\n");
                         let blob = s.stage(&[b"X-Trace: 1\r\n", body.as_bytes()]).unwrap();
-                        let d = s.deliver(blob, &[a, b, a], "inbox", 0, 1).unwrap();
+                        let d = s
+                            .deliver(blob, &[a, b, a], "inbox", &Flags::default(), 1)
+                            .unwrap();
                         assert_eq!(d.len(), 2, "duplicate accounts get one copy");
                     }
                 })
@@ -220,12 +222,13 @@ fn concurrent_deliveries_get_unique_uids_and_survive_reopen() {
         for t in threads {
             t.join().unwrap();
         }
-        let msgs = s.list_messages(a, "INBOX").unwrap();
+        let inbox_a = s.mailbox(a, "INBOX").unwrap().id;
+        let msgs = s.messages(inbox_a).unwrap();
         let uids: Vec<u32> = msgs.iter().map(|m| m.uid).collect();
         assert_eq!(uids, (1..=320).collect::<Vec<u32>>());
         let modseqs: BTreeSet<u64> = msgs.iter().map(|m| m.modseq).collect();
         assert_eq!(modseqs.len(), 320);
-        let raw = s.read_message(a, "INBOX", 7).unwrap();
+        let raw = s.read(inbox_a, 7).unwrap();
         assert!(raw.starts_with(b"X-Trace: 1\r\nSubject: "));
         assert_eq!(raw.len() as u64, msgs[6].size);
         // One body shared by both recipients.
@@ -234,7 +237,9 @@ fn concurrent_deliveries_get_unique_uids_and_survive_reopen() {
     let s = SqliteStore::open(dir.path()).unwrap();
     let before = s.list_mailboxes(a).unwrap();
     let blob = s.stage(&[b"after restart\r\n"]).unwrap();
-    let d = s.deliver(blob, &[a], "INBOX", 0, 2).unwrap();
+    let d = s
+        .deliver(blob, &[a], "INBOX", &Flags::default(), 2)
+        .unwrap();
     assert_eq!(d[0].uid, 321);
     let after = s.list_mailboxes(a).unwrap();
     assert_eq!(before[0].uidvalidity, after[0].uidvalidity);
@@ -242,9 +247,10 @@ fn concurrent_deliveries_get_unique_uids_and_survive_reopen() {
     // Removing one account keeps the bodies the other still references.
     s.remove_account("a@example.com").unwrap();
     assert_eq!(blob_files(dir.path()), 320);
+    let inbox_b = s.mailbox(b, "INBOX").unwrap().id;
     assert_eq!(
-        s.read_message(b, "INBOX", 1).unwrap().len() as u64,
-        s.list_messages(b, "INBOX").unwrap()[0].size
+        s.read(inbox_b, 1).unwrap().len() as u64,
+        s.messages(inbox_b).unwrap()[0].size
     );
     s.remove_account("b@example.com").unwrap();
     assert_eq!(blob_files(dir.path()), 0);
@@ -257,7 +263,7 @@ fn failed_delivery_leaves_nothing_and_orphans_are_swept() {
     let a = s.add_account("a@example.com", "pw", false).unwrap().id;
     let blob = s.stage(&[b"x"]).unwrap();
     assert!(matches!(
-        s.deliver(blob, &[a], "NoSuchBox", 0, 0),
+        s.deliver(blob, &[a], "NoSuchBox", &Flags::default(), 0),
         Err(Error::NoSuchMailbox(_))
     ));
     assert_eq!(
@@ -265,15 +271,17 @@ fn failed_delivery_leaves_nothing_and_orphans_are_swept() {
         0,
         "a failed delivery removes its body"
     );
-    assert!(s.list_messages(a, "INBOX").unwrap().is_empty());
+    let inbox = s.mailbox(a, "INBOX").unwrap().id;
+    assert!(s.messages(inbox).unwrap().is_empty());
     // A body staged by a process that crashed before delivering.
     let _orphan = s.stage(&[b"y"]).unwrap();
     let kept = s.stage(&[b"z"]).unwrap();
-    s.deliver(kept, &[a], "INBOX", 0, 0).unwrap();
+    s.deliver(kept, &[a], "INBOX", &Flags::default(), 0)
+        .unwrap();
     assert_eq!(blob_files(d.path()), 2);
     assert_eq!(s.sweep_orphans().unwrap(), 1);
     assert_eq!(blob_files(d.path()), 1);
-    assert_eq!(s.read_message(a, "INBOX", 1).unwrap(), b"z");
+    assert_eq!(s.read(inbox, 1).unwrap(), b"z");
 }
 
 #[test]
@@ -286,4 +294,198 @@ fn one_server_per_data_directory() {
         SqliteStore::open(&d.path().join("missing")),
         Err(Error::NotInitialized(_))
     ));
+}
+
+fn deliver_n(s: &SqliteStore, account: i64, mailbox: &str, n: usize) {
+    for i in 0..n {
+        let blob = s
+            .stage(&[format!("Subject: {i}\r\n\r\nbody\r\n").as_bytes()])
+            .unwrap();
+        s.deliver(
+            blob,
+            &[account],
+            mailbox,
+            &Flags::default(),
+            1_700_000_000 + i as i64,
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn mailbox_management() {
+    use yubin_store::Error as E;
+    let (_d, s) = store();
+    s.add_domain("example.com").unwrap();
+    let a = s.add_account("a@example.com", "pw", false).unwrap().id;
+    s.create_mailbox(a, "Projects/2026/Q4").unwrap();
+    let names: Vec<String> = s
+        .list_mailboxes(a)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert!(
+        names.contains(&"Projects".to_string()) && names.contains(&"Projects/2026".to_string())
+    );
+    assert!(
+        matches!(s.create_mailbox(a, "projects/2026/Q4"), Ok(_)),
+        "names are case-sensitive"
+    );
+    assert!(matches!(
+        s.create_mailbox(a, "Projects"),
+        Err(E::MailboxExists(_))
+    ));
+    assert!(matches!(
+        s.create_mailbox(a, "a//b"),
+        Err(E::InvalidMailboxName(..))
+    ));
+    assert!(matches!(
+        s.delete_mailbox(a, "Projects"),
+        Err(E::MailboxHasChildren(_))
+    ));
+    assert!(matches!(
+        s.delete_mailbox(a, "inbox"),
+        Err(E::InboxNotDeletable)
+    ));
+    deliver_n(&s, a, "Projects/2026/Q4", 2);
+    let before = s.mailbox(a, "Projects/2026/Q4").unwrap();
+    s.rename_mailbox(a, "Projects", "Old/Projects").unwrap();
+    let after = s.mailbox(a, "Old/Projects/2026/Q4").unwrap();
+    assert_eq!(
+        (after.id, after.uidvalidity, after.messages),
+        (before.id, before.uidvalidity, 2)
+    );
+    assert!(s.mailbox(a, "Old").is_ok(), "missing parents are created");
+    assert!(matches!(s.mailbox(a, "Projects"), Err(E::NoSuchMailbox(_))));
+    assert!(matches!(
+        s.rename_mailbox(a, "Old", "Old/Inner"),
+        Err(E::InvalidMailboxName(..))
+    ));
+    // Renaming INBOX moves its messages and leaves it empty (RFC 9051 §6.3.6).
+    deliver_n(&s, a, "INBOX", 3);
+    s.rename_mailbox(a, "INBOX", "Saved").unwrap();
+    assert_eq!(s.mailbox(a, "INBOX").unwrap().messages, 0);
+    assert_eq!(s.mailbox(a, "Saved").unwrap().messages, 3);
+    s.subscribe(a, "Saved", false).unwrap();
+    assert!(!s.mailbox(a, "Saved").unwrap().subscribed);
+    s.delete_mailbox(a, "Saved").unwrap();
+    assert!(matches!(s.mailbox(a, "Saved"), Err(E::NoSuchMailbox(_))));
+}
+
+#[test]
+fn flags_expunge_copy_move_and_changes() {
+    use yubin_store::{FlagOp, flags};
+    let (_d, s) = store();
+    s.add_domain("example.com").unwrap();
+    let a = s.add_account("a@example.com", "pw", false).unwrap().id;
+    deliver_n(&s, a, "INBOX", 5);
+    let inbox = s.mailbox(a, "INBOX").unwrap();
+    let m0 = inbox.highest_modseq;
+    let seen = Flags {
+        system: flags::SEEN,
+        keywords: vec!["$Forwarded".into()],
+    };
+    let up = s
+        .store_flags(inbox.id, &[1, 2, 99], FlagOp::Add, &seen, None)
+        .unwrap();
+    assert_eq!(up.messages.len(), 2, "UID 99 does not exist");
+    assert!(
+        up.messages
+            .iter()
+            .all(|m| m.flags.system == flags::SEEN && m.flags.has_keyword("$forwarded"))
+    );
+    let ch = s.changes(inbox.id, m0).unwrap();
+    assert_eq!(ch.changed.iter().map(|m| m.uid).collect::<Vec<_>>(), [1, 2]);
+    assert!(ch.highest_modseq > m0);
+    // UNCHANGEDSINCE: message 1 changed after m0, so it is reported, not touched.
+    let up = s
+        .store_flags(
+            inbox.id,
+            &[1, 3],
+            FlagOp::Add,
+            &Flags::system(flags::FLAGGED),
+            Some(m0),
+        )
+        .unwrap();
+    assert_eq!(up.modified, [1]);
+    // No-op stores do not bump MODSEQ.
+    let hm = s.mailbox(a, "INBOX").unwrap().highest_modseq;
+    s.store_flags(
+        inbox.id,
+        &[2],
+        FlagOp::Add,
+        &Flags::system(flags::SEEN),
+        None,
+    )
+    .unwrap();
+    assert_eq!(s.mailbox(a, "INBOX").unwrap().highest_modseq, hm);
+    assert_eq!(s.mailbox(a, "INBOX").unwrap().unseen, 3);
+
+    s.store_flags(
+        inbox.id,
+        &[2, 4],
+        FlagOp::Add,
+        &Flags::system(flags::DELETED),
+        None,
+    )
+    .unwrap();
+    let before = s.mailbox(a, "INBOX").unwrap().highest_modseq;
+    assert_eq!(s.expunge(inbox.id, Some(&[4, 5])).unwrap(), [4]);
+    assert_eq!(s.expunge(inbox.id, None).unwrap(), [2]);
+    let ch = s.changes(inbox.id, before).unwrap();
+    assert_eq!(ch.expunged, [2, 4]);
+    assert_eq!(
+        s.messages(inbox.id)
+            .unwrap()
+            .iter()
+            .map(|m| m.uid)
+            .collect::<Vec<_>>(),
+        [1, 3, 5]
+    );
+
+    // Move to Junk: new UIDs there, gone here, recorded as spam; out again is ham.
+    let junk = s.mailbox(a, "Junk").unwrap();
+    let c = s.copy(inbox.id, &[1, 3, 42], junk.id, true).unwrap();
+    assert_eq!(c.uids, [(1, 1), (3, 2)]);
+    assert_eq!(c.uidvalidity, junk.uidvalidity);
+    let moved = s.messages(junk.id).unwrap();
+    assert_eq!(moved[0].flags.system, flags::SEEN, "flags are kept");
+    assert_eq!(s.messages(inbox.id).unwrap().len(), 1);
+    assert_eq!(s.read(junk.id, 1).unwrap(), b"Subject: 0\r\n\r\nbody\r\n");
+    s.copy(junk.id, &[2], inbox.id, false).unwrap();
+    let ev = s.training_events(a).unwrap();
+    assert_eq!(
+        ev.iter().map(|e| e.spam).collect::<Vec<_>>(),
+        [true, true, false]
+    );
+    let trash = s.mailbox(a, "Trash").unwrap();
+    s.copy(junk.id, &[1], trash.id, true).unwrap();
+    assert_eq!(
+        s.training_events(a).unwrap().len(),
+        3,
+        "Junk to Trash is no training"
+    );
+}
+
+#[test]
+fn change_listeners_hear_deliveries_and_stores() {
+    use std::sync::Mutex;
+    let (_d, s) = store();
+    s.add_domain("example.com").unwrap();
+    let a = s.add_account("a@example.com", "pw", false).unwrap().id;
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let h = heard.clone();
+    s.on_change(Box::new(move |m| h.lock().unwrap().push(m)));
+    deliver_n(&s, a, "INBOX", 1);
+    let inbox = s.mailbox(a, "INBOX").unwrap().id;
+    s.store_flags(
+        inbox,
+        &[1],
+        yubin_store::FlagOp::Add,
+        &Flags::system(1),
+        None,
+    )
+    .unwrap();
+    assert_eq!(*heard.lock().unwrap(), [inbox, inbox]);
 }

@@ -358,9 +358,11 @@ fn mail_cmd(store: &SqliteStore, cmd: MailCmd) -> Result<()> {
             let a = store.account(&address)?;
             for m in store.list_mailboxes(a.id)? {
                 println!(
-                    "{}\t{} message(s)\tuidvalidity {}\tuidnext {}\t{}",
+                    "{}\t{} message(s)\t{} unseen\t{} bytes\tuidvalidity {}\tuidnext {}\t{}",
                     m.name,
                     m.messages,
+                    m.unseen,
+                    m.size,
                     m.uidvalidity,
                     m.uid_next,
                     m.special_use.unwrap_or_default()
@@ -369,13 +371,14 @@ fn mail_cmd(store: &SqliteStore, cmd: MailCmd) -> Result<()> {
         }
         MailCmd::List { address, mailbox } => {
             let a = store.account(&address)?;
-            for m in store.list_messages(a.id, &mailbox)? {
+            let mb = store.mailbox(a.id, &mailbox)?;
+            for m in store.messages(mb.id)? {
                 println!(
                     "{}\t{}\t{}\t{}",
                     m.uid,
                     m.size,
                     yubin_server::rfc5322_date(m.internal_date),
-                    m.flags
+                    flag_names(&m.flags).join(" ")
                 );
             }
         }
@@ -385,9 +388,27 @@ fn mail_cmd(store: &SqliteStore, cmd: MailCmd) -> Result<()> {
             mailbox,
         } => {
             let a = store.account(&address)?;
-            let data = store.read_message(a.id, &mailbox, uid)?;
+            let mb = store.mailbox(a.id, &mailbox)?;
+            let data = store.read(mb.id, uid)?;
             std::io::stdout().write_all(&data)?;
         }
     }
     Ok(())
+}
+
+fn flag_names(f: &yubin_store::Flags) -> Vec<String> {
+    use yubin_store::flags::*;
+    let mut out: Vec<String> = [
+        (SEEN, "\\Seen"),
+        (ANSWERED, "\\Answered"),
+        (FLAGGED, "\\Flagged"),
+        (DELETED, "\\Deleted"),
+        (DRAFT, "\\Draft"),
+    ]
+    .iter()
+    .filter(|(bit, _)| f.system & bit != 0)
+    .map(|(_, name)| name.to_string())
+    .collect();
+    out.extend(f.keywords.iter().cloned());
+    out
 }

@@ -15,26 +15,24 @@
 //! fsync for the whole batch: group commit); (3) only then does `deliver` return. A crash
 //! before (3) leaves at most an unreferenced body file, removed by `sweep_orphans`.
 
-use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
 use crate::address::normalize_domain;
 use crate::{
-    Account, AccountId, Alias, DEFAULT_MAILBOXES, Delivered, Directory, Domain, Error, MailStore,
-    Mailbox, MessageMeta, Resolved, Result, StagedBlob, normalize_address, password,
+    Account, AccountId, Alias, ChangeListener, DEFAULT_MAILBOXES, Directory, Domain, Error,
+    MailboxId, Resolved, Result, normalize_address, password,
 };
+
+mod mail;
 
 const DB_FILE: &str = "yubin.db";
 const SCHEMA_VERSION: i64 = 1;
-/// Largest number of deliveries committed in one transaction.
-const MAX_BATCH: usize = 512;
 
 const SCHEMA: &str = "
 CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -78,29 +76,53 @@ CREATE TABLE messages(
     size INTEGER NOT NULL,
     internal_date INTEGER NOT NULL,
     flags INTEGER NOT NULL DEFAULT 0,
+    keywords TEXT NOT NULL DEFAULT '',
     modseq INTEGER NOT NULL,
     PRIMARY KEY(mailbox_id, uid)) WITHOUT ROWID;
 CREATE INDEX messages_blob ON messages(blob_id);
+CREATE INDEX messages_modseq ON messages(mailbox_id, modseq);
+-- UIDs removed from a mailbox and the MODSEQ of their removal (RFC 7162 VANISHED).
+CREATE TABLE expunged(
+    mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+    uid INTEGER NOT NULL,
+    modseq INTEGER NOT NULL,
+    PRIMARY KEY(mailbox_id, uid)) WITHOUT ROWID;
+-- Messages the user moved into (spam = 1) or out of (spam = 0) Junk: filter training.
+CREATE TABLE training(
+    id INTEGER PRIMARY KEY,
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    blob_id INTEGER NOT NULL,
+    spam INTEGER NOT NULL,
+    created INTEGER NOT NULL);
 INSERT INTO meta(key, value) VALUES ('uidvalidity', 0);
 ";
 
-struct Job {
-    blob: StagedBlob,
-    accounts: Vec<AccountId>,
-    mailbox: String,
-    flags: u32,
-    internal_date: i64,
-    reply: mpsc::SyncSender<Result<Vec<Delivered>>>,
+/// Called after every committed change, with the mailboxes it touched.
+#[derive(Default)]
+struct Listeners(Mutex<Vec<ChangeListener>>);
+
+impl Listeners {
+    fn notify(&self, mailboxes: &[MailboxId]) {
+        if mailboxes.is_empty() {
+            return;
+        }
+        for l in self.0.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            for &m in mailboxes {
+                l(m);
+            }
+        }
+    }
 }
 
 pub struct SqliteStore {
     root: PathBuf,
     conn: Mutex<Connection>,
-    writer: mpsc::Sender<Job>,
+    writer: mpsc::Sender<mail::Job>,
+    listeners: Arc<Listeners>,
     lock: Option<File>,
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -117,17 +139,17 @@ fn connect(path: &Path) -> Result<Connection> {
     Ok(c)
 }
 
-fn fsync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io("fsync directory", dir, e))
 }
 
-fn is_constraint(e: &rusqlite::Error) -> bool {
+pub(crate) fn is_constraint(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation)
 }
 
-fn canonical_mailbox(name: &str) -> &str {
+pub(crate) fn canonical_mailbox(name: &str) -> &str {
     // RFC 3501 §5.1: INBOX is case-insensitive.
     if name.eq_ignore_ascii_case("INBOX") {
         "INBOX"
@@ -182,14 +204,17 @@ impl SqliteStore {
         let writer_conn = connect(&path)?;
         let (tx, rx) = mpsc::channel();
         let wroot = root.to_owned();
+        let listeners = Arc::new(Listeners::default());
+        let wlisteners = listeners.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(wroot, writer_conn, rx))
+            .spawn(move || mail::writer_loop(wroot, writer_conn, rx, wlisteners))
             .map_err(|e| Error::io("start writer thread for", root, e))?;
         Ok(SqliteStore {
             root: root.to_owned(),
             conn: Mutex::new(conn),
             writer: tx,
+            listeners,
             lock: None,
         })
     }
@@ -217,17 +242,17 @@ impl SqliteStore {
         &self.root
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
         // back on drop), so a poisoned mutex is still usable.
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn blob_path(root: &Path, name: &str) -> PathBuf {
+    pub(crate) fn blob_path(root: &Path, name: &str) -> PathBuf {
         root.join("blobs").join(&name[..2]).join(name)
     }
 
-    fn remove_blob_files(&self, names: &[String]) {
+    pub(crate) fn remove_blob_files(&self, names: &[String]) {
         for n in names {
             let p = Self::blob_path(&self.root, n);
             if let Err(e) = fs::remove_file(&p) {
@@ -270,7 +295,7 @@ impl SqliteStore {
 
     /// Delete the messages matched by `where_sql` (over `messages m`) and return the names
     /// of bodies no longer referenced, to remove from disk after commit.
-    fn release_messages(
+    pub(crate) fn release_messages(
         tx: &rusqlite::Transaction<'_>,
         where_sql: &str,
         arg: i64,
@@ -299,7 +324,7 @@ impl SqliteStore {
         Ok(names)
     }
 
-    fn next_uidvalidity(tx: &rusqlite::Transaction<'_>) -> Result<u32> {
+    pub(crate) fn next_uidvalidity(tx: &rusqlite::Transaction<'_>) -> Result<u32> {
         // Time-based like most servers, but strictly increasing even if the clock goes back,
         // so a re-created mailbox never reuses an old UIDVALIDITY (RFC 3501 §2.3.1.1).
         let v: i64 = tx.query_row(
@@ -673,271 +698,4 @@ impl Directory for SqliteStore {
         }
         Ok(Resolved::Accounts(active))
     }
-}
-
-impl MailStore for SqliteStore {
-    fn stage(&self, parts: &[&[u8]]) -> Result<StagedBlob> {
-        let mut id = [0u8; 16];
-        getrandom::fill(&mut id).map_err(|e| {
-            Error::io(
-                "random name for",
-                &self.root,
-                std::io::Error::other(e.to_string()),
-            )
-        })?;
-        let name: String = id.iter().map(|b| format!("{b:02x}")).collect();
-        let path = Self::blob_path(&self.root, &name);
-        let write = || -> std::io::Result<u64> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)?;
-            let mut size = 0u64;
-            for p in parts {
-                f.write_all(p)?;
-                size += p.len() as u64;
-            }
-            f.sync_all()?;
-            Ok(size)
-        };
-        match write() {
-            Ok(size) => Ok(StagedBlob { name, size }),
-            Err(e) => {
-                let _ = fs::remove_file(&path);
-                Err(Error::io("write", path, e))
-            }
-        }
-    }
-
-    fn deliver(
-        &self,
-        blob: StagedBlob,
-        accounts: &[AccountId],
-        mailbox: &str,
-        flags: u32,
-        internal_date: i64,
-    ) -> Result<Vec<Delivered>> {
-        if accounts.is_empty() {
-            let _ = fs::remove_file(Self::blob_path(&self.root, &blob.name));
-            return Err(Error::NoRecipients);
-        }
-        let (reply, rx) = mpsc::sync_channel(1);
-        let job = Job {
-            blob,
-            accounts: accounts.to_vec(),
-            mailbox: canonical_mailbox(mailbox).to_owned(),
-            flags,
-            internal_date,
-            reply,
-        };
-        self.writer.send(job).map_err(|_| Error::WriterGone)?;
-        rx.recv().map_err(|_| Error::WriterGone)?
-    }
-
-    fn list_mailboxes(&self, account: AccountId) -> Result<Vec<Mailbox>> {
-        let c = self.conn();
-        let mut st = c.prepare(
-            "SELECT b.id, b.name, b.uidvalidity, b.uid_next, b.highest_modseq, b.special_use,
-                    (SELECT count(*) FROM messages m WHERE m.mailbox_id = b.id)
-             FROM mailboxes b WHERE b.account_id = ?1 ORDER BY b.name = 'INBOX' DESC, b.name",
-        )?;
-        let rows = st
-            .query_map([account], |r| {
-                Ok(Mailbox {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    uidvalidity: r.get(2)?,
-                    uid_next: r.get(3)?,
-                    highest_modseq: r.get::<_, i64>(4)? as u64,
-                    special_use: r.get(5)?,
-                    messages: r.get::<_, i64>(6)? as u64,
-                })
-            })?
-            .collect::<std::result::Result<_, _>>()?;
-        Ok(rows)
-    }
-
-    fn list_messages(&self, account: AccountId, mailbox: &str) -> Result<Vec<MessageMeta>> {
-        let mailbox = canonical_mailbox(mailbox);
-        let c = self.conn();
-        let id: i64 = c
-            .query_row(
-                "SELECT id FROM mailboxes WHERE account_id = ?1 AND name = ?2",
-                params![account, mailbox],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or_else(|| Error::NoSuchMailbox(mailbox.to_owned()))?;
-        let mut st = c.prepare(
-            "SELECT uid, size, internal_date, flags, modseq FROM messages
-             WHERE mailbox_id = ?1 ORDER BY uid",
-        )?;
-        let rows = st
-            .query_map([id], |r| {
-                Ok(MessageMeta {
-                    uid: r.get(0)?,
-                    size: r.get::<_, i64>(1)? as u64,
-                    internal_date: r.get(2)?,
-                    flags: r.get(3)?,
-                    modseq: r.get::<_, i64>(4)? as u64,
-                })
-            })?
-            .collect::<std::result::Result<_, _>>()?;
-        Ok(rows)
-    }
-
-    fn read_message(&self, account: AccountId, mailbox: &str, uid: u32) -> Result<Vec<u8>> {
-        let mailbox = canonical_mailbox(mailbox);
-        let name: String = {
-            let c = self.conn();
-            c.query_row(
-                "SELECT bl.name FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id
-                 JOIN blobs bl ON bl.id = m.blob_id
-                 WHERE b.account_id = ?1 AND b.name = ?2 AND m.uid = ?3",
-                params![account, mailbox, uid],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or(Error::NoSuchMessage(uid))?
-        };
-        let path = Self::blob_path(&self.root, &name);
-        fs::read(&path).map_err(|e| Error::io("read", path, e))
-    }
-
-    fn sweep_orphans(&self) -> Result<usize> {
-        let known: HashSet<String> = {
-            let c = self.conn();
-            let mut st = c.prepare("SELECT name FROM blobs")?;
-            st.query_map([], |r| r.get(0))?
-                .collect::<std::result::Result<_, _>>()?
-        };
-        let mut removed = 0;
-        let blobs = self.root.join("blobs");
-        let dirs = fs::read_dir(&blobs).map_err(|e| Error::io("list", &blobs, e))?;
-        for dir in dirs.flatten() {
-            let Ok(files) = fs::read_dir(dir.path()) else {
-                continue;
-            };
-            for f in files.flatten() {
-                let name = f.file_name().to_string_lossy().into_owned();
-                if name.len() == 32 && !known.contains(&name) {
-                    fs::remove_file(f.path()).map_err(|e| Error::io("remove", f.path(), e))?;
-                    removed += 1;
-                }
-            }
-        }
-        Ok(removed)
-    }
-}
-
-/// The single writer: group-commits whatever deliveries are waiting.
-fn writer_loop(root: PathBuf, mut conn: Connection, rx: mpsc::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let results = commit_batch(&root, &mut conn, &batch);
-        for (job, result) in batch.into_iter().zip(results) {
-            if result.is_err() {
-                let p = SqliteStore::blob_path(&root, &job.blob.name);
-                let _ = fs::remove_file(p);
-            }
-            let _ = job.reply.send(result);
-        }
-    }
-}
-
-fn commit_batch(root: &Path, conn: &mut Connection, batch: &[Job]) -> Vec<Result<Vec<Delivered>>> {
-    let shared_failure = |e: &Error| -> Vec<Result<Vec<Delivered>>> {
-        batch
-            .iter()
-            .map(|_| {
-                Err(Error::io(
-                    "commit",
-                    root,
-                    std::io::Error::other(e.to_string()),
-                ))
-            })
-            .collect()
-    };
-    // The bodies' directory entries must be durable before rows point at them.
-    let dirs: BTreeSet<PathBuf> = batch
-        .iter()
-        .filter_map(|j| {
-            SqliteStore::blob_path(root, &j.blob.name)
-                .parent()
-                .map(Path::to_owned)
-        })
-        .collect();
-    for d in &dirs {
-        if let Err(e) = fsync_dir(d) {
-            return shared_failure(&e);
-        }
-    }
-    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => return shared_failure(&e.into()),
-    };
-    let mut results = Vec::with_capacity(batch.len());
-    for job in batch {
-        // A savepoint per job: one bad job (say, a removed account) fails alone.
-        let r = (|| -> Result<Vec<Delivered>> {
-            let sp = tx.savepoint()?;
-            let out = apply(&sp, job)?;
-            sp.commit()?;
-            Ok(out)
-        })();
-        results.push(r);
-    }
-    if let Err(e) = tx.commit() {
-        return shared_failure(&e.into());
-    }
-    results
-}
-
-fn apply(c: &Connection, job: &Job) -> Result<Vec<Delivered>> {
-    c.prepare_cached("INSERT INTO blobs(name, size) VALUES (?1, ?2)")?
-        .execute(params![job.blob.name, job.blob.size as i64])?;
-    let blob_id = c.last_insert_rowid();
-    let mut seen = BTreeSet::new();
-    let mut out = Vec::with_capacity(job.accounts.len());
-    for &account in &job.accounts {
-        if !seen.insert(account) {
-            continue;
-        }
-        let (mailbox, uid, modseq): (i64, u32, i64) = c
-            .prepare_cached(
-                "UPDATE mailboxes SET uid_next = uid_next + 1, highest_modseq = highest_modseq + 1
-                 WHERE account_id = ?1 AND name = ?2
-                 RETURNING id, uid_next - 1, highest_modseq",
-            )?
-            .query_row(params![account, job.mailbox], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .optional()?
-            .ok_or_else(|| Error::NoSuchMailbox(job.mailbox.clone()))?;
-        c.prepare_cached(
-            "INSERT INTO messages(mailbox_id, uid, blob_id, size, internal_date, flags, modseq)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![
-            mailbox,
-            uid,
-            blob_id,
-            job.blob.size as i64,
-            job.internal_date,
-            job.flags,
-            modseq
-        ])?;
-        out.push(Delivered {
-            account,
-            mailbox,
-            uid,
-        });
-    }
-    Ok(out)
 }

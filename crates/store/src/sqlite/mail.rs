@@ -1,0 +1,765 @@
+//! Mailboxes and messages of the embedded backend, and the single writer that
+//! group-commits deliveries.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+
+use super::{Listeners, SqliteStore, canonical_mailbox, fsync_dir, now};
+use crate::{
+    AccountId, ChangeListener, Changes, Copied, Delivered, Error, FlagOp, Flags, FlagsUpdate,
+    MailStore, Mailbox, MailboxId, MessageMeta, Result, StagedBlob, TrainingEvent,
+};
+
+/// Largest number of deliveries committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+pub(super) struct Job {
+    blob: StagedBlob,
+    accounts: Vec<AccountId>,
+    mailbox: String,
+    flags: Flags,
+    internal_date: i64,
+    reply: mpsc::SyncSender<Result<Vec<Delivered>>>,
+}
+
+const MAILBOX_COLUMNS: &str = "b.id, b.name, b.uidvalidity, b.uid_next, b.highest_modseq,
+    b.special_use, b.subscribed,
+    (SELECT count(*) FROM messages m WHERE m.mailbox_id = b.id),
+    (SELECT count(*) FROM messages m WHERE m.mailbox_id = b.id AND m.flags & 1 = 0),
+    (SELECT coalesce(sum(size), 0) FROM messages m WHERE m.mailbox_id = b.id)";
+
+fn mailbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Mailbox> {
+    Ok(Mailbox {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        uidvalidity: r.get(2)?,
+        uid_next: r.get(3)?,
+        highest_modseq: r.get::<_, i64>(4)? as u64,
+        special_use: r.get(5)?,
+        subscribed: r.get(6)?,
+        messages: r.get::<_, i64>(7)? as u64,
+        unseen: r.get::<_, i64>(8)? as u64,
+        size: r.get::<_, i64>(9)? as u64,
+    })
+}
+
+const MESSAGE_COLUMNS: &str = "uid, size, internal_date, flags, keywords, modseq";
+
+fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageMeta> {
+    let keywords: String = r.get(4)?;
+    Ok(MessageMeta {
+        uid: r.get(0)?,
+        size: r.get::<_, i64>(1)? as u64,
+        internal_date: r.get(2)?,
+        flags: Flags {
+            system: r.get(3)?,
+            keywords: keywords.split_whitespace().map(str::to_owned).collect(),
+        },
+        modseq: r.get::<_, i64>(5)? as u64,
+    })
+}
+
+fn keywords_text(f: &Flags) -> String {
+    f.keywords.join(" ")
+}
+
+/// Mailbox names: `/`-separated, no empty levels, no wildcards or control characters.
+fn validate_name(name: &str) -> Result<&str> {
+    let bad = |why| Err(Error::InvalidMailboxName(name.to_owned(), why));
+    let name = canonical_mailbox(name);
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > 1000 {
+        return bad("longer than 1000 bytes");
+    }
+    if name.split('/').any(str::is_empty) {
+        return bad("empty hierarchy level");
+    }
+    if name.chars().any(|c| c.is_control() || c == '*' || c == '%') {
+        return bad("control characters and the wildcards * and % are not allowed");
+    }
+    Ok(name)
+}
+
+impl SqliteStore {
+    fn mailbox_in(c: &Connection, account: AccountId, name: &str) -> Result<Mailbox> {
+        let name = canonical_mailbox(name);
+        c.query_row(
+            &format!(
+                "SELECT {MAILBOX_COLUMNS} FROM mailboxes b WHERE b.account_id = ?1 AND b.name = ?2"
+            ),
+            params![account, name],
+            mailbox_row,
+        )
+        .optional()?
+        .ok_or_else(|| Error::NoSuchMailbox(name.to_owned()))
+    }
+
+    fn mailbox_meta(
+        c: &Connection,
+        mailbox: MailboxId,
+    ) -> Result<(AccountId, u32, Option<String>)> {
+        c.query_row(
+            "SELECT account_id, uidvalidity, special_use FROM mailboxes WHERE id = ?1",
+            [mailbox],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?
+        .ok_or_else(|| Error::NoSuchMailbox(format!("#{mailbox}")))
+    }
+
+    /// Take the next MODSEQ of a mailbox.
+    fn bump_modseq(tx: &Transaction<'_>, mailbox: MailboxId) -> Result<u64> {
+        let m: i64 = tx.query_row(
+            "UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = ?1
+             RETURNING highest_modseq",
+            [mailbox],
+            |r| r.get(0),
+        )?;
+        Ok(m as u64)
+    }
+
+    fn insert_mailbox(tx: &Transaction<'_>, account: AccountId, name: &str) -> Result<()> {
+        let uv = Self::next_uidvalidity(tx)?;
+        tx.execute(
+            "INSERT INTO mailboxes(account_id, name, uidvalidity) VALUES (?1, ?2, ?3)",
+            params![account, name, uv],
+        )?;
+        Ok(())
+    }
+
+    fn write_then_notify<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<(T, Vec<MailboxId>, Vec<String>)>,
+    ) -> Result<T> {
+        let (value, touched, dead_blobs) = {
+            let mut c = self.conn();
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            out
+        };
+        self.remove_blob_files(&dead_blobs);
+        self.listeners.notify(&touched);
+        Ok(value)
+    }
+}
+
+impl MailStore for SqliteStore {
+    fn stage(&self, parts: &[&[u8]]) -> Result<StagedBlob> {
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id).map_err(|e| {
+            Error::io(
+                "random name for",
+                &self.root,
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+        let name: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let path = Self::blob_path(&self.root, &name);
+        let write = || -> std::io::Result<u64> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)?;
+            let mut size = 0u64;
+            for p in parts {
+                f.write_all(p)?;
+                size += p.len() as u64;
+            }
+            f.sync_all()?;
+            Ok(size)
+        };
+        match write() {
+            Ok(size) => Ok(StagedBlob { name, size }),
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                Err(Error::io("write", path, e))
+            }
+        }
+    }
+
+    fn deliver(
+        &self,
+        blob: StagedBlob,
+        accounts: &[AccountId],
+        mailbox: &str,
+        flags: &Flags,
+        internal_date: i64,
+    ) -> Result<Vec<Delivered>> {
+        if accounts.is_empty() {
+            let _ = fs::remove_file(Self::blob_path(&self.root, &blob.name));
+            return Err(Error::NoRecipients);
+        }
+        let (reply, rx) = mpsc::sync_channel(1);
+        let job = Job {
+            blob,
+            accounts: accounts.to_vec(),
+            mailbox: canonical_mailbox(mailbox).to_owned(),
+            flags: flags.clone(),
+            internal_date,
+            reply,
+        };
+        self.writer.send(job).map_err(|_| Error::WriterGone)?;
+        rx.recv().map_err(|_| Error::WriterGone)?
+    }
+
+    fn list_mailboxes(&self, account: AccountId) -> Result<Vec<Mailbox>> {
+        let c = self.conn();
+        let mut st = c.prepare(&format!(
+            "SELECT {MAILBOX_COLUMNS} FROM mailboxes b WHERE b.account_id = ?1
+             ORDER BY b.name = 'INBOX' DESC, b.name"
+        ))?;
+        let rows = st
+            .query_map([account], mailbox_row)?
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    fn mailbox(&self, account: AccountId, name: &str) -> Result<Mailbox> {
+        Self::mailbox_in(&self.conn(), account, name)
+    }
+
+    fn create_mailbox(&self, account: AccountId, name: &str) -> Result<Mailbox> {
+        let name = validate_name(name)?;
+        self.write_then_notify(|tx| {
+            if Self::mailbox_in(tx, account, name).is_ok() {
+                return Err(Error::MailboxExists(name.to_owned()));
+            }
+            // RFC 9051 §6.3.4: create any missing superior names.
+            let mut prefix = String::new();
+            for level in name.split('/') {
+                if !prefix.is_empty() {
+                    prefix.push('/');
+                }
+                prefix.push_str(level);
+                if Self::mailbox_in(tx, account, &prefix).is_err() {
+                    Self::insert_mailbox(tx, account, &prefix)?;
+                }
+            }
+            Ok((Self::mailbox_in(tx, account, name)?, vec![], vec![]))
+        })
+    }
+
+    fn delete_mailbox(&self, account: AccountId, name: &str) -> Result<()> {
+        let name = canonical_mailbox(name);
+        if name == "INBOX" {
+            return Err(Error::InboxNotDeletable);
+        }
+        self.write_then_notify(|tx| {
+            let mb = Self::mailbox_in(tx, account, name)?;
+            let children: bool = tx.query_row(
+                "SELECT EXISTS(SELECT 1 FROM mailboxes WHERE account_id = ?1
+                 AND substr(name, 1, length(?2) + 1) = ?2 || '/')",
+                params![account, name],
+                |r| r.get(0),
+            )?;
+            if children {
+                return Err(Error::MailboxHasChildren(name.to_owned()));
+            }
+            let dead = Self::release_messages(tx, "m.mailbox_id = ?1", mb.id)?;
+            tx.execute("DELETE FROM mailboxes WHERE id = ?1", [mb.id])?;
+            Ok(((), vec![mb.id], dead))
+        })
+    }
+
+    fn rename_mailbox(&self, account: AccountId, from: &str, to: &str) -> Result<()> {
+        let from = canonical_mailbox(from);
+        let to = validate_name(to)?;
+        if to == "INBOX" {
+            return Err(Error::MailboxExists("INBOX".into()));
+        }
+        self.write_then_notify(|tx| {
+            let src = Self::mailbox_in(tx, account, from)?;
+            if Self::mailbox_in(tx, account, to).is_ok() {
+                return Err(Error::MailboxExists(to.to_owned()));
+            }
+            if to.starts_with(&format!("{from}/")) {
+                return Err(Error::InvalidMailboxName(
+                    to.to_owned(),
+                    "cannot move a mailbox into itself",
+                ));
+            }
+            // Parents of the new name.
+            if let Some((parent, _)) = to.rsplit_once('/') {
+                let mut prefix = String::new();
+                for level in parent.split('/') {
+                    if !prefix.is_empty() {
+                        prefix.push('/');
+                    }
+                    prefix.push_str(level);
+                    if Self::mailbox_in(tx, account, &prefix).is_err() {
+                        Self::insert_mailbox(tx, account, &prefix)?;
+                    }
+                }
+            }
+            if from == "INBOX" {
+                // RFC 9051 §6.3.6: messages move to the new mailbox; INBOX stays, empty.
+                Self::insert_mailbox(tx, account, to)?;
+                let dst = Self::mailbox_in(tx, account, to)?;
+                let uids: Vec<u32> = {
+                    let mut st =
+                        tx.prepare("SELECT uid FROM messages WHERE mailbox_id = ?1 ORDER BY uid")?;
+                    st.query_map([src.id], |r| r.get(0))?
+                        .collect::<std::result::Result<_, _>>()?
+                };
+                copy_in(tx, src.id, &uids, dst.id, true)?;
+                return Ok(((), vec![src.id, dst.id], vec![]));
+            }
+            tx.execute(
+                "UPDATE mailboxes SET name = ?3 || substr(name, length(?2) + 1)
+                 WHERE account_id = ?1 AND (name = ?2 OR substr(name, 1, length(?2) + 1) = ?2 || '/')",
+                params![account, from, to],
+            )?;
+            Ok(((), vec![src.id], vec![]))
+        })
+    }
+
+    fn subscribe(&self, account: AccountId, name: &str, subscribed: bool) -> Result<()> {
+        let name = canonical_mailbox(name);
+        let n = self.conn().execute(
+            "UPDATE mailboxes SET subscribed = ?3 WHERE account_id = ?1 AND name = ?2",
+            params![account, name, subscribed],
+        )?;
+        if n == 0 {
+            return Err(Error::NoSuchMailbox(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    fn messages(&self, mailbox: MailboxId) -> Result<Vec<MessageMeta>> {
+        let c = self.conn();
+        let mut st = c.prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = ?1 ORDER BY uid"
+        ))?;
+        let rows = st
+            .query_map([mailbox], message_row)?
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    fn changes(&self, mailbox: MailboxId, since: u64) -> Result<Changes> {
+        let c = self.conn();
+        let (highest_modseq, uid_next): (i64, u32) = c
+            .query_row(
+                "SELECT highest_modseq, uid_next FROM mailboxes WHERE id = ?1",
+                [mailbox],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?
+            .ok_or_else(|| Error::NoSuchMailbox(format!("#{mailbox}")))?;
+        if highest_modseq as u64 <= since {
+            return Ok(Changes {
+                highest_modseq: highest_modseq as u64,
+                uid_next,
+                ..Changes::default()
+            });
+        }
+        let changed = c
+            .prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = ?1 AND modseq > ?2
+                 ORDER BY uid"
+            ))?
+            .query_map(params![mailbox, since as i64], message_row)?
+            .collect::<std::result::Result<_, _>>()?;
+        let expunged = c
+            .prepare_cached(
+                "SELECT uid FROM expunged WHERE mailbox_id = ?1 AND modseq > ?2 ORDER BY uid",
+            )?
+            .query_map(params![mailbox, since as i64], |r| r.get(0))?
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(Changes {
+            highest_modseq: highest_modseq as u64,
+            uid_next,
+            changed,
+            expunged,
+        })
+    }
+
+    fn read(&self, mailbox: MailboxId, uid: u32) -> Result<Vec<u8>> {
+        let name: String = self
+            .conn()
+            .prepare_cached(
+                "SELECT bl.name FROM messages m JOIN blobs bl ON bl.id = m.blob_id
+                 WHERE m.mailbox_id = ?1 AND m.uid = ?2",
+            )?
+            .query_row(params![mailbox, uid], |r| r.get(0))
+            .optional()?
+            .ok_or(Error::NoSuchMessage(uid))?;
+        let path = Self::blob_path(&self.root, &name);
+        fs::read(&path).map_err(|e| Error::io("read", path, e))
+    }
+
+    fn store_flags(
+        &self,
+        mailbox: MailboxId,
+        uids: &[u32],
+        op: FlagOp,
+        flags: &Flags,
+        unchanged_since: Option<u64>,
+    ) -> Result<FlagsUpdate> {
+        self.write_then_notify(|tx| {
+            let mut out = FlagsUpdate::default();
+            let mut any = false;
+            for &uid in uids {
+                let Some(mut meta) = tx
+                    .prepare_cached(&format!(
+                        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = ?1 AND uid = ?2"
+                    ))?
+                    .query_row(params![mailbox, uid], message_row)
+                    .optional()?
+                else {
+                    continue;
+                };
+                if unchanged_since.is_some_and(|u| meta.modseq > u) {
+                    out.modified.push(uid);
+                    out.messages.push(meta);
+                    continue;
+                }
+                if meta.flags.apply(op, flags) {
+                    meta.modseq = Self::bump_modseq(tx, mailbox)?;
+                    tx.prepare_cached(
+                        "UPDATE messages SET flags = ?3, keywords = ?4, modseq = ?5
+                         WHERE mailbox_id = ?1 AND uid = ?2",
+                    )?
+                    .execute(params![
+                        mailbox,
+                        uid,
+                        meta.flags.system,
+                        keywords_text(&meta.flags),
+                        meta.modseq as i64
+                    ])?;
+                    any = true;
+                }
+                out.messages.push(meta);
+            }
+            let touched = if any { vec![mailbox] } else { vec![] };
+            Ok((out, touched, vec![]))
+        })
+    }
+
+    fn expunge(&self, mailbox: MailboxId, uids: Option<&[u32]>) -> Result<Vec<u32>> {
+        self.write_then_notify(|tx| {
+            let deleted: Vec<u32> = tx
+                .prepare_cached(
+                    "SELECT uid FROM messages WHERE mailbox_id = ?1 AND flags & 8 != 0 ORDER BY uid",
+                )?
+                .query_map([mailbox], |r| r.get(0))?
+                .collect::<std::result::Result<_, _>>()?;
+            let chosen: Vec<u32> = match uids {
+                None => deleted,
+                Some(set) => {
+                    let set: HashSet<u32> = set.iter().copied().collect();
+                    deleted.into_iter().filter(|u| set.contains(u)).collect()
+                }
+            };
+            if chosen.is_empty() {
+                return Ok((chosen, vec![], vec![]));
+            }
+            let dead = remove_messages(tx, mailbox, &chosen)?;
+            Ok((chosen, vec![mailbox], dead))
+        })
+    }
+
+    fn copy(&self, from: MailboxId, uids: &[u32], to: MailboxId, remove: bool) -> Result<Copied> {
+        self.write_then_notify(|tx| {
+            let copied = copy_in(tx, from, uids, to, remove)?;
+            let touched = if remove { vec![from, to] } else { vec![to] };
+            Ok((copied, touched, vec![]))
+        })
+    }
+
+    fn training_events(&self, account: AccountId) -> Result<Vec<TrainingEvent>> {
+        let c = self.conn();
+        let mut st = c.prepare(
+            "SELECT t.spam, t.created, coalesce(b.size, 0) FROM training t
+             LEFT JOIN blobs b ON b.id = t.blob_id WHERE t.account_id = ?1 ORDER BY t.id",
+        )?;
+        let rows = st
+            .query_map([account], |r| {
+                Ok(TrainingEvent {
+                    spam: r.get(0)?,
+                    created: r.get(1)?,
+                    size: r.get::<_, i64>(2)? as u64,
+                })
+            })?
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    fn sweep_orphans(&self) -> Result<usize> {
+        let known: HashSet<String> = {
+            let c = self.conn();
+            let mut st = c.prepare("SELECT name FROM blobs")?;
+            st.query_map([], |r| r.get(0))?
+                .collect::<std::result::Result<_, _>>()?
+        };
+        let mut removed = 0;
+        let blobs = self.root.join("blobs");
+        let dirs = fs::read_dir(&blobs).map_err(|e| Error::io("list", &blobs, e))?;
+        for dir in dirs.flatten() {
+            let Ok(files) = fs::read_dir(dir.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if name.len() == 32 && !known.contains(&name) {
+                    fs::remove_file(f.path()).map_err(|e| Error::io("remove", f.path(), e))?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    fn on_change(&self, listener: ChangeListener) {
+        self.listeners
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(listener);
+    }
+}
+
+/// Delete messages and remember their UIDs as expunged at one new MODSEQ. Returns the names
+/// of bodies no longer referenced.
+fn remove_messages(tx: &Transaction<'_>, mailbox: MailboxId, uids: &[u32]) -> Result<Vec<String>> {
+    let modseq = SqliteStore::bump_modseq(tx, mailbox)?;
+    let mut blob_ids = BTreeSet::new();
+    for &uid in uids {
+        let blob: Option<i64> = tx
+            .prepare_cached(
+                "DELETE FROM messages WHERE mailbox_id = ?1 AND uid = ?2 RETURNING blob_id",
+            )?
+            .query_row(params![mailbox, uid], |r| r.get(0))
+            .optional()?;
+        if let Some(b) = blob {
+            blob_ids.insert(b);
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO expunged(mailbox_id, uid, modseq) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![mailbox, uid, modseq as i64])?;
+        }
+    }
+    let mut dead = Vec::new();
+    let mut st = tx.prepare_cached(
+        "DELETE FROM blobs WHERE id = ?1
+         AND NOT EXISTS (SELECT 1 FROM messages WHERE blob_id = ?1) RETURNING name",
+    )?;
+    for id in blob_ids {
+        if let Some(n) = st.query_row([id], |r| r.get(0)).optional()? {
+            dead.push(n);
+        }
+    }
+    Ok(dead)
+}
+
+fn copy_in(
+    tx: &Transaction<'_>,
+    from: MailboxId,
+    uids: &[u32],
+    to: MailboxId,
+    remove: bool,
+) -> Result<Copied> {
+    let (account, _, from_use) = SqliteStore::mailbox_meta(tx, from)?;
+    let (to_account, uidvalidity, to_use) = SqliteStore::mailbox_meta(tx, to)?;
+    if account != to_account {
+        return Err(Error::NoSuchMailbox(format!("#{to}")));
+    }
+    let is_junk = |u: &Option<String>| u.as_deref() == Some("\\Junk");
+    let is_trash = |u: &Option<String>| u.as_deref() == Some("\\Trash");
+    // Training: into Junk is spam; out of Junk (but not to Trash) is ham.
+    let training = match (is_junk(&from_use), is_junk(&to_use)) {
+        (false, true) => Some(true),
+        (true, false) if !is_trash(&to_use) => Some(false),
+        _ => None,
+    };
+    let mut out = Copied {
+        uidvalidity,
+        uids: Vec::new(),
+    };
+    let mut moved = Vec::new();
+    for &uid in uids {
+        let row: Option<(i64, i64, i64, u32, String)> = tx
+            .prepare_cached(
+                "SELECT blob_id, size, internal_date, flags, keywords FROM messages
+                 WHERE mailbox_id = ?1 AND uid = ?2",
+            )?
+            .query_row(params![from, uid], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .optional()?;
+        let Some((blob, size, date, flags, keywords)) = row else {
+            continue;
+        };
+        let (new_uid, modseq): (u32, i64) = tx
+            .prepare_cached(
+                "UPDATE mailboxes SET uid_next = uid_next + 1, highest_modseq = highest_modseq + 1
+                 WHERE id = ?1 RETURNING uid_next - 1, highest_modseq",
+            )?
+            .query_row([to], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        tx.prepare_cached(
+            "INSERT INTO messages(mailbox_id, uid, blob_id, size, internal_date, flags, keywords, modseq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![to, new_uid, blob, size, date, flags, keywords, modseq])?;
+        if let Some(spam) = training {
+            tx.prepare_cached(
+                "INSERT INTO training(account_id, blob_id, spam, created) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![account, blob, spam, now()])?;
+        }
+        out.uids.push((uid, new_uid));
+        moved.push(uid);
+    }
+    if remove && !moved.is_empty() {
+        // Bodies stay referenced by the copies: nothing to remove from disk.
+        remove_messages(tx, from, &moved)?;
+    }
+    Ok(out)
+}
+
+/// The single writer: group-commits whatever deliveries are waiting.
+pub(super) fn writer_loop(
+    root: PathBuf,
+    mut conn: Connection,
+    rx: mpsc::Receiver<Job>,
+    listeners: Arc<Listeners>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = commit_batch(&root, &mut conn, &batch);
+        let mut touched = BTreeSet::new();
+        for (job, result) in batch.into_iter().zip(results) {
+            match &result {
+                Ok(d) => touched.extend(d.iter().map(|d| d.mailbox)),
+                Err(_) => {
+                    let _ = fs::remove_file(SqliteStore::blob_path(&root, &job.blob.name));
+                }
+            }
+            let _ = job.reply.send(result);
+        }
+        listeners.notify(&touched.into_iter().collect::<Vec<_>>());
+    }
+}
+
+fn commit_batch(root: &Path, conn: &mut Connection, batch: &[Job]) -> Vec<Result<Vec<Delivered>>> {
+    let shared_failure = |e: &Error| -> Vec<Result<Vec<Delivered>>> {
+        batch
+            .iter()
+            .map(|_| {
+                Err(Error::io(
+                    "commit",
+                    root,
+                    std::io::Error::other(e.to_string()),
+                ))
+            })
+            .collect()
+    };
+    // The bodies' directory entries must be durable before rows point at them.
+    let dirs: BTreeSet<PathBuf> = batch
+        .iter()
+        .filter_map(|j| {
+            SqliteStore::blob_path(root, &j.blob.name)
+                .parent()
+                .map(Path::to_owned)
+        })
+        .collect();
+    for d in &dirs {
+        if let Err(e) = fsync_dir(d) {
+            return shared_failure(&e);
+        }
+    }
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return shared_failure(&e.into()),
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        // A savepoint per job: one bad job (say, a removed account) fails alone.
+        let r = (|| -> Result<Vec<Delivered>> {
+            let sp = tx.savepoint()?;
+            let out = apply(&sp, job)?;
+            sp.commit()?;
+            Ok(out)
+        })();
+        results.push(r);
+    }
+    if let Err(e) = tx.commit() {
+        return shared_failure(&e.into());
+    }
+    results
+}
+
+fn apply(c: &Connection, job: &Job) -> Result<Vec<Delivered>> {
+    c.prepare_cached("INSERT INTO blobs(name, size) VALUES (?1, ?2)")?
+        .execute(params![job.blob.name, job.blob.size as i64])?;
+    let blob_id = c.last_insert_rowid();
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::with_capacity(job.accounts.len());
+    let keywords = keywords_text(&job.flags);
+    for &account in &job.accounts {
+        if !seen.insert(account) {
+            continue;
+        }
+        let (mailbox, uidvalidity, uid, modseq): (i64, u32, u32, i64) = c
+            .prepare_cached(
+                "UPDATE mailboxes SET uid_next = uid_next + 1, highest_modseq = highest_modseq + 1
+                 WHERE account_id = ?1 AND name = ?2
+                 RETURNING id, uidvalidity, uid_next - 1, highest_modseq",
+            )?
+            .query_row(params![account, job.mailbox], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()?
+            .ok_or_else(|| Error::NoSuchMailbox(job.mailbox.clone()))?;
+        c.prepare_cached(
+            "INSERT INTO messages(mailbox_id, uid, blob_id, size, internal_date, flags, keywords, modseq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            mailbox,
+            uid,
+            blob_id,
+            job.blob.size as i64,
+            job.internal_date,
+            job.flags.system,
+            keywords,
+            modseq
+        ])?;
+        out.push(Delivered {
+            account,
+            mailbox,
+            uidvalidity,
+            uid,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mailbox_names() {
+        use super::validate_name;
+        assert_eq!(validate_name("inbox").unwrap(), "INBOX");
+        assert_eq!(validate_name("Archive/2026").unwrap(), "Archive/2026");
+        assert!(validate_name("").is_err());
+        assert!(validate_name("a//b").is_err());
+        assert!(validate_name("/a").is_err());
+        assert!(validate_name("a*").is_err());
+        assert!(validate_name("a\nb").is_err());
+    }
+}
