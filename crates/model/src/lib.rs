@@ -1,0 +1,128 @@
+//! The mail data model shared by the store and the protocol crates: mailboxes, messages,
+//! flags and what changed. Plain data, no I/O, so a protocol crate can use it without
+//! depending on storage.
+
+pub type AccountId = i64;
+pub type MailboxId = i64;
+
+/// System flags as bits (RFC 9051 §2.3.2); keywords are strings.
+pub mod flags {
+    pub const SEEN: u32 = 1;
+    pub const ANSWERED: u32 = 2;
+    pub const FLAGGED: u32 = 4;
+    pub const DELETED: u32 = 8;
+    pub const DRAFT: u32 = 16;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mailbox {
+    pub id: MailboxId,
+    /// Full name; `/` separates levels (`Archive/2026`).
+    pub name: String,
+    pub uidvalidity: u32,
+    pub uid_next: u32,
+    pub highest_modseq: u64,
+    /// RFC 6154 attribute such as `\Sent`.
+    pub special_use: Option<String>,
+    pub subscribed: bool,
+    pub messages: u64,
+    /// Messages without `\Seen`.
+    pub unseen: u64,
+    /// Total octets of its messages (RFC 8438 STATUS SIZE, quotas).
+    pub size: u64,
+}
+
+/// A message's system flags (bits of [`flags`]) and keywords (`$Junk`, `$Forwarded`...).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Flags {
+    pub system: u32,
+    /// Each keyword once (compared without case, RFC 9051 §2.3.2), in the order first seen.
+    pub keywords: Vec<String>,
+}
+
+impl Flags {
+    pub fn system(bits: u32) -> Self {
+        Flags {
+            system: bits,
+            keywords: Vec::new(),
+        }
+    }
+
+    pub fn has_keyword(&self, k: &str) -> bool {
+        self.keywords.iter().any(|x| x.eq_ignore_ascii_case(k))
+    }
+
+    /// Apply a STORE operation; returns whether anything changed.
+    pub fn apply(&mut self, op: FlagOp, other: &Flags) -> bool {
+        let before = self.clone();
+        match op {
+            FlagOp::Replace => {
+                self.system = other.system;
+                self.keywords.clear();
+                self.add_keywords(&other.keywords);
+            }
+            FlagOp::Add => {
+                self.system |= other.system;
+                self.add_keywords(&other.keywords);
+            }
+            FlagOp::Remove => {
+                self.system &= !other.system;
+                self.keywords
+                    .retain(|k| !other.keywords.iter().any(|o| o.eq_ignore_ascii_case(k)));
+            }
+        }
+        *self != before
+    }
+
+    fn add_keywords(&mut self, ks: &[String]) {
+        for k in ks {
+            if !self.has_keyword(k) {
+                self.keywords.push(k.clone());
+            }
+        }
+    }
+}
+
+/// How STORE changes flags (RFC 9051 §6.4.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagOp {
+    Replace,
+    Add,
+    Remove,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageMeta {
+    pub uid: u32,
+    pub size: u64,
+    pub internal_date: i64,
+    pub flags: Flags,
+    pub modseq: u64,
+}
+
+/// What happened in a mailbox after some MODSEQ.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub highest_modseq: u64,
+    pub uid_next: u32,
+    /// Messages added or whose flags changed, by UID.
+    pub changed: Vec<MessageMeta>,
+    /// UIDs removed, ascending.
+    pub expunged: Vec<u32>,
+}
+
+/// Result of a flag update.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlagsUpdate {
+    /// Every message of the request that still exists, with its flags now.
+    pub messages: Vec<MessageMeta>,
+    /// UIDs left alone because their MODSEQ was above UNCHANGEDSINCE (RFC 7162 §3.1.3).
+    pub modified: Vec<u32>,
+}
+
+/// Result of a copy or move: the target's UIDVALIDITY and (source UID, new UID) pairs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Copied {
+    pub uidvalidity: u32,
+    pub uids: Vec<(u32, u32)>,
+}
