@@ -1,1 +1,13 @@
+//! yubin's IMAP server protocol (IMAP4rev1, RFC 3501), sans-IO.
+//!
+//! Commands are framed by imap-codec's `Fragmentizer` and decoded by its `CommandCodec`;
+//! responses are built as imap-types values and encoded by `ResponseCodec`, so quoting,
+//! literals and syntax are the codec's job. This crate decides what each command does
+//! through the [`Backend`] trait; it knows nothing of sockets or of how mail is stored.
 
+mod backend;
+pub mod message;
+mod mutf7;
+mod seqset;
+
+pub use backend::{BResult, Backend, BackendError};

@@ -1,0 +1,60 @@
+//! What the IMAP session needs from the rest of the server. The server implements it over
+//! the store; tests implement it in memory. Calls may block (the driver runs the session on
+//! a thread where blocking is allowed).
+
+use yubin_model::{Changes, Copied, FlagOp, Flags, FlagsUpdate, Mailbox, MailboxId, MessageMeta};
+
+/// A failure the client is told about in a tagged NO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendError {
+    /// RFC 5530 `[NONEXISTENT]`.
+    NotFound(String),
+    /// RFC 5530 `[ALREADYEXISTS]`.
+    Exists(String),
+    /// The request cannot be carried out as asked (`[CANNOT]`).
+    Refused(String),
+    /// Something broke on our side (`[SERVERBUG]`/`[UNAVAILABLE]`); the client may retry.
+    Failed(String),
+}
+
+pub type BResult<T> = Result<T, BackendError>;
+
+/// One logged-in user's mailboxes. `login` binds the backend to an account; every other
+/// call acts on that account.
+pub trait Backend: Send {
+    /// Check a password; `Ok(false)` for unknown users, disabled accounts and wrong passwords.
+    fn login(&mut self, user: &str, password: &str) -> BResult<bool>;
+    fn list(&mut self) -> BResult<Vec<Mailbox>>;
+    fn mailbox(&mut self, name: &str) -> BResult<Mailbox>;
+    fn create(&mut self, name: &str) -> BResult<()>;
+    fn delete(&mut self, name: &str) -> BResult<()>;
+    fn rename(&mut self, from: &str, to: &str) -> BResult<()>;
+    fn subscribe(&mut self, name: &str, subscribed: bool) -> BResult<()>;
+    fn messages(&mut self, mailbox: MailboxId) -> BResult<Vec<MessageMeta>>;
+    fn changes(&mut self, mailbox: MailboxId, since: u64) -> BResult<Changes>;
+    fn read(&mut self, mailbox: MailboxId, uid: u32) -> BResult<Vec<u8>>;
+    fn store(
+        &mut self,
+        mailbox: MailboxId,
+        uids: &[u32],
+        op: FlagOp,
+        flags: &Flags,
+        unchanged_since: Option<u64>,
+    ) -> BResult<FlagsUpdate>;
+    fn expunge(&mut self, mailbox: MailboxId, uids: Option<&[u32]>) -> BResult<Vec<u32>>;
+    fn copy(
+        &mut self,
+        from: MailboxId,
+        uids: &[u32],
+        to: MailboxId,
+        remove: bool,
+    ) -> BResult<Copied>;
+    /// Store a new message; returns (UIDVALIDITY, UID).
+    fn append(
+        &mut self,
+        mailbox: &str,
+        flags: &Flags,
+        internal_date: i64,
+        message: &[u8],
+    ) -> BResult<(u32, u32)>;
+}

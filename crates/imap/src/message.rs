@@ -1,0 +1,601 @@
+//! One stored message seen through IMAP: ENVELOPE, BODYSTRUCTURE, body sections and the
+//! text SEARCH looks at. MIME parsing is mail-parser's; this module only maps its parts
+//! (whose byte offsets are absolute in the raw message) onto IMAP's part numbering.
+
+use std::borrow::Cow;
+use std::num::NonZeroU32;
+
+use imap_codec::imap_types::body::{
+    BasicFields, Body, BodyStructure, Disposition, Language, Location, MultiPartExtensionData,
+    SinglePartExtensionData, SpecificFields,
+};
+use imap_codec::imap_types::core::{AString, IString, Literal, NString, Vec1};
+use imap_codec::imap_types::envelope::{Address, Envelope};
+use imap_codec::imap_types::fetch::Section;
+use mail_parser::{HeaderName, HeaderValue, Message, MessageParser, MimeHeaders, PartType};
+
+/// An IMAP string for any text: quoted when possible, else a literal. NUL bytes, which IMAP
+/// strings cannot carry (RFC 9051 §4.3), become `0x80` as Dovecot does.
+pub fn istring(bytes: impl Into<Vec<u8>>) -> IString<'static> {
+    let mut v: Vec<u8> = bytes.into();
+    for b in v.iter_mut() {
+        if *b == 0 {
+            *b = 0x80;
+        }
+    }
+    IString::try_from(v.clone())
+        .or_else(|_| Literal::try_from(v).map(IString::Literal))
+        .unwrap_or_else(|_| IString::try_from("").expect("empty string is valid"))
+}
+
+pub fn nstring(bytes: Option<impl Into<Vec<u8>>>) -> NString<'static> {
+    NString(bytes.map(istring))
+}
+
+/// The bytes of a message as a literal, for BODY[...] and RFC822 responses.
+pub fn literal(bytes: &[u8]) -> NString<'static> {
+    let mut v = bytes.to_vec();
+    for b in v.iter_mut() {
+        if *b == 0 {
+            *b = 0x80;
+        }
+    }
+    match Literal::try_from(v) {
+        Ok(l) => NString(Some(IString::Literal(l))),
+        Err(_) => NString(None),
+    }
+}
+
+pub struct Parsed<'a> {
+    pub raw: &'a [u8],
+    msg: Message<'a>,
+}
+
+impl<'a> Parsed<'a> {
+    pub fn new(raw: &'a [u8]) -> Self {
+        // mail-parser returns None only for empty input; an empty message is one empty part.
+        let msg = MessageParser::default()
+            .parse(raw)
+            .unwrap_or_else(|| Message {
+                parts: vec![mail_parser::MessagePart {
+                    headers: vec![],
+                    is_encoding_problem: false,
+                    body: PartType::Text(Cow::Borrowed("")),
+                    encoding: mail_parser::Encoding::None,
+                    offset_header: 0,
+                    offset_body: 0,
+                    offset_end: 0,
+                }],
+                html_body: vec![],
+                text_body: vec![],
+                attachments: vec![],
+                raw_message: Cow::Borrowed(raw),
+            });
+        Parsed { raw, msg }
+    }
+
+    fn slice(&self, from: u32, to: u32) -> &'a [u8] {
+        let len = self.raw.len();
+        let (a, b) = ((from as usize).min(len), (to as usize).min(len));
+        &self.raw[a..b.max(a)]
+    }
+
+    pub fn envelope(&self) -> Envelope<'static> {
+        envelope(self.raw, &self.msg)
+    }
+
+    pub fn body_structure(&self, extensions: bool) -> BodyStructure<'static> {
+        structure(self.raw, &self.msg, 0, extensions)
+    }
+
+    /// BODY[section] bytes; `None` when the section does not exist (answered as empty).
+    pub fn section(&self, section: Option<&Section<'_>>) -> Vec<u8> {
+        match section {
+            None => self.raw.to_vec(),
+            Some(Section::Header(None)) => {
+                let p = &self.msg.parts[0];
+                self.slice(p.offset_header, p.offset_body).to_vec()
+            }
+            Some(Section::Text(None)) => {
+                let p = &self.msg.parts[0];
+                self.slice(p.offset_body, p.offset_end).to_vec()
+            }
+            Some(Section::HeaderFields(None, names)) => {
+                header_fields(self.raw, &self.msg, 0, names.as_ref(), false)
+            }
+            Some(Section::HeaderFieldsNot(None, names)) => {
+                header_fields(self.raw, &self.msg, 0, names.as_ref(), true)
+            }
+            Some(Section::Part(part)) => match find_part(&self.msg, &part.0) {
+                Some((m, i)) => {
+                    let p = &m.parts[i];
+                    self.slice(p.offset_body, p.offset_end).to_vec()
+                }
+                None => Vec::new(),
+            },
+            Some(Section::Mime(part)) => match find_part(&self.msg, &part.0) {
+                Some((m, i)) => {
+                    let p = &m.parts[i];
+                    self.slice(p.offset_header, p.offset_body).to_vec()
+                }
+                None => Vec::new(),
+            },
+            Some(
+                Section::Header(Some(part))
+                | Section::Text(Some(part))
+                | Section::HeaderFields(Some(part), _)
+                | Section::HeaderFieldsNot(Some(part), _),
+            ) => {
+                // Only a message/rfc822 part has a header and text of its own.
+                let Some((m, i)) = find_part(&self.msg, &part.0) else {
+                    return Vec::new();
+                };
+                let PartType::Message(inner) = &m.parts[i].body else {
+                    return Vec::new();
+                };
+                let p = &inner.parts[0];
+                match section {
+                    Some(Section::Header(_)) => self.slice(p.offset_header, p.offset_body).to_vec(),
+                    Some(Section::Text(_)) => self.slice(p.offset_body, p.offset_end).to_vec(),
+                    Some(Section::HeaderFields(_, names)) => {
+                        header_fields(self.raw, inner, 0, names.as_ref(), false)
+                    }
+                    Some(Section::HeaderFieldsNot(_, names)) => {
+                        header_fields(self.raw, inner, 0, names.as_ref(), true)
+                    }
+                    _ => Vec::new(),
+                }
+            }
+        }
+    }
+
+    /// The value of a header of the top-level message, decoded, for SEARCH HEADER/SUBJECT.
+    pub fn header_text(&self, name: &str) -> Vec<String> {
+        self.msg.parts[0]
+            .headers
+            .iter()
+            .filter(|h| h.name.as_str().eq_ignore_ascii_case(name))
+            .map(|h| header_value_text(self.raw, h))
+            .collect()
+    }
+
+    /// All addresses of an address header, as `Name <addr>` strings, for SEARCH FROM etc.
+    pub fn address_text(&self, name: &str) -> String {
+        let mut out = String::new();
+        for h in self.msg.parts[0]
+            .headers
+            .iter()
+            .filter(|h| h.name.as_str().eq_ignore_ascii_case(name))
+        {
+            out.push_str(&header_value_text(self.raw, h));
+            out.push(' ');
+        }
+        out
+    }
+
+    /// Decoded text of every text part, for SEARCH BODY.
+    pub fn body_text(&self) -> String {
+        let mut out = String::new();
+        collect_text(&self.msg, &mut out);
+        out
+    }
+
+    /// The Date header as a Unix time, for SENTBEFORE and friends.
+    pub fn sent_date(&self) -> Option<i64> {
+        self.msg.date().map(|d| d.to_timestamp())
+    }
+}
+
+fn collect_text(m: &Message<'_>, out: &mut String) {
+    for p in &m.parts {
+        match &p.body {
+            PartType::Text(t) | PartType::Html(t) => {
+                out.push_str(t);
+                out.push('\n');
+            }
+            PartType::Message(inner) => {
+                for h in &inner.parts[0].headers {
+                    if matches!(h.name, HeaderName::Subject) {
+                        if let Some(s) = h.value.as_text() {
+                            out.push_str(s);
+                            out.push('\n');
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A header value: decoded when mail-parser understood it, else the raw bytes unfolded.
+fn header_value_text(raw: &[u8], h: &mail_parser::Header<'_>) -> String {
+    match &h.value {
+        HeaderValue::Text(t) => t.to_string(),
+        HeaderValue::TextList(l) => l.join(" "),
+        HeaderValue::Address(a) => a
+            .iter()
+            .map(|x| {
+                format!(
+                    "{} <{}>",
+                    x.name.as_deref().unwrap_or(""),
+                    x.address.as_deref().unwrap_or("")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => raw_value(raw, h),
+    }
+}
+
+/// The raw value of a header: unfolded, trimmed, lossy UTF-8.
+fn raw_value(raw: &[u8], h: &mail_parser::Header<'_>) -> String {
+    let (a, b) = (h.offset_start as usize, (h.offset_end as usize).min(raw.len()));
+    let v = String::from_utf8_lossy(&raw[a.min(b)..b]);
+    v.replace("\r\n", "").replace('\n', "").trim().to_owned()
+}
+
+/// Find the part `path` names (RFC 9051 §6.4.5 part numbering). Returns the message the part
+/// belongs to and its index there.
+fn find_part<'m, 'x>(msg: &'m Message<'x>, path: &Vec1<NonZeroU32>) -> Option<(&'m Message<'x>, usize)> {
+    let path = path.as_ref();
+    let mut m = msg;
+    let mut idx = 0usize;
+    for (i, n) in path.iter().enumerate() {
+        let n = n.get() as usize;
+        match &m.parts.get(idx)?.body {
+            PartType::Multipart(children) => idx = *children.get(n - 1)? as usize,
+            // A single-part message's body is its part 1.
+            _ if idx == 0 && n == 1 => {}
+            _ => return None,
+        }
+        if i + 1 < path.len()
+            && let PartType::Message(inner) = &m.parts.get(idx)?.body
+        {
+            m = inner;
+            idx = 0;
+        }
+    }
+    Some((m, idx))
+}
+
+/// HEADER.FIELDS / HEADER.FIELDS.NOT: the matching header lines as sent, then CRLF.
+fn header_fields(raw: &[u8], m: &Message<'_>, idx: usize, names: &[AString<'_>], not: bool) -> Vec<u8> {
+    let wanted: Vec<String> = names
+        .iter()
+        .map(|n| String::from_utf8_lossy(n.as_ref()).to_ascii_lowercase())
+        .collect();
+    let mut out = Vec::new();
+    if let Some(p) = m.parts.get(idx) {
+        for h in &p.headers {
+            let name = h.name.as_str().to_ascii_lowercase();
+            if wanted.contains(&name) != not {
+                let (a, b) = (h.offset_field as usize, (h.offset_end as usize).min(raw.len()));
+                out.extend_from_slice(&raw[a.min(b)..b]);
+            }
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+fn header<'m>(m: &'m Message<'_>, idx: usize, name: HeaderName<'_>) -> Option<&'m mail_parser::Header<'m>> {
+    m.parts.get(idx)?.headers.iter().rev().find(|h| h.name == name)
+}
+
+fn envelope(raw: &[u8], m: &Message<'_>) -> Envelope<'static> {
+    let text = |name: HeaderName<'_>| header(m, 0, name).map(|h| raw_value(raw, h));
+    let addrs = |name: HeaderName<'_>| -> Vec<Address<'static>> {
+        match header(m, 0, name).map(|h| &h.value) {
+            Some(HeaderValue::Address(mail_parser::Address::List(list))) => {
+                list.iter().map(address).collect()
+            }
+            Some(HeaderValue::Address(mail_parser::Address::Group(groups))) => {
+                let mut out = Vec::new();
+                for g in groups {
+                    match &g.name {
+                        // RFC 9051 §7.5.2: a group is a start marker (host NIL), its
+                        // members, and an end marker (all NIL).
+                        Some(name) => {
+                            out.push(Address {
+                                name: NString(None),
+                                adl: NString(None),
+                                mailbox: nstring(Some(name.as_bytes().to_vec())),
+                                host: NString(None),
+                            });
+                            out.extend(g.addresses.iter().map(address));
+                            out.push(Address {
+                                name: NString(None),
+                                adl: NString(None),
+                                mailbox: NString(None),
+                                host: NString(None),
+                            });
+                        }
+                        None => out.extend(g.addresses.iter().map(address)),
+                    }
+                }
+                out
+            }
+            _ => Vec::new(),
+        }
+    };
+    let from = addrs(HeaderName::From);
+    let sender = addrs(HeaderName::Sender);
+    let reply_to = addrs(HeaderName::ReplyTo);
+    Envelope {
+        date: nstring(text(HeaderName::Date)),
+        subject: nstring(text(HeaderName::Subject)),
+        // RFC 9051 §7.5.2: Sender and Reply-To default to From.
+        sender: if sender.is_empty() { from.clone() } else { sender },
+        reply_to: if reply_to.is_empty() { from.clone() } else { reply_to },
+        from,
+        to: addrs(HeaderName::To),
+        cc: addrs(HeaderName::Cc),
+        bcc: addrs(HeaderName::Bcc),
+        in_reply_to: nstring(text(HeaderName::InReplyTo)),
+        message_id: nstring(text(HeaderName::MessageId)),
+    }
+}
+
+fn address(a: &mail_parser::Addr<'_>) -> Address<'static> {
+    let (mailbox, host) = match a.address.as_deref() {
+        Some(addr) => match addr.rsplit_once('@') {
+            Some((l, d)) => (Some(l.to_owned()), Some(d.to_owned())),
+            None => (Some(addr.to_owned()), None),
+        },
+        None => (None, None),
+    };
+    Address {
+        name: nstring(a.name.as_deref().map(encode_word)),
+        adl: NString(None),
+        mailbox: nstring(mailbox),
+        host: nstring(host),
+    }
+}
+
+/// Display names are decoded by mail-parser; IMAP4rev1 clients expect RFC 2047 form for
+/// anything that is not ASCII, so non-ASCII names are encoded again.
+fn encode_word(s: &str) -> String {
+    if s.is_ascii() {
+        return s.to_owned();
+    }
+    format!("=?utf-8?b?{}?=", base64(s.as_bytes()))
+}
+
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let v = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[((v >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn params(attrs: Option<&Vec<mail_parser::Attribute<'_>>>) -> Vec<(IString<'static>, IString<'static>)> {
+    attrs
+        .map(|a| {
+            a.iter()
+                .map(|x| (istring(x.name.to_uppercase()), istring(x.value.as_bytes().to_vec())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn lines(b: &[u8]) -> u32 {
+    let n = b.iter().filter(|&&c| c == b'\n').count();
+    // A last line without CRLF still counts.
+    (n + usize::from(b.last().is_some_and(|&c| c != b'\n'))) as u32
+}
+
+fn structure(raw: &[u8], m: &Message<'_>, idx: usize, ext: bool) -> BodyStructure<'static> {
+    let p = &m.parts[idx];
+    let ct = p.content_type();
+    let disposition = || -> Option<Disposition<'static>> {
+        let d = p.content_disposition();
+        let language = header(m, idx, HeaderName::ContentLanguage).map(|h| match &h.value {
+            HeaderValue::Text(t) => vec![istring(t.as_bytes().to_vec())],
+            HeaderValue::TextList(l) => l.iter().map(|t| istring(t.as_bytes().to_vec())).collect(),
+            _ => vec![],
+        });
+        let location = header(m, idx, HeaderName::ContentLocation).map(|h| raw_value(raw, h));
+        Some(Disposition {
+            disposition: d.map(|d| (istring(d.c_type.to_uppercase()), params(d.attributes.as_ref()))),
+            tail: Some(Language {
+                language: language.unwrap_or_default(),
+                tail: Some(Location {
+                    location: nstring(location),
+                    extensions: vec![],
+                }),
+            }),
+        })
+    };
+    if let PartType::Multipart(children) = &p.body {
+        let bodies: Vec<BodyStructure<'static>> = children
+            .iter()
+            .map(|&c| structure(raw, m, c as usize, ext))
+            .collect();
+        let subtype = ct
+            .and_then(|c| c.c_subtype.as_deref())
+            .unwrap_or("mixed")
+            .to_uppercase();
+        return match Vec1::try_from(bodies) {
+            Ok(bodies) => BodyStructure::Multi {
+                bodies,
+                subtype: istring(subtype),
+                extension_data: ext.then(|| MultiPartExtensionData {
+                    parameter_list: params(ct.and_then(|c| c.attributes.as_ref())),
+                    tail: disposition(),
+                }),
+            },
+            // A multipart without parts: describe it as an empty text part.
+            Err(_) => empty_text(),
+        };
+    }
+    let body_bytes = &raw[(p.offset_body as usize).min(raw.len())..(p.offset_end as usize).min(raw.len())];
+    let (ctype, subtype) = match ct {
+        Some(c) => (
+            c.c_type.to_uppercase(),
+            c.c_subtype.as_deref().unwrap_or("").to_uppercase(),
+        ),
+        None => ("TEXT".into(), "PLAIN".into()),
+    };
+    let mut parameter_list = params(ct.and_then(|c| c.attributes.as_ref()));
+    if ct.is_none() {
+        // RFC 2045 §5.2 default.
+        parameter_list.push((istring("CHARSET"), istring("us-ascii")));
+    }
+    let encoding = header(m, idx, HeaderName::ContentTransferEncoding)
+        .map(|h| raw_value(raw, h).to_uppercase())
+        .unwrap_or_else(|| "7BIT".into());
+    let basic = BasicFields {
+        parameter_list,
+        id: nstring(header(m, idx, HeaderName::ContentId).map(|h| raw_value(raw, h))),
+        description: nstring(header(m, idx, HeaderName::ContentDescription).map(|h| raw_value(raw, h))),
+        content_transfer_encoding: istring(encoding),
+        size: body_bytes.len() as u32,
+    };
+    let specific = match &p.body {
+        PartType::Message(inner) => SpecificFields::Message {
+            envelope: Box::new(envelope(raw, inner)),
+            body_structure: Box::new(structure(raw, inner, 0, ext)),
+            number_of_lines: lines(body_bytes),
+        },
+        _ if ctype == "TEXT" => SpecificFields::Text {
+            subtype: istring(subtype),
+            number_of_lines: lines(body_bytes),
+        },
+        _ => SpecificFields::Basic {
+            r#type: istring(ctype),
+            subtype: istring(subtype),
+        },
+    };
+    BodyStructure::Single {
+        body: Body { basic, specific },
+        extension_data: ext.then(|| SinglePartExtensionData {
+            md5: nstring(header(m, idx, HeaderName::ContentMd5).map(|h| raw_value(raw, h))),
+            tail: disposition(),
+        }),
+    }
+}
+
+fn empty_text() -> BodyStructure<'static> {
+    BodyStructure::Single {
+        body: Body {
+            basic: BasicFields {
+                parameter_list: vec![],
+                id: NString(None),
+                description: NString(None),
+                content_transfer_encoding: istring("7BIT"),
+                size: 0,
+            },
+            specific: SpecificFields::Text {
+                subtype: istring("PLAIN"),
+                number_of_lines: 0,
+            },
+        },
+        extension_data: None,
+    }
+}
+
+/// Parse `1.2.MIME`-style part paths from a Part, for tests.
+#[cfg(test)]
+fn part(p: &[u32]) -> imap_codec::imap_types::fetch::Part {
+    use imap_codec::imap_types::fetch::Part;
+    Part(Vec1::try_from(p.iter().map(|&n| NonZeroU32::new(n).unwrap()).collect::<Vec<_>>()).unwrap())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imap_codec::ResponseCodec;
+    use imap_codec::encode::Encoder;
+    use imap_codec::imap_types::fetch::MessageDataItem;
+    use imap_codec::imap_types::response::{Data, Response};
+
+    const NESTED: &[u8] = b"From: Alice <a@b.c>\r\nSubject: =?utf-8?q?h=C3=A9llo?=\r\nContent-Type: multipart/mixed; boundary=XX\r\n\r\npreamble\r\n--XX\r\nContent-Type: text/plain\r\n\r\nhello\r\n--XX\r\nContent-Type: message/rfc822\r\n\r\nFrom: x@y.z\r\nSubject: inner\r\nContent-Type: multipart/alternative; boundary=YY\r\n\r\n--YY\r\nContent-Type: text/plain\r\n\r\ninner text\r\n--YY\r\nContent-Type: text/html\r\n\r\n<b>x</b>\r\n--YY--\r\n\r\n--XX\r\nContent-Type: application/pdf; name=a.pdf\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=a.pdf\r\n\r\nAAAA\r\n--XX--\r\n";
+
+    fn encode_item(item: MessageDataItem<'static>) -> String {
+        let r = Response::Data(Data::fetch(1, vec![item]).unwrap());
+        String::from_utf8(ResponseCodec::default().encode(&r).dump()).unwrap()
+    }
+
+    #[test]
+    fn sections_of_a_nested_message() {
+        let p = Parsed::new(NESTED);
+        assert_eq!(p.section(Some(&Section::Part(part(&[1])))), b"hello");
+        assert_eq!(p.section(Some(&Section::Mime(part(&[1])))), b"Content-Type: text/plain\r\n\r\n");
+        assert_eq!(p.section(Some(&Section::Part(part(&[2, 1])))), b"inner text");
+        assert_eq!(p.section(Some(&Section::Part(part(&[2, 2])))), b"<b>x</b>");
+        assert!(p.section(Some(&Section::Header(Some(part(&[2]))))).starts_with(b"From: x@y.z\r\n"));
+        assert!(p.section(Some(&Section::Header(Some(part(&[2]))))).ends_with(b"\r\n\r\n"));
+        assert_eq!(p.section(Some(&Section::Part(part(&[3])))), b"AAAA");
+        assert_eq!(p.section(Some(&Section::Part(part(&[9])))), b"");
+        assert!(p.section(Some(&Section::Header(None))).ends_with(b"boundary=XX\r\n\r\n"));
+        let names = Vec1::try_from(vec![AString::try_from("subject").unwrap()]).unwrap();
+        assert_eq!(
+            p.section(Some(&Section::HeaderFields(None, names))),
+            b"Subject: =?utf-8?q?h=C3=A9llo?=\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn single_part_body_is_part_one() {
+        let p = Parsed::new(b"Subject: x\r\n\r\nbody\r\n");
+        assert_eq!(p.section(Some(&Section::Part(part(&[1])))), b"body\r\n");
+        assert_eq!(p.section(Some(&Section::Text(None))), b"body\r\n");
+        let bs = encode_item(MessageDataItem::BodyStructure(p.body_structure(true)));
+        assert_eq!(
+            bs,
+            "* 1 FETCH (BODYSTRUCTURE (\"TEXT\" \"PLAIN\" (\"CHARSET\" \"us-ascii\") NIL NIL \"7BIT\" 6 1 NIL NIL NIL NIL))\r\n"
+        );
+    }
+
+    #[test]
+    fn bodystructure_of_nested_multipart() {
+        let bs = encode_item(MessageDataItem::BodyStructure(Parsed::new(NESTED).body_structure(false)));
+        assert!(bs.starts_with("* 1 FETCH (BODYSTRUCTURE ((\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 5 1)(\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" 178 (NIL \"inner\" ((NIL NIL \"x\" \"y.z\")) ((NIL NIL \"x\" \"y.z\")) ((NIL NIL \"x\" \"y.z\")) NIL NIL NIL NIL NIL) ((\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 10 1)(\"TEXT\" \"HTML\" NIL NIL NIL \"7BIT\" 8 1) \"ALTERNATIVE\") 13)(\"APPLICATION\" \"PDF\" (\"NAME\" \"a.pdf\") NIL NIL \"BASE64\" 4) \"MIXED\"))"), "{bs}");
+    }
+
+    #[test]
+    fn envelope_fields() {
+        let env = encode_item(MessageDataItem::Envelope(Parsed::new(NESTED).envelope()));
+        assert_eq!(
+            env,
+            "* 1 FETCH (ENVELOPE (NIL \"=?utf-8?q?h=C3=A9llo?=\" ((\"Alice\" NIL \"a\" \"b.c\")) ((\"Alice\" NIL \"a\" \"b.c\")) ((\"Alice\" NIL \"a\" \"b.c\")) NIL NIL NIL NIL NIL))\r\n"
+        );
+        let p = Parsed::new(b"From: =?utf-8?q?J=C3=BCrgen?= <j@x.de>\r\nTo: team: a@x.de, b@x.de;\r\n\r\n");
+        let env = encode_item(MessageDataItem::Envelope(p.envelope()));
+        assert!(env.contains("((\"=?utf-8?b?SsO8cmdlbg==?=\" NIL \"j\" \"x.de\"))"), "{env}");
+        assert!(env.contains("((NIL NIL \"team\" NIL)(NIL NIL \"a\" \"x.de\")(NIL NIL \"b\" \"x.de\")(NIL NIL NIL NIL))"), "{env}");
+    }
+
+    #[test]
+    fn broken_input_does_not_panic() {
+        for raw in [
+            &b""[..],
+            b"\r\n",
+            b"Content-Type: multipart/mixed; boundary=X\r\n\r\n--X\r\nContent-Type: text/plain\r\n",
+            b"Content-Type: message/rfc822\r\n\r\n",
+            b"\0\0\0\xff\xfe",
+            b"Subject: \xff\r\n\r\n\0body",
+        ] {
+            let p = Parsed::new(raw);
+            encode_item(MessageDataItem::BodyStructure(p.body_structure(true)));
+            encode_item(MessageDataItem::Envelope(p.envelope()));
+            for path in [&[1u32][..], &[1, 1], &[2, 3, 4]] {
+                p.section(Some(&Section::Part(part(path))));
+                p.section(Some(&Section::Mime(part(path))));
+                p.section(Some(&Section::Header(Some(part(path)))));
+            }
+        }
+    }
+}
