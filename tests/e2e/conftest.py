@@ -46,6 +46,8 @@ class Yubin:
     def __init__(self, tmp: Path, smtp: dict | None = None, extra: str = ""):
         self.dir = tmp
         self.port = free_port()
+        self.imap_port = free_port()
+        self.imaps_port = free_port()
         self.config = tmp / "yubin.toml"
         smtp_keys = "\n".join(f"{k} = {v}" for k, v in (smtp or {}).items())
         self.config.write_text(
@@ -53,7 +55,8 @@ class Yubin:
             f"{extra}\n"
             "[listen]\n"
             f'smtp = ["127.0.0.1:{self.port}"]\n'
-            "submission = []\nsubmissions = []\nimap = []\nimaps = []\npop3 = []\npop3s = []\n"
+            f"imap = [\"127.0.0.1:{self.imap_port}\"]\nimaps = [\"127.0.0.1:{self.imaps_port}\"]\n"
+            "submission = []\nsubmissions = []\npop3 = []\npop3s = []\n"
             "[smtp]\n"
             f"{smtp_keys}\n"
         )

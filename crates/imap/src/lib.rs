@@ -8,6 +8,9 @@
 mod backend;
 pub mod message;
 mod mutf7;
+mod search;
 mod seqset;
+mod session;
 
 pub use backend::{BResult, Backend, BackendError};
+pub use session::{Config, Event, Session};

@@ -195,11 +195,11 @@ fn collect_text(m: &Message<'_>, out: &mut String) {
             }
             PartType::Message(inner) => {
                 for h in &inner.parts[0].headers {
-                    if matches!(h.name, HeaderName::Subject) {
-                        if let Some(s) = h.value.as_text() {
-                            out.push_str(s);
-                            out.push('\n');
-                        }
+                    if matches!(h.name, HeaderName::Subject)
+                        && let Some(s) = h.value.as_text()
+                    {
+                        out.push_str(s);
+                        out.push('\n');
                     }
                 }
             }
@@ -230,14 +230,20 @@ fn header_value_text(raw: &[u8], h: &mail_parser::Header<'_>) -> String {
 
 /// The raw value of a header: unfolded, trimmed, lossy UTF-8.
 fn raw_value(raw: &[u8], h: &mail_parser::Header<'_>) -> String {
-    let (a, b) = (h.offset_start as usize, (h.offset_end as usize).min(raw.len()));
+    let (a, b) = (
+        h.offset_start as usize,
+        (h.offset_end as usize).min(raw.len()),
+    );
     let v = String::from_utf8_lossy(&raw[a.min(b)..b]);
     v.replace("\r\n", "").replace('\n', "").trim().to_owned()
 }
 
 /// Find the part `path` names (RFC 9051 §6.4.5 part numbering). Returns the message the part
 /// belongs to and its index there.
-fn find_part<'m, 'x>(msg: &'m Message<'x>, path: &Vec1<NonZeroU32>) -> Option<(&'m Message<'x>, usize)> {
+fn find_part<'m, 'x>(
+    msg: &'m Message<'x>,
+    path: &Vec1<NonZeroU32>,
+) -> Option<(&'m Message<'x>, usize)> {
     let path = path.as_ref();
     let mut m = msg;
     let mut idx = 0usize;
@@ -260,7 +266,13 @@ fn find_part<'m, 'x>(msg: &'m Message<'x>, path: &Vec1<NonZeroU32>) -> Option<(&
 }
 
 /// HEADER.FIELDS / HEADER.FIELDS.NOT: the matching header lines as sent, then CRLF.
-fn header_fields(raw: &[u8], m: &Message<'_>, idx: usize, names: &[AString<'_>], not: bool) -> Vec<u8> {
+fn header_fields(
+    raw: &[u8],
+    m: &Message<'_>,
+    idx: usize,
+    names: &[AString<'_>],
+    not: bool,
+) -> Vec<u8> {
     let wanted: Vec<String> = names
         .iter()
         .map(|n| String::from_utf8_lossy(n.as_ref()).to_ascii_lowercase())
@@ -270,7 +282,10 @@ fn header_fields(raw: &[u8], m: &Message<'_>, idx: usize, names: &[AString<'_>],
         for h in &p.headers {
             let name = h.name.as_str().to_ascii_lowercase();
             if wanted.contains(&name) != not {
-                let (a, b) = (h.offset_field as usize, (h.offset_end as usize).min(raw.len()));
+                let (a, b) = (
+                    h.offset_field as usize,
+                    (h.offset_end as usize).min(raw.len()),
+                );
                 out.extend_from_slice(&raw[a.min(b)..b]);
             }
         }
@@ -279,8 +294,17 @@ fn header_fields(raw: &[u8], m: &Message<'_>, idx: usize, names: &[AString<'_>],
     out
 }
 
-fn header<'m>(m: &'m Message<'_>, idx: usize, name: HeaderName<'_>) -> Option<&'m mail_parser::Header<'m>> {
-    m.parts.get(idx)?.headers.iter().rev().find(|h| h.name == name)
+fn header<'m>(
+    m: &'m Message<'_>,
+    idx: usize,
+    name: HeaderName<'_>,
+) -> Option<&'m mail_parser::Header<'m>> {
+    m.parts
+        .get(idx)?
+        .headers
+        .iter()
+        .rev()
+        .find(|h| h.name == name)
 }
 
 fn envelope(raw: &[u8], m: &Message<'_>) -> Envelope<'static> {
@@ -326,8 +350,16 @@ fn envelope(raw: &[u8], m: &Message<'_>) -> Envelope<'static> {
         date: nstring(text(HeaderName::Date)),
         subject: nstring(text(HeaderName::Subject)),
         // RFC 9051 §7.5.2: Sender and Reply-To default to From.
-        sender: if sender.is_empty() { from.clone() } else { sender },
-        reply_to: if reply_to.is_empty() { from.clone() } else { reply_to },
+        sender: if sender.is_empty() {
+            from.clone()
+        } else {
+            sender
+        },
+        reply_to: if reply_to.is_empty() {
+            from.clone()
+        } else {
+            reply_to
+        },
         from,
         to: addrs(HeaderName::To),
         cc: addrs(HeaderName::Cc),
@@ -380,11 +412,18 @@ fn base64(data: &[u8]) -> String {
     out
 }
 
-fn params(attrs: Option<&Vec<mail_parser::Attribute<'_>>>) -> Vec<(IString<'static>, IString<'static>)> {
+fn params(
+    attrs: Option<&Vec<mail_parser::Attribute<'_>>>,
+) -> Vec<(IString<'static>, IString<'static>)> {
     attrs
         .map(|a| {
             a.iter()
-                .map(|x| (istring(x.name.to_uppercase()), istring(x.value.as_bytes().to_vec())))
+                .map(|x| {
+                    (
+                        istring(x.name.to_uppercase()),
+                        istring(x.value.as_bytes().to_vec()),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -408,7 +447,12 @@ fn structure(raw: &[u8], m: &Message<'_>, idx: usize, ext: bool) -> BodyStructur
         });
         let location = header(m, idx, HeaderName::ContentLocation).map(|h| raw_value(raw, h));
         Some(Disposition {
-            disposition: d.map(|d| (istring(d.c_type.to_uppercase()), params(d.attributes.as_ref()))),
+            disposition: d.map(|d| {
+                (
+                    istring(d.c_type.to_uppercase()),
+                    params(d.attributes.as_ref()),
+                )
+            }),
             tail: Some(Language {
                 language: language.unwrap_or_default(),
                 tail: Some(Location {
@@ -440,7 +484,8 @@ fn structure(raw: &[u8], m: &Message<'_>, idx: usize, ext: bool) -> BodyStructur
             Err(_) => empty_text(),
         };
     }
-    let body_bytes = &raw[(p.offset_body as usize).min(raw.len())..(p.offset_end as usize).min(raw.len())];
+    let body_bytes =
+        &raw[(p.offset_body as usize).min(raw.len())..(p.offset_end as usize).min(raw.len())];
     let (ctype, subtype) = match ct {
         Some(c) => (
             c.c_type.to_uppercase(),
@@ -459,7 +504,9 @@ fn structure(raw: &[u8], m: &Message<'_>, idx: usize, ext: bool) -> BodyStructur
     let basic = BasicFields {
         parameter_list,
         id: nstring(header(m, idx, HeaderName::ContentId).map(|h| raw_value(raw, h))),
-        description: nstring(header(m, idx, HeaderName::ContentDescription).map(|h| raw_value(raw, h))),
+        description: nstring(
+            header(m, idx, HeaderName::ContentDescription).map(|h| raw_value(raw, h)),
+        ),
         content_transfer_encoding: istring(encoding),
         size: body_bytes.len() as u32,
     };
@@ -510,7 +557,14 @@ fn empty_text() -> BodyStructure<'static> {
 #[cfg(test)]
 fn part(p: &[u32]) -> imap_codec::imap_types::fetch::Part {
     use imap_codec::imap_types::fetch::Part;
-    Part(Vec1::try_from(p.iter().map(|&n| NonZeroU32::new(n).unwrap()).collect::<Vec<_>>()).unwrap())
+    Part(
+        Vec1::try_from(
+            p.iter()
+                .map(|&n| NonZeroU32::new(n).unwrap())
+                .collect::<Vec<_>>(),
+        )
+        .unwrap(),
+    )
 }
 
 #[cfg(test)]
@@ -532,14 +586,29 @@ mod tests {
     fn sections_of_a_nested_message() {
         let p = Parsed::new(NESTED);
         assert_eq!(p.section(Some(&Section::Part(part(&[1])))), b"hello");
-        assert_eq!(p.section(Some(&Section::Mime(part(&[1])))), b"Content-Type: text/plain\r\n\r\n");
-        assert_eq!(p.section(Some(&Section::Part(part(&[2, 1])))), b"inner text");
+        assert_eq!(
+            p.section(Some(&Section::Mime(part(&[1])))),
+            b"Content-Type: text/plain\r\n\r\n"
+        );
+        assert_eq!(
+            p.section(Some(&Section::Part(part(&[2, 1])))),
+            b"inner text"
+        );
         assert_eq!(p.section(Some(&Section::Part(part(&[2, 2])))), b"<b>x</b>");
-        assert!(p.section(Some(&Section::Header(Some(part(&[2]))))).starts_with(b"From: x@y.z\r\n"));
-        assert!(p.section(Some(&Section::Header(Some(part(&[2]))))).ends_with(b"\r\n\r\n"));
+        assert!(
+            p.section(Some(&Section::Header(Some(part(&[2])))))
+                .starts_with(b"From: x@y.z\r\n")
+        );
+        assert!(
+            p.section(Some(&Section::Header(Some(part(&[2])))))
+                .ends_with(b"\r\n\r\n")
+        );
         assert_eq!(p.section(Some(&Section::Part(part(&[3])))), b"AAAA");
         assert_eq!(p.section(Some(&Section::Part(part(&[9])))), b"");
-        assert!(p.section(Some(&Section::Header(None))).ends_with(b"boundary=XX\r\n\r\n"));
+        assert!(
+            p.section(Some(&Section::Header(None)))
+                .ends_with(b"boundary=XX\r\n\r\n")
+        );
         let names = Vec1::try_from(vec![AString::try_from("subject").unwrap()]).unwrap();
         assert_eq!(
             p.section(Some(&Section::HeaderFields(None, names))),
@@ -561,7 +630,9 @@ mod tests {
 
     #[test]
     fn bodystructure_of_nested_multipart() {
-        let bs = encode_item(MessageDataItem::BodyStructure(Parsed::new(NESTED).body_structure(false)));
+        let bs = encode_item(MessageDataItem::BodyStructure(
+            Parsed::new(NESTED).body_structure(false),
+        ));
         assert!(bs.starts_with("* 1 FETCH (BODYSTRUCTURE ((\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 5 1)(\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" 178 (NIL \"inner\" ((NIL NIL \"x\" \"y.z\")) ((NIL NIL \"x\" \"y.z\")) ((NIL NIL \"x\" \"y.z\")) NIL NIL NIL NIL NIL) ((\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 10 1)(\"TEXT\" \"HTML\" NIL NIL NIL \"7BIT\" 8 1) \"ALTERNATIVE\") 13)(\"APPLICATION\" \"PDF\" (\"NAME\" \"a.pdf\") NIL NIL \"BASE64\" 4) \"MIXED\"))"), "{bs}");
     }
 
@@ -572,9 +643,14 @@ mod tests {
             env,
             "* 1 FETCH (ENVELOPE (NIL \"=?utf-8?q?h=C3=A9llo?=\" ((\"Alice\" NIL \"a\" \"b.c\")) ((\"Alice\" NIL \"a\" \"b.c\")) ((\"Alice\" NIL \"a\" \"b.c\")) NIL NIL NIL NIL NIL))\r\n"
         );
-        let p = Parsed::new(b"From: =?utf-8?q?J=C3=BCrgen?= <j@x.de>\r\nTo: team: a@x.de, b@x.de;\r\n\r\n");
+        let p = Parsed::new(
+            b"From: =?utf-8?q?J=C3=BCrgen?= <j@x.de>\r\nTo: team: a@x.de, b@x.de;\r\n\r\n",
+        );
         let env = encode_item(MessageDataItem::Envelope(p.envelope()));
-        assert!(env.contains("((\"=?utf-8?b?SsO8cmdlbg==?=\" NIL \"j\" \"x.de\"))"), "{env}");
+        assert!(
+            env.contains("((\"=?utf-8?b?SsO8cmdlbg==?=\" NIL \"j\" \"x.de\"))"),
+            "{env}"
+        );
         assert!(env.contains("((NIL NIL \"team\" NIL)(NIL NIL \"a\" \"x.de\")(NIL NIL \"b\" \"x.de\")(NIL NIL NIL NIL))"), "{env}");
     }
 

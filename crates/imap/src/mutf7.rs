@@ -88,8 +88,14 @@ mod tests {
     #[test]
     fn rfc_3501_examples() {
         // RFC 3501 §5.1.3's example, and a few more.
-        assert_eq!(encode("~peter/mail/台北/日本語"), "~peter/mail/&U,BTFw-/&ZeVnLIqe-");
-        assert_eq!(decode("~peter/mail/&U,BTFw-/&ZeVnLIqe-").unwrap(), "~peter/mail/台北/日本語");
+        assert_eq!(
+            encode("~peter/mail/台北/日本語"),
+            "~peter/mail/&U,BTFw-/&ZeVnLIqe-"
+        );
+        assert_eq!(
+            decode("~peter/mail/&U,BTFw-/&ZeVnLIqe-").unwrap(),
+            "~peter/mail/台北/日本語"
+        );
         assert_eq!(encode("Tom & Jerry"), "Tom &- Jerry");
         assert_eq!(decode("Tom &- Jerry").unwrap(), "Tom & Jerry");
         for s in ["Entwürfe", "Gesendete Objekte", "😀 emoji", "a&b", "Ñ"] {

@@ -39,18 +39,17 @@ impl Intervals {
     }
 
     pub fn contains(&self, x: u32) -> bool {
-        match self.0.binary_search_by(|&(a, b)| {
-            if x < a {
-                std::cmp::Ordering::Greater
-            } else if x > b {
-                std::cmp::Ordering::Less
-            } else {
-                std::cmp::Ordering::Equal
-            }
-        }) {
-            Ok(_) => true,
-            Err(_) => false,
-        }
+        self.0
+            .binary_search_by(|&(a, b)| {
+                if x < a {
+                    std::cmp::Ordering::Greater
+                } else if x > b {
+                    std::cmp::Ordering::Less
+                } else {
+                    std::cmp::Ordering::Equal
+                }
+            })
+            .is_ok()
     }
 
     /// The largest value named, for "is any sequence number out of range" checks.

@@ -18,6 +18,7 @@ pub struct Config {
     pub tls: Tls,
     pub listen: Listen,
     pub smtp: Smtp,
+    pub imap: Imap,
     pub log: Log,
 }
 
@@ -54,6 +55,16 @@ pub struct Smtp {
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
+pub struct Imap {
+    pub append_limit: u32,
+    pub idle_timeout: u64,
+    pub plaintext_auth: bool,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct Log {
     pub level: String,
 }
@@ -73,6 +84,7 @@ impl Default for Config {
             tls: Tls::default(),
             listen: Listen::default(),
             smtp: Smtp::default(),
+            imap: Imap::default(),
             log: Log::default(),
         }
     }
@@ -102,6 +114,18 @@ impl Default for Smtp {
             idle_timeout: 300,
             max_connections: 1000,
             max_connections_per_ip: 20,
+        }
+    }
+}
+
+impl Default for Imap {
+    fn default() -> Self {
+        Imap {
+            append_limit: 50 * 1024 * 1024,
+            idle_timeout: 1800,
+            plaintext_auth: false,
+            max_connections: 5000,
+            max_connections_per_ip: 50,
         }
     }
 }

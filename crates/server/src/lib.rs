@@ -2,6 +2,7 @@
 //! sans-IO protocol sessions to sockets and to the store.
 
 pub mod config;
+pub mod imap;
 mod limits;
 mod smtp;
 mod stream;
@@ -16,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
-use yubin_store::{Directory, SqliteStore, Store};
+use yubin_store::{Directory, MailStore, SqliteStore, Store};
 
 pub use config::Config;
 use limits::{ConnLimiter, Refused};
@@ -28,6 +29,9 @@ pub struct Server {
     pub store: Arc<dyn Store>,
     pub tls: Option<TlsAcceptor>,
     smtp_limits: Arc<ConnLimiter>,
+    imap_limits: Arc<ConnLimiter>,
+    /// Every committed mailbox change, for IMAP IDLE.
+    changes: tokio::sync::broadcast::Sender<yubin_store::MailboxId>,
     /// Becomes true when the server starts shutting down.
     shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -196,11 +200,11 @@ pub async fn serve(cfg: Config) -> Result<()> {
     let tls = Some(TlsAcceptor::from(tls::load(&cert, &key)?));
 
     let smtp = bind_all("smtp", &cfg.listen.smtp)?;
+    let imap = bind_all("imap", &cfg.listen.imap)?;
+    let imaps = bind_all("imaps", &cfg.listen.imaps)?;
     for (proto, addrs) in [
         ("submission", &cfg.listen.submission),
         ("submissions", &cfg.listen.submissions),
-        ("imap", &cfg.listen.imap),
-        ("imaps", &cfg.listen.imaps),
         ("pop3", &cfg.listen.pop3),
         ("pop3s", &cfg.listen.pop3s),
     ] {
@@ -208,47 +212,92 @@ pub async fn serve(cfg: Config) -> Result<()> {
             info!(proto, "configured but not served by this version yet");
         }
     }
-    if smtp.is_empty() {
-        bail!("no listener is enabled; set [listen] smtp in the config file");
+    if smtp.is_empty() && imap.is_empty() && imaps.is_empty() {
+        bail!("no listener is enabled; set [listen] smtp or imap in the config file");
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (changes, _) = tokio::sync::broadcast::channel(1024);
+    let notify = changes.clone();
+    store.on_change(Box::new(move |m| {
+        let _ = notify.send(m);
+    }));
     let server = Arc::new(Server {
         shutdown: stop_rx,
         smtp_limits: ConnLimiter::new(cfg.smtp.max_connections, cfg.smtp.max_connections_per_ip),
+        imap_limits: ConnLimiter::new(cfg.imap.max_connections, cfg.imap.max_connections_per_ip),
+        changes,
         cfg,
         store: Arc::new(store),
         tls,
     });
     let mut acceptors = Vec::new();
-    for l in smtp {
-        let addr = l.local_addr()?;
-        info!(%addr, "smtp listening");
-        eprintln!("yubin: smtp listening on {addr}");
-        acceptors.push(tokio::spawn(accept_smtp(server.clone(), l)));
+    for (proto, listeners) in [
+        (Proto::Smtp, smtp),
+        (Proto::Imap, imap),
+        (Proto::Imaps, imaps),
+    ] {
+        for l in listeners {
+            let addr = l.local_addr()?;
+            info!(%addr, proto = proto.name(), "listening");
+            eprintln!("yubin: {} listening on {addr}", proto.name());
+            acceptors.push(tokio::spawn(accept(server.clone(), l, proto)));
+        }
     }
     shutdown_signal().await;
-    // Stop accepting, tell idle sessions 421, let messages in flight finish (RFC 5321 §3.8).
+    // Stop accepting, tell idle sessions, let messages in flight finish (RFC 5321 §3.8).
     info!("shutting down");
     for a in &acceptors {
         a.abort();
     }
     let _ = stop_tx.send(true);
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-    while server.smtp_limits.active() > 0 && tokio::time::Instant::now() < deadline {
+    let active = || server.smtp_limits.active() + server.imap_limits.active();
+    while active() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let left = server.smtp_limits.active();
-    if left > 0 {
+    if active() > 0 {
         warn!(
-            sessions = left,
+            sessions = active(),
             "stopping with sessions still open; their clients will retry"
         );
     }
     Ok(())
 }
 
-async fn accept_smtp(server: Arc<Server>, listener: TcpListener) {
+#[derive(Clone, Copy, Debug)]
+enum Proto {
+    Smtp,
+    Imap,
+    Imaps,
+}
+
+impl Proto {
+    fn name(self) -> &'static str {
+        match self {
+            Proto::Smtp => "smtp",
+            Proto::Imap => "imap",
+            Proto::Imaps => "imaps",
+        }
+    }
+
+    /// What to say when a connection is over the limit (RFC 5321 §3.1, RFC 9051 §7.1.5).
+    fn refusal(self, why: &Refused) -> &'static [u8] {
+        match (self, why) {
+            (Proto::Smtp, Refused::PerIp) => {
+                b"421 4.7.0 Too many connections from your address, try again later\r\n"
+            }
+            (Proto::Smtp, Refused::Total) => b"421 4.3.2 Too many connections, try again later\r\n",
+            (_, _) => b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
+        }
+    }
+}
+
+async fn accept(server: Arc<Server>, listener: TcpListener, proto: Proto) {
     use tracing::Instrument;
+    let limits = match proto {
+        Proto::Smtp => server.smtp_limits.clone(),
+        Proto::Imap | Proto::Imaps => server.imap_limits.clone(),
+    };
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -259,33 +308,31 @@ async fn accept_smtp(server: Arc<Server>, listener: TcpListener) {
                 continue;
             }
         };
-        let slot = match server.smtp_limits.acquire(peer.ip()) {
+        let slot = match limits.acquire(peer.ip()) {
             Ok(slot) => slot,
             Err(why) => {
-                info!(%peer, ?why, "connection refused: limit reached");
+                info!(%peer, ?why, proto = proto.name(), "connection refused: limit reached");
+                let msg = proto.refusal(&why);
                 tokio::spawn(async move {
                     use tokio::io::AsyncWriteExt;
                     let mut tcp = tcp;
-                    // RFC 5321 §3.1: a server may answer 421 at connection time.
-                    let msg: &[u8] = match why {
-                        Refused::PerIp => {
-                            b"421 4.7.0 Too many connections from your address, try again later\r\n"
-                        }
-                        Refused::Total => b"421 4.3.2 Too many connections, try again later\r\n",
-                    };
                     let _ = tcp.write_all(msg).await;
                     let _ = tcp.shutdown().await;
                 });
                 continue;
             }
         };
-        let span = tracing::info_span!("smtp", session = %new_id(), %peer);
+        let span = tracing::info_span!("conn", proto = proto.name(), session = %new_id(), %peer);
         let server = server.clone();
         tokio::spawn(
             async move {
                 let _slot = slot;
                 tracing::debug!("connected");
-                smtp::handle(server, tcp, peer).await;
+                match proto {
+                    Proto::Smtp => smtp::handle(server, tcp, peer).await,
+                    Proto::Imap => imap::handle(server, tcp, peer, false).await,
+                    Proto::Imaps => imap::handle(server, tcp, peer, true).await,
+                }
             }
             .instrument(span),
         );

@@ -1,0 +1,170 @@
+//! SEARCH criteria (RFC 9051 §6.4.4) evaluated on one message. Metadata keys need no I/O;
+//! header and text keys load and parse the message once, on first need.
+//!
+//! Strings match as case-insensitive substrings of the decoded text (RFC 9051 §6.4.4).
+//! Dates compare calendar days in UTC, ignoring the time (RFC 9051 §6.4.4 "disregarding
+//! time and timezone").
+
+use imap_codec::imap_types::core::AString;
+use imap_codec::imap_types::datetime::NaiveDate;
+use imap_codec::imap_types::search::SearchKey;
+use yubin_model::{MessageMeta, flags};
+
+use crate::message::Parsed;
+use crate::seqset::Intervals;
+
+pub struct Context<'a> {
+    pub msgs: &'a [MessageMeta],
+}
+
+/// Lazily loaded message for header/body keys.
+struct Lazy<'f> {
+    load: &'f mut dyn FnMut() -> Option<Vec<u8>>,
+    raw: Option<Option<Vec<u8>>>,
+}
+
+impl Lazy<'_> {
+    fn raw(&mut self) -> Option<&[u8]> {
+        if self.raw.is_none() {
+            self.raw = Some((self.load)());
+        }
+        self.raw.as_ref().and_then(|r| r.as_deref())
+    }
+}
+
+pub fn matches_all(
+    keys: &[SearchKey<'_>],
+    ctx: &Context<'_>,
+    idx: usize,
+    load: &mut dyn FnMut() -> Option<Vec<u8>>,
+) -> bool {
+    let mut lazy = Lazy { load, raw: None };
+    keys.iter().all(|k| eval(k, ctx, idx, &mut lazy))
+}
+
+fn lower(s: &AString<'_>) -> String {
+    String::from_utf8_lossy(s.as_ref()).to_lowercase()
+}
+
+fn contains(hay: &str, needle: &str) -> bool {
+    hay.to_lowercase().contains(needle)
+}
+
+fn day(unix: i64) -> i64 {
+    unix.div_euclid(86_400)
+}
+
+fn date_day(d: &NaiveDate) -> i64 {
+    use chrono::Datelike;
+    let nd: &chrono::NaiveDate = d.as_ref();
+    i64::from(nd.num_days_from_ce()) - 719_163
+}
+
+fn eval(key: &SearchKey<'_>, ctx: &Context<'_>, idx: usize, lazy: &mut Lazy<'_>) -> bool {
+    let m = &ctx.msgs[idx];
+    let sys = |bit: u32| m.flags.system & bit != 0;
+    let with_parsed = |lazy: &mut Lazy<'_>, f: &dyn Fn(&Parsed<'_>) -> bool| -> bool {
+        match lazy.raw() {
+            Some(raw) => f(&Parsed::new(raw)),
+            None => false,
+        }
+    };
+    match key {
+        SearchKey::And(keys) => keys.as_ref().iter().all(|k| eval(k, ctx, idx, lazy)),
+        SearchKey::Or(a, b) => eval(a, ctx, idx, lazy) || eval(b, ctx, idx, lazy),
+        SearchKey::Not(k) => !eval(k, ctx, idx, lazy),
+        SearchKey::All => true,
+        SearchKey::SequenceSet(set) => {
+            Intervals::new(set, ctx.msgs.len() as u32).contains(idx as u32 + 1)
+        }
+        SearchKey::Uid(set) => {
+            let star = ctx.msgs.last().map_or(0, |x| x.uid);
+            Intervals::new(set, star).contains(m.uid)
+        }
+        SearchKey::Answered => sys(flags::ANSWERED),
+        SearchKey::Unanswered => !sys(flags::ANSWERED),
+        SearchKey::Deleted => sys(flags::DELETED),
+        SearchKey::Undeleted => !sys(flags::DELETED),
+        SearchKey::Draft => sys(flags::DRAFT),
+        SearchKey::Undraft => !sys(flags::DRAFT),
+        SearchKey::Flagged => sys(flags::FLAGGED),
+        SearchKey::Unflagged => !sys(flags::FLAGGED),
+        SearchKey::Seen => sys(flags::SEEN),
+        SearchKey::Unseen => !sys(flags::SEEN),
+        // yubin does not keep \Recent (removed in IMAP4rev2): no message is recent.
+        SearchKey::Recent => false,
+        SearchKey::New => false,
+        SearchKey::Old => true,
+        SearchKey::Keyword(k) => m.flags.has_keyword(k.as_ref()),
+        SearchKey::Unkeyword(k) => !m.flags.has_keyword(k.as_ref()),
+        SearchKey::Larger(n) => m.size > u64::from(*n),
+        SearchKey::Smaller(n) => m.size < u64::from(*n),
+        SearchKey::Before(d) => day(m.internal_date) < date_day(d),
+        SearchKey::On(d) => day(m.internal_date) == date_day(d),
+        SearchKey::Since(d) => day(m.internal_date) >= date_day(d),
+        SearchKey::SentBefore(d) => with_parsed(lazy, &|p| {
+            p.sent_date().is_some_and(|t| day(t) < date_day(d))
+        }),
+        SearchKey::SentOn(d) => with_parsed(lazy, &|p| {
+            p.sent_date().is_some_and(|t| day(t) == date_day(d))
+        }),
+        SearchKey::SentSince(d) => with_parsed(lazy, &|p| {
+            p.sent_date().is_some_and(|t| day(t) >= date_day(d))
+        }),
+        SearchKey::From(s) => {
+            let n = lower(s);
+            with_parsed(lazy, &|p| contains(&p.address_text("From"), &n))
+        }
+        SearchKey::To(s) => {
+            let n = lower(s);
+            with_parsed(lazy, &|p| contains(&p.address_text("To"), &n))
+        }
+        SearchKey::Cc(s) => {
+            let n = lower(s);
+            with_parsed(lazy, &|p| contains(&p.address_text("Cc"), &n))
+        }
+        SearchKey::Bcc(s) => {
+            let n = lower(s);
+            with_parsed(lazy, &|p| contains(&p.address_text("Bcc"), &n))
+        }
+        SearchKey::Subject(s) => {
+            let n = lower(s);
+            with_parsed(lazy, &|p| {
+                p.header_text("Subject").iter().any(|v| contains(v, &n))
+            })
+        }
+        SearchKey::Header(name, value) => {
+            let (name, n) = (
+                String::from_utf8_lossy(name.as_ref()).into_owned(),
+                lower(value),
+            );
+            // RFC 9051 §6.4.4: an empty value matches every message that has the field.
+            with_parsed(lazy, &|p| {
+                let vals = p.header_text(&name);
+                if n.is_empty() {
+                    !vals.is_empty()
+                } else {
+                    vals.iter().any(|v| contains(v, &n))
+                }
+            })
+        }
+        SearchKey::Body(s) => {
+            let n = lower(s);
+            with_parsed(lazy, &|p| contains(&p.body_text(), &n))
+        }
+        SearchKey::Text(s) => {
+            let n = lower(s);
+            with_parsed(lazy, &|p| {
+                contains(
+                    &String::from_utf8_lossy(
+                        &p.section(Some(&imap_codec::imap_types::fetch::Section::Header(None))),
+                    ),
+                    &n,
+                ) || contains(&p.body_text(), &n)
+            })
+        }
+        SearchKey::ModSequence { modseq, .. } => m.modseq >= *modseq,
+        #[allow(unreachable_patterns)]
+        _ => false,
+    }
+}

@@ -1,0 +1,1484 @@
+//! The IMAP server session as a state machine.
+//!
+//! Implementation notes (the rules this module keeps):
+//! - Sans-IO: the host pushes bytes with [`Session::push`], calls [`Session::poll`] until it
+//!   says [`Event::NeedInput`] (or `Idle`), and writes [`Session::take_output`] each time.
+//!   Backend calls may block; the host runs `poll` where blocking is allowed.
+//! - Framing is imap-codec's `Fragmentizer`, bounded by `append_limit`; a synchronizing
+//!   literal over the limit is refused before the client sends it (RFC 7889 `[TOOBIG]`),
+//!   a LITERAL+ one is read and discarded (RFC 7888 §4).
+//! - A selected mailbox is a snapshot: sequence numbers change only when this session
+//!   tells the client. Others' changes are picked up from the backend's MODSEQ history
+//!   after each command and during IDLE; EXPUNGE is never sent while answering FETCH,
+//!   STORE or SEARCH (RFC 3501 §7.4.1), only their UID forms.
+//! - Mailbox names are UTF-8 inside yubin and modified UTF-7 on the wire (RFC 3501 §5.1.3).
+//! - Nothing a client sends can panic the session: every decode failure is a tagged BAD.
+
+use std::num::{NonZeroU32, NonZeroU64};
+
+use bounded_static::IntoBoundedStatic;
+use imap_codec::encode::Encoder;
+use imap_codec::fragmentizer::{
+    DecodeMessageError, FragmentInfo, Fragmentizer, LiteralAnnouncement,
+};
+use imap_codec::imap_types::auth::{AuthMechanism, AuthenticateData};
+use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::core::{Atom, LiteralMode, QuotedChar, Tag, Text, Vec1};
+use imap_codec::imap_types::datetime::DateTime;
+use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
+use imap_codec::imap_types::extensions::uidplus::{UidElement, UidSet};
+use imap_codec::imap_types::fetch::{
+    Macro, MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName, Section,
+};
+use imap_codec::imap_types::flag::{
+    Flag, FlagFetch, FlagNameAttribute, FlagPerm, StoreResponse, StoreType,
+};
+use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox as WireMailbox};
+use imap_codec::imap_types::response::{
+    Capability, Code, CommandContinuationRequest, Data, Response, Status,
+};
+use imap_codec::imap_types::search::SearchKey;
+use imap_codec::imap_types::sequence::SequenceSet;
+use imap_codec::imap_types::status::{StatusDataItem, StatusDataItemName};
+use imap_codec::{AuthenticateDataCodec, CommandCodec, IdleDoneCodec, ResponseCodec};
+use yubin_model::{FlagOp, Flags, MailboxId, MessageMeta, flags};
+
+use crate::backend::{Backend, BackendError};
+use crate::message::{Parsed, literal};
+use crate::mutf7;
+use crate::search;
+use crate::seqset::Intervals;
+
+/// Fixed for the session's life.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub hostname: String,
+    /// Offer STARTTLS (a certificate is loaded and the connection is not yet encrypted).
+    pub starttls: bool,
+    /// Allow LOGIN/AUTHENTICATE on an unencrypted connection (RFC 9051 §11.1 says no,
+    /// except where the path is otherwise protected, e.g. loopback).
+    pub plaintext_auth: bool,
+    /// Largest message APPEND accepts (RFC 7889 APPENDLIMIT).
+    pub append_limit: u32,
+}
+
+/// What the host must do next (after writing [`Session::take_output`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Read more bytes and push them.
+    NeedInput,
+    /// The client is in IDLE: read more bytes, and call [`Session::changed`] when the
+    /// selected mailbox changes.
+    Idle,
+    /// Run the TLS handshake, then call [`Session::tls_started`].
+    StartTls,
+    /// Close the connection.
+    Close,
+}
+
+enum Mode {
+    Command,
+    AuthData(Tag<'static>),
+    Idle(Tag<'static>),
+    StartTls,
+    Closed,
+}
+
+#[derive(PartialEq, Eq)]
+enum State {
+    NotAuthenticated,
+    Authenticated,
+}
+
+struct Selected {
+    id: MailboxId,
+    read_only: bool,
+    msgs: Vec<MessageMeta>,
+    highest_modseq: u64,
+    /// Messages with a UID at or above this are new to the client.
+    uid_next: u32,
+    /// Expunged by others while EXPUNGE responses were not allowed.
+    pending_expunge: Vec<u32>,
+}
+
+const MAX_AUTH_FAILURES: u32 = 3;
+
+pub struct Session<B: Backend> {
+    cfg: Config,
+    backend: B,
+    frag: Fragmentizer,
+    out: Vec<u8>,
+    state: State,
+    mode: Mode,
+    tls: bool,
+    selected: Option<Selected>,
+    auth_failures: u32,
+}
+
+fn tag_of(frag: &Fragmentizer) -> Option<Tag<'static>> {
+    frag.decode_tag().map(IntoBoundedStatic::into_static)
+}
+
+fn text(s: &str) -> Text<'static> {
+    Text::try_from(s.to_owned()).unwrap_or_else(|_| Text::try_from("error").expect("valid text"))
+}
+
+fn nz(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
+}
+
+/// Flags as IMAP flags; keywords that are not valid atoms are left out.
+fn flag_list(f: &Flags) -> Vec<Flag<'static>> {
+    let mut out = Vec::new();
+    for (bit, flag) in [
+        (flags::ANSWERED, Flag::Answered),
+        (flags::FLAGGED, Flag::Flagged),
+        (flags::DELETED, Flag::Deleted),
+        (flags::SEEN, Flag::Seen),
+        (flags::DRAFT, Flag::Draft),
+    ] {
+        if f.system & bit != 0 {
+            out.push(flag);
+        }
+    }
+    for k in &f.keywords {
+        if let Ok(a) = Atom::try_from(k.clone()) {
+            out.push(Flag::Keyword(a));
+        }
+    }
+    out
+}
+
+/// IMAP flags to the model; `None` for flags a client may not set (`\Recent`, unknown `\X`).
+fn to_flags(list: &[Flag<'_>]) -> Option<Flags> {
+    let mut f = Flags::default();
+    for flag in list {
+        match flag {
+            Flag::Answered => f.system |= flags::ANSWERED,
+            Flag::Flagged => f.system |= flags::FLAGGED,
+            Flag::Deleted => f.system |= flags::DELETED,
+            Flag::Seen => f.system |= flags::SEEN,
+            Flag::Draft => f.system |= flags::DRAFT,
+            Flag::Keyword(k) => {
+                if !f.has_keyword(k.as_ref()) {
+                    f.keywords.push(k.as_ref().to_owned())
+                }
+            }
+            Flag::Extension(_) => return None,
+        }
+    }
+    Some(f)
+}
+
+fn datetime(unix: i64) -> Option<DateTime> {
+    let dt = chrono::DateTime::from_timestamp(unix, 0)?.fixed_offset();
+    DateTime::try_from(dt).ok()
+}
+
+/// A mailbox name from the wire (modified UTF-7) to UTF-8.
+fn mailbox_name(m: &WireMailbox<'_>) -> Result<String, &'static str> {
+    match m {
+        WireMailbox::Inbox => Ok("INBOX".into()),
+        WireMailbox::Other(o) => {
+            let raw = std::str::from_utf8(o.as_ref()).map_err(|_| "mailbox name is not UTF-8")?;
+            // IMAP4rev1 clients send modified UTF-7; a name that does not decode is taken
+            // as it is (some clients send UTF-8 regardless).
+            Ok(if raw.is_ascii() {
+                mutf7::decode(raw).unwrap_or_else(|| raw.to_owned())
+            } else {
+                raw.to_owned()
+            })
+        }
+    }
+}
+
+fn wire_mailbox(name: &str) -> WireMailbox<'static> {
+    if name == "INBOX" {
+        return WireMailbox::Inbox;
+    }
+    WireMailbox::try_from(mutf7::encode(name)).unwrap_or(WireMailbox::Inbox)
+}
+
+/// LIST pattern matching (RFC 9051 §6.3.9): `*` matches anything, `%` anything but `/`.
+fn matches_pattern(pattern: &[u8], name: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => name.is_empty(),
+        Some((b'*', rest)) => (0..=name.len()).any(|i| matches_pattern(rest, &name[i..])),
+        Some((b'%', rest)) => (0..=name.len())
+            .take_while(|&i| i == 0 || name[i - 1] != b'/')
+            .any(|i| matches_pattern(rest, &name[i..])),
+        Some((c, rest)) => name.first() == Some(c) && matches_pattern(rest, &name[1..]),
+    }
+}
+
+fn uid_set(uids: &[u32]) -> Option<UidSet> {
+    let mut elems = Vec::new();
+    let mut i = 0;
+    while i < uids.len() {
+        let start = uids[i];
+        let mut end = start;
+        while i + 1 < uids.len() && uids[i + 1] == end + 1 {
+            i += 1;
+            end = uids[i];
+        }
+        elems.push(if start == end {
+            UidElement::Single(NonZeroU32::new(start)?)
+        } else {
+            UidElement::Range(NonZeroU32::new(start)?, NonZeroU32::new(end)?)
+        });
+        i += 1;
+    }
+    Vec1::try_from(elems).ok().map(UidSet)
+}
+
+impl<B: Backend> Session<B> {
+    /// A new session on a connection; `tls` when the connection is already encrypted.
+    pub fn new(cfg: Config, backend: B, tls: bool) -> Self {
+        let limit = cfg.append_limit.saturating_add(64 * 1024);
+        let mut s = Session {
+            frag: Fragmentizer::new(limit),
+            cfg,
+            backend,
+            out: Vec::new(),
+            state: State::NotAuthenticated,
+            mode: Mode::Command,
+            tls,
+            selected: None,
+            auth_failures: 0,
+        };
+        let caps = s.capabilities();
+        s.send(Response::Status(
+            Status::ok(
+                None,
+                Some(Code::Capability(caps)),
+                format!("{} IMAP4rev1 yubin ready", s.cfg.hostname),
+            )
+            .expect("valid greeting"),
+        ));
+        s
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.frag.enqueue_bytes(bytes);
+    }
+
+    /// Bytes to send to the client now.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// The selected mailbox, so the host can wake an IDLE session only for its changes.
+    pub fn selected_mailbox(&self) -> Option<MailboxId> {
+        self.selected.as_ref().map(|s| s.id)
+    }
+
+    /// The selected mailbox changed (host notification during IDLE).
+    pub fn changed(&mut self) {
+        if matches!(self.mode, Mode::Idle(_)) {
+            self.refresh(true);
+        }
+    }
+
+    pub fn tls_started(&mut self) {
+        self.tls = true;
+        self.cfg.starttls = false;
+        // RFC 9051 §6.2.1: discard anything sent before the handshake.
+        self.frag = Fragmentizer::new(self.cfg.append_limit.saturating_add(64 * 1024));
+        self.mode = Mode::Command;
+    }
+
+    /// The client was idle too long (RFC 9051 §5.4: at least 30 minutes).
+    pub fn timeout(&mut self) {
+        self.send(Response::Status(
+            Status::bye(None, "Autologout; idle for too long").expect("valid"),
+        ));
+        self.mode = Mode::Closed;
+    }
+
+    pub fn poll(&mut self) -> Event {
+        loop {
+            match self.mode {
+                Mode::Closed => return Event::Close,
+                Mode::StartTls => return Event::StartTls,
+                _ => {}
+            }
+            let Some(info) = self.frag.progress() else {
+                return match self.mode {
+                    Mode::Idle(_) => Event::Idle,
+                    _ => Event::NeedInput,
+                };
+            };
+            if let FragmentInfo::Line {
+                announcement: Some(LiteralAnnouncement { mode, length }),
+                ..
+            } = info
+            {
+                if length > self.cfg.append_limit {
+                    if mode == LiteralMode::Sync {
+                        // The client waits for our go-ahead: refuse, and it sends nothing.
+                        let tag = tag_of(&self.frag);
+                        self.frag.skip_message();
+                        self.tagged_no(tag, Some(Code::TooBig), "Literal exceeds APPENDLIMIT");
+                    }
+                    // LITERAL+ data comes anyway; the fragmentizer reads and drops it.
+                } else if mode == LiteralMode::Sync {
+                    self.send(Response::CommandContinuationRequest(
+                        CommandContinuationRequest::basic(None, "Ready for literal data")
+                            .expect("valid"),
+                    ));
+                }
+                continue;
+            }
+            if !self.frag.is_message_complete() {
+                continue;
+            }
+            match std::mem::replace(&mut self.mode, Mode::Command) {
+                Mode::Command => self.command_message(),
+                Mode::AuthData(tag) => self.auth_data(tag),
+                Mode::Idle(tag) => self.idle_done(tag),
+                other => self.mode = other,
+            }
+        }
+    }
+
+    fn command_message(&mut self) {
+        let decoded = match self.frag.decode_message(&CommandCodec::default()) {
+            Ok(cmd) => Ok(cmd.into_static()),
+            Err(DecodeMessageError::MessageTooLong { .. }) => {
+                Err((Some(Code::TooBig), "Command too long"))
+            }
+            Err(_) => Err((None, "Syntax error in command")),
+        };
+        match decoded {
+            Ok(cmd) => self.command(cmd),
+            Err((code, msg)) => {
+                let tag = tag_of(&self.frag);
+                self.tagged_bad(tag, code, msg);
+            }
+        }
+    }
+
+    // ----- output helpers -----
+
+    fn send(&mut self, r: Response<'_>) {
+        self.out.extend(ResponseCodec::default().encode(&r).dump());
+    }
+
+    fn data(&mut self, d: Data<'_>) {
+        self.send(Response::Data(d));
+    }
+
+    fn tagged(
+        &mut self,
+        kind: u8,
+        tag: Option<Tag<'static>>,
+        code: Option<Code<'static>>,
+        msg: &str,
+    ) {
+        let t = text(msg);
+        let status = match (kind, tag) {
+            (b'O', tag) => Status::ok(tag, code, t),
+            (b'N', tag) => Status::no(tag, code, t),
+            (_, tag) => Status::bad(tag, code, t),
+        };
+        let Ok(s) = status;
+        self.send(Response::Status(s));
+    }
+
+    fn ok(&mut self, tag: &Tag<'static>, code: Option<Code<'static>>, msg: &str) {
+        self.tagged(b'O', Some(tag.clone()), code, msg);
+    }
+
+    fn no(&mut self, tag: &Tag<'static>, code: Option<Code<'static>>, msg: &str) {
+        self.tagged(b'N', Some(tag.clone()), code, msg);
+    }
+
+    fn tagged_no(&mut self, tag: Option<Tag<'static>>, code: Option<Code<'static>>, msg: &str) {
+        self.tagged(b'N', tag, code, msg);
+    }
+
+    fn tagged_bad(&mut self, tag: Option<Tag<'static>>, code: Option<Code<'static>>, msg: &str) {
+        self.tagged(b'B', tag, code, msg);
+    }
+
+    fn bad(&mut self, tag: &Tag<'static>, msg: &str) {
+        self.tagged(b'B', Some(tag.clone()), None, msg);
+    }
+
+    fn backend_no(&mut self, tag: &Tag<'static>, e: BackendError) {
+        let (code, msg) = match e {
+            BackendError::NotFound(m) => (
+                Code::Other(imap_codec::imap_types::response::CodeOther::unvalidated(
+                    b"NONEXISTENT".as_slice(),
+                )),
+                m,
+            ),
+            BackendError::Exists(m) => (
+                Code::Other(imap_codec::imap_types::response::CodeOther::unvalidated(
+                    b"ALREADYEXISTS".as_slice(),
+                )),
+                m,
+            ),
+            BackendError::Refused(m) => (
+                Code::Other(imap_codec::imap_types::response::CodeOther::unvalidated(
+                    b"CANNOT".as_slice(),
+                )),
+                m,
+            ),
+            BackendError::Failed(m) => (
+                Code::Other(imap_codec::imap_types::response::CodeOther::unvalidated(
+                    b"UNAVAILABLE".as_slice(),
+                )),
+                m,
+            ),
+        };
+        self.no(tag, Some(code), &msg);
+    }
+
+    fn capabilities(&self) -> Vec1<Capability<'static>> {
+        let mut caps = vec![Capability::Imap4Rev1];
+        let mut other = |s: &'static str| {
+            if let Ok(a) = Atom::try_from(s) {
+                caps.push(Capability::from(a));
+            }
+        };
+        other("LITERAL+");
+        other("SASL-IR");
+        other("ID");
+        other("ENABLE");
+        other("IDLE");
+        other("UNSELECT");
+        other("UIDPLUS");
+        other("MOVE");
+        other("NAMESPACE");
+        other("SPECIAL-USE");
+        other("CHILDREN");
+        let limit: &'static str =
+            Box::leak(format!("APPENDLIMIT={}", self.cfg.append_limit).into_boxed_str());
+        other(limit);
+        if self.state == State::NotAuthenticated {
+            if self.cfg.starttls && !self.tls {
+                caps.push(Capability::StartTls);
+            }
+            if self.tls || self.cfg.plaintext_auth {
+                caps.push(Capability::Auth(AuthMechanism::Plain));
+            } else {
+                caps.push(Capability::LoginDisabled);
+            }
+        }
+        Vec1::try_from(caps).expect("non-empty")
+    }
+
+    // ----- commands -----
+
+    fn command(&mut self, cmd: Command<'static>) {
+        let tag = cmd.tag;
+        let authed = self.state == State::Authenticated;
+        let selected = self.selected.is_some();
+        match cmd.body {
+            CommandBody::Capability => {
+                let caps = self.capabilities();
+                self.data(Data::Capability(caps));
+                self.ok(&tag, None, "CAPABILITY completed");
+            }
+            CommandBody::Noop => {
+                self.refresh(true);
+                self.ok(&tag, None, "NOOP completed");
+            }
+            CommandBody::Check if selected => {
+                self.refresh(true);
+                self.ok(&tag, None, "CHECK completed");
+            }
+            CommandBody::Logout => {
+                self.send(Response::Status(
+                    Status::bye(None, "Logging out").expect("valid"),
+                ));
+                self.ok(&tag, None, "LOGOUT completed");
+                self.mode = Mode::Closed;
+            }
+            CommandBody::StartTLS if !authed => {
+                if self.tls {
+                    self.bad(&tag, "TLS is already active");
+                } else if !self.cfg.starttls {
+                    self.no(&tag, None, "TLS is not available");
+                } else {
+                    self.ok(&tag, None, "Begin TLS negotiation now");
+                    self.mode = Mode::StartTls;
+                }
+            }
+            CommandBody::Login { username, password } if !authed => {
+                let user = String::from_utf8_lossy(username.as_ref()).into_owned();
+                let pass = String::from_utf8_lossy(password.declassify().as_ref()).into_owned();
+                self.login(&tag, &user, &pass);
+            }
+            CommandBody::Authenticate {
+                mechanism,
+                initial_response,
+            } if !authed => {
+                if mechanism != AuthMechanism::Plain {
+                    self.no(&tag, None, "Unsupported authentication mechanism");
+                } else if let Some(ir) = initial_response {
+                    let data = ir.declassify().to_vec();
+                    self.auth_plain(&tag, &data);
+                } else {
+                    self.send(Response::CommandContinuationRequest(
+                        CommandContinuationRequest::basic(None, " ").unwrap_or_else(|_| {
+                            CommandContinuationRequest::basic(None, "go").expect("valid")
+                        }),
+                    ));
+                    self.mode = Mode::AuthData(tag);
+                }
+            }
+            CommandBody::Id { .. } => {
+                let params = vec![
+                    (
+                        crate::message::istring("name"),
+                        crate::message::nstring(Some("yubin")),
+                    ),
+                    (
+                        crate::message::istring("version"),
+                        crate::message::nstring(Some(env!("CARGO_PKG_VERSION"))),
+                    ),
+                ];
+                self.data(Data::Id {
+                    parameters: Some(params),
+                });
+                self.ok(&tag, None, "ID completed");
+            }
+            _ if !authed => self.bad(&tag, "Log in first"),
+            CommandBody::Enable { .. } => {
+                self.data(Data::Enabled {
+                    capabilities: vec![],
+                });
+                self.ok(&tag, None, "ENABLE completed");
+            }
+            CommandBody::Namespace => {
+                self.out
+                    .extend_from_slice(b"* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n");
+                self.ok(&tag, None, "NAMESPACE completed");
+            }
+            CommandBody::Select { mailbox, .. } => self.select(&tag, &mailbox, false),
+            CommandBody::Examine { mailbox, .. } => self.select(&tag, &mailbox, true),
+            CommandBody::Create { mailbox } => {
+                self.simple(&tag, &mailbox, |b, n| b.create(n), "CREATE")
+            }
+            CommandBody::Delete { mailbox } => {
+                if self.is_selected_name(&mailbox) {
+                    self.selected = None;
+                }
+                self.simple(&tag, &mailbox, |b, n| b.delete(n), "DELETE")
+            }
+            CommandBody::Rename { from, to } => match (mailbox_name(&from), mailbox_name(&to)) {
+                (Ok(f), Ok(t)) => match self.backend.rename(&f, &t) {
+                    Ok(()) => self.ok(&tag, None, "RENAME completed"),
+                    Err(e) => self.backend_no(&tag, e),
+                },
+                _ => self.bad(&tag, "Invalid mailbox name"),
+            },
+            CommandBody::Subscribe { mailbox } => {
+                self.simple(&tag, &mailbox, |b, n| b.subscribe(n, true), "SUBSCRIBE")
+            }
+            CommandBody::Unsubscribe { mailbox } => {
+                self.simple(&tag, &mailbox, |b, n| b.subscribe(n, false), "UNSUBSCRIBE")
+            }
+            CommandBody::List {
+                reference,
+                mailbox_wildcard,
+            } => self.list(&tag, &reference, &mailbox_wildcard, false),
+            CommandBody::Lsub {
+                reference,
+                mailbox_wildcard,
+            } => self.list(&tag, &reference, &mailbox_wildcard, true),
+            CommandBody::Status {
+                mailbox,
+                item_names,
+            } => self.status(&tag, &mailbox, &item_names),
+            CommandBody::Append {
+                mailbox,
+                flags,
+                date,
+                message,
+            } => self.append(&tag, &mailbox, &flags, date, message),
+            CommandBody::Idle => {
+                self.send(Response::CommandContinuationRequest(
+                    CommandContinuationRequest::basic(None, "idling").expect("valid"),
+                ));
+                self.refresh(true);
+                self.mode = Mode::Idle(tag);
+            }
+            _ if !selected => self.bad(&tag, "Select a mailbox first"),
+            CommandBody::Close => {
+                if let Some(sel) = &self.selected
+                    && !sel.read_only
+                {
+                    let id = sel.id;
+                    let _ = self.backend.expunge(id, None);
+                }
+                self.selected = None;
+                self.ok(&tag, None, "CLOSE completed");
+            }
+            CommandBody::Unselect => {
+                self.selected = None;
+                self.ok(&tag, None, "UNSELECT completed");
+            }
+            CommandBody::Expunge => self.expunge(&tag, None),
+            CommandBody::ExpungeUid { sequence_set } => self.expunge(&tag, Some(&sequence_set)),
+            CommandBody::Fetch {
+                sequence_set,
+                macro_or_item_names,
+                uid,
+                ..
+            } => self.fetch(&tag, &sequence_set, macro_or_item_names, uid),
+            CommandBody::Store {
+                sequence_set,
+                kind,
+                response,
+                flags,
+                uid,
+                ..
+            } => self.store(&tag, &sequence_set, kind, response, &flags, uid),
+            CommandBody::Copy {
+                sequence_set,
+                mailbox,
+                uid,
+            } => self.copy(&tag, &sequence_set, &mailbox, uid, false),
+            CommandBody::Move {
+                sequence_set,
+                mailbox,
+                uid,
+            } => self.copy(&tag, &sequence_set, &mailbox, uid, true),
+            CommandBody::Search {
+                charset,
+                criteria,
+                uid,
+            } => {
+                if let Some(cs) = &charset
+                    && !["UTF-8", "US-ASCII"]
+                        .iter()
+                        .any(|c| cs.as_ref().eq_ignore_ascii_case(c))
+                {
+                    self.out.extend_from_slice(
+                        &format!(
+                            "{} NO [BADCHARSET (UTF-8 US-ASCII)] Unsupported charset\r\n",
+                            tag.as_ref()
+                        )
+                        .into_bytes(),
+                    );
+                    return;
+                }
+                self.search(&tag, criteria.as_ref(), uid)
+            }
+            _ => self.bad(&tag, "Command not supported in this state"),
+        }
+    }
+
+    fn is_selected_name(&mut self, m: &WireMailbox<'_>) -> bool {
+        let (Some(sel), Ok(name)) = (&self.selected, mailbox_name(m)) else {
+            return false;
+        };
+        let id = sel.id;
+        self.backend.mailbox(&name).is_ok_and(|mb| mb.id == id)
+    }
+
+    fn simple(
+        &mut self,
+        tag: &Tag<'static>,
+        mailbox: &WireMailbox<'_>,
+        f: impl FnOnce(&mut B, &str) -> Result<(), BackendError>,
+        what: &str,
+    ) {
+        match mailbox_name(mailbox) {
+            Ok(name) => match f(&mut self.backend, &name) {
+                Ok(()) => self.ok(tag, None, &format!("{what} completed")),
+                Err(e) => self.backend_no(tag, e),
+            },
+            Err(e) => self.bad(tag, e),
+        }
+    }
+
+    fn login(&mut self, tag: &Tag<'static>, user: &str, pass: &str) {
+        if !self.tls && !self.cfg.plaintext_auth {
+            self.no(
+                tag,
+                Some(Code::Other(
+                    imap_codec::imap_types::response::CodeOther::unvalidated(
+                        b"PRIVACYREQUIRED".as_slice(),
+                    ),
+                )),
+                "Use STARTTLS or port 993 before logging in",
+            );
+            return;
+        }
+        match self.backend.login(user, pass) {
+            Ok(true) => {
+                self.state = State::Authenticated;
+                let caps = self.capabilities();
+                self.ok(tag, Some(Code::Capability(caps)), "Logged in");
+            }
+            Ok(false) => {
+                self.auth_failures += 1;
+                self.no(
+                    tag,
+                    Some(Code::Other(
+                        imap_codec::imap_types::response::CodeOther::unvalidated(
+                            b"AUTHENTICATIONFAILED".as_slice(),
+                        ),
+                    )),
+                    "Authentication failed",
+                );
+                if self.auth_failures >= MAX_AUTH_FAILURES {
+                    self.send(Response::Status(
+                        Status::bye(None, "Too many failed logins").expect("valid"),
+                    ));
+                    self.mode = Mode::Closed;
+                }
+            }
+            Err(e) => self.backend_no(tag, e),
+        }
+    }
+
+    /// SASL PLAIN (RFC 4616): `authzid NUL authcid NUL password`.
+    fn auth_plain(&mut self, tag: &Tag<'static>, data: &[u8]) {
+        let parts: Vec<&[u8]> = data.split(|&b| b == 0).collect();
+        let [authz, user, pass] = parts.as_slice() else {
+            self.bad(tag, "Malformed PLAIN credentials");
+            return;
+        };
+        let user = String::from_utf8_lossy(user).into_owned();
+        if !authz.is_empty() && *authz != user.as_bytes() {
+            self.no(
+                tag,
+                Some(Code::Other(
+                    imap_codec::imap_types::response::CodeOther::unvalidated(
+                        b"AUTHORIZATIONFAILED".as_slice(),
+                    ),
+                )),
+                "Cannot act as another user",
+            );
+            return;
+        }
+        let pass = String::from_utf8_lossy(pass).into_owned();
+        self.login(tag, &user, &pass);
+    }
+
+    fn auth_data(&mut self, tag: Tag<'static>) {
+        match self.frag.decode_message(&AuthenticateDataCodec::default()) {
+            Ok(AuthenticateData::Continue(data)) => {
+                let data = data.declassify().to_vec();
+                self.auth_plain(&tag, &data);
+            }
+            Ok(AuthenticateData::Cancel) => self.bad(&tag, "Authentication cancelled"),
+            Err(_) => self.bad(&tag, "Invalid base64 in authentication data"),
+        }
+    }
+
+    fn idle_done(&mut self, tag: Tag<'static>) {
+        match self.frag.decode_message(&IdleDoneCodec::default()) {
+            Ok(_) => self.ok(&tag, None, "IDLE terminated"),
+            Err(_) => self.bad(&tag, "Expected DONE"),
+        }
+    }
+
+    fn select(&mut self, tag: &Tag<'static>, mailbox: &WireMailbox<'_>, read_only: bool) {
+        // RFC 9051 §6.3.2: a failed SELECT leaves no mailbox selected.
+        self.selected = None;
+        let name = match mailbox_name(mailbox) {
+            Ok(n) => n,
+            Err(e) => return self.bad(tag, e),
+        };
+        let mb = match self.backend.mailbox(&name) {
+            Ok(mb) => mb,
+            Err(e) => return self.backend_no(tag, e),
+        };
+        let msgs = match self.backend.messages(mb.id) {
+            Ok(m) => m,
+            Err(e) => return self.backend_no(tag, e),
+        };
+        let mut keywords: Vec<String> = Vec::new();
+        for m in &msgs {
+            for k in &m.flags.keywords {
+                if !keywords.iter().any(|x| x.eq_ignore_ascii_case(k)) {
+                    keywords.push(k.clone());
+                }
+            }
+        }
+        let all = flag_list(&Flags {
+            system: flags::ANSWERED | flags::FLAGGED | flags::DELETED | flags::SEEN | flags::DRAFT,
+            keywords,
+        });
+        self.data(Data::Flags(all.clone()));
+        let perm: Vec<FlagPerm<'static>> = if read_only {
+            vec![]
+        } else {
+            all.into_iter()
+                .map(FlagPerm::Flag)
+                .chain([FlagPerm::Asterisk])
+                .collect()
+        };
+        self.send(Response::Status(
+            Status::ok(None, Some(Code::PermanentFlags(perm)), "Flags permitted").expect("valid"),
+        ));
+        self.data(Data::Exists(msgs.len() as u32));
+        self.data(Data::Recent(0));
+        if let Some(i) = msgs.iter().position(|m| m.flags.system & flags::SEEN == 0) {
+            self.send(Response::Status(
+                Status::ok(None, Some(Code::Unseen(nz(i as u32 + 1))), "First unseen")
+                    .expect("valid"),
+            ));
+        }
+        self.send(Response::Status(
+            Status::ok(
+                None,
+                Some(Code::UidValidity(nz(mb.uidvalidity))),
+                "UIDs valid",
+            )
+            .expect("valid"),
+        ));
+        self.send(Response::Status(
+            Status::ok(
+                None,
+                Some(Code::UidNext(nz(mb.uid_next))),
+                "Predicted next UID",
+            )
+            .expect("valid"),
+        ));
+        self.selected = Some(Selected {
+            id: mb.id,
+            read_only,
+            msgs,
+            highest_modseq: mb.highest_modseq,
+            uid_next: mb.uid_next,
+            pending_expunge: Vec::new(),
+        });
+        let (code, what) = if read_only {
+            (Code::ReadOnly, "EXAMINE completed")
+        } else {
+            (Code::ReadWrite, "SELECT completed")
+        };
+        self.ok(tag, Some(code), what);
+    }
+
+    fn list(
+        &mut self,
+        tag: &Tag<'static>,
+        reference: &WireMailbox<'_>,
+        pattern: &ListMailbox<'_>,
+        lsub: bool,
+    ) {
+        let reference = match reference {
+            WireMailbox::Inbox => "INBOX".to_owned(),
+            WireMailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
+        };
+        let pattern = match pattern {
+            ListMailbox::Token(t) => String::from_utf8_lossy(t.as_ref()).into_owned(),
+            ListMailbox::String(s) => String::from_utf8_lossy(s.as_ref()).into_owned(),
+        };
+        let delimiter = QuotedChar::try_from('/').ok();
+        if pattern.is_empty() {
+            // RFC 9051 §6.3.9: an empty pattern asks for the hierarchy delimiter.
+            self.data(Data::List {
+                items: vec![FlagNameAttribute::Noselect],
+                delimiter,
+                mailbox: WireMailbox::try_from("").unwrap_or(WireMailbox::Inbox),
+            });
+            return self.ok(tag, None, "LIST completed");
+        }
+        let full = format!("{reference}{pattern}");
+        let full = mutf7::decode(&full).unwrap_or(full);
+        let boxes = match self.backend.list() {
+            Ok(b) => b,
+            Err(e) => return self.backend_no(tag, e),
+        };
+        for mb in &boxes {
+            if lsub && !mb.subscribed {
+                continue;
+            }
+            let hit = if mb.name == "INBOX" {
+                matches_pattern(full.to_ascii_uppercase().as_bytes(), b"INBOX")
+            } else {
+                matches_pattern(full.as_bytes(), mb.name.as_bytes())
+            };
+            if !hit {
+                continue;
+            }
+            let prefix = format!("{}/", mb.name);
+            let children = boxes.iter().any(|b| b.name.starts_with(&prefix));
+            let mut items = vec![FlagNameAttribute::from(
+                Atom::try_from(if children {
+                    "HasChildren"
+                } else {
+                    "HasNoChildren"
+                })
+                .expect("valid atom"),
+            )];
+            if let Some(su) = &mb.special_use
+                && let Ok(a) = Atom::try_from(su.trim_start_matches('\\').to_owned())
+            {
+                items.push(FlagNameAttribute::from(a));
+            }
+            let mailbox = wire_mailbox(&mb.name);
+            if lsub {
+                self.data(Data::Lsub {
+                    items,
+                    delimiter,
+                    mailbox,
+                });
+            } else {
+                self.data(Data::List {
+                    items,
+                    delimiter,
+                    mailbox,
+                });
+            }
+        }
+        self.ok(
+            tag,
+            None,
+            if lsub {
+                "LSUB completed"
+            } else {
+                "LIST completed"
+            },
+        );
+    }
+
+    fn status(
+        &mut self,
+        tag: &Tag<'static>,
+        mailbox: &WireMailbox<'static>,
+        names: &[StatusDataItemName],
+    ) {
+        let name = match mailbox_name(mailbox) {
+            Ok(n) => n,
+            Err(e) => return self.bad(tag, e),
+        };
+        let mb = match self.backend.mailbox(&name) {
+            Ok(mb) => mb,
+            Err(e) => return self.backend_no(tag, e),
+        };
+        let items: Vec<StatusDataItem> = names
+            .iter()
+            .filter_map(|n| match n {
+                StatusDataItemName::Messages => Some(StatusDataItem::Messages(mb.messages as u32)),
+                StatusDataItemName::Recent => Some(StatusDataItem::Recent(0)),
+                StatusDataItemName::UidNext => Some(StatusDataItem::UidNext(nz(mb.uid_next))),
+                StatusDataItemName::UidValidity => {
+                    Some(StatusDataItem::UidValidity(nz(mb.uidvalidity)))
+                }
+                StatusDataItemName::Unseen => Some(StatusDataItem::Unseen(mb.unseen as u32)),
+                _ => None,
+            })
+            .collect();
+        self.data(Data::Status {
+            mailbox: wire_mailbox(&mb.name),
+            items: items.into(),
+        });
+        self.ok(tag, None, "STATUS completed");
+    }
+
+    fn append(
+        &mut self,
+        tag: &Tag<'static>,
+        mailbox: &WireMailbox<'_>,
+        flags: &[Flag<'_>],
+        date: Option<DateTime>,
+        message: LiteralOrLiteral8<'_>,
+    ) {
+        let name = match mailbox_name(mailbox) {
+            Ok(n) => n,
+            Err(e) => return self.bad(tag, e),
+        };
+        let Some(f) = to_flags(flags) else {
+            return self.bad(tag, "Invalid flag");
+        };
+        let data: &[u8] = match &message {
+            LiteralOrLiteral8::Literal(l) => l.as_ref(),
+            LiteralOrLiteral8::Literal8(l) => &l.data,
+        };
+        if data.len() > self.cfg.append_limit as usize {
+            return self.no(tag, Some(Code::TooBig), "Message exceeds APPENDLIMIT");
+        }
+        let when = date.map_or_else(
+            || {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64)
+            },
+            |d| d.as_ref().timestamp(),
+        );
+        match self.backend.append(&name, &f, when, data) {
+            Ok((uidvalidity, uid)) => {
+                self.refresh(true);
+                self.ok(
+                    tag,
+                    Some(Code::AppendUid {
+                        uid_validity: nz(uidvalidity),
+                        uid: nz(uid),
+                    }),
+                    "APPEND completed",
+                );
+            }
+            Err(BackendError::NotFound(_)) => {
+                self.no(tag, Some(Code::TryCreate), "No such mailbox")
+            }
+            Err(e) => self.backend_no(tag, e),
+        }
+    }
+
+    /// Indexes (0-based, ascending) of the messages a set names; `None` when a sequence
+    /// number is beyond the mailbox (a client error: RFC 9051 §6.4.8 leaves it to BAD).
+    fn targets(&self, set: &SequenceSet, uid: bool) -> Option<Vec<usize>> {
+        let sel = self.selected.as_ref()?;
+        if uid {
+            let star = sel.msgs.last().map_or(0, |m| m.uid);
+            let iv = Intervals::new(set, star);
+            Some(
+                sel.msgs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| iv.contains(m.uid))
+                    .map(|(i, _)| i)
+                    .collect(),
+            )
+        } else {
+            let n = sel.msgs.len() as u32;
+            let iv = Intervals::new(set, n);
+            if iv.max() > n {
+                return None;
+            }
+            Some(
+                (0..sel.msgs.len())
+                    .filter(|&i| iv.contains(i as u32 + 1))
+                    .collect(),
+            )
+        }
+    }
+
+    fn fetch(
+        &mut self,
+        tag: &Tag<'static>,
+        set: &SequenceSet,
+        items: MacroOrMessageDataItemNames<'static>,
+        uid: bool,
+    ) {
+        let Some(targets) = self.targets(set, uid) else {
+            return self.bad(tag, "Invalid sequence number");
+        };
+        let mut names: Vec<MessageDataItemName<'static>> = match items {
+            MacroOrMessageDataItemNames::Macro(m) => m
+                .expand()
+                .into_iter()
+                .map(IntoBoundedStatic::into_static)
+                .collect(),
+            MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
+        };
+        let _ = Macro::Fast;
+        if uid && !names.contains(&MessageDataItemName::Uid) {
+            names.insert(0, MessageDataItemName::Uid);
+        }
+        if names.iter().any(|n| {
+            matches!(
+                n,
+                MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. }
+            )
+        }) {
+            return self.bad(tag, "BINARY is not supported");
+        }
+        let needs_body = names.iter().any(|n| {
+            matches!(
+                n,
+                MessageDataItemName::Body
+                    | MessageDataItemName::BodyExt { .. }
+                    | MessageDataItemName::BodyStructure
+                    | MessageDataItemName::Envelope
+                    | MessageDataItemName::Rfc822
+                    | MessageDataItemName::Rfc822Header
+                    | MessageDataItemName::Rfc822Text
+            )
+        });
+        let (id, read_only) = match &self.selected {
+            Some(s) => (s.id, s.read_only),
+            None => return,
+        };
+        for idx in targets {
+            let Some(meta) = self
+                .selected
+                .as_ref()
+                .and_then(|s| s.msgs.get(idx))
+                .cloned()
+            else {
+                continue;
+            };
+            let raw = if needs_body {
+                match self.backend.read(id, meta.uid) {
+                    Ok(r) => Some(r),
+                    // Expunged by another session; we may not say so yet (RFC 3501 §7.4.1).
+                    Err(BackendError::NotFound(_)) => continue,
+                    Err(e) => return self.backend_no(tag, e),
+                }
+            } else {
+                None
+            };
+            let parsed = raw.as_deref().map(Parsed::new);
+            let mut set_seen = false;
+            let mut out: Vec<MessageDataItem<'static>> = Vec::new();
+            for n in &names {
+                let item = match n {
+                    MessageDataItemName::Uid => MessageDataItem::Uid(nz(meta.uid)),
+                    MessageDataItemName::Flags => continue, // added below, after \Seen
+                    MessageDataItemName::InternalDate => match datetime(meta.internal_date) {
+                        Some(d) => MessageDataItem::InternalDate(d),
+                        None => continue,
+                    },
+                    MessageDataItemName::Rfc822Size => {
+                        MessageDataItem::Rfc822Size(meta.size as u32)
+                    }
+                    MessageDataItemName::ModSeq => MessageDataItem::ModSeq(
+                        NonZeroU64::new(meta.modseq).unwrap_or(NonZeroU64::MIN),
+                    ),
+                    MessageDataItemName::Envelope => match &parsed {
+                        Some(p) => MessageDataItem::Envelope(p.envelope()),
+                        None => continue,
+                    },
+                    MessageDataItemName::Body => match &parsed {
+                        Some(p) => MessageDataItem::Body(p.body_structure(false)),
+                        None => continue,
+                    },
+                    MessageDataItemName::BodyStructure => match &parsed {
+                        Some(p) => MessageDataItem::BodyStructure(p.body_structure(true)),
+                        None => continue,
+                    },
+                    MessageDataItemName::BodyExt {
+                        section,
+                        partial,
+                        peek,
+                    } => {
+                        let Some(p) = &parsed else { continue };
+                        let bytes = p.section(section.as_ref());
+                        let (origin, slice) = match partial {
+                            Some((start, len)) => {
+                                let (start, len) = (*start, len.get());
+                                let s = (start as usize).min(bytes.len());
+                                let e = s.saturating_add(len as usize).min(bytes.len());
+                                (Some(start), &bytes[s..e])
+                            }
+                            None => (None, &bytes[..]),
+                        };
+                        set_seen |= !peek;
+                        MessageDataItem::BodyExt {
+                            section: section.clone(),
+                            origin,
+                            data: literal(slice),
+                        }
+                    }
+                    MessageDataItemName::Rfc822 => {
+                        set_seen = true;
+                        MessageDataItem::Rfc822(literal(raw.as_deref().unwrap_or_default()))
+                    }
+                    MessageDataItemName::Rfc822Header => {
+                        let Some(p) = &parsed else { continue };
+                        MessageDataItem::Rfc822Header(literal(
+                            &p.section(Some(&Section::Header(None))),
+                        ))
+                    }
+                    MessageDataItemName::Rfc822Text => {
+                        let Some(p) = &parsed else { continue };
+                        set_seen = true;
+                        MessageDataItem::Rfc822Text(literal(&p.section(Some(&Section::Text(None)))))
+                    }
+                    MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => {
+                        continue;
+                    }
+                };
+                out.push(item);
+            }
+            let mut flags_now = meta.flags.clone();
+            let mut seen_added = false;
+            if set_seen
+                && !read_only
+                && flags_now.system & flags::SEEN == 0
+                && let Ok(up) = self.backend.store(
+                    id,
+                    &[meta.uid],
+                    FlagOp::Add,
+                    &Flags::system(flags::SEEN),
+                    None,
+                )
+                && let Some(m) = up.messages.into_iter().next()
+            {
+                flags_now = m.flags.clone();
+                if let Some(s) = self.selected.as_mut()
+                    && let Some(slot) = s.msgs.get_mut(idx)
+                {
+                    *slot = m;
+                }
+                seen_added = true;
+            }
+            // RFC 9051 §6.4.5: FLAGS goes out when asked, and when \Seen was just set.
+            if names.contains(&MessageDataItemName::Flags) || seen_added {
+                out.push(MessageDataItem::Flags(
+                    flag_list(&flags_now)
+                        .into_iter()
+                        .map(FlagFetch::Flag)
+                        .collect(),
+                ));
+            }
+            if let Ok(items) = Vec1::try_from(out) {
+                self.data(Data::Fetch {
+                    seq: nz(idx as u32 + 1),
+                    items,
+                });
+            }
+        }
+        self.refresh(uid);
+        self.ok(tag, None, "FETCH completed");
+    }
+
+    fn store(
+        &mut self,
+        tag: &Tag<'static>,
+        set: &SequenceSet,
+        kind: StoreType,
+        response: StoreResponse,
+        flags: &[Flag<'_>],
+        uid: bool,
+    ) {
+        let Some(targets) = self.targets(set, uid) else {
+            return self.bad(tag, "Invalid sequence number");
+        };
+        let Some(f) = to_flags(flags) else {
+            return self.bad(tag, "Invalid flag");
+        };
+        let Some(sel) = &self.selected else { return };
+        if sel.read_only {
+            return self.no(tag, Some(Code::ReadOnly), "Mailbox is read-only");
+        }
+        let id = sel.id;
+        let uids: Vec<u32> = targets.iter().map(|&i| sel.msgs[i].uid).collect();
+        let op = match kind {
+            StoreType::Replace => FlagOp::Replace,
+            StoreType::Add => FlagOp::Add,
+            StoreType::Remove => FlagOp::Remove,
+        };
+        let up = match self.backend.store(id, &uids, op, &f, None) {
+            Ok(u) => u,
+            Err(e) => return self.backend_no(tag, e),
+        };
+        for m in up.messages {
+            let Some(sel) = self.selected.as_mut() else {
+                break;
+            };
+            let Ok(i) = sel.msgs.binary_search_by_key(&m.uid, |x| x.uid) else {
+                continue;
+            };
+            sel.msgs[i] = m.clone();
+            if response == StoreResponse::Answer {
+                let mut items = vec![MessageDataItem::Flags(
+                    flag_list(&m.flags)
+                        .into_iter()
+                        .map(FlagFetch::Flag)
+                        .collect(),
+                )];
+                if uid {
+                    items.push(MessageDataItem::Uid(nz(m.uid)));
+                }
+                if let Ok(items) = Vec1::try_from(items) {
+                    self.data(Data::Fetch {
+                        seq: nz(i as u32 + 1),
+                        items,
+                    });
+                }
+            }
+        }
+        self.refresh(uid);
+        self.ok(tag, None, "STORE completed");
+    }
+
+    fn copy(
+        &mut self,
+        tag: &Tag<'static>,
+        set: &SequenceSet,
+        mailbox: &WireMailbox<'_>,
+        uid: bool,
+        remove: bool,
+    ) {
+        let Some(targets) = self.targets(set, uid) else {
+            return self.bad(tag, "Invalid sequence number");
+        };
+        let name = match mailbox_name(mailbox) {
+            Ok(n) => n,
+            Err(e) => return self.bad(tag, e),
+        };
+        let dest = match self.backend.mailbox(&name) {
+            Ok(mb) => mb,
+            Err(BackendError::NotFound(_)) => {
+                return self.no(tag, Some(Code::TryCreate), "No such mailbox");
+            }
+            Err(e) => return self.backend_no(tag, e),
+        };
+        let Some(sel) = &self.selected else { return };
+        if remove && sel.read_only {
+            return self.no(tag, Some(Code::ReadOnly), "Mailbox is read-only");
+        }
+        let id = sel.id;
+        let uids: Vec<u32> = targets.iter().map(|&i| sel.msgs[i].uid).collect();
+        let copied = match self.backend.copy(id, &uids, dest.id, remove) {
+            Ok(c) => c,
+            Err(e) => return self.backend_no(tag, e),
+        };
+        let src: Vec<u32> = copied.uids.iter().map(|p| p.0).collect();
+        let dst: Vec<u32> = copied.uids.iter().map(|p| p.1).collect();
+        let code = match (uid_set(&src), uid_set(&dst)) {
+            (Some(source), Some(destination)) => Some(Code::CopyUid {
+                uid_validity: nz(copied.uidvalidity),
+                source,
+                destination,
+            }),
+            _ => None,
+        };
+        if remove {
+            // RFC 6851 §4.3: COPYUID comes in an untagged OK before the EXPUNGEs.
+            if let Some(code) = code {
+                self.send(Response::Status(
+                    Status::ok(None, Some(code), "Moved").expect("valid"),
+                ));
+            }
+            self.remove_from_view(&src);
+            self.refresh(true);
+            self.ok(tag, None, "MOVE completed");
+        } else {
+            self.refresh(uid);
+            self.ok(tag, code, "COPY completed");
+        }
+    }
+
+    /// Tell the client these UIDs are gone and drop them from the snapshot.
+    fn remove_from_view(&mut self, uids: &[u32]) {
+        let mut seqs = Vec::new();
+        if let Some(sel) = self.selected.as_mut() {
+            for u in uids {
+                if let Ok(i) = sel.msgs.binary_search_by_key(u, |m| m.uid) {
+                    sel.msgs.remove(i);
+                    seqs.push(i as u32 + 1);
+                }
+            }
+        }
+        for s in seqs {
+            if let Ok(d) = Data::expunge(s) {
+                self.data(d);
+            }
+        }
+    }
+
+    fn expunge(&mut self, tag: &Tag<'static>, set: Option<&SequenceSet>) {
+        let Some(sel) = &self.selected else { return };
+        if sel.read_only {
+            return self.no(tag, Some(Code::ReadOnly), "Mailbox is read-only");
+        }
+        let id = sel.id;
+        let uids: Option<Vec<u32>> = set.map(|s| {
+            let star = sel.msgs.last().map_or(0, |m| m.uid);
+            let iv = Intervals::new(s, star);
+            sel.msgs
+                .iter()
+                .map(|m| m.uid)
+                .filter(|u| iv.contains(*u))
+                .collect()
+        });
+        match self.backend.expunge(id, uids.as_deref()) {
+            Ok(gone) => {
+                self.remove_from_view(&gone);
+                self.refresh(true);
+                self.ok(tag, None, "EXPUNGE completed");
+            }
+            Err(e) => self.backend_no(tag, e),
+        }
+    }
+
+    fn search(&mut self, tag: &Tag<'static>, criteria: &[SearchKey<'_>], uid: bool) {
+        let Some(sel) = &self.selected else { return };
+        let id = sel.id;
+        let msgs = sel.msgs.clone();
+        let mut hits = Vec::new();
+        let ctx = search::Context { msgs: &msgs };
+        for (i, m) in msgs.iter().enumerate() {
+            let mut loader = || self.backend.read(id, m.uid).ok();
+            if search::matches_all(criteria, &ctx, i, &mut loader) {
+                hits.push(nz(if uid { m.uid } else { i as u32 + 1 }));
+            }
+        }
+        self.data(Data::Search(hits, None));
+        self.refresh(uid);
+        self.ok(tag, None, "SEARCH completed");
+    }
+
+    /// Bring the snapshot up to date and tell the client (RFC 9051 §7: untagged updates).
+    fn refresh(&mut self, allow_expunge: bool) {
+        let Some(sel) = &self.selected else { return };
+        let (id, since) = (sel.id, sel.highest_modseq);
+        let Ok(ch) = self.backend.changes(id, since) else {
+            return;
+        };
+        let Some(sel) = self.selected.as_mut() else {
+            return;
+        };
+        sel.pending_expunge.extend(ch.expunged);
+        let mut expunged = Vec::new();
+        if allow_expunge {
+            expunged = std::mem::take(&mut sel.pending_expunge);
+            expunged.sort_unstable();
+            expunged.dedup();
+        }
+        let mut flag_updates = Vec::new();
+        let mut new = 0;
+        for m in ch.changed {
+            match sel.msgs.binary_search_by_key(&m.uid, |x| x.uid) {
+                Ok(i) => {
+                    if sel.msgs[i].flags != m.flags {
+                        flag_updates.push(m.uid);
+                    }
+                    sel.msgs[i] = m;
+                }
+                Err(_) if m.uid >= sel.uid_next => {
+                    sel.msgs.push(m);
+                    new += 1;
+                }
+                Err(_) => {}
+            }
+        }
+        sel.uid_next = sel.uid_next.max(ch.uid_next);
+        sel.highest_modseq = ch.highest_modseq;
+        self.remove_from_view(&expunged);
+        let Some(sel) = &self.selected else { return };
+        let mut fetches = Vec::new();
+        for u in flag_updates {
+            if let Ok(i) = sel.msgs.binary_search_by_key(&u, |x| x.uid) {
+                let m = &sel.msgs[i];
+                fetches.push((
+                    i,
+                    vec![
+                        MessageDataItem::Uid(nz(m.uid)),
+                        MessageDataItem::Flags(
+                            flag_list(&m.flags)
+                                .into_iter()
+                                .map(FlagFetch::Flag)
+                                .collect(),
+                        ),
+                    ],
+                ));
+            }
+        }
+        let exists = sel.msgs.len() as u32;
+        for (i, items) in fetches {
+            if let Ok(items) = Vec1::try_from(items) {
+                self.data(Data::Fetch {
+                    seq: nz(i as u32 + 1),
+                    items,
+                });
+            }
+        }
+        if new > 0 {
+            self.data(Data::Exists(exists));
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! IMAP: the store as an IMAP backend, and the driver that runs a `yubin_imap::Session`
+//! over a TCP or TLS connection, with IDLE woken by store change notifications.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+use yubin_imap::{BResult, Backend, BackendError, Event, Session};
+use yubin_store::{
+    AccountId, Changes, Copied, Error as StoreError, FlagOp, Flags, FlagsUpdate, Mailbox,
+    MailboxId, MessageMeta, Store,
+};
+
+use crate::Server;
+use crate::stream::Stream;
+
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The store seen by one IMAP session: every call acts on the logged-in account.
+pub struct StoreBackend {
+    store: Arc<dyn Store>,
+    account: Option<AccountId>,
+    peer: SocketAddr,
+}
+
+impl StoreBackend {
+    pub fn new(store: Arc<dyn Store>, peer: SocketAddr) -> Self {
+        StoreBackend {
+            store,
+            account: None,
+            peer,
+        }
+    }
+
+    fn account(&self) -> BResult<AccountId> {
+        self.account
+            .ok_or_else(|| BackendError::Refused("not logged in".into()))
+    }
+
+    /// Every mailbox id a session uses came from this account's own listing, but check
+    /// anyway: a forged id must never reach another account's mail.
+    fn own(&self, mailbox: MailboxId) -> BResult<()> {
+        let account = self.account()?;
+        let owned = self
+            .store
+            .list_mailboxes(account)
+            .map_err(err)?
+            .iter()
+            .any(|m| m.id == mailbox);
+        if owned {
+            Ok(())
+        } else {
+            Err(BackendError::NotFound("no such mailbox".into()))
+        }
+    }
+}
+
+fn err(e: StoreError) -> BackendError {
+    match e {
+        StoreError::NoSuchMailbox(m) => BackendError::NotFound(format!("no mailbox {m}")),
+        StoreError::NoSuchMessage(u) => BackendError::NotFound(format!("no message {u}")),
+        StoreError::MailboxExists(m) => BackendError::Exists(format!("mailbox {m} exists")),
+        e @ (StoreError::InvalidMailboxName(..)
+        | StoreError::MailboxHasChildren(_)
+        | StoreError::InboxNotDeletable) => BackendError::Refused(e.to_string()),
+        e => {
+            warn!(error = %e, "store error");
+            BackendError::Failed("internal error, try again later".into())
+        }
+    }
+}
+
+impl Backend for StoreBackend {
+    fn login(&mut self, user: &str, password: &str) -> BResult<bool> {
+        match self.store.authenticate(user, password).map_err(err)? {
+            Some(a) => {
+                info!(user = a.address, peer = %self.peer, "imap login");
+                self.account = Some(a.id);
+                Ok(true)
+            }
+            None => {
+                info!(user, peer = %self.peer, "imap login failed");
+                Ok(false)
+            }
+        }
+    }
+
+    fn list(&mut self) -> BResult<Vec<Mailbox>> {
+        self.store.list_mailboxes(self.account()?).map_err(err)
+    }
+
+    fn mailbox(&mut self, name: &str) -> BResult<Mailbox> {
+        self.store.mailbox(self.account()?, name).map_err(err)
+    }
+
+    fn create(&mut self, name: &str) -> BResult<()> {
+        self.store
+            .create_mailbox(self.account()?, name)
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    fn delete(&mut self, name: &str) -> BResult<()> {
+        self.store
+            .delete_mailbox(self.account()?, name)
+            .map_err(err)
+    }
+
+    fn rename(&mut self, from: &str, to: &str) -> BResult<()> {
+        self.store
+            .rename_mailbox(self.account()?, from, to)
+            .map_err(err)
+    }
+
+    fn subscribe(&mut self, name: &str, subscribed: bool) -> BResult<()> {
+        self.store
+            .subscribe(self.account()?, name, subscribed)
+            .map_err(err)
+    }
+
+    fn messages(&mut self, mailbox: MailboxId) -> BResult<Vec<MessageMeta>> {
+        self.own(mailbox)?;
+        self.store.messages(mailbox).map_err(err)
+    }
+
+    fn changes(&mut self, mailbox: MailboxId, since: u64) -> BResult<Changes> {
+        self.own(mailbox)?;
+        self.store.changes(mailbox, since).map_err(err)
+    }
+
+    fn read(&mut self, mailbox: MailboxId, uid: u32) -> BResult<Vec<u8>> {
+        self.own(mailbox)?;
+        self.store.read(mailbox, uid).map_err(err)
+    }
+
+    fn store(
+        &mut self,
+        mailbox: MailboxId,
+        uids: &[u32],
+        op: FlagOp,
+        flags: &Flags,
+        unchanged_since: Option<u64>,
+    ) -> BResult<FlagsUpdate> {
+        self.own(mailbox)?;
+        self.store
+            .store_flags(mailbox, uids, op, flags, unchanged_since)
+            .map_err(err)
+    }
+
+    fn expunge(&mut self, mailbox: MailboxId, uids: Option<&[u32]>) -> BResult<Vec<u32>> {
+        self.own(mailbox)?;
+        self.store.expunge(mailbox, uids).map_err(err)
+    }
+
+    fn copy(
+        &mut self,
+        from: MailboxId,
+        uids: &[u32],
+        to: MailboxId,
+        remove: bool,
+    ) -> BResult<Copied> {
+        self.own(from)?;
+        self.own(to)?;
+        self.store.copy(from, uids, to, remove).map_err(err)
+    }
+
+    fn append(
+        &mut self,
+        mailbox: &str,
+        flags: &Flags,
+        internal_date: i64,
+        message: &[u8],
+    ) -> BResult<(u32, u32)> {
+        let account = self.account()?;
+        // Check first, so a missing mailbox does not cost a body write.
+        self.store.mailbox(account, mailbox).map_err(err)?;
+        let blob = self.store.stage(&[message]).map_err(err)?;
+        let d = self
+            .store
+            .deliver(blob, &[account], mailbox, flags, internal_date)
+            .map_err(err)?;
+        let d = d
+            .first()
+            .ok_or_else(|| BackendError::Failed("append stored nothing".into()))?;
+        Ok((d.uidvalidity, d.uid))
+    }
+}
+
+/// Serve one IMAP connection; `implicit_tls` for port 993.
+pub async fn handle(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, implicit_tls: bool) {
+    let _ = tcp.set_nodelay(true);
+    let mut stream = Stream::Plain(tcp);
+    if implicit_tls {
+        match upgrade(&server, stream).await {
+            Ok(s) => stream = s,
+            Err(e) => return debug!(error = %e, "TLS handshake failed"),
+        }
+    }
+    let cfg = yubin_imap::Config {
+        hostname: server.cfg.hostname.clone(),
+        starttls: server.tls.is_some() && !implicit_tls,
+        plaintext_auth: server.cfg.imap.plaintext_auth || peer.ip().is_loopback(),
+        append_limit: server.cfg.imap.append_limit,
+    };
+    let session = Session::new(
+        cfg,
+        StoreBackend::new(server.store.clone(), peer),
+        implicit_tls,
+    );
+    match run(&server, stream, session).await {
+        Ok(()) => debug!("session closed"),
+        Err(e) => debug!(error = %e, "session ended"),
+    }
+}
+
+async fn upgrade(server: &Server, stream: Stream) -> std::io::Result<Stream> {
+    let Some(acceptor) = server.tls.clone() else {
+        return Err(std::io::Error::other("no TLS configuration"));
+    };
+    let Stream::Plain(tcp) = stream else {
+        return Err(std::io::Error::other("already TLS"));
+    };
+    let tls = tokio::time::timeout(WRITE_TIMEOUT, acceptor.accept(tcp))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timeout")
+        })??;
+    Ok(Stream::Tls(Box::new(tls)))
+}
+
+async fn write_out(stream: &mut Stream, out: &[u8]) -> std::io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let w = async {
+        stream.write_all(out).await?;
+        stream.flush().await
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, w)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timeout"))?
+}
+
+async fn run(
+    server: &Arc<Server>,
+    mut stream: Stream,
+    mut session: Session<StoreBackend>,
+) -> std::io::Result<()> {
+    let idle = Duration::from_secs(server.cfg.imap.idle_timeout);
+    let mut changes = server.changes.subscribe();
+    let mut shutdown = server.shutdown.clone();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // The session may block on the store: keep it off the async worker's back.
+        let event = tokio::task::block_in_place(|| session.poll());
+        write_out(&mut stream, &session.take_output()).await?;
+        match event {
+            Event::Close => {
+                let _ = stream.shutdown().await;
+                return Ok(());
+            }
+            Event::StartTls => {
+                stream = upgrade(server, stream).await?;
+                session.tls_started();
+            }
+            Event::NeedInput | Event::Idle => {
+                let idling = event == Event::Idle;
+                let selected = session.selected_mailbox();
+                tokio::select! {
+                    r = tokio::time::timeout(idle, stream.read(&mut buf)) => match r {
+                        Err(_) => session.timeout(),
+                        Ok(Ok(0)) => return Ok(()),
+                        Ok(Ok(n)) => session.push(&buf[..n]),
+                        Ok(Err(e)) => return Err(e),
+                    },
+                    m = changes.recv(), if idling => {
+                        // Lagged: some notifications were lost, so look anyway.
+                        let relevant = match m {
+                            Ok(m) => Some(m) == selected,
+                            Err(_) => true,
+                        };
+                        if relevant {
+                            tokio::task::block_in_place(|| session.changed());
+                        }
+                    }
+                    () = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                        let _ = stream.write_all(b"* BYE Server shutting down\r\n").await;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
