@@ -1,0 +1,104 @@
+//! IMAP dialogues replayed against a session on a real (temporary) store, without sockets.
+//! Each file in `tests/imap/` is a conversation: `C:` lines are sent (CRLF added), `S:`
+//! lines must match the server's lines exactly, `S~` lines are regular expressions (for
+//! values like UIDVALIDITY). The store holds `bob@example.test` (password `secret`) with
+//! three messages in INBOX. Header lines `#! tls` / `#! no-plaintext` set the connection.
+
+use std::sync::Arc;
+
+use yubin_imap::{Config, Event, Session};
+use yubin_server::imap::StoreBackend;
+use yubin_store::{Directory, Flags, MailStore, SqliteStore, Store};
+
+fn store() -> (tempfile::TempDir, Arc<dyn Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::create(dir.path()).unwrap();
+    s.add_domain("example.test").unwrap();
+    let bob = s.add_account("bob@example.test", "secret", false).unwrap();
+    for (i, subject) in ["first", "second", "third"].iter().enumerate() {
+        let msg = format!(
+            "From: Alice <alice@example.org>\r\nTo: bob@example.test\r\nSubject: {subject}\r\nDate: Mon, 23 Nov 2026 10:00:0{i} +0000\r\n\r\nbody {i}\r\n"
+        );
+        let blob = s.stage(&[msg.as_bytes()]).unwrap();
+        s.deliver(
+            blob,
+            &[bob.id],
+            "INBOX",
+            &Flags::default(),
+            1_795_000_000 + i as i64,
+        )
+        .unwrap();
+    }
+    (dir, Arc::new(s))
+}
+
+fn drain(s: &mut Session<StoreBackend>) -> (Vec<String>, Event) {
+    let ev = s.poll();
+    let out = String::from_utf8_lossy(&s.take_output()).into_owned();
+    (
+        out.split_terminator("\r\n").map(str::to_owned).collect(),
+        ev,
+    )
+}
+
+fn run(name: &str, script: &str) {
+    let (_dir, store) = store();
+    let tls = script.contains("#! tls");
+    let cfg = Config {
+        hostname: "mx.example.test".into(),
+        starttls: !tls,
+        plaintext_auth: !script.contains("#! no-plaintext"),
+        append_limit: 10_000,
+    };
+    let peer = "127.0.0.1:1".parse().unwrap();
+    let mut s = Session::new(cfg, StoreBackend::new(store, peer), tls);
+    let (mut got, _) = drain(&mut s);
+    let mut want: Vec<(bool, String)> = Vec::new();
+    let check = |got: &mut Vec<String>, want: &mut Vec<(bool, String)>, line: usize| {
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "{name}:{line}: got {got:#?}\nwant {want:#?}"
+        );
+        for (g, (re, w)) in got.iter().zip(want.iter()) {
+            if *re {
+                let r = regex_lite::Regex::new(&format!("^{w}$")).unwrap();
+                assert!(r.is_match(g), "{name}:{line}: {g:?} does not match {w:?}");
+            } else {
+                assert_eq!(g, w, "{name}:{line}");
+            }
+        }
+        got.clear();
+        want.clear();
+    };
+    for (n, line) in script.lines().enumerate() {
+        if let Some(c) = line.strip_prefix("C: ") {
+            check(&mut got, &mut want, n);
+            s.push(format!("{c}\r\n").as_bytes());
+            let (lines, _) = drain(&mut s);
+            got.extend(lines);
+        } else if let Some(l) = line.strip_prefix("S: ") {
+            want.push((false, l.to_owned()));
+        } else if let Some(l) = line.strip_prefix("S~ ") {
+            want.push((true, l.to_owned()));
+        }
+    }
+    check(&mut got, &mut want, script.lines().count());
+}
+
+#[test]
+fn imap_dialogues() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/imap");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4);
+    for f in files {
+        run(
+            &f.display().to_string(),
+            &std::fs::read_to_string(&f).unwrap(),
+        );
+    }
+}

@@ -1,0 +1,306 @@
+"""IMAP from independent clients: Python's imaplib (the whole journey), curl IMAP URLs,
+two sessions on one mailbox, IDLE woken by SMTP delivery, TLS, and hostile input."""
+
+import imaplib
+import re
+import smtplib
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import DOMAIN, PASSWORD
+
+BOB = f"bob@{DOMAIN}"
+
+
+def tls_context() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def deliver(server, subject: str, body: str = "hello", to=BOB, extra: str = "") -> None:
+    msg = (f"From: Alice <alice@remote.example>\r\nTo: {to}\r\nSubject: {subject}\r\n"
+           f"Date: Tue, 24 Nov 2026 10:00:00 +0000\r\nMessage-ID: <{subject.replace(' ', '-')}@remote.example>\r\n"
+           f"{extra}\r\n{body}\r\n").encode()
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as s:
+        assert s.sendmail("alice@remote.example", [to], msg) == {}
+
+
+def login(server, user=BOB) -> imaplib.IMAP4:
+    m = imaplib.IMAP4("127.0.0.1", server.imap_port, timeout=30)
+    m.login(user, PASSWORD)
+    return m
+
+
+MULTIPART = (
+    "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n"
+    "--b1\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    "Grüße, the report is attached.\r\n"
+    "--b1\r\nContent-Type: application/pdf; name=\"report.pdf\"\r\nContent-Transfer-Encoding: base64\r\n"
+    "Content-Disposition: attachment; filename=\"report.pdf\"\r\n\r\nJVBERi0xLjQK\r\n--b1--"
+)
+
+
+def test_imaplib_journey(server):
+    deliver(server, "first")
+    deliver(server, "second report", body="", extra=MULTIPART.split("\r\n\r\n", 1)[0] + "\r\n")
+    # Replace the body of "second report" with the multipart one, delivered raw.
+    with smtplib.SMTP("127.0.0.1", server.port) as s:
+        s.sendmail("alice@remote.example", [BOB],
+                   ("From: alice@remote.example\r\nSubject: with attachment\r\n" + MULTIPART + "\r\n").encode())
+    m = login(server)
+    typ, caps = m.capability()
+    assert b"IDLE" in caps[0] and b"UIDPLUS" in caps[0] and b"MOVE" in caps[0]
+    typ, boxes = m.list()
+    names = [b.decode() for b in boxes]
+    assert any(n.endswith('"/" INBOX') for n in names)
+    assert any("\\Sent" in n and n.endswith("Sent") for n in names)
+    assert any("\\Junk" in n for n in names) and any("\\Trash" in n for n in names)
+
+    typ, data = m.select("INBOX")
+    assert (typ, data) == ("OK", [b"3"])
+    assert m.response("UIDVALIDITY")[1][0].isdigit()
+
+    typ, data = m.fetch("1:*", "(UID FLAGS RFC822.SIZE ENVELOPE)")
+    assert typ == "OK" and len(data) == 3
+    assert b'"first"' in data[0] and b'(("Alice" NIL "alice" "remote.example"))' in data[0]
+
+    typ, data = m.fetch("3", "(BODYSTRUCTURE)")
+    bs = data[0].decode()
+    assert '("TEXT" "PLAIN" ("CHARSET" "utf-8") NIL NIL "8BIT"' in bs
+    assert '("APPLICATION" "PDF" ("NAME" "report.pdf") NIL NIL "BASE64" 12' in bs
+    assert '"MIXED"' in bs and '("ATTACHMENT" ("FILENAME" "report.pdf"))' in bs
+
+    typ, data = m.fetch("3", "(BODY.PEEK[1] BODY.PEEK[2.MIME] BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    parts = {k.split(b" ")[-2] if False else k: v for k, v in (x for x in data if isinstance(x, tuple))}
+    values = list(parts.values())
+    assert values[0] == "Grüße, the report is attached.".encode()
+    assert values[1].startswith(b"Content-Type: application/pdf") and values[1].endswith(b"\r\n\r\n")
+    assert values[2] == b"Subject: with attachment\r\n\r\n"
+    typ, data = m.fetch("3", "(FLAGS)")
+    assert b"\\Seen" not in data[0], "PEEK does not set \\Seen"
+
+    typ, data = m.fetch("1", "(BODY[]<0.10>)")
+    assert data[0][1] == b"Return-Pat"
+    typ, data = m.fetch("1", "(FLAGS)")
+    assert b"\\Seen" in data[0], "BODY[] sets \\Seen"
+
+    assert m.search(None, "UNSEEN") == ("OK", [b"2 3"])
+    assert m.search(None, "SUBJECT", '"second"') == ("OK", [b"2"])
+    assert m.search(None, "FROM", "alice", "NOT", "SEEN") == ("OK", [b"2 3"])
+    m.literal = "grüße".encode()  # 8-bit text must travel as a literal
+    assert m.search("UTF-8", "BODY") == ("OK", [b"3"])
+    assert m.search(None, "OR", "SUBJECT", "first", "SUBJECT", "attachment") == ("OK", [b"1 3"])
+    assert m.search(None, "SENTON", "24-Nov-2026") == ("OK", [b"1 2"])
+    sizes = [int(re.search(rb"RFC822.SIZE (\d+)", x).group(1)) for x in m.fetch("1:*", "(RFC822.SIZE)")[1]]
+    assert m.search(None, "LARGER", str(sizes[1])) == ("OK", [b" ".join(b"%d" % (i + 1) for i, n in enumerate(sizes) if n > sizes[1])])
+    assert m.search(None, "SMALLER", str(sizes[1])) == ("OK", [b" ".join(b"%d" % (i + 1) for i, n in enumerate(sizes) if n < sizes[1])])
+    assert m.uid("SEARCH", None, "ALL")[1][0].split() == [b"1", b"2", b"3"]
+
+    typ, data = m.store("2", "+FLAGS", "(\\Flagged $Important)")
+    assert b"\\Flagged" in data[0] and b"$Important" in data[0]
+    assert m.search(None, "KEYWORD", "$Important") == ("OK", [b"2"])
+    assert m.search(None, "FLAGGED") == ("OK", [b"2"])
+
+    typ, data = m.create("Projects/2026")
+    assert typ == "OK"
+    typ, data = m.copy("1:2", "Projects/2026")
+    assert typ == "OK" and b"COPYUID" in data[0]
+    typ, data = m.uid("MOVE", "3", "Archive")
+    assert typ == "OK"
+    assert m.select("INBOX")[1] == [b"2"]
+
+    m.store("1", "+FLAGS", "\\Deleted")
+    typ, data = m.expunge()
+    assert data == [b"1"]
+    assert m.select("INBOX")[1] == [b"1"]
+
+    typ, data = m.append("Drafts", "(\\Draft \\Seen)", None, b"Subject: draft\r\n\r\nunfinished\r\n")
+    assert typ == "OK" and b"APPENDUID" in data[0]
+    assert m.status("Drafts", "(MESSAGES UNSEEN UIDNEXT)")[1][0] == b"Drafts (MESSAGES 1 UNSEEN 0 UIDNEXT 2)"
+    assert m.status("Archive", "(MESSAGES)")[1][0] == b"Archive (MESSAGES 1)"
+    assert m.status("Projects/2026", "(MESSAGES)")[1][0] == b"Projects/2026 (MESSAGES 2)"
+
+    assert m.rename("Projects", '"Old Projects"')[0] == "OK"
+    assert m.status('"Old Projects/2026"', "(MESSAGES)")[0] == "OK"
+    assert m.delete('"Old Projects"')[0] == "NO", "has children"
+    assert m.delete('"Old Projects/2026"')[0] == "OK"
+    assert m.subscribe("Archive")[0] == "OK"
+    assert m.unsubscribe("Archive")[0] == "OK"
+    assert not any(b"Archive" in x for x in m.lsub()[1] if x)
+    m.close()
+    m.logout()
+
+
+def test_utf8_mailbox_names_round_trip(server):
+    m = login(server)
+    assert m.create("&AMQ-rger")[0] == "OK"  # "Ärger" in modified UTF-7
+    names = b" ".join(m.list()[1])
+    assert b"&AMQ-rger" in names
+    assert m.select("&AMQ-rger")[0] == "OK"
+    assert "Ärger" in server.cli("mail", "mailboxes", BOB).stdout.decode()
+    m.logout()
+
+
+def test_login_failures_and_states(server):
+    m = imaplib.IMAP4("127.0.0.1", server.imap_port)
+    with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+        m.login(BOB, "wrong")
+    with pytest.raises(imaplib.IMAP4.error):
+        m.select("INBOX")  # not authenticated
+    m.login(BOB, PASSWORD)
+    with pytest.raises(imaplib.IMAP4.error):
+        m.fetch("1", "(FLAGS)")  # no mailbox selected
+    assert m.select("NoSuchBox")[0] == "NO"
+    m.logout()
+    server.cli("user", "disable", f"carol@{DOMAIN}")
+    m = imaplib.IMAP4("127.0.0.1", server.imap_port)
+    with pytest.raises(imaplib.IMAP4.error):
+        m.login(f"carol@{DOMAIN}", PASSWORD)
+
+
+def test_authenticate_plain_starttls_and_imaps(server):
+    m = imaplib.IMAP4("127.0.0.1", server.imap_port)
+    m.starttls(ssl_context=tls_context())
+    assert b"STARTTLS" not in m.capability()[1][0]
+    typ, _ = m.authenticate("PLAIN", lambda _: f"\0{BOB}\0{PASSWORD}".encode())
+    assert typ == "OK"
+    m.logout()
+    m = imaplib.IMAP4_SSL("127.0.0.1", server.imaps_port, ssl_context=tls_context())
+    assert m.sock.version() in ("TLSv1.3", "TLSv1.2")
+    m.login(BOB, PASSWORD)
+    assert m.select("INBOX")[0] == "OK"
+    m.logout()
+
+
+def test_two_sessions_see_each_other(server):
+    for i in range(3):
+        deliver(server, f"m{i}")
+    a, b = login(server), login(server)
+    a.select("INBOX")
+    b.select("INBOX")
+    a.store("2", "+FLAGS", "\\Flagged")
+    typ, data = b.noop()
+    flags_update = b.untagged_responses.pop("FETCH", [])
+    assert any(b"\\Flagged" in x for x in flags_update), b.untagged_responses
+    a.store("1", "+FLAGS", "\\Deleted")
+    a.expunge()
+    deliver(server, "m3")
+    # b is told about the expunge and the new message at NOOP, not before.
+    b.noop()
+    assert b.untagged_responses.get("EXPUNGE") == [b"1"]
+    assert b.untagged_responses.get("EXISTS")[-1] == b"3"
+    b.untagged_responses.clear()
+    typ, data = b.fetch("1:*", "(UID)")
+    assert [re.search(rb"UID (\d+)", x).group(1) for x in data] == [b"2", b"3", b"4"]
+    # A FETCH (not UID FETCH) while a message vanished must not renumber the client.
+    a.store("1", "+FLAGS", "\\Deleted")
+    a.expunge()
+    b.untagged_responses.clear()
+    typ, data = b.fetch("1:3", "(FLAGS)")
+    assert typ == "OK" and "EXPUNGE" not in b.untagged_responses
+    b.noop()
+    assert b.untagged_responses.get("EXPUNGE") == [b"1"]
+    a.logout()
+    b.logout()
+
+
+def test_idle_is_woken_by_smtp_delivery(server):
+    m = login(server)
+    m.select("INBOX")
+    sock = m.socket()
+    tag = b"I1"
+    sock.sendall(tag + b" IDLE\r\n")
+    f = sock.makefile("rb")
+    assert f.readline().startswith(b"+ ")
+    start = time.monotonic()
+    threading.Thread(target=deliver, args=(server, "wake up")).start()
+    sock.settimeout(5)
+    line = f.readline()
+    elapsed = time.monotonic() - start
+    assert line == b"* 1 EXISTS\r\n", line
+    assert elapsed < 1.0, f"IDLE took {elapsed:.2f}s to report new mail"
+    sock.sendall(b"DONE\r\n")
+    assert f.readline().startswith(tag + b" OK")
+
+
+def test_curl_imap_urls(server):
+    deliver(server, "for curl", body="curl body text")
+    base = f"imap://127.0.0.1:{server.imap_port}"
+    auth = ["--user", f"{BOB}:{PASSWORD}"]
+    r = subprocess.run(["curl", "-sS", *auth, f"{base}/"], capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert b"INBOX" in r.stdout and b"Sent" in r.stdout
+    r = subprocess.run(["curl", "-sS", *auth, f"{base}/INBOX;UID=1"], capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(b"Return-Path: <alice@remote.example>") and b"curl body text" in r.stdout
+    r = subprocess.run(["curl", "-sS", *auth, f"{base}/INBOX?SUBJECT%20curl"], capture_output=True, timeout=30)
+    assert r.returncode == 0 and b"SEARCH 1" in r.stdout, r.stdout
+    r = subprocess.run(["curl", "-sS", "--ssl-reqd", "-k", *auth, f"{base}/INBOX;UID=1;SECTION=TEXT"],
+                       capture_output=True, timeout=30)
+    assert r.returncode == 0 and r.stdout == b"curl body text\r\n", (r.stdout, r.stderr)
+
+
+class Raw:
+    def __init__(self, server):
+        self.sock = socket.create_connection(("127.0.0.1", server.imap_port), timeout=30)
+        self.f = self.sock.makefile("rb")
+        assert self.f.readline().startswith(b"* OK")
+
+    def cmd(self, line: bytes, tag: bytes) -> list[bytes]:
+        self.sock.sendall(line)
+        out = []
+        while True:
+            l = self.f.readline()
+            assert l, "connection closed"
+            out.append(l)
+            if l.startswith(tag + b" "):
+                return out
+
+
+def test_bad_input(server):
+    deliver(server, "x")
+    c = Raw(server)
+    assert c.cmd(b"a1 LOGIN bob@example.test \"" + PASSWORD.encode() + b"\"\r\n", b"a1")[-1].startswith(b"a1 OK")
+    assert c.cmd(b"a2 FROBNICATE\r\n", b"a2")[-1].startswith(b"a2 BAD")
+    assert c.cmd(b"a3 SELECT INBOX\r\n", b"a3")[-1].startswith(b"a3 OK")
+    assert c.cmd(b"a4 FETCH 1 (FLAGS\r\n", b"a4")[-1].startswith(b"a4 BAD")  # unbalanced
+    assert c.cmd(b"a5 FETCH 1 (FLAGS))\r\n", b"a5")[-1].startswith(b"a5 BAD")
+    assert c.cmd(b"a6 FETCH 99 (FLAGS)\r\n", b"a6")[-1].startswith(b"a6 BAD")  # beyond EXISTS
+    assert c.cmd(b"a7 FETCH 0 (FLAGS)\r\n", b"a7")[-1].startswith(b"a7 BAD")
+    assert c.cmd(b"a8 UID FETCH 1:4294967295 (FLAGS)\r\n", b"a8")[-1].startswith(b"a8 OK")
+    big = b",".join(b"%d" % i for i in range(1, 200_001, 2))  # a 100k-element set
+    assert c.cmd(b"a9 UID FETCH " + big + b" (UID)\r\n", b"a9")[-1].startswith(b"a9 OK")
+    # A synchronizing literal beyond APPENDLIMIT is refused before it is sent.
+    c.sock.sendall(b"b1 APPEND INBOX {999999999}\r\n")
+    assert c.f.readline().startswith(b"b1 NO [TOOBIG]")
+    # A LITERAL+ one is read and discarded, then refused.
+    big_lit = b"x" * (60 * 1024 * 1024)
+    c.sock.sendall(b"b2 APPEND INBOX {%d+}\r\n" % len(big_lit) + big_lit + b"\r\n")
+    line = c.f.readline()
+    assert line.startswith(b"b2 BAD") or line.startswith(b"b2 NO"), line
+    assert c.cmd(b"b3 NOOP\r\n", b"b3")[-1].startswith(b"b3 OK"), "the session survives"
+    assert c.cmd(b"b4 LOGIN x y\r\n", b"b4")[-1].startswith(b"b4 BAD")  # wrong state
+    assert c.cmd(b"b5 SEARCH CHARSET KOI8-R ALL\r\n", b"b5")[-1].startswith(b"b5 NO [BADCHARSET")
+    assert c.cmd(b"b6 STORE 1 +FLAGS (\\Bogus)\r\n", b"b6")[-1].startswith(b"b6 BAD")
+    assert c.cmd(b"\x00\xff\xfe garbage\r\n", b"*")[-1].startswith(b"* BAD")
+    assert c.cmd(b"b7 SELECT \"\xff\xfe\"\r\n", b"b7")[-1][:5] in (b"b7 BA", b"b7 NO")
+    assert c.cmd(b"b8 LOGOUT\r\n", b"b8")[-1].startswith(b"b8 OK")
+    # The server still serves others.
+    m = login(server)
+    assert m.select("INBOX")[1] == [b"1"]
+    m.logout()
+
+
+def test_plaintext_login_allowed_on_loopback(server):
+    # Loopback counts as a protected path (as in Dovecot); elsewhere LOGINDISABLED applies,
+    # which the session tests in crates/server/tests/imap_dialogues.rs check.
+    m = imaplib.IMAP4("127.0.0.1", server.imap_port)
+    assert b"AUTH=PLAIN" in m.capability()[1][0]
+    m.logout()
