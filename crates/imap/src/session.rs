@@ -22,7 +22,9 @@ use imap_codec::fragmentizer::{
     DecodeMessageError, FragmentInfo, Fragmentizer, LiteralAnnouncement,
 };
 use imap_codec::imap_types::auth::{AuthMechanism, AuthenticateData};
-use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::command::{
+    Command, CommandBody, FetchModifier, SelectParameter, StoreModifier,
+};
 use imap_codec::imap_types::core::{Atom, LiteralMode, QuotedChar, Tag, Text, Vec1};
 use imap_codec::imap_types::datetime::DateTime;
 use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
@@ -113,6 +115,10 @@ pub struct Session<B: Backend> {
     tls: bool,
     selected: Option<Selected>,
     auth_failures: u32,
+    /// RFC 7162: MODSEQ in FETCH responses, HIGHESTMODSEQ, once a client used CONDSTORE.
+    condstore: bool,
+    /// RFC 7162 §3.2: VANISHED instead of EXPUNGE, once enabled.
+    qresync: bool,
 }
 
 fn tag_of(frag: &Fragmentizer) -> Option<Tag<'static>> {
@@ -231,6 +237,30 @@ fn uid_set(uids: &[u32]) -> Option<UidSet> {
     Vec1::try_from(elems).ok().map(UidSet)
 }
 
+/// STORE's arguments after the sequence set.
+struct StoreArgs<'a> {
+    kind: StoreType,
+    response: StoreResponse,
+    flags: &'a [Flag<'a>],
+    uid: bool,
+    unchanged_since: Option<u64>,
+}
+
+/// Ascending values as a compact sequence set (`1:3,7`).
+fn sequence_set(values: &[u32]) -> Option<SequenceSet> {
+    let set = uid_set(values)?;
+    let text: Vec<String> = set
+        .0
+        .as_ref()
+        .iter()
+        .map(|e| match e {
+            UidElement::Single(n) => n.to_string(),
+            UidElement::Range(a, b) => format!("{a}:{b}"),
+        })
+        .collect();
+    SequenceSet::try_from(text.join(",").as_str()).ok()
+}
+
 impl<B: Backend> Session<B> {
     /// A new session on a connection; `tls` when the connection is already encrypted.
     pub fn new(cfg: Config, backend: B, tls: bool) -> Self {
@@ -245,6 +275,8 @@ impl<B: Backend> Session<B> {
             tls,
             selected: None,
             auth_failures: 0,
+            condstore: false,
+            qresync: false,
         };
         let caps = s.capabilities();
         s.send(Response::Status(
@@ -453,6 +485,8 @@ impl<B: Backend> Session<B> {
         other("NAMESPACE");
         other("SPECIAL-USE");
         other("CHILDREN");
+        other("CONDSTORE");
+        other("QRESYNC");
         let limit: &'static str =
             Box::leak(format!("APPENDLIMIT={}", self.cfg.append_limit).into_boxed_str());
         other(limit);
@@ -546,9 +580,22 @@ impl<B: Backend> Session<B> {
                 self.ok(&tag, None, "ID completed");
             }
             _ if !authed => self.bad(&tag, "Log in first"),
-            CommandBody::Enable { .. } => {
+            CommandBody::Enable { capabilities } => {
+                let mut enabled = Vec::new();
+                for c in capabilities.into_inner() {
+                    let name = c.to_string().to_ascii_uppercase();
+                    if name == "CONDSTORE" && !self.condstore {
+                        self.condstore = true;
+                        enabled.push(c);
+                    } else if name == "QRESYNC" && !self.qresync {
+                        // RFC 7162 §3.2.3: QRESYNC implies CONDSTORE.
+                        self.qresync = true;
+                        self.condstore = true;
+                        enabled.push(c);
+                    }
+                }
                 self.data(Data::Enabled {
-                    capabilities: vec![],
+                    capabilities: enabled,
                 });
                 self.ok(&tag, None, "ENABLE completed");
             }
@@ -557,8 +604,14 @@ impl<B: Backend> Session<B> {
                     .extend_from_slice(b"* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n");
                 self.ok(&tag, None, "NAMESPACE completed");
             }
-            CommandBody::Select { mailbox, .. } => self.select(&tag, &mailbox, false),
-            CommandBody::Examine { mailbox, .. } => self.select(&tag, &mailbox, true),
+            CommandBody::Select {
+                mailbox,
+                parameters,
+            } => self.select(&tag, &mailbox, false, &parameters),
+            CommandBody::Examine {
+                mailbox,
+                parameters,
+            } => self.select(&tag, &mailbox, true, &parameters),
             CommandBody::Create { mailbox } => {
                 self.simple(&tag, &mailbox, |b, n| b.create(n), "CREATE")
             }
@@ -627,16 +680,32 @@ impl<B: Backend> Session<B> {
                 sequence_set,
                 macro_or_item_names,
                 uid,
-                ..
-            } => self.fetch(&tag, &sequence_set, macro_or_item_names, uid),
+                modifiers,
+            } => self.fetch(&tag, &sequence_set, macro_or_item_names, uid, &modifiers),
             CommandBody::Store {
                 sequence_set,
                 kind,
                 response,
                 flags,
                 uid,
-                ..
-            } => self.store(&tag, &sequence_set, kind, response, &flags, uid),
+                modifiers,
+            } => {
+                let unchanged_since = modifiers
+                    .iter()
+                    .map(|StoreModifier::UnchangedSince(v)| *v)
+                    .next();
+                self.store(
+                    &tag,
+                    &sequence_set,
+                    StoreArgs {
+                        kind,
+                        response,
+                        flags: &flags,
+                        uid,
+                        unchanged_since,
+                    },
+                )
+            }
             CommandBody::Copy {
                 sequence_set,
                 mailbox,
@@ -779,9 +848,42 @@ impl<B: Backend> Session<B> {
         }
     }
 
-    fn select(&mut self, tag: &Tag<'static>, mailbox: &WireMailbox<'_>, read_only: bool) {
+    fn select(
+        &mut self,
+        tag: &Tag<'static>,
+        mailbox: &WireMailbox<'_>,
+        read_only: bool,
+        params: &[SelectParameter],
+    ) {
+        // RFC 7162 §3.2.11: with QRESYNC, say when the previous mailbox is closed.
+        if self.selected.is_some() && self.qresync {
+            self.send(Response::Status(
+                Status::ok(None, Some(Code::Closed), "Previous mailbox closed").expect("valid"),
+            ));
+        }
         // RFC 9051 §6.3.2: a failed SELECT leaves no mailbox selected.
         self.selected = None;
+        let mut resync = None;
+        for p in params {
+            match p {
+                SelectParameter::CondStore => self.condstore = true,
+                SelectParameter::QResync {
+                    uid_validity,
+                    mod_sequence_value,
+                    known_uids,
+                    ..
+                } => {
+                    if !self.qresync {
+                        return self.bad(tag, "QRESYNC is not enabled");
+                    }
+                    resync = Some((
+                        uid_validity.get(),
+                        mod_sequence_value.get(),
+                        known_uids.clone(),
+                    ));
+                }
+            }
+        }
         let name = match mailbox_name(mailbox) {
             Ok(n) => n,
             Err(e) => return self.bad(tag, e),
@@ -842,6 +944,17 @@ impl<B: Backend> Session<B> {
             )
             .expect("valid"),
         ));
+        // RFC 7162 §3.1.2.1: HIGHESTMODSEQ in every SELECT/EXAMINE.
+        self.send(Response::Status(
+            Status::ok(
+                None,
+                Some(Code::HighestModSeq(
+                    NonZeroU64::new(mb.highest_modseq).unwrap_or(NonZeroU64::MIN),
+                )),
+                "Highest",
+            )
+            .expect("valid"),
+        ));
         self.selected = Some(Selected {
             id: mb.id,
             read_only,
@@ -850,6 +963,11 @@ impl<B: Backend> Session<B> {
             uid_next: mb.uid_next,
             pending_expunge: Vec::new(),
         });
+        if let Some((uidvalidity, since, known)) = resync
+            && uidvalidity == mb.uidvalidity
+        {
+            self.resync(since, known.as_ref());
+        }
         let (code, what) = if read_only {
             (Code::ReadOnly, "EXAMINE completed")
         } else {
@@ -966,6 +1084,9 @@ impl<B: Backend> Session<B> {
                     Some(StatusDataItem::UidValidity(nz(mb.uidvalidity)))
                 }
                 StatusDataItemName::Unseen => Some(StatusDataItem::Unseen(mb.unseen as u32)),
+                StatusDataItemName::HighestModSeq => {
+                    Some(StatusDataItem::HighestModSeq(mb.highest_modseq))
+                }
                 _ => None,
             })
             .collect();
@@ -1060,10 +1181,35 @@ impl<B: Backend> Session<B> {
         set: &SequenceSet,
         items: MacroOrMessageDataItemNames<'static>,
         uid: bool,
+        modifiers: &[FetchModifier],
     ) {
-        let Some(targets) = self.targets(set, uid) else {
+        let Some(mut targets) = self.targets(set, uid) else {
             return self.bad(tag, "Invalid sequence number");
         };
+        let mut changed_since = None;
+        let mut vanished = false;
+        for m in modifiers {
+            match m {
+                FetchModifier::ChangedSince(v) => changed_since = Some(v.get()),
+                FetchModifier::Vanished => vanished = true,
+            }
+        }
+        if vanished && (!uid || !self.qresync || changed_since.is_none()) {
+            // RFC 7162 §3.2.6: only UID FETCH with CHANGEDSINCE, once QRESYNC is enabled.
+            return self.bad(
+                tag,
+                "VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC",
+            );
+        }
+        if let Some(since) = changed_since {
+            self.condstore = true;
+            if let Some(sel) = &self.selected {
+                targets.retain(|&i| sel.msgs[i].modseq > since);
+            }
+            if vanished {
+                self.vanished_since(set, since);
+            }
+        }
         let mut names: Vec<MessageDataItemName<'static>> = match items {
             MacroOrMessageDataItemNames::Macro(m) => m
                 .expand()
@@ -1075,6 +1221,16 @@ impl<B: Backend> Session<B> {
         let _ = Macro::Fast;
         if uid && !names.contains(&MessageDataItemName::Uid) {
             names.insert(0, MessageDataItemName::Uid);
+        }
+        if names.contains(&MessageDataItemName::ModSeq) {
+            self.condstore = true;
+        }
+        // RFC 7162 §3.1.4.1: CHANGEDSINCE implies MODSEQ.
+        if (changed_since.is_some() || self.condstore)
+            && !names.contains(&MessageDataItemName::ModSeq)
+            && changed_since.is_some()
+        {
+            names.push(MessageDataItemName::ModSeq);
         }
         if names.iter().any(|n| {
             matches!(
@@ -1234,18 +1390,20 @@ impl<B: Backend> Session<B> {
         self.ok(tag, None, "FETCH completed");
     }
 
-    fn store(
-        &mut self,
-        tag: &Tag<'static>,
-        set: &SequenceSet,
-        kind: StoreType,
-        response: StoreResponse,
-        flags: &[Flag<'_>],
-        uid: bool,
-    ) {
+    fn store(&mut self, tag: &Tag<'static>, set: &SequenceSet, args: StoreArgs<'_>) {
+        let StoreArgs {
+            kind,
+            response,
+            flags,
+            uid,
+            unchanged_since,
+        } = args;
         let Some(targets) = self.targets(set, uid) else {
             return self.bad(tag, "Invalid sequence number");
         };
+        if unchanged_since.is_some() {
+            self.condstore = true;
+        }
         let Some(f) = to_flags(flags) else {
             return self.bad(tag, "Invalid flag");
         };
@@ -1260,7 +1418,7 @@ impl<B: Backend> Session<B> {
             StoreType::Add => FlagOp::Add,
             StoreType::Remove => FlagOp::Remove,
         };
-        let up = match self.backend.store(id, &uids, op, &f, None) {
+        let up = match self.backend.store(id, &uids, op, &f, unchanged_since) {
             Ok(u) => u,
             Err(e) => return self.backend_no(tag, e),
         };
@@ -1272,7 +1430,8 @@ impl<B: Backend> Session<B> {
                 continue;
             };
             sel.msgs[i] = m.clone();
-            if response == StoreResponse::Answer {
+            // RFC 7162 §3.1.3: messages that failed UNCHANGEDSINCE get no FETCH here.
+            if response == StoreResponse::Answer && !up.modified.contains(&m.uid) {
                 let mut items = vec![MessageDataItem::Flags(
                     flag_list(&m.flags)
                         .into_iter()
@@ -1282,6 +1441,11 @@ impl<B: Backend> Session<B> {
                 if uid {
                     items.push(MessageDataItem::Uid(nz(m.uid)));
                 }
+                if self.condstore {
+                    items.push(MessageDataItem::ModSeq(
+                        NonZeroU64::new(m.modseq).unwrap_or(NonZeroU64::MIN),
+                    ));
+                }
                 if let Ok(items) = Vec1::try_from(items) {
                     self.data(Data::Fetch {
                         seq: nz(i as u32 + 1),
@@ -1290,8 +1454,47 @@ impl<B: Backend> Session<B> {
                 }
             }
         }
+        let modified = if up.modified.is_empty() {
+            None
+        } else if uid {
+            sequence_set(&up.modified)
+        } else {
+            let sel = self.selected.as_ref();
+            let seqs: Vec<u32> = up
+                .modified
+                .iter()
+                .filter_map(|u| {
+                    sel.and_then(|s| s.msgs.binary_search_by_key(u, |x| x.uid).ok())
+                        .map(|i| i as u32 + 1)
+                })
+                .collect();
+            sequence_set(&seqs)
+        };
         self.refresh(uid);
-        self.ok(tag, None, "STORE completed");
+        match modified {
+            Some(set) => self.ok(tag, Some(Code::Modified(set)), "Conditional STORE failed"),
+            None => self.ok(tag, None, "STORE completed"),
+        }
+    }
+
+    /// UID FETCH ... (CHANGEDSINCE m VANISHED): UIDs of the set expunged after m.
+    fn vanished_since(&mut self, set: &SequenceSet, since: u64) {
+        let Some(sel) = &self.selected else { return };
+        let Ok(ch) = self.backend.changes(sel.id, since) else {
+            return;
+        };
+        let iv = Intervals::new(set, ch.uid_next.saturating_sub(1));
+        let gone: Vec<u32> = ch
+            .expunged
+            .into_iter()
+            .filter(|u| iv.contains(*u))
+            .collect();
+        if let Some(set) = sequence_set(&gone) {
+            self.data(Data::Vanished {
+                earlier: true,
+                known_uids: set,
+            });
+        }
     }
 
     fn copy(
@@ -1363,11 +1566,81 @@ impl<B: Backend> Session<B> {
                 }
             }
         }
+        if self.qresync {
+            // RFC 7162 §3.2.10: VANISHED replaces EXPUNGE once QRESYNC is enabled.
+            let mut gone: Vec<u32> = uids.to_vec();
+            gone.sort_unstable();
+            if !seqs.is_empty()
+                && let Some(set) = sequence_set(&gone)
+            {
+                self.data(Data::Vanished {
+                    earlier: false,
+                    known_uids: set,
+                });
+            }
+            return;
+        }
         for s in seqs {
             if let Ok(d) = Data::expunge(s) {
                 self.data(d);
             }
         }
+    }
+
+    /// QRESYNC (RFC 7162 §3.2.5.2): what changed since the client's MODSEQ.
+    fn resync(&mut self, since: u64, known: Option<&SequenceSet>) {
+        let Some(sel) = &self.selected else { return };
+        let Ok(ch) = self.backend.changes(sel.id, since) else {
+            return;
+        };
+        let star = ch.uid_next.saturating_sub(1);
+        let known = known.map(|k| Intervals::new(k, star));
+        let vanished: Vec<u32> = ch
+            .expunged
+            .iter()
+            .copied()
+            .filter(|u| known.as_ref().is_none_or(|k| k.contains(*u)))
+            .collect();
+        if let Some(set) = sequence_set(&vanished) {
+            self.data(Data::Vanished {
+                earlier: true,
+                known_uids: set,
+            });
+        }
+        let Some(sel) = &self.selected else { return };
+        let mut fetches = Vec::new();
+        for m in &ch.changed {
+            if let Ok(i) = sel.msgs.binary_search_by_key(&m.uid, |x| x.uid) {
+                fetches.push((i, self.flags_items(&sel.msgs[i])));
+            }
+        }
+        for (i, items) in fetches {
+            if let Ok(items) = Vec1::try_from(items) {
+                self.data(Data::Fetch {
+                    seq: nz(i as u32 + 1),
+                    items,
+                });
+            }
+        }
+    }
+
+    /// `UID n FLAGS (...)` and, with CONDSTORE, `MODSEQ (m)`: an unsolicited flag update.
+    fn flags_items(&self, m: &MessageMeta) -> Vec<MessageDataItem<'static>> {
+        let mut items = vec![
+            MessageDataItem::Uid(nz(m.uid)),
+            MessageDataItem::Flags(
+                flag_list(&m.flags)
+                    .into_iter()
+                    .map(FlagFetch::Flag)
+                    .collect(),
+            ),
+        ];
+        if self.condstore {
+            items.push(MessageDataItem::ModSeq(
+                NonZeroU64::new(m.modseq).unwrap_or(NonZeroU64::MIN),
+            ));
+        }
+        items
     }
 
     fn expunge(&mut self, tag: &Tag<'static>, set: Option<&SequenceSet>) {
@@ -1407,7 +1680,29 @@ impl<B: Backend> Session<B> {
                 hits.push(nz(if uid { m.uid } else { i as u32 + 1 }));
             }
         }
-        self.data(Data::Search(hits, None));
+        // RFC 7162 §3.1.5: a search with MODSEQ reports the highest MODSEQ of the matches.
+        let uses_modseq = criteria.iter().any(search::uses_modseq);
+        let top = if uses_modseq {
+            let sel = self.selected.as_ref();
+            hits.iter()
+                .filter_map(|h| {
+                    sel.and_then(|s| {
+                        if uid {
+                            s.msgs.iter().find(|m| m.uid == h.get()).map(|m| m.modseq)
+                        } else {
+                            s.msgs.get(h.get() as usize - 1).map(|m| m.modseq)
+                        }
+                    })
+                })
+                .max()
+                .and_then(NonZeroU64::new)
+        } else {
+            None
+        };
+        if uses_modseq {
+            self.condstore = true;
+        }
+        self.data(Data::Search(hits, top));
         self.refresh(uid);
         self.ok(tag, None, "SEARCH completed");
     }
@@ -1453,19 +1748,7 @@ impl<B: Backend> Session<B> {
         let mut fetches = Vec::new();
         for u in flag_updates {
             if let Ok(i) = sel.msgs.binary_search_by_key(&u, |x| x.uid) {
-                let m = &sel.msgs[i];
-                fetches.push((
-                    i,
-                    vec![
-                        MessageDataItem::Uid(nz(m.uid)),
-                        MessageDataItem::Flags(
-                            flag_list(&m.flags)
-                                .into_iter()
-                                .map(FlagFetch::Flag)
-                                .collect(),
-                        ),
-                    ],
-                ));
+                fetches.push((i, self.flags_items(&sel.msgs[i])));
             }
         }
         let exists = sel.msgs.len() as u32;
