@@ -304,3 +304,31 @@ def test_plaintext_login_allowed_on_loopback(server):
     m = imaplib.IMAP4("127.0.0.1", server.imap_port)
     assert b"AUTH=PLAIN" in m.capability()[1][0]
     m.logout()
+
+
+def test_qresync_reconnect(server):
+    """A client comes back after a disconnect and learns only what changed (RFC 7162)."""
+    for i in range(4):
+        deliver(server, f"q{i}")
+    m = login(server)
+    m._simple_command("ENABLE", "QRESYNC")
+    typ, data = m.select("INBOX")
+    typ, data = m.status("INBOX", "(UIDVALIDITY HIGHESTMODSEQ)")
+    uidvalidity, modseq = map(int, re.search(rb"UIDVALIDITY (\d+) HIGHESTMODSEQ (\d+)", data[0]).groups())
+    m.logout()
+    # Another device changes things while we are away.
+    other = login(server)
+    other.select("INBOX")
+    other.store("2", "+FLAGS", "\\Flagged")
+    other.store("3", "+FLAGS", "\\Deleted")
+    other.expunge()
+    other.logout()
+    m = login(server)
+    m._simple_command("ENABLE", "QRESYNC")
+    tag = m._command("SELECT", "INBOX", f"(QRESYNC ({uidvalidity} {modseq} 1:4))")
+    typ, _ = m._command_complete("SELECT", tag)
+    assert typ == "OK"
+    assert m.untagged_responses.get("VANISHED") == [b"(EARLIER) 3"]
+    fetches = m.untagged_responses.get("FETCH")
+    assert len(fetches) == 1 and b"UID 2" in fetches[0] and b"\\Flagged" in fetches[0] and b"MODSEQ" in fetches[0]
+    m.logout()
