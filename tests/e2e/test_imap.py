@@ -332,3 +332,32 @@ def test_qresync_reconnect(server):
     fetches = m.untagged_responses.get("FETCH")
     assert len(fetches) == 1 and b"UID 2" in fetches[0] and b"\\Flagged" in fetches[0] and b"MODSEQ" in fetches[0]
     m.logout()
+
+
+def test_quota(server):
+    """A per-account storage limit: SMTP defers with 452 4.2.2, IMAP reports it and refuses
+    APPEND/COPY beyond it with [OVERQUOTA] (RFC 9208)."""
+    r = server.cli("user", "quota", BOB, "2K")
+    assert b"2048 bytes" in r.stdout
+    deliver(server, "fits", body="x" * 2100)  # accepted: the limit is checked at RCPT
+    with smtplib.SMTP("127.0.0.1", server.port) as s:
+        s.ehlo()
+        s.mail("alice@remote.example")
+        code, msg = s.rcpt(BOB)
+        assert (code, msg[:5]) == (452, b"4.2.2"), (code, msg)
+    m = login(server)
+    assert b"QUOTA" in m.capability()[1][0]
+    typ, data = m.getquotaroot("INBOX")
+    assert typ == "OK"
+    flat = b" ".join(x for group in data for x in (group if isinstance(group, list) else [group]) if x)
+    assert re.search(rb'"" \(STORAGE 3 2\)', flat), data  # KiB used (rounded up) and limit
+    typ, data = m.append("INBOX", None, None, b"Subject: big\r\n\r\n" + b"y" * 4000 + b"\r\n")
+    assert typ == "NO" and b"OVERQUOTA" in data[0]
+    m.select("INBOX")
+    typ, data = m.copy("1", "Archive")
+    assert typ == "NO" and b"OVERQUOTA" in data[0]
+    typ, data = m.uid("MOVE", "1", "Archive")
+    assert typ == "OK", "moving does not use more space"
+    m.logout()
+    server.cli("user", "quota", BOB, "none")
+    deliver(server, "after")

@@ -13,6 +13,8 @@ pub enum BackendError {
     Exists(String),
     /// The request cannot be carried out as asked (`[CANNOT]`).
     Refused(String),
+    /// The account's storage limit would be exceeded (RFC 9208 `[OVERQUOTA]`).
+    OverQuota(String),
     /// Something broke on our side (`[SERVERBUG]`/`[UNAVAILABLE]`); the client may retry.
     Failed(String),
 }
@@ -49,6 +51,8 @@ pub trait Backend: Send {
         to: MailboxId,
         remove: bool,
     ) -> BResult<Copied>;
+    /// Bytes stored and the limit, if any (RFC 9208 STORAGE).
+    fn quota(&mut self) -> BResult<(u64, Option<u64>)>;
     /// Store a new message; returns (UIDVALIDITY, UID).
     fn append(
         &mut self,

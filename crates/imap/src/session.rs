@@ -25,9 +25,10 @@ use imap_codec::imap_types::auth::{AuthMechanism, AuthenticateData};
 use imap_codec::imap_types::command::{
     Command, CommandBody, FetchModifier, SelectParameter, StoreModifier,
 };
-use imap_codec::imap_types::core::{Atom, LiteralMode, QuotedChar, Tag, Text, Vec1};
+use imap_codec::imap_types::core::{AString, Atom, LiteralMode, QuotedChar, Tag, Text, Vec1};
 use imap_codec::imap_types::datetime::DateTime;
 use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
+use imap_codec::imap_types::extensions::quota::{QuotaGet, Resource};
 use imap_codec::imap_types::extensions::uidplus::{UidElement, UidSet};
 use imap_codec::imap_types::fetch::{
     Macro, MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName, Section,
@@ -457,6 +458,7 @@ impl<B: Backend> Session<B> {
                 )),
                 m,
             ),
+            BackendError::OverQuota(m) => (Code::OverQuota, m),
             BackendError::Failed(m) => (
                 Code::Other(imap_codec::imap_types::response::CodeOther::unvalidated(
                     b"UNAVAILABLE".as_slice(),
@@ -487,6 +489,8 @@ impl<B: Backend> Session<B> {
         other("CHILDREN");
         other("CONDSTORE");
         other("QRESYNC");
+        other("QUOTA");
+        other("QUOTA=RES-STORAGE");
         let limit: &'static str =
             Box::leak(format!("APPENDLIMIT={}", self.cfg.append_limit).into_boxed_str());
         other(limit);
@@ -652,6 +656,33 @@ impl<B: Backend> Session<B> {
                 date,
                 message,
             } => self.append(&tag, &mailbox, &flags, date, message),
+            CommandBody::GetQuotaRoot { mailbox } => {
+                if let Err(e) = mailbox_name(&mailbox)
+                    .map_err(|e| BackendError::Refused(e.into()))
+                    .and_then(|n| self.backend.mailbox(&n))
+                {
+                    return self.backend_no(&tag, e);
+                }
+                // One quota root, "", for the whole account (RFC 9208 §4.3).
+                self.data(Data::QuotaRoot {
+                    mailbox,
+                    roots: vec![AString::try_from("").expect("valid")],
+                });
+                self.quota_data();
+                self.ok(&tag, None, "GETQUOTAROOT completed");
+            }
+            CommandBody::GetQuota { root } => {
+                if !root.as_ref().is_empty() {
+                    return self.no(&tag, None, "No such quota root");
+                }
+                self.quota_data();
+                self.ok(&tag, None, "GETQUOTA completed");
+            }
+            CommandBody::SetQuota { .. } => self.no(
+                &tag,
+                None,
+                "Quotas are set by the administrator (yubin user quota)",
+            ),
             CommandBody::Idle => {
                 self.send(Response::CommandContinuationRequest(
                     CommandContinuationRequest::basic(None, "idling").expect("valid"),
@@ -1621,6 +1652,17 @@ impl<B: Backend> Session<B> {
                     items,
                 });
             }
+        }
+    }
+
+    /// `* QUOTA "" (STORAGE used limit)` in KiB (RFC 9208 §5.1), when there is a limit.
+    fn quota_data(&mut self) {
+        if let Ok((used, Some(limit))) = self.backend.quota() {
+            let q = QuotaGet::new(Resource::Storage, used.div_ceil(1024), limit / 1024);
+            self.data(Data::Quota {
+                root: AString::try_from("").expect("valid"),
+                quotas: Vec1::from(q),
+            });
         }
     }
 

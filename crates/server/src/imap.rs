@@ -40,6 +40,17 @@ impl StoreBackend {
             .ok_or_else(|| BackendError::Refused("not logged in".into()))
     }
 
+    /// Refuse to add `bytes` beyond the account's limit (RFC 9208 §4.2.1).
+    fn check_quota(&self, bytes: u64) -> BResult<()> {
+        let (used, limit) = self.store.usage(self.account()?).map_err(err)?;
+        match limit {
+            Some(l) if used.saturating_add(bytes) > l => Err(BackendError::OverQuota(format!(
+                "Quota exceeded: {used} of {l} bytes used"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Every mailbox id a session uses came from this account's own listing, but check
     /// anyway: a forged id must never reach another account's mail.
     fn own(&self, mailbox: MailboxId) -> BResult<()> {
@@ -164,7 +175,22 @@ impl Backend for StoreBackend {
     ) -> BResult<Copied> {
         self.own(from)?;
         self.own(to)?;
+        if !remove {
+            let sizes: u64 = self
+                .store
+                .messages(from)
+                .map_err(err)?
+                .iter()
+                .filter(|m| uids.contains(&m.uid))
+                .map(|m| m.size)
+                .sum();
+            self.check_quota(sizes)?;
+        }
         self.store.copy(from, uids, to, remove).map_err(err)
+    }
+
+    fn quota(&mut self) -> BResult<(u64, Option<u64>)> {
+        self.store.usage(self.account()?).map_err(err)
     }
 
     fn append(
@@ -175,6 +201,7 @@ impl Backend for StoreBackend {
         message: &[u8],
     ) -> BResult<(u32, u32)> {
         let account = self.account()?;
+        self.check_quota(message.len() as u64)?;
         // Check first, so a missing mailbox does not cost a body write.
         self.store.mailbox(account, mailbox).map_err(err)?;
         let blob = self.store.stage(&[message]).map_err(err)?;

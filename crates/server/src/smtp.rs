@@ -164,31 +164,45 @@ impl Conn {
         let store = self.server.store.clone();
         let lookup = addr.to_owned();
         let resolved = tokio::task::spawn_blocking(move || {
-            if lookup.eq_ignore_ascii_case("postmaster") {
+            let resolved = if lookup.eq_ignore_ascii_case("postmaster") {
                 // RFC 5321 §4.1.1.3: bare "Postmaster" is the postmaster of our first domain.
-                let first = store.list_domains()?.into_iter().next();
-                return match first {
-                    Some(d) => store.resolve(&format!("postmaster@{}", d.name)),
-                    None => Ok(Resolved::Unknown),
-                };
+                match store.list_domains()?.into_iter().next() {
+                    Some(d) => store.resolve(&format!("postmaster@{}", d.name))?,
+                    None => Resolved::Unknown,
+                }
+            } else {
+                store.resolve(&lookup)?
+            };
+            // An account at its storage limit takes no more mail for now.
+            let mut full = false;
+            if let Resolved::Accounts(ids) = &resolved {
+                for &id in ids {
+                    if let (used, Some(limit)) = store.usage(id)? {
+                        full |= used >= limit;
+                    }
+                }
             }
-            store.resolve(&lookup)
+            Ok::<_, yubin_store::Error>((resolved, full))
         })
         .await;
         match resolved {
-            Ok(Ok(Resolved::Accounts(ids))) => {
+            Ok(Ok((Resolved::Accounts(_), true))) => {
+                info!(rcpt = addr, "deferred: mailbox full");
+                RcptVerdict::MailboxFull
+            }
+            Ok(Ok((Resolved::Accounts(ids), false))) => {
                 self.accepted.insert(addr.to_lowercase(), ids);
                 RcptVerdict::Accept
             }
-            Ok(Ok(Resolved::Unknown)) => {
+            Ok(Ok((Resolved::Unknown, _))) => {
                 info!(rcpt = addr, "rejected: unknown user");
                 RcptVerdict::UnknownUser
             }
-            Ok(Ok(Resolved::Disabled)) => {
+            Ok(Ok((Resolved::Disabled, _))) => {
                 info!(rcpt = addr, "rejected: account disabled");
                 RcptVerdict::Disabled
             }
-            Ok(Ok(Resolved::NotLocal)) => {
+            Ok(Ok((Resolved::NotLocal, _))) => {
                 info!(rcpt = addr, "rejected: relay denied");
                 RcptVerdict::RelayDenied
             }

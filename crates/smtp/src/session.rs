@@ -80,6 +80,8 @@ pub enum RcptVerdict {
     Disabled,
     /// Not a local domain and the client may not relay.
     RelayDenied,
+    /// The account is at its storage limit.
+    MailboxFull,
     /// Lookup failed for a reason that may pass (storage busy...).
     TempFail,
 }
@@ -325,6 +327,8 @@ impl Session {
             RcptVerdict::Disabled => r(550, (5, 2, 1), format!("<{addr}>: mailbox disabled")),
             // RFC 3463 §3.8: X.7.1 delivery not authorized.
             RcptVerdict::RelayDenied => r(550, (5, 7, 1), format!("<{addr}>: relay access denied")),
+            // RFC 3463 §3.3: X.2.2 mailbox full; 452 so the sender retries (RFC 5321 §4.2.2).
+            RcptVerdict::MailboxFull => r(452, (4, 2, 2), format!("<{addr}>: mailbox full")),
             RcptVerdict::TempFail => r(
                 451,
                 (4, 3, 0),

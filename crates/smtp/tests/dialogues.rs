@@ -6,7 +6,7 @@
 //! written (no CRLF added), to split input across reads.
 //!
 //! The host policy used here: domain `example.com` is local; `unknown@`, `disabled@`,
-//! `tempfail@` get those verdicts; any other domain is a relay attempt. Deliveries succeed
+//! `tempfail@`, `full@` get those verdicts; any other domain is a relay attempt. Deliveries succeed
 //! with id `ID1` unless the envelope sender is `fail@example.org` (temporary failure).
 
 use yubin_smtp::{Config, DeliveryOutcome, Event, Message, RcptVerdict, Session};
@@ -47,6 +47,7 @@ fn verdict(addr: &str) -> RcptVerdict {
         "unknown" => RcptVerdict::UnknownUser,
         "disabled" => RcptVerdict::Disabled,
         "tempfail" => RcptVerdict::TempFail,
+        "full" => RcptVerdict::MailboxFull,
         _ => RcptVerdict::Accept,
     }
 }

@@ -46,6 +46,8 @@ pub struct Account {
     pub disabled: bool,
     pub admin: bool,
     pub created: i64,
+    /// Storage limit in bytes (RFC 9208 STORAGE); `None` for no limit.
+    pub quota: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +119,8 @@ pub trait Directory: Send + Sync {
     fn list_accounts(&self, domain: Option<&str>) -> Result<Vec<Account>>;
     fn set_password(&self, address: &str, password: &str) -> Result<()>;
     fn set_disabled(&self, address: &str, disabled: bool) -> Result<()>;
+    /// Limit the bytes an account may store; `None` removes the limit.
+    fn set_quota(&self, address: &str, bytes: Option<u64>) -> Result<()>;
     /// Removes the account, its mailboxes, messages and alias targets.
     fn remove_account(&self, address: &str) -> Result<()>;
     /// Checks a password (argon2; slow by design). `None` when the address is unknown,
@@ -179,6 +183,8 @@ pub trait MailStore: Send + Sync {
     /// keeping flags and internal dates. Moving into or out of Junk records training events.
     fn copy(&self, from: MailboxId, uids: &[u32], to: MailboxId, remove: bool) -> Result<Copied>;
     fn training_events(&self, account: AccountId) -> Result<Vec<TrainingEvent>>;
+    /// Bytes stored by an account (every copy counts) and its limit.
+    fn usage(&self, account: AccountId) -> Result<(u64, Option<u64>)>;
 
     /// Remove bodies left by deliveries that never committed (a crash between the two).
     /// Call only when no delivery is in flight (at start-up). Returns how many were removed.

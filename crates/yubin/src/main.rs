@@ -103,6 +103,8 @@ enum UserCmd {
     Disable { address: String },
     /// Undo `disable`.
     Enable { address: String },
+    /// Limit an account's storage, e.g. `2G`, `500M`; `none` removes the limit.
+    Quota { address: String, limit: String },
     /// Delete an account and all its mail.
     Remove { address: String },
 }
@@ -298,6 +300,10 @@ fn user_cmd(store: &SqliteStore, cmd: UserCmd) -> Result<()> {
         UserCmd::List { domain } => {
             for a in store.list_accounts(domain.as_deref())? {
                 let mut tags = Vec::new();
+                let quota = a.quota.map(|q| format!("quota={q}"));
+                if let Some(q) = &quota {
+                    tags.push(q.as_str());
+                }
                 if a.admin {
                     tags.push("admin");
                 }
@@ -320,6 +326,14 @@ fn user_cmd(store: &SqliteStore, cmd: UserCmd) -> Result<()> {
         UserCmd::Disable { address } => {
             store.set_disabled(&address, true)?;
             println!("account {address} disabled (mail is kept; `yubin user enable` undoes this)");
+        }
+        UserCmd::Quota { address, limit } => {
+            let bytes = parse_size(&limit)?;
+            store.set_quota(&address, bytes)?;
+            match bytes {
+                Some(b) => println!("quota of {address} set to {b} bytes"),
+                None => println!("quota of {address} removed"),
+            }
         }
         UserCmd::Enable { address } => {
             store.set_disabled(&address, false)?;
@@ -411,4 +425,24 @@ fn flag_names(f: &yubin_store::Flags) -> Vec<String> {
     .collect();
     out.extend(f.keywords.iter().cloned());
     out
+}
+
+/// `1024`, `500K`, `20M`, `2G`, or `none`.
+fn parse_size(s: &str) -> Result<Option<u64>> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let (num, mult) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        Some('T') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .with_context(|| format!("invalid size {s:?}; use e.g. 500M, 2G or none"))?;
+    Ok(Some(n.saturating_mul(mult)))
 }

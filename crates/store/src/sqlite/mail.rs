@@ -493,6 +493,19 @@ impl MailStore for SqliteStore {
         Ok(rows)
     }
 
+    fn usage(&self, account: AccountId) -> Result<(u64, Option<u64>)> {
+        let c = self.conn();
+        let (used, quota): (i64, Option<i64>) = c.query_row(
+            "SELECT (SELECT coalesce(sum(m.size), 0) FROM messages m
+                     JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.account_id = a.id),
+                    a.quota
+             FROM accounts a WHERE a.id = ?1",
+            [account],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok((used as u64, quota.map(|q| q as u64)))
+    }
+
     fn sweep_orphans(&self) -> Result<usize> {
         let known: HashSet<String> = {
             let c = self.conn();

@@ -48,6 +48,7 @@ CREATE TABLE accounts(
     disabled INTEGER NOT NULL DEFAULT 0,
     admin INTEGER NOT NULL DEFAULT 0,
     created INTEGER NOT NULL,
+    quota INTEGER,
     UNIQUE(domain_id, local));
 CREATE TABLE aliases(
     domain_id INTEGER NOT NULL REFERENCES domains(id) ON DELETE CASCADE,
@@ -273,7 +274,7 @@ impl SqliteStore {
     fn account_row(c: &Connection, address: &str) -> Result<(Account, String)> {
         let a = normalize_address(address)?;
         c.query_row(
-            "SELECT a.id, a.disabled, a.admin, a.created, a.password FROM accounts a
+            "SELECT a.id, a.disabled, a.admin, a.created, a.password, a.quota FROM accounts a
              JOIN domains d ON d.id = a.domain_id WHERE d.name = ?1 AND a.local = ?2",
             params![a.domain, a.local],
             |r| {
@@ -284,6 +285,7 @@ impl SqliteStore {
                         disabled: r.get(1)?,
                         admin: r.get(2)?,
                         created: r.get(3)?,
+                        quota: r.get::<_, Option<i64>>(5)?.map(|q| q as u64),
                     },
                     r.get::<_, String>(4)?,
                 ))
@@ -492,6 +494,7 @@ impl Directory for SqliteStore {
             disabled: false,
             admin,
             created,
+            quota: None,
         })
     }
 
@@ -508,7 +511,7 @@ impl Directory for SqliteStore {
             return Err(Error::NoSuchDomain(d.clone()));
         }
         let mut st = c.prepare(
-            "SELECT a.id, a.local || '@' || d.name, a.disabled, a.admin, a.created
+            "SELECT a.id, a.local || '@' || d.name, a.disabled, a.admin, a.created, a.quota
              FROM accounts a JOIN domains d ON d.id = a.domain_id
              WHERE ?1 IS NULL OR d.name = ?1 ORDER BY d.name, a.local",
         )?;
@@ -520,6 +523,7 @@ impl Directory for SqliteStore {
                     disabled: r.get(2)?,
                     admin: r.get(3)?,
                     created: r.get(4)?,
+                    quota: r.get::<_, Option<i64>>(5)?.map(|q| q as u64),
                 })
             })?
             .collect::<std::result::Result<_, _>>()?;
@@ -543,6 +547,16 @@ impl Directory for SqliteStore {
         c.execute(
             "UPDATE accounts SET disabled = ?1 WHERE id = ?2",
             params![disabled, acct.id],
+        )?;
+        Ok(())
+    }
+
+    fn set_quota(&self, address: &str, bytes: Option<u64>) -> Result<()> {
+        let c = self.conn();
+        let (acct, _) = Self::account_row(&c, address)?;
+        c.execute(
+            "UPDATE accounts SET quota = ?1 WHERE id = ?2",
+            params![bytes.map(|b| b as i64), acct.id],
         )?;
         Ok(())
     }
