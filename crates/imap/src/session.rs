@@ -471,29 +471,27 @@ impl<B: Backend> Session<B> {
 
     fn capabilities(&self) -> Vec1<Capability<'static>> {
         let mut caps = vec![Capability::Imap4Rev1];
-        let mut other = |s: &'static str| {
+        let mut other = |s: String| {
             if let Ok(a) = Atom::try_from(s) {
                 caps.push(Capability::from(a));
             }
         };
-        other("LITERAL+");
-        other("SASL-IR");
-        other("ID");
-        other("ENABLE");
-        other("IDLE");
-        other("UNSELECT");
-        other("UIDPLUS");
-        other("MOVE");
-        other("NAMESPACE");
-        other("SPECIAL-USE");
-        other("CHILDREN");
-        other("CONDSTORE");
-        other("QRESYNC");
-        other("QUOTA");
-        other("QUOTA=RES-STORAGE");
-        let limit: &'static str =
-            Box::leak(format!("APPENDLIMIT={}", self.cfg.append_limit).into_boxed_str());
-        other(limit);
+        other("LITERAL+".into());
+        other("SASL-IR".into());
+        other("ID".into());
+        other("ENABLE".into());
+        other("IDLE".into());
+        other("UNSELECT".into());
+        other("UIDPLUS".into());
+        other("MOVE".into());
+        other("NAMESPACE".into());
+        other("SPECIAL-USE".into());
+        other("CHILDREN".into());
+        other("CONDSTORE".into());
+        other("QRESYNC".into());
+        other("QUOTA".into());
+        other("QUOTA=RES-STORAGE".into());
+        other(format!("APPENDLIMIT={}", self.cfg.append_limit));
         if self.state == State::NotAuthenticated {
             if self.cfg.starttls && !self.tls {
                 caps.push(Capability::StartTls);

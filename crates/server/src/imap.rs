@@ -322,3 +322,78 @@ async fn run(
         }
     }
 }
+
+/// The robustness property shared by the IMAP fuzz target and the seeded random test.
+#[doc(hidden)]
+pub mod testing {
+    use super::*;
+
+    /// A store with `bob@example.test` (password `secret`) and a few messages.
+    pub fn sample_store(dir: &std::path::Path) -> Arc<dyn Store> {
+        use yubin_store::{Directory, MailStore, SqliteStore};
+        let s = SqliteStore::create(dir).expect("create store");
+        s.add_domain("example.test").expect("domain");
+        let bob = s
+            .add_account("bob@example.test", "secret", false)
+            .expect("account");
+        let msgs: [&[u8]; 3] = [
+            b"From: a@b.c\r\nSubject: one\r\n\r\nbody one\r\n",
+            b"Content-Type: multipart/mixed; boundary=X\r\nSubject: two\r\n\r\n--X\r\nContent-Type: text/plain\r\n\r\npart\r\n--X\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\ninner body\r\n--X--\r\n",
+            b"\r\n",
+        ];
+        for m in msgs {
+            let blob = s.stage(&[m]).expect("stage");
+            s.deliver(blob, &[bob.id], "INBOX", &Flags::default(), 1_800_000_000)
+                .expect("deliver");
+        }
+        Arc::new(s)
+    }
+
+    /// Feed `input` (after an optional login and SELECT) in chunks of `chunk()` bytes and
+    /// answer every event; panics if the session panics, stalls, or grows its output
+    /// without bound.
+    pub fn exercise(
+        store: Arc<dyn Store>,
+        login: bool,
+        input: &[u8],
+        mut chunk: impl FnMut() -> usize,
+    ) {
+        let cfg = yubin_imap::Config {
+            hostname: "fuzz".into(),
+            starttls: true,
+            plaintext_auth: true,
+            append_limit: 4096,
+        };
+        let peer = "127.0.0.1:1".parse().expect("addr");
+        let mut s = Session::new(cfg, StoreBackend::new(store, peer), false);
+        if login {
+            s.push(b"l1 LOGIN bob@example.test secret\r\nl2 SELECT INBOX\r\n");
+        }
+        let mut rest = input;
+        loop {
+            let mut steps = 0;
+            loop {
+                steps += 1;
+                assert!(steps < 10_000, "the session makes no progress");
+                let ev = s.poll();
+                let out = s.take_output();
+                assert!(out.len() < 64 << 20, "unbounded output");
+                match ev {
+                    Event::Close => return,
+                    Event::StartTls => s.tls_started(),
+                    Event::NeedInput | Event::Idle => break,
+                }
+            }
+            if rest.is_empty() {
+                return;
+            }
+            let n = chunk().clamp(1, rest.len());
+            let (head, tail) = rest.split_at(n);
+            rest = tail;
+            s.push(head);
+            if rest.is_empty() {
+                s.changed();
+            }
+        }
+    }
+}

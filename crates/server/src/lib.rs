@@ -20,6 +20,8 @@ use tracing::{info, warn};
 use yubin_store::{Directory, MailStore, SqliteStore, Store};
 
 pub use config::Config;
+/// The store as the server holds it (for tools built on the server crate, e.g. the fuzzers).
+pub type StoreHandle = dyn Store;
 use limits::{ConnLimiter, Refused};
 pub use yubin_smtp::trace::rfc5322_date;
 
