@@ -2,7 +2,9 @@
 //! the store; tests implement it in memory. Calls may block (the driver runs the session on
 //! a thread where blocking is allowed).
 
-use yubin_model::{Changes, Copied, FlagOp, Flags, FlagsUpdate, Mailbox, MailboxId, MessageMeta};
+use yubin_model::{
+    Changes, Copied, FlagOp, Flags, FlagsUpdate, Mailbox, MailboxId, MessageMeta, TextField,
+};
 
 /// A failure the client is told about in a tagged NO.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +53,14 @@ pub trait Backend: Send {
         to: MailboxId,
         remove: bool,
     ) -> BResult<Copied>;
+    /// UIDs whose `field` contains `needle` (case-insensitive), from an index: SEARCH must
+    /// not read every message to answer FROM/TO/CC/BCC/SUBJECT/BODY/TEXT.
+    fn search_text(
+        &mut self,
+        mailbox: MailboxId,
+        field: TextField,
+        needle: &str,
+    ) -> BResult<Vec<u32>>;
     /// Bytes stored and the limit, if any (RFC 9208 STORAGE).
     fn quota(&mut self) -> BResult<(u64, Option<u64>)>;
     /// Store a new message; returns (UIDVALIDITY, UID).

@@ -159,52 +159,9 @@ impl<'a> Parsed<'a> {
             .collect()
     }
 
-    /// All addresses of an address header, as `Name <addr>` strings, for SEARCH FROM etc.
-    pub fn address_text(&self, name: &str) -> String {
-        let mut out = String::new();
-        for h in self.msg.parts[0]
-            .headers
-            .iter()
-            .filter(|h| h.name.as_str().eq_ignore_ascii_case(name))
-        {
-            out.push_str(&header_value_text(self.raw, h));
-            out.push(' ');
-        }
-        out
-    }
-
-    /// Decoded text of every text part, for SEARCH BODY.
-    pub fn body_text(&self) -> String {
-        let mut out = String::new();
-        collect_text(&self.msg, &mut out);
-        out
-    }
-
     /// The Date header as a Unix time, for SENTBEFORE and friends.
     pub fn sent_date(&self) -> Option<i64> {
         self.msg.date().map(|d| d.to_timestamp())
-    }
-}
-
-fn collect_text(m: &Message<'_>, out: &mut String) {
-    for p in &m.parts {
-        match &p.body {
-            PartType::Text(t) | PartType::Html(t) => {
-                out.push_str(t);
-                out.push('\n');
-            }
-            PartType::Message(inner) => {
-                for h in &inner.parts[0].headers {
-                    if matches!(h.name, HeaderName::Subject)
-                        && let Some(s) = h.value.as_text()
-                    {
-                        out.push_str(s);
-                        out.push('\n');
-                    }
-                }
-            }
-            _ => {}
-        }
     }
 }
 

@@ -8,13 +8,44 @@
 use imap_codec::imap_types::core::AString;
 use imap_codec::imap_types::datetime::NaiveDate;
 use imap_codec::imap_types::search::SearchKey;
-use yubin_model::{MessageMeta, flags};
+use std::collections::{HashMap, HashSet};
+
+use yubin_model::{MessageMeta, TextField, flags};
 
 use crate::message::Parsed;
 use crate::seqset::Intervals;
 
 pub struct Context<'a> {
     pub msgs: &'a [MessageMeta],
+    /// UIDs matching each text key, answered by the backend's index beforehand.
+    pub text_hits: &'a HashMap<(TextField, String), HashSet<u32>>,
+}
+
+/// The index lookups a search needs: every FROM/TO/CC/BCC/SUBJECT/BODY/TEXT key.
+pub fn text_keys(key: &SearchKey<'_>, out: &mut Vec<(TextField, String)>) {
+    let mut push =
+        |f, s: &AString<'_>| out.push((f, String::from_utf8_lossy(s.as_ref()).into_owned()));
+    match key {
+        SearchKey::From(s) => push(TextField::From, s),
+        SearchKey::To(s) => push(TextField::To, s),
+        SearchKey::Cc(s) => push(TextField::Cc, s),
+        SearchKey::Bcc(s) => push(TextField::Bcc, s),
+        SearchKey::Subject(s) => push(TextField::Subject, s),
+        SearchKey::Body(s) => push(TextField::Body, s),
+        SearchKey::Text(s) => push(TextField::Text, s),
+        SearchKey::And(keys) => keys.as_ref().iter().for_each(|k| text_keys(k, out)),
+        SearchKey::Or(a, b) => {
+            text_keys(a, out);
+            text_keys(b, out);
+        }
+        SearchKey::Not(k) => text_keys(k, out),
+        _ => {}
+    }
+}
+
+fn hit(ctx: &Context<'_>, f: TextField, s: &AString<'_>, uid: u32) -> bool {
+    let key = (f, String::from_utf8_lossy(s.as_ref()).into_owned());
+    ctx.text_hits.get(&key).is_some_and(|h| h.contains(&uid))
 }
 
 /// Lazily loaded message for header/body keys.
@@ -111,28 +142,13 @@ fn eval(key: &SearchKey<'_>, ctx: &Context<'_>, idx: usize, lazy: &mut Lazy<'_>)
         SearchKey::SentSince(d) => with_parsed(lazy, &|p| {
             p.sent_date().is_some_and(|t| day(t) >= date_day(d))
         }),
-        SearchKey::From(s) => {
-            let n = lower(s);
-            with_parsed(lazy, &|p| contains(&p.address_text("From"), &n))
-        }
-        SearchKey::To(s) => {
-            let n = lower(s);
-            with_parsed(lazy, &|p| contains(&p.address_text("To"), &n))
-        }
-        SearchKey::Cc(s) => {
-            let n = lower(s);
-            with_parsed(lazy, &|p| contains(&p.address_text("Cc"), &n))
-        }
-        SearchKey::Bcc(s) => {
-            let n = lower(s);
-            with_parsed(lazy, &|p| contains(&p.address_text("Bcc"), &n))
-        }
-        SearchKey::Subject(s) => {
-            let n = lower(s);
-            with_parsed(lazy, &|p| {
-                p.header_text("Subject").iter().any(|v| contains(v, &n))
-            })
-        }
+        SearchKey::From(s) => hit(ctx, TextField::From, s, m.uid),
+        SearchKey::To(s) => hit(ctx, TextField::To, s, m.uid),
+        SearchKey::Cc(s) => hit(ctx, TextField::Cc, s, m.uid),
+        SearchKey::Bcc(s) => hit(ctx, TextField::Bcc, s, m.uid),
+        SearchKey::Subject(s) => hit(ctx, TextField::Subject, s, m.uid),
+        SearchKey::Body(s) => hit(ctx, TextField::Body, s, m.uid),
+        SearchKey::Text(s) => hit(ctx, TextField::Text, s, m.uid),
         SearchKey::Header(name, value) => {
             let (name, n) = (
                 String::from_utf8_lossy(name.as_ref()).into_owned(),
@@ -146,21 +162,6 @@ fn eval(key: &SearchKey<'_>, ctx: &Context<'_>, idx: usize, lazy: &mut Lazy<'_>)
                 } else {
                     vals.iter().any(|v| contains(v, &n))
                 }
-            })
-        }
-        SearchKey::Body(s) => {
-            let n = lower(s);
-            with_parsed(lazy, &|p| contains(&p.body_text(), &n))
-        }
-        SearchKey::Text(s) => {
-            let n = lower(s);
-            with_parsed(lazy, &|p| {
-                contains(
-                    &String::from_utf8_lossy(
-                        &p.section(Some(&imap_codec::imap_types::fetch::Section::Header(None))),
-                    ),
-                    &n,
-                ) || contains(&p.body_text(), &n)
             })
         }
         SearchKey::ModSequence { modseq, .. } => m.modseq >= *modseq,

@@ -1712,8 +1712,24 @@ impl<B: Backend> Session<B> {
         let Some(sel) = &self.selected else { return };
         let id = sel.id;
         let msgs = sel.msgs.clone();
+        let mut wanted = Vec::new();
+        criteria
+            .iter()
+            .for_each(|k| search::text_keys(k, &mut wanted));
+        let mut text_hits = std::collections::HashMap::new();
+        for (field, needle) in wanted {
+            match self.backend.search_text(id, field, &needle) {
+                Ok(uids) => {
+                    text_hits.insert((field, needle), uids.into_iter().collect());
+                }
+                Err(e) => return self.backend_no(tag, e),
+            }
+        }
         let mut hits = Vec::new();
-        let ctx = search::Context { msgs: &msgs };
+        let ctx = search::Context {
+            msgs: &msgs,
+            text_hits: &text_hits,
+        };
         for (i, m) in msgs.iter().enumerate() {
             let mut loader = || self.backend.read(id, m.uid).ok();
             if search::matches_all(criteria, &ctx, i, &mut loader) {

@@ -126,3 +126,17 @@ pub struct Copied {
     pub uidvalidity: u32,
     pub uids: Vec<(u32, u32)>,
 }
+
+/// Which text a SEARCH key looks in (RFC 9051 §6.4.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TextField {
+    From,
+    To,
+    Cc,
+    Bcc,
+    Subject,
+    /// The decoded text of the body parts.
+    Body,
+    /// Every header and the body.
+    Text,
+}

@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 use yubin_imap::{BResult, Backend, BackendError, Event, Session};
 use yubin_store::{
     AccountId, Changes, Copied, Error as StoreError, FlagOp, Flags, FlagsUpdate, Mailbox,
-    MailboxId, MessageMeta, Store,
+    MailboxId, MessageMeta, Store, TextField,
 };
 
 use crate::Server;
@@ -187,6 +187,16 @@ impl Backend for StoreBackend {
             self.check_quota(sizes)?;
         }
         self.store.copy(from, uids, to, remove).map_err(err)
+    }
+
+    fn search_text(
+        &mut self,
+        mailbox: MailboxId,
+        field: TextField,
+        needle: &str,
+    ) -> BResult<Vec<u32>> {
+        self.own(mailbox)?;
+        self.store.search_text(mailbox, field, needle).map_err(err)
     }
 
     fn quota(&mut self) -> BResult<(u64, Option<u64>)> {

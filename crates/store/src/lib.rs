@@ -13,6 +13,7 @@
 
 mod address;
 mod error;
+mod index;
 mod password;
 mod sqlite;
 
@@ -20,7 +21,8 @@ pub use address::{Address, normalize_address};
 pub use error::{Error, Result};
 pub use sqlite::SqliteStore;
 pub use yubin_model::{
-    AccountId, Changes, Copied, FlagOp, Flags, FlagsUpdate, Mailbox, MailboxId, MessageMeta, flags,
+    AccountId, Changes, Copied, FlagOp, Flags, FlagsUpdate, Mailbox, MailboxId, MessageMeta,
+    TextField, flags,
 };
 
 /// The folders every new account starts with, and their RFC 6154 special-use attribute.
@@ -89,6 +91,8 @@ pub type ChangeListener = Box<dyn Fn(MailboxId) + Send + Sync>;
 pub struct StagedBlob {
     pub(crate) name: String,
     pub(crate) size: u64,
+    /// What the search index will hold for it, extracted while staging (off the writer).
+    pub(crate) text: index::SearchText,
 }
 
 impl StagedBlob {
@@ -183,6 +187,9 @@ pub trait MailStore: Send + Sync {
     /// keeping flags and internal dates. Moving into or out of Junk records training events.
     fn copy(&self, from: MailboxId, uids: &[u32], to: MailboxId, remove: bool) -> Result<Copied>;
     fn training_events(&self, account: AccountId) -> Result<Vec<TrainingEvent>>;
+    /// UIDs of the messages in a mailbox whose `field` contains `needle` (case-insensitive
+    /// substring, RFC 9051 §6.4.4), answered from the full-text index.
+    fn search_text(&self, mailbox: MailboxId, field: TextField, needle: &str) -> Result<Vec<u32>>;
     /// Bytes stored by an account (every copy counts) and its limit.
     fn usage(&self, account: AccountId) -> Result<(u64, Option<u64>)>;
 

@@ -489,3 +489,66 @@ fn change_listeners_hear_deliveries_and_stores() {
     .unwrap();
     assert_eq!(*heard.lock().unwrap(), [inbox, inbox]);
 }
+
+#[test]
+fn full_text_search_uses_the_index() {
+    use yubin_store::{FlagOp, TextField};
+    let (d, s) = store();
+    s.add_domain("example.com").unwrap();
+    let a = s.add_account("a@example.com", "pw", false).unwrap().id;
+    let msgs: [&[u8]; 3] = [
+        b"From: Alice <alice@x.org>\r\nSubject: Quarterly report\r\nX-Project: Apollo\r\n\r\nNumbers are UP.\r\n",
+        b"From: =?utf-8?q?J=C3=BCrgen?= <j@x.de>\r\nTo: team@example.com\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nSch=C3=B6ne Gr=C3=BC=C3=9Fe\r\n",
+        b"Subject: ab\r\n\r\n50% off_sale\r\n",
+    ];
+    for m in msgs {
+        let blob = s.stage(&[m]).unwrap();
+        s.deliver(blob, &[a], "INBOX", &Flags::default(), 0)
+            .unwrap();
+    }
+    let inbox = s.mailbox(a, "INBOX").unwrap().id;
+    let q = |f, n: &str| s.search_text(inbox, f, n).unwrap();
+    assert_eq!(q(TextField::Subject, "QUARTERLY"), [1]);
+    assert_eq!(q(TextField::From, "alice@x"), [1]);
+    assert_eq!(q(TextField::From, "jürgen"), [2]);
+    assert_eq!(q(TextField::Body, "schöne"), [2]);
+    assert_eq!(q(TextField::Body, "up"), [1], "two letters: LIKE path");
+    assert_eq!(q(TextField::Body, "%"), [3], "LIKE wildcards are literal");
+    assert_eq!(q(TextField::Body, "f_s"), [3]);
+    assert_eq!(q(TextField::Body, "x_y"), Vec::<u32>::new());
+    assert_eq!(
+        q(TextField::Text, "apollo"),
+        [1],
+        "TEXT covers every header"
+    );
+    assert_eq!(q(TextField::To, "team@"), [2]);
+    assert_eq!(q(TextField::Subject, "\"quoted\""), Vec::<u32>::new());
+    // Copies share one index row; removing the last reference removes it.
+    let archive = s.mailbox(a, "Archive").unwrap().id;
+    s.copy(inbox, &[1], archive, false).unwrap();
+    assert_eq!(
+        s.search_text(archive, TextField::Subject, "report")
+            .unwrap(),
+        [1]
+    );
+    s.store_flags(
+        inbox,
+        &[1, 2, 3],
+        FlagOp::Add,
+        &Flags::system(yubin_store::flags::DELETED),
+        None,
+    )
+    .unwrap();
+    s.expunge(inbox, None).unwrap();
+    assert_eq!(q(TextField::Subject, "report"), Vec::<u32>::new());
+    assert_eq!(
+        s.search_text(archive, TextField::Subject, "report")
+            .unwrap(),
+        [1]
+    );
+    let db = rusqlite::Connection::open(d.path().join("yubin.db")).unwrap();
+    let rows: i64 = db
+        .query_row("SELECT count(*) FROM search", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 1, "index rows of removed bodies are gone");
+}

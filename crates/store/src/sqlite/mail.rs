@@ -10,9 +10,10 @@ use std::sync::{Arc, mpsc};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::{Listeners, SqliteStore, canonical_mailbox, fsync_dir, now};
+use crate::index;
 use crate::{
     AccountId, ChangeListener, Changes, Copied, Delivered, Error, FlagOp, Flags, FlagsUpdate,
-    MailStore, Mailbox, MailboxId, MessageMeta, Result, StagedBlob, TrainingEvent,
+    MailStore, Mailbox, MailboxId, MessageMeta, Result, StagedBlob, TextField, TrainingEvent,
 };
 
 /// Largest number of deliveries committed in one transaction.
@@ -177,7 +178,13 @@ impl MailStore for SqliteStore {
             Ok(size)
         };
         match write() {
-            Ok(size) => Ok(StagedBlob { name, size }),
+            Ok(size) => {
+                let text = match parts {
+                    [one] => index::extract(one),
+                    _ => index::extract(&parts.concat()),
+                };
+                Ok(StagedBlob { name, size, text })
+            }
             Err(e) => {
                 let _ = fs::remove_file(&path);
                 Err(Error::io("write", path, e))
@@ -493,6 +500,54 @@ impl MailStore for SqliteStore {
         Ok(rows)
     }
 
+    fn search_text(&self, mailbox: MailboxId, field: TextField, needle: &str) -> Result<Vec<u32>> {
+        let column = match field {
+            TextField::From => "hfrom",
+            TextField::To => "hto",
+            TextField::Cc => "hcc",
+            TextField::Bcc => "hbcc",
+            TextField::Subject => "subject",
+            TextField::Body => "body",
+            TextField::Text => "search",
+        };
+        if needle.is_empty() {
+            return Ok(self.messages(mailbox)?.iter().map(|m| m.uid).collect());
+        }
+        // Trigrams need three characters; shorter needles use LIKE, which the trigram
+        // index also serves (slower, still no message file is read).
+        let chars = needle.chars().count();
+        let cond = if chars >= 3 {
+            format!("{column} MATCH ?2")
+        } else if field == TextField::Text {
+            "(headers LIKE ?2 OR body LIKE ?2)".to_owned()
+        } else {
+            format!("{column} LIKE ?2")
+        };
+        let arg = if chars >= 3 {
+            format!("\"{}\"", needle.replace('"', "\"\""))
+        } else {
+            let escaped = needle
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("%{escaped}%")
+        };
+        let cond = if chars >= 3 {
+            cond
+        } else {
+            format!("{cond} ESCAPE '\\'")
+        };
+        let c = self.conn();
+        let mut st = c.prepare(&format!(
+            "SELECT m.uid FROM messages m WHERE m.mailbox_id = ?1
+             AND m.blob_id IN (SELECT rowid FROM search WHERE {cond}) ORDER BY m.uid"
+        ))?;
+        let rows = st
+            .query_map(params![mailbox, arg], |r| r.get(0))?
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(rows)
+    }
+
     fn usage(&self, account: AccountId) -> Result<(u64, Option<u64>)> {
         let c = self.conn();
         let (used, quota): (i64, Option<i64>) = c.query_row(
@@ -560,17 +615,7 @@ fn remove_messages(tx: &Transaction<'_>, mailbox: MailboxId, uids: &[u32]) -> Re
             .execute(params![mailbox, uid, modseq as i64])?;
         }
     }
-    let mut dead = Vec::new();
-    let mut st = tx.prepare_cached(
-        "DELETE FROM blobs WHERE id = ?1
-         AND NOT EXISTS (SELECT 1 FROM messages WHERE blob_id = ?1) RETURNING name",
-    )?;
-    for id in blob_ids {
-        if let Some(n) = st.query_row([id], |r| r.get(0)).optional()? {
-            dead.push(n);
-        }
-    }
-    Ok(dead)
+    SqliteStore::drop_unreferenced_blobs(tx, blob_ids)
 }
 
 fn copy_in(
@@ -720,6 +765,14 @@ fn apply(c: &Connection, job: &Job) -> Result<Vec<Delivered>> {
     c.prepare_cached("INSERT INTO blobs(name, size) VALUES (?1, ?2)")?
         .execute(params![job.blob.name, job.blob.size as i64])?;
     let blob_id = c.last_insert_rowid();
+    let t = &job.blob.text;
+    c.prepare_cached(
+        "INSERT INTO search(rowid, headers, hfrom, hto, hcc, hbcc, subject, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        blob_id, t.headers, t.from, t.to, t.cc, t.bcc, t.subject, t.body
+    ])?;
     let mut seen = BTreeSet::new();
     let mut out = Vec::with_capacity(job.accounts.len());
     let keywords = keywords_text(&job.flags);

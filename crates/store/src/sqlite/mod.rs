@@ -89,6 +89,10 @@ CREATE TABLE expunged(
     modseq INTEGER NOT NULL,
     PRIMARY KEY(mailbox_id, uid)) WITHOUT ROWID;
 -- Messages the user moved into (spam = 1) or out of (spam = 0) Junk: filter training.
+-- Full-text index of message bodies (rowid = blobs.id). Trigram tokens give the
+-- case-insensitive substring matching IMAP SEARCH asks for (RFC 9051 §6.4.4).
+CREATE VIRTUAL TABLE search USING fts5(
+    headers, hfrom, hto, hcc, hbcc, subject, body, tokenize = 'trigram');
 CREATE TABLE training(
     id INTEGER PRIMARY KEY,
     account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
@@ -313,13 +317,24 @@ impl SqliteStore {
             &format!("DELETE FROM messages AS m WHERE {where_sql}"),
             [arg],
         )?;
+        Self::drop_unreferenced_blobs(tx, blob_ids)
+    }
+
+    /// Delete the blob rows (and their index entries) no message refers to any more;
+    /// returns their file names, to remove from disk after commit.
+    pub(crate) fn drop_unreferenced_blobs(
+        tx: &rusqlite::Transaction<'_>,
+        blob_ids: impl IntoIterator<Item = i64>,
+    ) -> Result<Vec<String>> {
         let mut names = Vec::new();
-        let mut st = tx.prepare(
+        let mut st = tx.prepare_cached(
             "DELETE FROM blobs WHERE id = ?1
              AND NOT EXISTS (SELECT 1 FROM messages WHERE blob_id = ?1) RETURNING name",
         )?;
+        let mut unindex = tx.prepare_cached("DELETE FROM search WHERE rowid = ?1")?;
         for id in blob_ids {
             if let Some(n) = st.query_row([id], |r| r.get(0)).optional()? {
+                unindex.execute([id])?;
                 names.push(n);
             }
         }

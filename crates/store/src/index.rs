@@ -1,0 +1,102 @@
+//! What the full-text index keeps of a message: its headers, addresses, subject and the
+//! decoded text of its body parts. Extracted with mail-parser when the body is staged, so
+//! the single writer only inserts rows.
+
+use mail_parser::{HeaderValue, MessageParser, PartType};
+
+/// Longest body text indexed per message; past it, SEARCH BODY finds nothing more.
+const MAX_BODY_TEXT: usize = 4 << 20;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SearchText {
+    pub headers: String,
+    pub from: String,
+    pub to: String,
+    pub cc: String,
+    pub bcc: String,
+    pub subject: String,
+    pub body: String,
+}
+
+fn addresses(v: &HeaderValue<'_>) -> String {
+    match v {
+        HeaderValue::Address(a) => a
+            .iter()
+            .map(|x| {
+                format!(
+                    "{} <{}>",
+                    x.name.as_deref().unwrap_or(""),
+                    x.address.as_deref().unwrap_or("")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        HeaderValue::Text(t) => t.to_string(),
+        _ => String::new(),
+    }
+}
+
+pub fn extract(raw: &[u8]) -> SearchText {
+    let Some(msg) = MessageParser::default().parse(raw) else {
+        return SearchText::default();
+    };
+    let mut t = SearchText::default();
+    if let Some(root) = msg.parts.first() {
+        let end = (root.offset_body as usize).min(raw.len());
+        // Header lines as sent, unfolded, plus decoded values, so both match.
+        t.headers = String::from_utf8_lossy(&raw[..end])
+            .replace("\r\n\t", " ")
+            .replace("\r\n ", " ");
+        for h in &root.headers {
+            match h.name.as_str().to_ascii_lowercase().as_str() {
+                "from" => t.from.push_str(&addresses(&h.value)),
+                "to" => t.to.push_str(&addresses(&h.value)),
+                "cc" => t.cc.push_str(&addresses(&h.value)),
+                "bcc" => t.bcc.push_str(&addresses(&h.value)),
+                "subject" => {
+                    if let Some(s) = h.value.as_text() {
+                        t.subject.push_str(s);
+                    }
+                }
+                _ => {}
+            }
+            if let Some(s) = h.value.as_text() {
+                t.headers.push('\n');
+                t.headers.push_str(s);
+            }
+        }
+    }
+    for p in &msg.parts {
+        if t.body.len() >= MAX_BODY_TEXT {
+            break;
+        }
+        if let PartType::Text(s) | PartType::Html(s) = &p.body {
+            t.body.push_str(s);
+            t.body.push('\n');
+        }
+    }
+    if t.body.len() > MAX_BODY_TEXT {
+        let mut cut = MAX_BODY_TEXT;
+        while !t.body.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        t.body.truncate(cut);
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn extracts_decoded_text() {
+        let t = super::extract(
+            b"From: =?utf-8?q?J=C3=BCrgen?= <j@x.de>\r\nTo: a@b.c, B <b@b.c>\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nX-Tag: blue\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nSch=C3=B6ne Gr=C3=BC=C3=9Fe\r\n",
+        );
+        assert!(t.from.contains("Jürgen <j@x.de>"));
+        assert!(t.to.contains("B <b@b.c>"));
+        assert_eq!(t.subject, "Grüße");
+        assert!(t.body.contains("Schöne Grüße"));
+        assert!(t.headers.contains("X-Tag: blue"));
+        assert_eq!(super::extract(b""), super::SearchText::default());
+    }
+}
