@@ -149,6 +149,31 @@ impl<'a> Parsed<'a> {
         }
     }
 
+    /// BINARY[part] (RFC 3516): the part's content with its transfer encoding undone.
+    /// `Err(())` for an encoding we cannot decode (`[UNKNOWN-CTE]`).
+    pub fn binary(&self, path: &[NonZeroU32]) -> Result<Vec<u8>, ()> {
+        let Ok(path) = Vec1::try_from(path.to_vec()) else {
+            return Ok(self.raw.to_vec());
+        };
+        let Some((m, i)) = find_part(&self.msg, &path) else {
+            return Ok(Vec::new());
+        };
+        let p = &m.parts[i];
+        let body = self.slice(p.offset_body, p.offset_end);
+        let cte = header(m, i, HeaderName::ContentTransferEncoding)
+            .map(|h| raw_value(self.raw, h).to_ascii_lowercase())
+            .unwrap_or_default();
+        match cte.as_str() {
+            "" | "7bit" | "8bit" | "binary" => Ok(body.to_vec()),
+            "base64" => Ok(mail_parser::decoders::base64::base64_decode(body).unwrap_or_default()),
+            "quoted-printable" => Ok(
+                mail_parser::decoders::quoted_printable::quoted_printable_decode(body)
+                    .unwrap_or_default(),
+            ),
+            _ => Err(()),
+        }
+    }
+
     /// The value of a header of the top-level message, decoded, for SEARCH HEADER/SUBJECT.
     pub fn header_text(&self, name: &str) -> Vec<String> {
         self.msg.parts[0]

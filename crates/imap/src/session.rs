@@ -25,9 +25,10 @@ use imap_codec::imap_types::auth::{AuthMechanism, AuthenticateData};
 use imap_codec::imap_types::command::{
     Command, CommandBody, FetchModifier, SelectParameter, StoreModifier,
 };
+use imap_codec::imap_types::core::NString8;
 use imap_codec::imap_types::core::{AString, Atom, LiteralMode, QuotedChar, Tag, Text, Vec1};
 use imap_codec::imap_types::datetime::DateTime;
-use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
+use imap_codec::imap_types::extensions::binary::{Literal8, LiteralOrLiteral8};
 use imap_codec::imap_types::extensions::quota::{QuotaGet, Resource};
 use imap_codec::imap_types::extensions::uidplus::{UidElement, UidSet};
 use imap_codec::imap_types::fetch::{
@@ -489,6 +490,7 @@ impl<B: Backend> Session<B> {
         other("CHILDREN".into());
         other("CONDSTORE".into());
         other("QRESYNC".into());
+        other("BINARY".into());
         other("QUOTA".into());
         other("QUOTA=RES-STORAGE".into());
         other(format!("APPENDLIMIT={}", self.cfg.append_limit));
@@ -1261,14 +1263,6 @@ impl<B: Backend> Session<B> {
         {
             names.push(MessageDataItemName::ModSeq);
         }
-        if names.iter().any(|n| {
-            matches!(
-                n,
-                MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. }
-            )
-        }) {
-            return self.bad(tag, "BINARY is not supported");
-        }
         let needs_body = names.iter().any(|n| {
             matches!(
                 n,
@@ -1279,6 +1273,8 @@ impl<B: Backend> Session<B> {
                     | MessageDataItemName::Rfc822
                     | MessageDataItemName::Rfc822Header
                     | MessageDataItemName::Rfc822Text
+                    | MessageDataItemName::Binary { .. }
+                    | MessageDataItemName::BinarySize { .. }
             )
         });
         let (id, read_only) = match &self.selected {
@@ -1371,8 +1367,46 @@ impl<B: Backend> Session<B> {
                         set_seen = true;
                         MessageDataItem::Rfc822Text(literal(&p.section(Some(&Section::Text(None)))))
                     }
-                    MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => {
-                        continue;
+                    MessageDataItemName::Binary {
+                        section,
+                        partial,
+                        peek,
+                    } => {
+                        let Some(p) = &parsed else { continue };
+                        if partial.is_some() {
+                            // imap-types has no origin for BINARY responses, so `<n>` could
+                            // not be echoed back as RFC 3516 §4.2 requires.
+                            return self.no(tag, None, "Partial BINARY fetch is not supported");
+                        }
+                        let Ok(bytes) = p.binary(section) else {
+                            return self.no(
+                                tag,
+                                Some(Code::UnknownCte),
+                                "Unknown Content-Transfer-Encoding",
+                            );
+                        };
+                        set_seen |= !peek;
+                        MessageDataItem::Binary {
+                            section: section.clone(),
+                            value: NString8::Literal8(Literal8 {
+                                data: bytes.into(),
+                                mode: LiteralMode::Sync,
+                            }),
+                        }
+                    }
+                    MessageDataItemName::BinarySize { section } => {
+                        let Some(p) = &parsed else { continue };
+                        let Ok(bytes) = p.binary(section) else {
+                            return self.no(
+                                tag,
+                                Some(Code::UnknownCte),
+                                "Unknown Content-Transfer-Encoding",
+                            );
+                        };
+                        MessageDataItem::BinarySize {
+                            section: section.clone(),
+                            size: bytes.len() as u32,
+                        }
                     }
                 };
                 out.push(item);
