@@ -46,6 +46,10 @@ pub fn literal(bytes: &[u8]) -> NString<'static> {
     }
 }
 
+/// A Content-Transfer-Encoding this server cannot decode (RFC 3516 `[UNKNOWN-CTE]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownCte;
+
 pub struct Parsed<'a> {
     pub raw: &'a [u8],
     msg: Message<'a>,
@@ -150,8 +154,8 @@ impl<'a> Parsed<'a> {
     }
 
     /// BINARY[part] (RFC 3516): the part's content with its transfer encoding undone.
-    /// `Err(())` for an encoding we cannot decode (`[UNKNOWN-CTE]`).
-    pub fn binary(&self, path: &[NonZeroU32]) -> Result<Vec<u8>, ()> {
+    /// `Err` for an encoding we cannot decode (`[UNKNOWN-CTE]`).
+    pub fn binary(&self, path: &[NonZeroU32]) -> Result<Vec<u8>, UnknownCte> {
         let Ok(path) = Vec1::try_from(path.to_vec()) else {
             return Ok(self.raw.to_vec());
         };
@@ -170,7 +174,7 @@ impl<'a> Parsed<'a> {
                 mail_parser::decoders::quoted_printable::quoted_printable_decode(body)
                     .unwrap_or_default(),
             ),
-            _ => Err(()),
+            _ => Err(UnknownCte),
         }
     }
 
