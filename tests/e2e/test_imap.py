@@ -361,3 +361,40 @@ def test_quota(server):
     m.logout()
     server.cli("user", "quota", BOB, "none")
     deliver(server, "after")
+
+
+def test_compress_deflate(server):
+    """COMPRESS=DEFLATE (RFC 4978) with an independent implementation (Python's zlib)."""
+    import zlib
+
+    deliver(server, "squeeze", body="compressible " * 2000)
+    c = Raw(server)
+    c.cmd(b"a1 LOGIN bob@example.test \"" + PASSWORD.encode() + b"\"\r\n", b"a1")
+    assert c.cmd(b"a2 COMPRESS DEFLATE\r\n", b"a2")[-1].startswith(b"a2 OK")
+    comp = zlib.compressobj(wbits=-15)
+    decomp = zlib.decompressobj(wbits=-15)
+    raw_in = 0
+
+    def send(line: bytes):
+        c.sock.sendall(comp.compress(line) + comp.flush(zlib.Z_SYNC_FLUSH))
+
+    def read_until(tag: bytes) -> bytes:
+        nonlocal raw_in
+        data = b""
+        while not any(l.startswith(tag + b" ") for l in data.split(b"\r\n")):
+            chunk = c.sock.recv(65536)
+            assert chunk, "closed"
+            raw_in += len(chunk)
+            data += decomp.decompress(chunk)
+        return data
+
+    send(b"a3 SELECT INBOX\r\n")
+    assert b"a3 OK" in read_until(b"a3")
+    send(b"a4 FETCH 1 BODY.PEEK[TEXT]\r\n")
+    text = read_until(b"a4")
+    assert text.count(b"compressible") == 2000 and b"a4 OK" in text
+    assert raw_in < len(text) / 10, f"{raw_in} bytes on the wire for {len(text)}"
+    send(b"a5 COMPRESS DEFLATE\r\n")
+    assert b"a5 NO [COMPRESSIONACTIVE]" in read_until(b"a5")
+    send(b"a6 LOGOUT\r\n")
+    assert b"a6 OK" in read_until(b"a6")

@@ -76,6 +76,9 @@ pub enum Event {
     Idle,
     /// Run the TLS handshake, then call [`Session::tls_started`].
     StartTls,
+    /// From now on, compress both directions with raw DEFLATE (RFC 4978); then call
+    /// [`Session::compression_started`].
+    Compress,
     /// Close the connection.
     Close,
 }
@@ -85,6 +88,7 @@ enum Mode {
     AuthData(Tag<'static>),
     Idle(Tag<'static>),
     StartTls,
+    Compress,
     Closed,
 }
 
@@ -121,6 +125,8 @@ pub struct Session<B: Backend> {
     condstore: bool,
     /// RFC 7162 §3.2: VANISHED instead of EXPUNGE, once enabled.
     qresync: bool,
+    /// COMPRESS=DEFLATE is active (RFC 4978).
+    compressed: bool,
 }
 
 fn tag_of(frag: &Fragmentizer) -> Option<Tag<'static>> {
@@ -279,6 +285,7 @@ impl<B: Backend> Session<B> {
             auth_failures: 0,
             condstore: false,
             qresync: false,
+            compressed: false,
         };
         let caps = s.capabilities();
         s.send(Response::Status(
@@ -321,6 +328,11 @@ impl<B: Backend> Session<B> {
         self.mode = Mode::Command;
     }
 
+    pub fn compression_started(&mut self) {
+        self.compressed = true;
+        self.mode = Mode::Command;
+    }
+
     /// The client was idle too long (RFC 9051 §5.4: at least 30 minutes).
     pub fn timeout(&mut self) {
         self.send(Response::Status(
@@ -334,6 +346,7 @@ impl<B: Backend> Session<B> {
             match self.mode {
                 Mode::Closed => return Event::Close,
                 Mode::StartTls => return Event::StartTls,
+                Mode::Compress => return Event::Compress,
                 _ => {}
             }
             let Some(info) = self.frag.progress() else {
@@ -491,6 +504,7 @@ impl<B: Backend> Session<B> {
         other("CONDSTORE".into());
         other("QRESYNC".into());
         other("BINARY".into());
+        other("COMPRESS=DEFLATE".into());
         other("QUOTA".into());
         other("QUOTA=RES-STORAGE".into());
         other(format!("APPENDLIMIT={}", self.cfg.append_limit));
@@ -683,6 +697,18 @@ impl<B: Backend> Session<B> {
                 None,
                 "Quotas are set by the administrator (yubin user quota)",
             ),
+            CommandBody::Compress { .. } => {
+                if self.compressed {
+                    self.no(
+                        &tag,
+                        Some(Code::CompressionActive),
+                        "Compression is already active",
+                    );
+                } else {
+                    self.ok(&tag, None, "DEFLATE active");
+                    self.mode = Mode::Compress;
+                }
+            }
             CommandBody::Idle => {
                 self.send(Response::CommandContinuationRequest(
                     CommandContinuationRequest::basic(None, "idling").expect("valid"),

@@ -268,6 +268,62 @@ async fn upgrade(server: &Server, stream: Stream) -> std::io::Result<Stream> {
     Ok(Stream::Tls(Box::new(tls)))
 }
 
+/// COMPRESS=DEFLATE state (RFC 4978): raw DEFLATE, each write flushed with a sync flush.
+struct Deflate {
+    inflate: flate2::Decompress,
+    deflate: flate2::Compress,
+}
+
+/// Inflated bytes per read are capped: a few bytes must not expand into gigabytes.
+const MAX_INFLATE: usize = 64 << 20;
+
+impl Deflate {
+    fn new() -> Self {
+        Deflate {
+            inflate: flate2::Decompress::new(false),
+            deflate: flate2::Compress::new(flate2::Compression::fast(), false),
+        }
+    }
+
+    fn inflate(&mut self, input: &[u8]) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(input.len() * 4 + 64);
+        let mut pos = 0;
+        loop {
+            if out.len() > MAX_INFLATE {
+                return Err(std::io::Error::other("compressed input expands too much"));
+            }
+            out.reserve(16 * 1024);
+            let before = self.inflate.total_in();
+            let status = self
+                .inflate
+                .decompress_vec(&input[pos..], &mut out, flate2::FlushDecompress::Sync)
+                .map_err(std::io::Error::other)?;
+            pos += (self.inflate.total_in() - before) as usize;
+            if status == flate2::Status::StreamEnd
+                || (pos >= input.len() && out.len() < out.capacity())
+            {
+                return Ok(out);
+            }
+        }
+    }
+
+    fn deflate(&mut self, input: &[u8]) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(input.len() / 2 + 64);
+        let mut pos = 0;
+        loop {
+            out.reserve(input.len() / 2 + 1024);
+            let before = self.deflate.total_in();
+            self.deflate
+                .compress_vec(&input[pos..], &mut out, flate2::FlushCompress::Sync)
+                .map_err(std::io::Error::other)?;
+            pos += (self.deflate.total_in() - before) as usize;
+            if pos >= input.len() && out.len() < out.capacity() {
+                return Ok(out);
+            }
+        }
+    }
+}
+
 async fn write_out(stream: &mut Stream, out: &[u8]) -> std::io::Result<()> {
     if out.is_empty() {
         return Ok(());
@@ -290,14 +346,23 @@ async fn run(
     let mut changes = server.changes.subscribe();
     let mut shutdown = server.shutdown.clone();
     let mut buf = vec![0u8; 64 * 1024];
+    let mut deflate: Option<Deflate> = None;
     loop {
         // The session may block on the store: keep it off the async worker's back.
         let event = tokio::task::block_in_place(|| session.poll());
-        write_out(&mut stream, &session.take_output()).await?;
+        let out = session.take_output();
+        match deflate.as_mut() {
+            Some(d) if !out.is_empty() => write_out(&mut stream, &d.deflate(&out)?).await?,
+            _ => write_out(&mut stream, &out).await?,
+        }
         match event {
             Event::Close => {
                 let _ = stream.shutdown().await;
                 return Ok(());
+            }
+            Event::Compress => {
+                deflate = Some(Deflate::new());
+                session.compression_started();
             }
             Event::StartTls => {
                 stream = upgrade(server, stream).await?;
@@ -310,7 +375,10 @@ async fn run(
                     r = tokio::time::timeout(idle, stream.read(&mut buf)) => match r {
                         Err(_) => session.timeout(),
                         Ok(Ok(0)) => return Ok(()),
-                        Ok(Ok(n)) => session.push(&buf[..n]),
+                        Ok(Ok(n)) => match deflate.as_mut() {
+                            Some(d) => session.push(&d.inflate(&buf[..n])?),
+                            None => session.push(&buf[..n]),
+                        },
                         Ok(Err(e)) => return Err(e),
                     },
                     m = changes.recv(), if idling => {
@@ -391,6 +459,7 @@ pub mod testing {
                 match ev {
                     Event::Close => return,
                     Event::StartTls => s.tls_started(),
+                    Event::Compress => s.compression_started(),
                     Event::NeedInput | Event::Idle => break,
                 }
             }
