@@ -3,7 +3,8 @@
 //! a thread where blocking is allowed).
 
 use yubin_model::{
-    Changes, Copied, FlagOp, Flags, FlagsUpdate, Mailbox, MailboxId, MessageMeta, TextField,
+    Changes, Copied, FlagOp, Flags, FlagsUpdate, Mailbox, MailboxId, MessageMeta, SortInfo,
+    TextField,
 };
 
 /// A failure the client is told about in a tagged NO.
@@ -61,6 +62,8 @@ pub trait Backend: Send {
         field: TextField,
         needle: &str,
     ) -> BResult<Vec<u32>>;
+    /// SORT/THREAD keys of every message of a mailbox, by UID (from the store, not files).
+    fn sort_info(&mut self, mailbox: MailboxId) -> BResult<Vec<SortInfo>>;
     /// Bytes stored and the limit, if any (RFC 9208 STORAGE).
     fn quota(&mut self) -> BResult<(u64, Option<u64>)>;
     /// Store a new message; returns (UIDVALIDITY, UID).

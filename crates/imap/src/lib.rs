@@ -11,6 +11,7 @@ mod mutf7;
 mod search;
 mod seqset;
 mod session;
+mod sort;
 
 pub use backend::{BResult, Backend, BackendError};
 pub use session::{Config, Event, Session};

@@ -45,13 +45,17 @@ use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::SequenceSet;
 use imap_codec::imap_types::status::{StatusDataItem, StatusDataItemName};
 use imap_codec::{AuthenticateDataCodec, CommandCodec, IdleDoneCodec, ResponseCodec};
-use yubin_model::{FlagOp, Flags, MailboxId, MessageMeta, flags};
+use yubin_model::{FlagOp, Flags, MailboxId, MessageMeta, SortInfo, flags};
 
 use crate::backend::{Backend, BackendError};
 use crate::message::{Parsed, literal};
 use crate::mutf7;
 use crate::search;
 use crate::seqset::Intervals;
+use crate::sort;
+use imap_codec::imap_types::core::Vec2;
+use imap_codec::imap_types::extensions::sort::SortCriterion;
+use imap_codec::imap_types::extensions::thread::{Thread, ThreadingAlgorithm};
 
 /// Fixed for the session's life.
 #[derive(Debug, Clone)]
@@ -243,6 +247,11 @@ fn uid_set(uids: &[u32]) -> Option<UidSet> {
         i += 1;
     }
     Vec1::try_from(elems).ok().map(UidSet)
+}
+
+enum SortOrThread<'a> {
+    Sort(&'a [SortCriterion]),
+    Thread(ThreadingAlgorithm<'a>),
 }
 
 /// STORE's arguments after the sequence set.
@@ -504,6 +513,10 @@ impl<B: Backend> Session<B> {
         other("CONDSTORE".into());
         other("QRESYNC".into());
         other("BINARY".into());
+        other("SORT".into());
+        other("SORT=DISPLAY".into());
+        other("THREAD=ORDEREDSUBJECT".into());
+        other("THREAD=REFERENCES".into());
         other("COMPRESS=DEFLATE".into());
         other("QUOTA".into());
         other("QUOTA=RES-STORAGE".into());
@@ -794,6 +807,28 @@ impl<B: Backend> Session<B> {
                 }
                 self.search(&tag, criteria.as_ref(), uid)
             }
+            CommandBody::Sort {
+                sort_criteria,
+                search_criteria,
+                uid,
+                ..
+            } => self.sort_or_thread(
+                &tag,
+                search_criteria.as_ref(),
+                uid,
+                SortOrThread::Sort(sort_criteria.as_ref()),
+            ),
+            CommandBody::Thread {
+                algorithm,
+                search_criteria,
+                uid,
+                ..
+            } => self.sort_or_thread(
+                &tag,
+                search_criteria.as_ref(),
+                uid,
+                SortOrThread::Thread(algorithm),
+            ),
             _ => self.bad(&tag, "Command not supported in this state"),
         }
     }
@@ -1768,8 +1803,11 @@ impl<B: Backend> Session<B> {
         }
     }
 
-    fn search(&mut self, tag: &Tag<'static>, criteria: &[SearchKey<'_>], uid: bool) {
-        let Some(sel) = &self.selected else { return };
+    /// Indexes (0-based) of the selected messages matching every criterion.
+    fn search_hits(&mut self, criteria: &[SearchKey<'_>]) -> Result<Vec<usize>, BackendError> {
+        let Some(sel) = &self.selected else {
+            return Ok(Vec::new());
+        };
         let id = sel.id;
         let msgs = sel.msgs.clone();
         let mut wanted = Vec::new();
@@ -1778,49 +1816,147 @@ impl<B: Backend> Session<B> {
             .for_each(|k| search::text_keys(k, &mut wanted));
         let mut text_hits = std::collections::HashMap::new();
         for (field, needle) in wanted {
-            match self.backend.search_text(id, field, &needle) {
-                Ok(uids) => {
-                    text_hits.insert((field, needle), uids.into_iter().collect());
-                }
-                Err(e) => return self.backend_no(tag, e),
-            }
+            let uids = self.backend.search_text(id, field, &needle)?;
+            text_hits.insert((field, needle), uids.into_iter().collect());
         }
-        let mut hits = Vec::new();
         let ctx = search::Context {
             msgs: &msgs,
             text_hits: &text_hits,
         };
+        let mut hits = Vec::new();
         for (i, m) in msgs.iter().enumerate() {
             let mut loader = || self.backend.read(id, m.uid).ok();
             if search::matches_all(criteria, &ctx, i, &mut loader) {
-                hits.push(nz(if uid { m.uid } else { i as u32 + 1 }));
+                hits.push(i);
             }
         }
+        Ok(hits)
+    }
+
+    /// Sequence number or UID of a message by index, for SEARCH/SORT/THREAD answers.
+    fn number(&self, i: usize, uid: bool) -> NonZeroU32 {
+        match (&self.selected, uid) {
+            (Some(s), true) => nz(s.msgs.get(i).map_or(0, |m| m.uid)),
+            _ => nz(i as u32 + 1),
+        }
+    }
+
+    fn search(&mut self, tag: &Tag<'static>, criteria: &[SearchKey<'_>], uid: bool) {
+        let hits = match self.search_hits(criteria) {
+            Ok(h) => h,
+            Err(e) => return self.backend_no(tag, e),
+        };
         // RFC 7162 §3.1.5: a search with MODSEQ reports the highest MODSEQ of the matches.
         let uses_modseq = criteria.iter().any(search::uses_modseq);
         let top = if uses_modseq {
+            self.condstore = true;
             let sel = self.selected.as_ref();
             hits.iter()
-                .filter_map(|h| {
-                    sel.and_then(|s| {
-                        if uid {
-                            s.msgs.iter().find(|m| m.uid == h.get()).map(|m| m.modseq)
-                        } else {
-                            s.msgs.get(h.get() as usize - 1).map(|m| m.modseq)
-                        }
-                    })
-                })
+                .filter_map(|&i| sel.and_then(|s| s.msgs.get(i)).map(|m| m.modseq))
                 .max()
                 .and_then(NonZeroU64::new)
         } else {
             None
         };
-        if uses_modseq {
-            self.condstore = true;
-        }
-        self.data(Data::Search(hits, top));
+        let numbers = hits.iter().map(|&i| self.number(i, uid)).collect();
+        self.data(Data::Search(numbers, top));
         self.refresh(uid);
         self.ok(tag, None, "SEARCH completed");
+    }
+
+    /// SORT and THREAD (RFC 5256): search, then order by keys the store keeps.
+    fn sort_or_thread(
+        &mut self,
+        tag: &Tag<'static>,
+        criteria: &[SearchKey<'_>],
+        uid: bool,
+        how: SortOrThread<'_>,
+    ) {
+        let hits = match self.search_hits(criteria) {
+            Ok(h) => h,
+            Err(e) => return self.backend_no(tag, e),
+        };
+        let Some(sel) = &self.selected else { return };
+        let info = match self.backend.sort_info(sel.id) {
+            Ok(i) => i,
+            Err(e) => return self.backend_no(tag, e),
+        };
+        // Index by the snapshot's positions; a message expunged meanwhile gets empty keys.
+        let keyed: Vec<SortInfo> = sel
+            .msgs
+            .iter()
+            .map(|m| {
+                info.binary_search_by_key(&m.uid, |x| x.uid)
+                    .map(|k| info[k].clone())
+                    .unwrap_or_else(|_| SortInfo {
+                        uid: m.uid,
+                        size: m.size,
+                        internal_date: m.internal_date,
+                        ..SortInfo::default()
+                    })
+            })
+            .collect();
+        match how {
+            SortOrThread::Sort(criteria) => {
+                let order = sort::sort(&keyed, &hits, criteria);
+                let numbers = order.iter().map(|&i| self.number(i, uid)).collect();
+                self.data(Data::Sort(numbers, None));
+                self.refresh(uid);
+                self.ok(tag, None, "SORT completed");
+            }
+            SortOrThread::Thread(algorithm) => {
+                let threads = match algorithm {
+                    ThreadingAlgorithm::References => sort::references(&keyed, &hits),
+                    ThreadingAlgorithm::OrderedSubject => sort::ordered_subject(&keyed, &hits),
+                    ThreadingAlgorithm::Other(_) => {
+                        return self.bad(tag, "Unknown threading algorithm");
+                    }
+                };
+                let threads = if uid {
+                    self.threads_by_uid(threads)
+                } else {
+                    threads
+                };
+                self.data(Data::Thread(threads));
+                self.refresh(uid);
+                self.ok(tag, None, "THREAD completed");
+            }
+        }
+    }
+
+    /// THREAD answers with sequence numbers; UID THREAD with UIDs.
+    fn threads_by_uid(&self, threads: Vec<Thread>) -> Vec<Thread> {
+        fn map(t: Thread, f: &dyn Fn(NonZeroU32) -> NonZeroU32) -> Thread {
+            match t {
+                Thread::Members { prefix, answers } => Thread::Members {
+                    prefix: Vec1::try_from(
+                        prefix.into_inner().into_iter().map(f).collect::<Vec<_>>(),
+                    )
+                    .expect("same length"),
+                    answers: answers.map(|a| {
+                        Vec2::try_from(
+                            a.into_inner()
+                                .into_iter()
+                                .map(|t| map(t, f))
+                                .collect::<Vec<_>>(),
+                        )
+                        .expect("same length")
+                    }),
+                },
+                Thread::Nested { answers } => Thread::Nested {
+                    answers: Vec2::try_from(
+                        answers
+                            .into_inner()
+                            .into_iter()
+                            .map(|t| map(t, f))
+                            .collect::<Vec<_>>(),
+                    )
+                    .expect("same length"),
+                },
+            }
+        }
+        let f = |n: NonZeroU32| self.number(n.get() as usize - 1, true);
+        threads.into_iter().map(|t| map(t, &f)).collect()
     }
 
     /// Bring the snapshot up to date and tell the client (RFC 9051 §7: untagged updates).

@@ -140,3 +140,26 @@ pub enum TextField {
     /// Every header and the body.
     Text,
 }
+
+/// What SORT and THREAD need of a message (RFC 5256), kept by the store so that neither
+/// reads message files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SortInfo {
+    pub uid: u32,
+    pub size: u64,
+    pub internal_date: i64,
+    /// The Date header, when it parses.
+    pub sent: Option<i64>,
+    /// Decoded Subject.
+    pub subject: String,
+    /// Local part of the first From/To/Cc address, lower-cased (RFC 5256 §3).
+    pub from: String,
+    pub to: String,
+    pub cc: String,
+    /// Display names of the first From/To address, or the address (RFC 5957).
+    pub from_display: String,
+    pub to_display: String,
+    pub message_id: String,
+    /// References, else In-Reply-To: message ids, oldest first.
+    pub references: Vec<String>,
+}

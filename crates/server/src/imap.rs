@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 use yubin_imap::{BResult, Backend, BackendError, Event, Session};
 use yubin_store::{
     AccountId, Changes, Copied, Error as StoreError, FlagOp, Flags, FlagsUpdate, Mailbox,
-    MailboxId, MessageMeta, Store, TextField,
+    MailboxId, MessageMeta, SortInfo, Store, TextField,
 };
 
 use crate::Server;
@@ -197,6 +197,11 @@ impl Backend for StoreBackend {
     ) -> BResult<Vec<u32>> {
         self.own(mailbox)?;
         self.store.search_text(mailbox, field, needle).map_err(err)
+    }
+
+    fn sort_info(&mut self, mailbox: MailboxId) -> BResult<Vec<SortInfo>> {
+        self.own(mailbox)?;
+        self.store.sort_info(mailbox).map_err(err)
     }
 
     fn quota(&mut self) -> BResult<(u64, Option<u64>)> {

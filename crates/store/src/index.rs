@@ -9,6 +9,8 @@ const MAX_BODY_TEXT: usize = 4 << 20;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SearchText {
+    /// Sort and thread keys (the `uid`, `size` and `internal_date` are filled on read).
+    pub sort: yubin_model::SortInfo,
     pub headers: String,
     pub from: String,
     pub to: String,
@@ -47,8 +49,43 @@ pub fn extract(raw: &[u8]) -> SearchText {
         t.headers = String::from_utf8_lossy(&raw[..end])
             .replace("\r\n\t", " ")
             .replace("\r\n ", " ");
+        let first = |v: &HeaderValue<'_>| -> (String, String) {
+            match v {
+                HeaderValue::Address(a) => a
+                    .first()
+                    .map(|x| {
+                        let addr = x.address.as_deref().unwrap_or("");
+                        let local = addr.split('@').next().unwrap_or("").to_lowercase();
+                        let display = x.name.as_deref().filter(|n| !n.is_empty()).unwrap_or(addr);
+                        (local, display.to_owned())
+                    })
+                    .unwrap_or_default(),
+                _ => Default::default(),
+            }
+        };
+        let ids = |v: &HeaderValue<'_>| -> Vec<String> {
+            match v {
+                HeaderValue::Text(t) => vec![t.to_string()],
+                HeaderValue::TextList(l) => l.iter().map(|x| x.to_string()).collect(),
+                _ => vec![],
+            }
+        };
+        let mut in_reply_to = Vec::new();
         for h in &root.headers {
-            match h.name.as_str().to_ascii_lowercase().as_str() {
+            let name = h.name.as_str().to_ascii_lowercase();
+            match name.as_str() {
+                "from" if t.sort.from.is_empty() => {
+                    (t.sort.from, t.sort.from_display) = first(&h.value)
+                }
+                "to" if t.sort.to.is_empty() => (t.sort.to, t.sort.to_display) = first(&h.value),
+                "cc" if t.sort.cc.is_empty() => t.sort.cc = first(&h.value).0,
+                "message-id" => t.sort.message_id = ids(&h.value).join(" "),
+                "references" => t.sort.references = ids(&h.value),
+                "in-reply-to" => in_reply_to = ids(&h.value),
+                "date" => t.sort.sent = h.value.as_datetime().map(|d| d.to_timestamp()),
+                _ => {}
+            }
+            match name.as_str() {
                 "from" => t.from.push_str(&addresses(&h.value)),
                 "to" => t.to.push_str(&addresses(&h.value)),
                 "cc" => t.cc.push_str(&addresses(&h.value)),
@@ -56,6 +93,7 @@ pub fn extract(raw: &[u8]) -> SearchText {
                 "subject" => {
                     if let Some(s) = h.value.as_text() {
                         t.subject.push_str(s);
+                        t.sort.subject = s.to_owned();
                     }
                 }
                 _ => {}
@@ -64,6 +102,9 @@ pub fn extract(raw: &[u8]) -> SearchText {
                 t.headers.push('\n');
                 t.headers.push_str(s);
             }
+        }
+        if t.sort.references.is_empty() {
+            t.sort.references = in_reply_to;
         }
     }
     for p in &msg.parts {

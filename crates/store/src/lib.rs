@@ -22,7 +22,7 @@ pub use error::{Error, Result};
 pub use sqlite::SqliteStore;
 pub use yubin_model::{
     AccountId, Changes, Copied, FlagOp, Flags, FlagsUpdate, Mailbox, MailboxId, MessageMeta,
-    TextField, flags,
+    SortInfo, TextField, flags,
 };
 
 /// The folders every new account starts with, and their RFC 6154 special-use attribute.
@@ -190,6 +190,8 @@ pub trait MailStore: Send + Sync {
     /// UIDs of the messages in a mailbox whose `field` contains `needle` (case-insensitive
     /// substring, RFC 9051 §6.4.4), answered from the full-text index.
     fn search_text(&self, mailbox: MailboxId, field: TextField, needle: &str) -> Result<Vec<u32>>;
+    /// SORT/THREAD keys of every message in a mailbox, by UID.
+    fn sort_info(&self, mailbox: MailboxId) -> Result<Vec<SortInfo>>;
     /// Bytes stored by an account (every copy counts) and its limit.
     fn usage(&self, account: AccountId) -> Result<(u64, Option<u64>)>;
 

@@ -552,3 +552,33 @@ fn full_text_search_uses_the_index() {
         .unwrap();
     assert_eq!(rows, 1, "index rows of removed bodies are gone");
 }
+
+#[test]
+fn sort_keys_are_kept_per_message() {
+    let (_d, s) = store();
+    s.add_domain("example.com").unwrap();
+    let a = s.add_account("a@example.com", "pw", false).unwrap().id;
+    let blob = s
+        .stage(&[b"From: Alice Smith <Alice@example.org>\r\nTo: bob@example.test\r\nSubject: Re: first\r\nMessage-ID: <m2@x>\r\nReferences: <m0@x> <m1@x>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\nbody\r\n"])
+        .unwrap();
+    s.deliver(blob, &[a], "INBOX", &Flags::default(), 7)
+        .unwrap();
+    let inbox = s.mailbox(a, "INBOX").unwrap().id;
+    let info = s.sort_info(inbox).unwrap();
+    let m = &info[0];
+    assert_eq!(
+        (m.uid, m.internal_date, m.sent),
+        (1, 7, Some(1_795_428_000))
+    );
+    assert_eq!(
+        (m.from.as_str(), m.from_display.as_str()),
+        ("alice", "Alice Smith")
+    );
+    assert_eq!(
+        (m.to.as_str(), m.to_display.as_str()),
+        ("bob", "bob@example.test")
+    );
+    assert_eq!(m.subject, "Re: first");
+    assert_eq!(m.message_id, "m2@x");
+    assert_eq!(m.references, ["m0@x", "m1@x"]);
+}

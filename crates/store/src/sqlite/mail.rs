@@ -13,7 +13,8 @@ use super::{Listeners, SqliteStore, canonical_mailbox, fsync_dir, now};
 use crate::index;
 use crate::{
     AccountId, ChangeListener, Changes, Copied, Delivered, Error, FlagOp, Flags, FlagsUpdate,
-    MailStore, Mailbox, MailboxId, MessageMeta, Result, StagedBlob, TextField, TrainingEvent,
+    MailStore, Mailbox, MailboxId, MessageMeta, Result, SortInfo, StagedBlob, TextField,
+    TrainingEvent,
 };
 
 /// Largest number of deliveries committed in one transaction.
@@ -548,6 +549,36 @@ impl MailStore for SqliteStore {
         Ok(rows)
     }
 
+    fn sort_info(&self, mailbox: MailboxId) -> Result<Vec<SortInfo>> {
+        let c = self.conn();
+        let mut st = c.prepare_cached(
+            "SELECT m.uid, m.size, m.internal_date, e.sent, e.subject, e.from_addr,
+                    e.from_display, e.to_addr, e.to_display, e.cc_addr, e.message_id, e.refs
+             FROM messages m LEFT JOIN envelopes e ON e.blob_id = m.blob_id
+             WHERE m.mailbox_id = ?1 ORDER BY m.uid",
+        )?;
+        let rows = st
+            .query_map([mailbox], |r| {
+                let text = |i| r.get::<_, Option<String>>(i).map(Option::unwrap_or_default);
+                Ok(SortInfo {
+                    uid: r.get(0)?,
+                    size: r.get::<_, i64>(1)? as u64,
+                    internal_date: r.get(2)?,
+                    sent: r.get(3)?,
+                    subject: text(4)?,
+                    from: text(5)?,
+                    from_display: text(6)?,
+                    to: text(7)?,
+                    to_display: text(8)?,
+                    cc: text(9)?,
+                    message_id: text(10)?,
+                    references: text(11)?.split_whitespace().map(str::to_owned).collect(),
+                })
+            })?
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(rows)
+    }
+
     fn usage(&self, account: AccountId) -> Result<(u64, Option<u64>)> {
         let c = self.conn();
         let (used, quota): (i64, Option<i64>) = c.query_row(
@@ -772,6 +803,24 @@ fn apply(c: &Connection, job: &Job) -> Result<Vec<Delivered>> {
     )?
     .execute(params![
         blob_id, t.headers, t.from, t.to, t.cc, t.bcc, t.subject, t.body
+    ])?;
+    let e = &t.sort;
+    c.prepare_cached(
+        "INSERT INTO envelopes(blob_id, sent, subject, from_addr, from_display, to_addr,
+                               to_display, cc_addr, message_id, refs)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        blob_id,
+        e.sent,
+        e.subject,
+        e.from,
+        e.from_display,
+        e.to,
+        e.to_display,
+        e.cc,
+        e.message_id,
+        e.references.join(" ")
     ])?;
     let mut seen = BTreeSet::new();
     let mut out = Vec::with_capacity(job.accounts.len());

@@ -93,6 +93,18 @@ CREATE TABLE expunged(
 -- case-insensitive substring matching IMAP SEARCH asks for (RFC 9051 §6.4.4).
 CREATE VIRTUAL TABLE search USING fts5(
     headers, hfrom, hto, hcc, hbcc, subject, body, tokenize = 'trigram');
+-- SORT and THREAD keys of each body (RFC 5256), rowid = blobs.id.
+CREATE TABLE envelopes(
+    blob_id INTEGER PRIMARY KEY,
+    sent INTEGER,
+    subject TEXT NOT NULL,
+    from_addr TEXT NOT NULL,
+    from_display TEXT NOT NULL,
+    to_addr TEXT NOT NULL,
+    to_display TEXT NOT NULL,
+    cc_addr TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    refs TEXT NOT NULL);
 CREATE TABLE training(
     id INTEGER PRIMARY KEY,
     account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
@@ -332,9 +344,11 @@ impl SqliteStore {
              AND NOT EXISTS (SELECT 1 FROM messages WHERE blob_id = ?1) RETURNING name",
         )?;
         let mut unindex = tx.prepare_cached("DELETE FROM search WHERE rowid = ?1")?;
+        let mut unenvelope = tx.prepare_cached("DELETE FROM envelopes WHERE blob_id = ?1")?;
         for id in blob_ids {
             if let Some(n) = st.query_row([id], |r| r.get(0)).optional()? {
                 unindex.execute([id])?;
+                unenvelope.execute([id])?;
                 names.push(n);
             }
         }

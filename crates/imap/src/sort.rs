@@ -1,0 +1,436 @@
+//! SORT and THREAD (RFC 5256) over the keys the store keeps per message.
+//!
+//! Implementation notes:
+//! - Strings compare with i;ascii-casemap (RFC 5256 §3: ASCII upper-casing), ties are
+//!   broken by sequence number.
+//! - DATE is the sent date, or the internal date when the Date header is missing or bad.
+//! - THREAD=REFERENCES follows RFC 5256 §2.2 steps 1–5 (parent/child links from References,
+//!   pruning of dummies, subject grouping of roots, sort by date).
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+
+use imap_codec::imap_types::core::{Vec1, Vec2};
+use imap_codec::imap_types::extensions::sort::{SortCriterion, SortKey};
+use imap_codec::imap_types::extensions::thread::Thread;
+use yubin_model::SortInfo;
+
+/// RFC 5256 §2.1 base subject: no `Re:`/`Fwd:`/`[tag]` prefixes, `(fwd)` trailers or
+/// extra whitespace; upper-cased for comparison.
+pub fn base_subject(s: &str) -> String {
+    let mut s: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    loop {
+        let before = s.clone();
+        // (2) trailers
+        while let Some(t) = s.strip_suffix("(fwd)").or_else(|| s.strip_suffix("(FWD)")) {
+            s = t.trim_end().to_owned();
+        }
+        // (3)/(4) leading blobs and re/fw/fwd
+        loop {
+            let lower = s.to_ascii_lowercase();
+            let mut rest = None;
+            for p in ["re", "fwd", "fw"] {
+                if let Some(r) = lower.strip_prefix(p) {
+                    let mut r = r.trim_start();
+                    if r.starts_with('[')
+                        && let Some(end) = r.find(']')
+                    {
+                        r = r[end + 1..].trim_start();
+                    }
+                    if let Some(r) = r.strip_prefix(':') {
+                        rest = Some(s.len() - r.len());
+                        break;
+                    }
+                }
+            }
+            if rest.is_none()
+                && lower.starts_with('[')
+                && let Some(end) = s.find(']')
+            {
+                let r = s[end + 1..].trim_start();
+                if !r.is_empty() {
+                    rest = Some(s.len() - r.len());
+                }
+            }
+            match rest {
+                Some(i) => s = s[i..].trim_start().to_owned(),
+                None => break,
+            }
+        }
+        // (6) [fwd: ...]
+        if s.to_ascii_lowercase().starts_with("[fwd:") && s.ends_with(']') {
+            s = s[5..s.len() - 1].trim().to_owned();
+        }
+        if s == before {
+            break;
+        }
+    }
+    s.to_ascii_uppercase()
+}
+
+/// The subject was a reply or forward (its base subject lost a prefix or trailer).
+fn is_reply_or_forward(subject: &str) -> bool {
+    let plain: String = subject.split_whitespace().collect::<Vec<_>>().join(" ");
+    base_subject(subject) != plain.to_ascii_uppercase()
+}
+
+fn date(m: &SortInfo) -> i64 {
+    m.sent.unwrap_or(m.internal_date)
+}
+
+/// Sequence numbers (1-based indexes into `msgs`) of `hits`, in SORT order.
+pub fn sort(msgs: &[SortInfo], hits: &[usize], criteria: &[SortCriterion]) -> Vec<usize> {
+    let mut out = hits.to_vec();
+    let subjects: HashMap<usize, String> = if criteria.iter().any(|c| c.key == SortKey::Subject) {
+        hits.iter()
+            .map(|&i| (i, base_subject(&msgs[i].subject)))
+            .collect()
+    } else {
+        HashMap::new()
+    };
+    out.sort_by(|&a, &b| {
+        for c in criteria {
+            let (x, y) = (&msgs[a], &msgs[b]);
+            let o = match c.key {
+                SortKey::Arrival => x.internal_date.cmp(&y.internal_date),
+                SortKey::Date => date(x).cmp(&date(y)),
+                SortKey::Size => x.size.cmp(&y.size),
+                SortKey::From => x
+                    .from
+                    .to_ascii_uppercase()
+                    .cmp(&y.from.to_ascii_uppercase()),
+                SortKey::To => x.to.to_ascii_uppercase().cmp(&y.to.to_ascii_uppercase()),
+                SortKey::Cc => x.cc.to_ascii_uppercase().cmp(&y.cc.to_ascii_uppercase()),
+                SortKey::DisplayFrom => x
+                    .from_display
+                    .to_ascii_uppercase()
+                    .cmp(&y.from_display.to_ascii_uppercase()),
+                SortKey::DisplayTo => x
+                    .to_display
+                    .to_ascii_uppercase()
+                    .cmp(&y.to_display.to_ascii_uppercase()),
+                SortKey::Subject => subjects[&a].cmp(&subjects[&b]),
+            };
+            let o = if c.reverse { o.reverse() } else { o };
+            if o.is_ne() {
+                return o;
+            }
+        }
+        a.cmp(&b)
+    });
+    out
+}
+
+/// A node of the thread tree: a message (by index) or a dummy, and its children.
+struct Node {
+    msg: Option<usize>,
+    children: Vec<Node>,
+}
+
+impl Node {
+    fn date(&self, msgs: &[SortInfo]) -> (i64, usize) {
+        match self.msg {
+            Some(i) => (date(&msgs[i]), i),
+            // A dummy sorts by its first child (RFC 5256 §2.2 step 5).
+            None => self.children.first().map_or((0, 0), |c| c.date(msgs)),
+        }
+    }
+
+    fn sort(&mut self, msgs: &[SortInfo]) {
+        for c in &mut self.children {
+            c.sort(msgs);
+        }
+        self.children.sort_by_key(|c| c.date(msgs));
+    }
+}
+
+/// THREAD=ORDEREDSUBJECT (RFC 5256 §2.1 of threading): group by base subject, each group a
+/// flat thread ordered by date.
+pub fn ordered_subject(msgs: &[SortInfo], hits: &[usize]) -> Vec<Thread> {
+    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut sorted = hits.to_vec();
+    sorted.sort_by_key(|&i| (date(&msgs[i]), i));
+    for i in sorted {
+        let b = base_subject(&msgs[i].subject);
+        match groups.iter_mut().find(|g| g.0 == b) {
+            Some(g) => g.1.push(i),
+            None => groups.push((b, vec![i])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(_, members)| {
+            let mut it = members.into_iter();
+            let first = it.next().unwrap_or(0);
+            Node {
+                msg: Some(first),
+                children: it
+                    .map(|i| Node {
+                        msg: Some(i),
+                        children: vec![],
+                    })
+                    .collect(),
+            }
+        })
+        .filter_map(|n| to_thread(&n))
+        .collect()
+}
+
+/// THREAD=REFERENCES (RFC 5256 §2.2).
+pub fn references(msgs: &[SortInfo], hits: &[usize]) -> Vec<Thread> {
+    // Step 1: containers by message id, linked parent -> child.
+    #[derive(Default)]
+    struct C {
+        msg: Option<usize>,
+        parent: Option<usize>,
+        children: Vec<usize>,
+    }
+    let mut cs: Vec<C> = Vec::new();
+    let mut by_id: HashMap<String, usize> = HashMap::new();
+    let mut id_of = |id: &str, cs: &mut Vec<C>| -> usize {
+        *by_id.entry(id.to_owned()).or_insert_with(|| {
+            cs.push(C::default());
+            cs.len() - 1
+        })
+    };
+    let is_ancestor = |cs: &Vec<C>, a: usize, mut b: usize| -> bool {
+        // Is `a` an ancestor of (or equal to) `b`?
+        loop {
+            if a == b {
+                return true;
+            }
+            match cs[b].parent {
+                Some(p) => b = p,
+                None => return false,
+            }
+        }
+    };
+    for &i in hits {
+        let m = &msgs[i];
+        // Messages without (or with duplicate) ids get a unique container.
+        let own_id = if m.message_id.is_empty() {
+            format!("\0uid{}", m.uid)
+        } else {
+            m.message_id.clone()
+        };
+        let mut me = id_of(&own_id, &mut cs);
+        if cs[me].msg.is_some() {
+            me = id_of(&format!("\0dup{}", m.uid), &mut cs);
+        }
+        cs[me].msg = Some(i);
+        let mut prev: Option<usize> = None;
+        for r in &m.references {
+            let c = id_of(r, &mut cs);
+            if let Some(p) = prev
+                && cs[c].parent.is_none()
+                && !is_ancestor(&cs, c, p)
+            {
+                cs[c].parent = Some(p);
+                cs[p].children.push(c);
+            }
+            prev = Some(c);
+        }
+        // The last reference becomes this message's parent (replacing any earlier guess).
+        if let Some(old) = cs[me].parent.take() {
+            cs[old].children.retain(|&x| x != me);
+        }
+        if let Some(p) = prev
+            && !is_ancestor(&cs, me, p)
+        {
+            cs[me].parent = Some(p);
+            cs[p].children.push(me);
+        }
+    }
+    // Step 2: the root set; step 3/4 build trees, pruning empty dummies.
+    fn build(cs: &Vec<C>, i: usize) -> Vec<Node> {
+        let mut children: Vec<Node> = cs[i].children.iter().flat_map(|&c| build(cs, c)).collect();
+        match cs[i].msg {
+            Some(m) => vec![Node {
+                msg: Some(m),
+                children,
+            }],
+            None if children.is_empty() => vec![],
+            // A dummy with one child is replaced by the child; at the root level a dummy
+            // with several children stays (step 4 B).
+            None if children.len() == 1 => vec![children.remove(0)],
+            None => vec![Node {
+                msg: None,
+                children,
+            }],
+        }
+    }
+    let roots_idx: Vec<usize> = (0..cs.len()).filter(|&i| cs[i].parent.is_none()).collect();
+    let mut roots: Vec<Node> = Vec::new();
+    for r in roots_idx {
+        let built = build(&cs, r);
+        // Non-root dummies' children are promoted (step 4 A).
+        roots.extend(built);
+    }
+    // Step 5: group roots by base subject.
+    let subject_of = |n: &Node| -> String {
+        let i = n.msg.or_else(|| n.children.first().and_then(|c| c.msg));
+        i.map(|i| base_subject(&msgs[i].subject))
+            .unwrap_or_default()
+    };
+    let mut grouped: Vec<Node> = Vec::new();
+    let mut by_subject: HashMap<String, usize> = HashMap::new();
+    for n in roots {
+        let s = subject_of(&n);
+        if s.is_empty() {
+            grouped.push(n);
+            continue;
+        }
+        match by_subject.get(&s) {
+            Some(&g) => {
+                // RFC 5256 §2.2 step 5 E.
+                let is_reply =
+                    |n: &Node| n.msg.is_some_and(|i| is_reply_or_forward(&msgs[i].subject));
+                let target = &mut grouped[g];
+                match (target.msg.is_none(), n.msg.is_none()) {
+                    (true, true) => target.children.extend(n.children),
+                    (true, false) => target.children.push(n),
+                    (false, true) => {
+                        let old = std::mem::replace(target, n);
+                        target.children.push(old);
+                    }
+                    (false, false) if is_reply(&n) && !is_reply(target) => target.children.push(n),
+                    (false, false) if is_reply(target) && !is_reply(&n) => {
+                        let old = std::mem::replace(target, n);
+                        target.children.push(old);
+                    }
+                    (false, false) => {
+                        let old = std::mem::replace(
+                            target,
+                            Node {
+                                msg: None,
+                                children: vec![],
+                            },
+                        );
+                        target.children = vec![old, n];
+                    }
+                }
+            }
+            None => {
+                by_subject.insert(s, grouped.len());
+                grouped.push(n);
+            }
+        }
+    }
+    for n in &mut grouped {
+        n.sort(msgs);
+    }
+    grouped.sort_by_key(|n| n.date(msgs));
+    grouped.iter().filter_map(to_thread).collect()
+}
+
+/// The wire shape: a chain of single children is a prefix; two or more children nest.
+fn to_thread(n: &Node) -> Option<Thread> {
+    let mut prefix = Vec::new();
+    let mut cur = n;
+    loop {
+        match cur.msg {
+            Some(i) => prefix.push(NonZeroU32::new(i as u32 + 1)?),
+            None if prefix.is_empty() => {
+                let answers: Vec<Thread> = cur.children.iter().filter_map(to_thread).collect();
+                return match Vec2::try_from(answers) {
+                    Ok(answers) => Some(Thread::Nested { answers }),
+                    Err(_) => cur.children.first().and_then(to_thread),
+                };
+            }
+            None => {}
+        }
+        match cur.children.len() {
+            0 => {
+                return Some(Thread::Members {
+                    prefix: Vec1::try_from(prefix).ok()?,
+                    answers: None,
+                });
+            }
+            1 => cur = &cur.children[0],
+            _ => {
+                let answers: Vec<Thread> = cur.children.iter().filter_map(to_thread).collect();
+                return Some(Thread::Members {
+                    prefix: Vec1::try_from(prefix).ok()?,
+                    answers: Vec2::try_from(answers).ok(),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imap_codec::ResponseCodec;
+    use imap_codec::encode::Encoder;
+    use imap_codec::imap_types::response::{Data, Response};
+
+    #[test]
+    fn base_subjects() {
+        for (s, b) in [
+            ("Re: hello", "HELLO"),
+            ("RE: Fwd: [list] Re:  hello   world (fwd)", "HELLO WORLD"),
+            ("[fwd: original]", "ORIGINAL"),
+            ("Re[2]: x", "X"),
+            ("[only]", "[ONLY]"),
+            ("", ""),
+        ] {
+            assert_eq!(base_subject(s), b, "{s:?}");
+        }
+    }
+
+    fn m(uid: u32, id: &str, refs: &[&str], subject: &str, sent: i64) -> SortInfo {
+        SortInfo {
+            uid,
+            message_id: id.into(),
+            references: refs.iter().map(|s| s.to_string()).collect(),
+            subject: subject.into(),
+            sent: Some(sent),
+            ..SortInfo::default()
+        }
+    }
+
+    fn wire(t: Vec<Thread>) -> String {
+        let r = Response::Data(Data::Thread(t));
+        String::from_utf8(ResponseCodec::default().encode(&r).dump()).unwrap()
+    }
+
+    #[test]
+    fn references_threads() {
+        let msgs = vec![
+            m(1, "a", &[], "Topic", 10),
+            m(2, "b", &["a"], "Re: Topic", 20),
+            m(3, "c", &["a"], "Re: Topic", 30),
+            m(4, "d", &["a", "b"], "Re: Topic", 40),
+            m(5, "e", &[], "Other", 5),
+            m(6, "f", &["missing"], "Orphan", 50),
+            m(7, "g", &["missing"], "Orphan", 60),
+        ];
+        let hits: Vec<usize> = (0..msgs.len()).collect();
+        assert_eq!(
+            wire(references(&msgs, &hits)),
+            "* THREAD (5)(1 (2 4)(3))((6)(7))\r\n"
+        );
+        assert_eq!(
+            wire(ordered_subject(&msgs, &hits)),
+            "* THREAD (5)(1 (2)(3)(4))(6 7)\r\n"
+        );
+    }
+
+    #[test]
+    fn sort_keys() {
+        let mut msgs = vec![
+            m(1, "", &[], "b", 3),
+            m(2, "", &[], "Re: a", 2),
+            m(3, "", &[], "c", 1),
+        ];
+        msgs[0].size = 30;
+        msgs[1].size = 10;
+        msgs[2].size = 20;
+        let all = [0, 1, 2];
+        let c = |key, reverse| SortCriterion { key, reverse };
+        assert_eq!(sort(&msgs, &all, &[c(SortKey::Subject, false)]), [1, 0, 2]);
+        assert_eq!(sort(&msgs, &all, &[c(SortKey::Date, false)]), [2, 1, 0]);
+        assert_eq!(sort(&msgs, &all, &[c(SortKey::Size, true)]), [0, 2, 1]);
+    }
+}
