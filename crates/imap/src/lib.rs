@@ -6,6 +6,7 @@
 //! through the [`Backend`] trait; it knows nothing of sockets or of how mail is stored.
 
 mod backend;
+mod ext;
 pub mod message;
 mod mutf7;
 mod search;

@@ -48,6 +48,7 @@ use imap_codec::{AuthenticateDataCodec, CommandCodec, IdleDoneCodec, ResponseCod
 use yubin_model::{FlagOp, Flags, MailboxId, MessageMeta, SortInfo, flags};
 
 use crate::backend::{Backend, BackendError};
+use crate::ext;
 use crate::message::{Parsed, literal};
 use crate::mutf7;
 use crate::search;
@@ -131,6 +132,8 @@ pub struct Session<B: Backend> {
     qresync: bool,
     /// COMPRESS=DEFLATE is active (RFC 4978).
     compressed: bool,
+    /// ESEARCH/LIST-EXTENDED options of the command being executed.
+    ext: ext::Ext,
 }
 
 fn tag_of(frag: &Fragmentizer) -> Option<Tag<'static>> {
@@ -229,24 +232,66 @@ fn matches_pattern(pattern: &[u8], name: &[u8]) -> bool {
     }
 }
 
-fn uid_set(uids: &[u32]) -> Option<UidSet> {
-    let mut elems = Vec::new();
-    let mut i = 0;
-    while i < uids.len() {
-        let start = uids[i];
-        let mut end = start;
-        while i + 1 < uids.len() && uids[i + 1] == end + 1 {
-            i += 1;
-            end = uids[i];
+/// STATUS items (RFC 9051 §6.3.11) by name; unknown names are skipped.
+fn status_items(mb: &yubin_model::Mailbox, names: &[String]) -> Vec<StatusDataItem> {
+    names
+        .iter()
+        .filter_map(|n| match n.to_ascii_uppercase().as_str() {
+            "MESSAGES" => Some(StatusDataItem::Messages(mb.messages as u32)),
+            "RECENT" => Some(StatusDataItem::Recent(0)),
+            "UIDNEXT" => Some(StatusDataItem::UidNext(nz(mb.uid_next))),
+            "UIDVALIDITY" => Some(StatusDataItem::UidValidity(nz(mb.uidvalidity))),
+            "UNSEEN" => Some(StatusDataItem::Unseen(mb.unseen as u32)),
+            "HIGHESTMODSEQ" => Some(StatusDataItem::HighestModSeq(mb.highest_modseq)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Ascending values as (first, last) runs.
+fn runs(values: &[u32]) -> Vec<(u32, u32)> {
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for &v in values {
+        match out.last_mut() {
+            Some(last) if last.1.checked_add(1) == Some(v) => last.1 = v,
+            _ => out.push((v, v)),
         }
-        elems.push(if start == end {
-            UidElement::Single(NonZeroU32::new(start)?)
-        } else {
-            UidElement::Range(NonZeroU32::new(start)?, NonZeroU32::new(end)?)
-        });
-        i += 1;
     }
+    out
+}
+
+/// Ascending values as sequence-set text (`1:3,7`).
+fn compact(values: &[u32]) -> String {
+    runs(values)
+        .iter()
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}:{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn uid_set(uids: &[u32]) -> Option<UidSet> {
+    let elems = runs(uids)
+        .into_iter()
+        .map(|(a, b)| {
+            Some(if a == b {
+                UidElement::Single(NonZeroU32::new(a)?)
+            } else {
+                UidElement::Range(NonZeroU32::new(a)?, NonZeroU32::new(b)?)
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
     Vec1::try_from(elems).ok().map(UidSet)
+}
+
+/// Ascending values as a sequence set.
+fn sequence_set(values: &[u32]) -> Option<SequenceSet> {
+    SequenceSet::try_from(compact(values).as_str()).ok()
 }
 
 enum SortOrThread<'a> {
@@ -261,21 +306,6 @@ struct StoreArgs<'a> {
     flags: &'a [Flag<'a>],
     uid: bool,
     unchanged_since: Option<u64>,
-}
-
-/// Ascending values as a compact sequence set (`1:3,7`).
-fn sequence_set(values: &[u32]) -> Option<SequenceSet> {
-    let set = uid_set(values)?;
-    let text: Vec<String> = set
-        .0
-        .as_ref()
-        .iter()
-        .map(|e| match e {
-            UidElement::Single(n) => n.to_string(),
-            UidElement::Range(a, b) => format!("{a}:{b}"),
-        })
-        .collect();
-    SequenceSet::try_from(text.join(",").as_str()).ok()
 }
 
 impl<B: Backend> Session<B> {
@@ -295,6 +325,7 @@ impl<B: Backend> Session<B> {
             condstore: false,
             qresync: false,
             compressed: false,
+            ext: ext::Ext::None,
         };
         let caps = s.capabilities();
         s.send(Response::Status(
@@ -398,6 +429,29 @@ impl<B: Backend> Session<B> {
     }
 
     fn command_message(&mut self) {
+        use imap_codec::decode::Decoder;
+        // Options imap-codec cannot parse yet are cut out first (see `ext`).
+        if !self.frag.is_max_message_size_exceeded() && !self.frag.is_message_poisoned() {
+            let (bytes, ext) = ext::extract(self.frag.message_bytes());
+            if ext != ext::Ext::None {
+                let decoded = match CommandCodec::default().decode(&bytes) {
+                    Ok((rest, cmd)) if rest.is_empty() => Some(cmd.into_static()),
+                    _ => None,
+                };
+                match decoded {
+                    Some(cmd) => {
+                        self.ext = ext;
+                        self.command(cmd);
+                        self.ext = ext::Ext::None;
+                    }
+                    None => {
+                        let tag = tag_of(&self.frag);
+                        self.tagged_bad(tag, None, "Syntax error in command");
+                    }
+                }
+                return;
+            }
+        }
         let decoded = match self.frag.decode_message(&CommandCodec::default()) {
             Ok(cmd) => Ok(cmd.into_static()),
             Err(DecodeMessageError::MessageTooLong { .. }) => {
@@ -513,6 +567,9 @@ impl<B: Backend> Session<B> {
         other("CONDSTORE".into());
         other("QRESYNC".into());
         other("BINARY".into());
+        other("ESEARCH".into());
+        other("LIST-EXTENDED".into());
+        other("LIST-STATUS".into());
         other("SORT".into());
         other("SORT=DISPLAY".into());
         other("THREAD=ORDEREDSUBJECT".into());
@@ -1099,8 +1156,15 @@ impl<B: Backend> Session<B> {
             Ok(b) => b,
             Err(e) => return self.backend_no(tag, e),
         };
+        let opts = match &self.ext {
+            ext::Ext::List(o) => o.clone(),
+            _ => ext::ListOptions::default(),
+        };
         for mb in &boxes {
-            if lsub && !mb.subscribed {
+            if (lsub || opts.select_subscribed) && !mb.subscribed {
+                continue;
+            }
+            if opts.select_special_use && mb.special_use.is_none() {
                 continue;
             }
             let hit = if mb.name == "INBOX" {
@@ -1126,7 +1190,18 @@ impl<B: Backend> Session<B> {
             {
                 items.push(FlagNameAttribute::from(a));
             }
+            // RFC 5258 §3.1/§3.2: \Subscribed when asked for, by selection or return option.
+            if (opts.select_subscribed || opts.return_subscribed)
+                && mb.subscribed
+                && let Ok(a) = Atom::try_from("Subscribed")
+            {
+                items.push(FlagNameAttribute::from(a));
+            }
             let mailbox = wire_mailbox(&mb.name);
+            let status = opts
+                .return_status
+                .as_ref()
+                .map(|names| (status_items(mb, names), mailbox.clone()));
             if lsub {
                 self.data(Data::Lsub {
                     items,
@@ -1138,6 +1213,13 @@ impl<B: Backend> Session<B> {
                     items,
                     delimiter,
                     mailbox,
+                });
+            }
+            // RFC 5819 §2: a STATUS response right after the mailbox's LIST response.
+            if let Some((items, mailbox)) = status {
+                self.data(Data::Status {
+                    mailbox,
+                    items: items.into(),
                 });
             }
         }
@@ -1166,22 +1248,22 @@ impl<B: Backend> Session<B> {
             Ok(mb) => mb,
             Err(e) => return self.backend_no(tag, e),
         };
-        let items: Vec<StatusDataItem> = names
+        let names: Vec<String> = names
             .iter()
-            .filter_map(|n| match n {
-                StatusDataItemName::Messages => Some(StatusDataItem::Messages(mb.messages as u32)),
-                StatusDataItemName::Recent => Some(StatusDataItem::Recent(0)),
-                StatusDataItemName::UidNext => Some(StatusDataItem::UidNext(nz(mb.uid_next))),
-                StatusDataItemName::UidValidity => {
-                    Some(StatusDataItem::UidValidity(nz(mb.uidvalidity)))
+            .map(|n| {
+                match n {
+                    StatusDataItemName::Messages => "MESSAGES",
+                    StatusDataItemName::Recent => "RECENT",
+                    StatusDataItemName::UidNext => "UIDNEXT",
+                    StatusDataItemName::UidValidity => "UIDVALIDITY",
+                    StatusDataItemName::Unseen => "UNSEEN",
+                    StatusDataItemName::HighestModSeq => "HIGHESTMODSEQ",
+                    _ => "",
                 }
-                StatusDataItemName::Unseen => Some(StatusDataItem::Unseen(mb.unseen as u32)),
-                StatusDataItemName::HighestModSeq => {
-                    Some(StatusDataItem::HighestModSeq(mb.highest_modseq))
-                }
-                _ => None,
+                .to_owned()
             })
             .collect();
+        let items = status_items(&mb, &names);
         self.data(Data::Status {
             mailbox: wire_mailbox(&mb.name),
             items: items.into(),
@@ -1858,8 +1940,41 @@ impl<B: Backend> Session<B> {
         } else {
             None
         };
-        let numbers = hits.iter().map(|&i| self.number(i, uid)).collect();
-        self.data(Data::Search(numbers, top));
+        let numbers: Vec<NonZeroU32> = hits.iter().map(|&i| self.number(i, uid)).collect();
+        if let ext::Ext::Search(r) = &self.ext {
+            // RFC 4731 §3.1: * ESEARCH (TAG "t") [UID] MIN n MAX n COUNT n ALL set.
+            let r = r.clone();
+            let mut line = format!("* ESEARCH (TAG \"{}\")", tag.as_ref());
+            if uid {
+                line.push_str(" UID");
+            }
+            let values: Vec<u32> = numbers.iter().map(|n| n.get()).collect();
+            if r.min
+                && let Some(m) = values.iter().min()
+            {
+                line.push_str(&format!(" MIN {m}"));
+            }
+            if r.max
+                && let Some(m) = values.iter().max()
+            {
+                line.push_str(&format!(" MAX {m}"));
+            }
+            if r.count {
+                line.push_str(&format!(" COUNT {}", values.len()));
+            }
+            if r.all && !values.is_empty() {
+                let mut sorted = values.clone();
+                sorted.sort_unstable();
+                line.push_str(&format!(" ALL {}", compact(&sorted)));
+            }
+            if let Some(top) = top {
+                line.push_str(&format!(" MODSEQ {top}"));
+            }
+            line.push_str("\r\n");
+            self.out.extend_from_slice(line.as_bytes());
+        } else {
+            self.data(Data::Search(numbers, top));
+        }
         self.refresh(uid);
         self.ok(tag, None, "SEARCH completed");
     }

@@ -1,0 +1,245 @@
+//! Command options imap-codec 2.0-alpha does not parse yet: ESEARCH's `RETURN (...)`
+//! (RFC 4731 §3.1) and LIST-EXTENDED's selection and return options (RFC 5258 §3,
+//! RFC 5819). They sit at fixed places in the command, so they are cut out here and the
+//! rest is decoded by imap-codec as usual. When imap-codec gains them, this module goes.
+
+use std::borrow::Cow;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SearchReturn {
+    pub min: bool,
+    pub max: bool,
+    pub count: bool,
+    pub all: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListOptions {
+    pub select_subscribed: bool,
+    pub select_special_use: bool,
+    pub return_subscribed: bool,
+    pub return_special_use: bool,
+    pub return_children: bool,
+    /// RFC 5819 LIST-STATUS items, upper-cased.
+    pub return_status: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Ext {
+    #[default]
+    None,
+    Search(SearchReturn),
+    List(ListOptions),
+}
+
+/// `(A B (C D))` at the start of `s`: the words inside (nested lists flattened into one
+/// string each) and the rest after the closing parenthesis.
+fn paren_words(s: &[u8]) -> Option<(Vec<String>, &[u8])> {
+    if s.first() != Some(&b'(') {
+        return None;
+    }
+    let mut depth = 0usize;
+    let mut end = None;
+    for (i, &b) in s.iter().enumerate() {
+        match b {
+            b'(' => depth += 1,
+            b')' => {
+                depth -= 1;
+                if depth == 0 {
+                    end = Some(i);
+                    break;
+                }
+            }
+            b'"' | b'{' | b'\r' | b'\n' => return None,
+            _ => {}
+        }
+    }
+    let end = end?;
+    let inner = std::str::from_utf8(&s[1..end]).ok()?;
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut depth = 0;
+    for c in inner.chars() {
+        match c {
+            '(' => {
+                depth += 1;
+                cur.push(c);
+            }
+            ')' => {
+                depth -= 1;
+                cur.push(c);
+            }
+            ' ' if depth == 0 => {
+                if !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+            }
+            _ => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    Some((words, &s[end + 1..]))
+}
+
+fn starts_with_ci(s: &[u8], p: &[u8]) -> bool {
+    s.len() >= p.len() && s[..p.len()].eq_ignore_ascii_case(p)
+}
+
+/// Cut the extension options out of one complete command.
+pub fn extract(msg: &[u8]) -> (Cow<'_, [u8]>, Ext) {
+    let none = (Cow::Borrowed(msg), Ext::None);
+    let Some(sp) = msg.iter().position(|&b| b == b' ') else {
+        return none;
+    };
+    let (tag, rest) = (&msg[..sp + 1], &msg[sp + 1..]);
+    let (uid, rest) = if starts_with_ci(rest, b"UID ") {
+        (&rest[..4], &rest[4..])
+    } else {
+        (&rest[..0], rest)
+    };
+    if starts_with_ci(rest, b"SEARCH RETURN ") {
+        let Some((words, after)) = paren_words(&rest[14..]) else {
+            return none;
+        };
+        let mut r = SearchReturn::default();
+        for w in &words {
+            match w.to_ascii_uppercase().as_str() {
+                "MIN" => r.min = true,
+                "MAX" => r.max = true,
+                "COUNT" => r.count = true,
+                "ALL" => r.all = true,
+                // SAVE (RFC 5182) and others are not offered.
+                _ => return none,
+            }
+        }
+        // RFC 4731 §3.1: RETURN () means RETURN (ALL).
+        if words.is_empty() {
+            r.all = true;
+        }
+        let mut out = Vec::with_capacity(msg.len());
+        out.extend_from_slice(tag);
+        out.extend_from_slice(uid);
+        out.extend_from_slice(b"SEARCH");
+        out.extend_from_slice(after);
+        return (Cow::Owned(out), Ext::Search(r));
+    }
+    if !uid.is_empty() || !starts_with_ci(rest, b"LIST ") {
+        return none;
+    }
+    let mut body = &rest[5..];
+    let mut opts = ListOptions::default();
+    let mut extended = false;
+    if body.first() == Some(&b'(') {
+        let Some((words, after)) = paren_words(body) else {
+            return none;
+        };
+        for w in words {
+            match w.to_ascii_uppercase().as_str() {
+                "SUBSCRIBED" => opts.select_subscribed = true,
+                "SPECIAL-USE" => opts.select_special_use = true,
+                // RECURSIVEMATCH only refines SUBSCRIBED; REMOTE has no meaning here.
+                "RECURSIVEMATCH" | "REMOTE" => {}
+                _ => return none,
+            }
+        }
+        body = after.strip_prefix(b" ").unwrap_or(after);
+        extended = true;
+    }
+    // RETURN (...) ends the command: find it from the end of the last line.
+    let line_start = body[..body.len().saturating_sub(2)]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let last = &body[line_start..];
+    let upper = last.to_ascii_uppercase();
+    let mut tail: &[u8] = &[];
+    if let Some(i) = find(&upper, b" RETURN (") {
+        let Some((words, after)) = paren_words(&last[i + 8..]) else {
+            return none;
+        };
+        let mut k = 0;
+        while k < words.len() {
+            match words[k].to_ascii_uppercase().as_str() {
+                "SUBSCRIBED" => opts.return_subscribed = true,
+                "SPECIAL-USE" => opts.return_special_use = true,
+                "CHILDREN" => opts.return_children = true,
+                "STATUS" => {
+                    let items = words.get(k + 1).map(|s| s.to_ascii_uppercase());
+                    let items = items
+                        .as_deref()
+                        .and_then(|s| s.strip_prefix('('))
+                        .and_then(|s| s.strip_suffix(')'))
+                        .map(|s| s.split_whitespace().map(str::to_owned).collect());
+                    match items {
+                        Some(items) => opts.return_status = Some(items),
+                        None => return none,
+                    }
+                    k += 1;
+                }
+                _ => return none,
+            }
+            k += 1;
+        }
+        tail = after;
+        body = &body[..line_start + i];
+        extended = true;
+    }
+    if !extended {
+        return none;
+    }
+    let mut out = Vec::with_capacity(msg.len());
+    out.extend_from_slice(tag);
+    out.extend_from_slice(b"LIST ");
+    out.extend_from_slice(body);
+    out.extend_from_slice(tail);
+    (Cow::Owned(out), Ext::List(opts))
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_return() {
+        let (c, e) = extract(b"a1 UID SEARCH RETURN (MIN COUNT) FROM x\r\n");
+        assert_eq!(&*c, b"a1 UID SEARCH FROM x\r\n");
+        assert_eq!(
+            e,
+            Ext::Search(SearchReturn {
+                min: true,
+                count: true,
+                ..Default::default()
+            })
+        );
+        let (c, e) = extract(b"a SEARCH RETURN () ALL\r\n");
+        assert_eq!(&*c, b"a SEARCH ALL\r\n");
+        assert!(matches!(e, Ext::Search(r) if r.all));
+        let (c, e) = extract(b"a SEARCH ALL\r\n");
+        assert_eq!((&*c, e), (&b"a SEARCH ALL\r\n"[..], Ext::None));
+        assert_eq!(extract(b"a SEARCH RETURN (SAVE) ALL\r\n").1, Ext::None);
+    }
+
+    #[test]
+    fn list_extended() {
+        let (c, e) = extract(
+            b"a LIST (SUBSCRIBED) \"\" \"*\" RETURN (CHILDREN STATUS (MESSAGES UNSEEN))\r\n",
+        );
+        assert_eq!(&*c, b"a LIST \"\" \"*\"\r\n");
+        let Ext::List(o) = e else { panic!() };
+        assert!(o.select_subscribed && o.return_children);
+        assert_eq!(o.return_status.unwrap(), ["MESSAGES", "UNSEEN"]);
+        let (c, e) = extract(b"a LIST \"\" % RETURN (SPECIAL-USE)\r\n");
+        assert_eq!(&*c, b"a LIST \"\" %\r\n");
+        assert!(matches!(e, Ext::List(o) if o.return_special_use));
+        assert_eq!(extract(b"a LIST \"\" *\r\n").1, Ext::None);
+        assert_eq!(extract(b"a LIST (BOGUS) \"\" *\r\n").1, Ext::None);
+        assert_eq!(extract(b"(((").1, Ext::None);
+        assert_eq!(extract(b"a LIST ((((\r\n").1, Ext::None);
+    }
+}
