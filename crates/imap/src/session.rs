@@ -435,7 +435,7 @@ impl<B: Backend> Session<B> {
             let (bytes, ext) = ext::extract(self.frag.message_bytes());
             if ext != ext::Ext::None {
                 let decoded = match CommandCodec::default().decode(&bytes) {
-                    Ok((rest, cmd)) if rest.is_empty() => Some(cmd.into_static()),
+                    Ok((&[], cmd)) => Some(cmd.into_static()),
                     _ => None,
                 };
                 match decoded {
