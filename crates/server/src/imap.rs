@@ -24,6 +24,8 @@ pub struct StoreBackend {
     store: Arc<dyn Store>,
     account: Option<AccountId>,
     peer: SocketAddr,
+    /// Mailbox ids known to belong to the account (reloaded on a miss).
+    owned: std::collections::HashSet<MailboxId>,
 }
 
 impl StoreBackend {
@@ -32,6 +34,7 @@ impl StoreBackend {
             store,
             account: None,
             peer,
+            owned: Default::default(),
         }
     }
 
@@ -53,15 +56,18 @@ impl StoreBackend {
 
     /// Every mailbox id a session uses came from this account's own listing, but check
     /// anyway: a forged id must never reach another account's mail.
-    fn own(&self, mailbox: MailboxId) -> BResult<()> {
+    fn own(&mut self, mailbox: MailboxId) -> BResult<()> {
         let account = self.account()?;
-        let owned = self
-            .store
-            .list_mailboxes(account)
-            .map_err(err)?
-            .iter()
-            .any(|m| m.id == mailbox);
-        if owned {
+        if !self.owned.contains(&mailbox) {
+            self.owned = self
+                .store
+                .list_mailboxes(account)
+                .map_err(err)?
+                .iter()
+                .map(|m| m.id)
+                .collect();
+        }
+        if self.owned.contains(&mailbox) {
             Ok(())
         } else {
             Err(BackendError::NotFound("no such mailbox".into()))
