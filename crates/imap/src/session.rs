@@ -134,6 +134,9 @@ pub struct Session<B: Backend> {
     compressed: bool,
     /// ESEARCH/LIST-EXTENDED options of the command being executed.
     ext: ext::Ext,
+    /// The client enabled IMAP4rev2 (RFC 9051 §6.3.1): UTF-8 mailbox names, no RECENT,
+    /// ESEARCH answers.
+    rev2: bool,
 }
 
 fn tag_of(frag: &Fragmentizer) -> Option<Tag<'static>> {
@@ -196,30 +199,6 @@ fn datetime(unix: i64) -> Option<DateTime> {
     DateTime::try_from(dt).ok()
 }
 
-/// A mailbox name from the wire (modified UTF-7) to UTF-8.
-fn mailbox_name(m: &WireMailbox<'_>) -> Result<String, &'static str> {
-    match m {
-        WireMailbox::Inbox => Ok("INBOX".into()),
-        WireMailbox::Other(o) => {
-            let raw = std::str::from_utf8(o.as_ref()).map_err(|_| "mailbox name is not UTF-8")?;
-            // IMAP4rev1 clients send modified UTF-7; a name that does not decode is taken
-            // as it is (some clients send UTF-8 regardless).
-            Ok(if raw.is_ascii() {
-                mutf7::decode(raw).unwrap_or_else(|| raw.to_owned())
-            } else {
-                raw.to_owned()
-            })
-        }
-    }
-}
-
-fn wire_mailbox(name: &str) -> WireMailbox<'static> {
-    if name == "INBOX" {
-        return WireMailbox::Inbox;
-    }
-    WireMailbox::try_from(mutf7::encode(name)).unwrap_or(WireMailbox::Inbox)
-}
-
 /// LIST pattern matching (RFC 9051 §6.3.9): `*` matches anything, `%` anything but `/`.
 fn matches_pattern(pattern: &[u8], name: &[u8]) -> bool {
     match pattern.split_first() {
@@ -243,6 +222,8 @@ fn status_items(mb: &yubin_model::Mailbox, names: &[String]) -> Vec<StatusDataIt
             "UIDVALIDITY" => Some(StatusDataItem::UidValidity(nz(mb.uidvalidity))),
             "UNSEEN" => Some(StatusDataItem::Unseen(mb.unseen as u32)),
             "HIGHESTMODSEQ" => Some(StatusDataItem::HighestModSeq(mb.highest_modseq)),
+            "SIZE" => Some(StatusDataItem::Size(mb.size)),
+            "DELETED" => Some(StatusDataItem::Deleted(mb.deleted as u32)),
             _ => None,
         })
         .collect()
@@ -309,6 +290,37 @@ struct StoreArgs<'a> {
 }
 
 impl<B: Backend> Session<B> {
+    /// A mailbox name from the wire (modified UTF-7) to UTF-8.
+    fn mailbox_name(&self, m: &WireMailbox<'_>) -> Result<String, &'static str> {
+        match m {
+            WireMailbox::Inbox => Ok("INBOX".into()),
+            WireMailbox::Other(o) => {
+                let raw =
+                    std::str::from_utf8(o.as_ref()).map_err(|_| "mailbox name is not UTF-8")?;
+                // IMAP4rev1 clients send modified UTF-7; a name that does not decode is taken
+                // as it is (some clients send UTF-8 regardless).
+                Ok(if raw.is_ascii() && !self.rev2 {
+                    mutf7::decode(raw).unwrap_or_else(|| raw.to_owned())
+                } else {
+                    raw.to_owned()
+                })
+            }
+        }
+    }
+
+    fn wire_mailbox(&self, name: &str) -> WireMailbox<'static> {
+        if name == "INBOX" {
+            return WireMailbox::Inbox;
+        }
+        // RFC 9051 §5.1: IMAP4rev2 names are UTF-8 (a literal when not ASCII).
+        let wire = if self.rev2 {
+            name.to_owned()
+        } else {
+            mutf7::encode(name)
+        };
+        WireMailbox::try_from(wire).unwrap_or(WireMailbox::Inbox)
+    }
+
     /// A new session on a connection; `tls` when the connection is already encrypted.
     pub fn new(cfg: Config, backend: B, tls: bool) -> Self {
         let limit = cfg.append_limit.saturating_add(64 * 1024);
@@ -326,6 +338,7 @@ impl<B: Backend> Session<B> {
             qresync: false,
             compressed: false,
             ext: ext::Ext::None,
+            rev2: false,
         };
         let caps = s.capabilities();
         s.send(Response::Status(
@@ -548,6 +561,9 @@ impl<B: Backend> Session<B> {
 
     fn capabilities(&self) -> Vec1<Capability<'static>> {
         let mut caps = vec![Capability::Imap4Rev1];
+        if let Ok(a) = Atom::try_from("IMAP4rev2") {
+            caps.push(Capability::from(a));
+        }
         let mut other = |s: String| {
             if let Ok(a) = Atom::try_from(s) {
                 caps.push(Capability::from(a));
@@ -672,7 +688,10 @@ impl<B: Backend> Session<B> {
                 let mut enabled = Vec::new();
                 for c in capabilities.into_inner() {
                     let name = c.to_string().to_ascii_uppercase();
-                    if name == "CONDSTORE" && !self.condstore {
+                    if name == "IMAP4REV2" && !self.rev2 {
+                        self.rev2 = true;
+                        enabled.push(c);
+                    } else if name == "CONDSTORE" && !self.condstore {
                         self.condstore = true;
                         enabled.push(c);
                     } else if name == "QRESYNC" && !self.qresync {
@@ -709,13 +728,15 @@ impl<B: Backend> Session<B> {
                 }
                 self.simple(&tag, &mailbox, |b, n| b.delete(n), "DELETE")
             }
-            CommandBody::Rename { from, to } => match (mailbox_name(&from), mailbox_name(&to)) {
-                (Ok(f), Ok(t)) => match self.backend.rename(&f, &t) {
-                    Ok(()) => self.ok(&tag, None, "RENAME completed"),
-                    Err(e) => self.backend_no(&tag, e),
-                },
-                _ => self.bad(&tag, "Invalid mailbox name"),
-            },
+            CommandBody::Rename { from, to } => {
+                match (self.mailbox_name(&from), self.mailbox_name(&to)) {
+                    (Ok(f), Ok(t)) => match self.backend.rename(&f, &t) {
+                        Ok(()) => self.ok(&tag, None, "RENAME completed"),
+                        Err(e) => self.backend_no(&tag, e),
+                    },
+                    _ => self.bad(&tag, "Invalid mailbox name"),
+                }
+            }
             CommandBody::Subscribe { mailbox } => {
                 self.simple(&tag, &mailbox, |b, n| b.subscribe(n, true), "SUBSCRIBE")
             }
@@ -741,7 +762,8 @@ impl<B: Backend> Session<B> {
                 message,
             } => self.append(&tag, &mailbox, &flags, date, message),
             CommandBody::GetQuotaRoot { mailbox } => {
-                if let Err(e) = mailbox_name(&mailbox)
+                if let Err(e) = self
+                    .mailbox_name(&mailbox)
                     .map_err(|e| BackendError::Refused(e.into()))
                     .and_then(|n| self.backend.mailbox(&n))
                 {
@@ -891,7 +913,7 @@ impl<B: Backend> Session<B> {
     }
 
     fn is_selected_name(&mut self, m: &WireMailbox<'_>) -> bool {
-        let (Some(sel), Ok(name)) = (&self.selected, mailbox_name(m)) else {
+        let (Some(sel), Ok(name)) = (&self.selected, self.mailbox_name(m)) else {
             return false;
         };
         let id = sel.id;
@@ -905,7 +927,7 @@ impl<B: Backend> Session<B> {
         f: impl FnOnce(&mut B, &str) -> Result<(), BackendError>,
         what: &str,
     ) {
-        match mailbox_name(mailbox) {
+        match self.mailbox_name(mailbox) {
             Ok(name) => match f(&mut self.backend, &name) {
                 Ok(()) => self.ok(tag, None, &format!("{what} completed")),
                 Err(e) => self.backend_no(tag, e),
@@ -1033,7 +1055,7 @@ impl<B: Backend> Session<B> {
                 }
             }
         }
-        let name = match mailbox_name(mailbox) {
+        let name = match self.mailbox_name(mailbox) {
             Ok(n) => n,
             Err(e) => return self.bad(tag, e),
         };
@@ -1070,7 +1092,10 @@ impl<B: Backend> Session<B> {
             Status::ok(None, Some(Code::PermanentFlags(perm)), "Flags permitted").expect("valid"),
         ));
         self.data(Data::Exists(msgs.len() as u32));
-        self.data(Data::Recent(0));
+        // RFC 9051 removed \Recent and the RECENT response.
+        if !self.rev2 {
+            self.data(Data::Recent(0));
+        }
         if let Some(i) = msgs.iter().position(|m| m.flags.system & flags::SEEN == 0) {
             self.send(Response::Status(
                 Status::ok(None, Some(Code::Unseen(nz(i as u32 + 1))), "First unseen")
@@ -1197,7 +1222,7 @@ impl<B: Backend> Session<B> {
             {
                 items.push(FlagNameAttribute::from(a));
             }
-            let mailbox = wire_mailbox(&mb.name);
+            let mailbox = self.wire_mailbox(&mb.name);
             let status = opts
                 .return_status
                 .as_ref()
@@ -1240,7 +1265,7 @@ impl<B: Backend> Session<B> {
         mailbox: &WireMailbox<'static>,
         names: &[StatusDataItemName],
     ) {
-        let name = match mailbox_name(mailbox) {
+        let name = match self.mailbox_name(mailbox) {
             Ok(n) => n,
             Err(e) => return self.bad(tag, e),
         };
@@ -1258,6 +1283,8 @@ impl<B: Backend> Session<B> {
                     StatusDataItemName::UidValidity => "UIDVALIDITY",
                     StatusDataItemName::Unseen => "UNSEEN",
                     StatusDataItemName::HighestModSeq => "HIGHESTMODSEQ",
+                    StatusDataItemName::Size => "SIZE",
+                    StatusDataItemName::Deleted => "DELETED",
                     _ => "",
                 }
                 .to_owned()
@@ -1265,7 +1292,7 @@ impl<B: Backend> Session<B> {
             .collect();
         let items = status_items(&mb, &names);
         self.data(Data::Status {
-            mailbox: wire_mailbox(&mb.name),
+            mailbox: self.wire_mailbox(&mb.name),
             items: items.into(),
         });
         self.ok(tag, None, "STATUS completed");
@@ -1279,7 +1306,7 @@ impl<B: Backend> Session<B> {
         date: Option<DateTime>,
         message: LiteralOrLiteral8<'_>,
     ) {
-        let name = match mailbox_name(mailbox) {
+        let name = match self.mailbox_name(mailbox) {
             Ok(n) => n,
             Err(e) => return self.bad(tag, e),
         };
@@ -1714,7 +1741,7 @@ impl<B: Backend> Session<B> {
         let Some(targets) = self.targets(set, uid) else {
             return self.bad(tag, "Invalid sequence number");
         };
-        let name = match mailbox_name(mailbox) {
+        let name = match self.mailbox_name(mailbox) {
             Ok(n) => n,
             Err(e) => return self.bad(tag, e),
         };
@@ -1941,6 +1968,13 @@ impl<B: Backend> Session<B> {
             None
         };
         let numbers: Vec<NonZeroU32> = hits.iter().map(|&i| self.number(i, uid)).collect();
+        // RFC 9051 §7.3.4: IMAP4rev2 answers SEARCH with ESEARCH (ALL by default).
+        if self.rev2 && self.ext == ext::Ext::None {
+            self.ext = ext::Ext::Search(ext::SearchReturn {
+                all: true,
+                ..Default::default()
+            });
+        }
         if let ext::Ext::Search(r) = &self.ext {
             // RFC 4731 §3.1: * ESEARCH (TAG "t") [UID] MIN n MAX n COUNT n ALL set.
             let r = r.clone();

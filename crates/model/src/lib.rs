@@ -28,6 +28,8 @@ pub struct Mailbox {
     pub messages: u64,
     /// Messages without `\Seen`.
     pub unseen: u64,
+    /// Messages with `\Deleted` (RFC 9051 STATUS DELETED).
+    pub deleted: u64,
     /// Total octets of its messages (RFC 8438 STATUS SIZE, quotas).
     pub size: u64,
 }

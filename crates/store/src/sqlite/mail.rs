@@ -33,7 +33,8 @@ const MAILBOX_COLUMNS: &str = "b.id, b.name, b.uidvalidity, b.uid_next, b.highes
     b.special_use, b.subscribed,
     (SELECT count(*) FROM messages m WHERE m.mailbox_id = b.id),
     (SELECT count(*) FROM messages m WHERE m.mailbox_id = b.id AND m.flags & 1 = 0),
-    (SELECT coalesce(sum(size), 0) FROM messages m WHERE m.mailbox_id = b.id)";
+    (SELECT coalesce(sum(size), 0) FROM messages m WHERE m.mailbox_id = b.id),
+    (SELECT count(*) FROM messages m WHERE m.mailbox_id = b.id AND m.flags & 8 != 0)";
 
 fn mailbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Mailbox> {
     Ok(Mailbox {
@@ -47,6 +48,7 @@ fn mailbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Mailbox> {
         messages: r.get::<_, i64>(7)? as u64,
         unseen: r.get::<_, i64>(8)? as u64,
         size: r.get::<_, i64>(9)? as u64,
+        deleted: r.get::<_, i64>(10)? as u64,
     })
 }
 
