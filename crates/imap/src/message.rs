@@ -214,6 +214,20 @@ fn header_value_text(raw: &[u8], h: &mail_parser::Header<'_>) -> String {
     }
 }
 
+/// The raw value of a header as bytes: unfolded and trimmed.
+fn raw_bytes(raw: &[u8], h: &mail_parser::Header<'_>) -> Vec<u8> {
+    let (a, b) = (
+        h.offset_start as usize,
+        (h.offset_end as usize).min(raw.len()),
+    );
+    let v: Vec<u8> = raw[a.min(b)..b]
+        .iter()
+        .copied()
+        .filter(|&c| c != b'\r' && c != b'\n')
+        .collect();
+    v.trim_ascii().to_vec()
+}
+
 /// The raw value of a header: unfolded, trimmed, lossy UTF-8.
 fn raw_value(raw: &[u8], h: &mail_parser::Header<'_>) -> String {
     let (a, b) = (
@@ -294,11 +308,20 @@ fn header<'m>(
 }
 
 fn envelope(raw: &[u8], m: &Message<'_>) -> Envelope<'static> {
-    let text = |name: HeaderName<'_>| header(m, 0, name).map(|h| raw_value(raw, h));
+    // Envelope strings are the header values as sent (RFC 9051 §7.5.2), bytes and all.
+    let text = |name: HeaderName<'_>| header(m, 0, name).map(|h| raw_bytes(raw, h));
     let addrs = |name: HeaderName<'_>| -> Vec<Address<'static>> {
-        match header(m, 0, name).map(|h| &h.value) {
+        let h = header(m, 0, name);
+        match h.map(|h| &h.value) {
             Some(HeaderValue::Address(mail_parser::Address::List(list))) => {
-                list.iter().map(address).collect()
+                let names = h
+                    .map(|h| raw_display_names(&raw_bytes(raw, h)))
+                    .unwrap_or_default();
+                let names = (names.len() == list.len()).then_some(names);
+                list.iter()
+                    .enumerate()
+                    .map(|(i, a)| address(a, names.as_ref().and_then(|n| n[i].clone())))
+                    .collect()
             }
             Some(HeaderValue::Address(mail_parser::Address::Group(groups))) => {
                 let mut out = Vec::new();
@@ -313,7 +336,7 @@ fn envelope(raw: &[u8], m: &Message<'_>) -> Envelope<'static> {
                                 mailbox: nstring(Some(name.as_bytes().to_vec())),
                                 host: NString(None),
                             });
-                            out.extend(g.addresses.iter().map(address));
+                            out.extend(g.addresses.iter().map(|a| address(a, None)));
                             out.push(Address {
                                 name: NString(None),
                                 adl: NString(None),
@@ -321,7 +344,7 @@ fn envelope(raw: &[u8], m: &Message<'_>) -> Envelope<'static> {
                                 host: NString(None),
                             });
                         }
-                        None => out.extend(g.addresses.iter().map(address)),
+                        None => out.extend(g.addresses.iter().map(|a| address(a, None))),
                     }
                 }
                 out
@@ -355,7 +378,49 @@ fn envelope(raw: &[u8], m: &Message<'_>) -> Envelope<'static> {
     }
 }
 
-fn address(a: &mail_parser::Addr<'_>) -> Address<'static> {
+/// The display name of each address of a raw address header, as sent (encoded words and
+/// 8-bit bytes untouched), or `None` where there is none.
+fn raw_display_names(v: &[u8]) -> Vec<Option<Vec<u8>>> {
+    let mut out = Vec::new();
+    let (mut quoted, mut angle, mut comment) = (false, false, 0u32);
+    let mut start = 0;
+    let mut name_end = None;
+    let mut push = |seg: &[u8], name_end: Option<usize>| {
+        let name = name_end.map(|e| &seg[..e]).map(|n| {
+            let n = n.trim_ascii();
+            let n = n
+                .strip_prefix(b"\"")
+                .and_then(|x| x.strip_suffix(b"\""))
+                .unwrap_or(n);
+            n.to_vec()
+        });
+        out.push(name.filter(|n| !n.is_empty()));
+    };
+    for (i, &b) in v.iter().enumerate() {
+        match b {
+            b'\\' => {}
+            b'"' if comment == 0 => quoted = !quoted,
+            b'(' if !quoted => comment += 1,
+            b')' if !quoted => comment = comment.saturating_sub(1),
+            b'<' if !quoted && comment == 0 => {
+                angle = true;
+                name_end = Some(i - start);
+            }
+            b'>' if !quoted && comment == 0 => angle = false,
+            b',' if !quoted && !angle && comment == 0 => {
+                push(&v[start..i], name_end.take());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if !v[start..].trim_ascii().is_empty() {
+        push(&v[start..], name_end);
+    }
+    out
+}
+
+fn address(a: &mail_parser::Addr<'_>, raw_name: Option<Vec<u8>>) -> Address<'static> {
     let (mailbox, host) = match a.address.as_deref() {
         Some(addr) => match addr.rsplit_once('@') {
             Some((l, d)) => (Some(l.to_owned()), Some(d.to_owned())),
@@ -363,8 +428,13 @@ fn address(a: &mail_parser::Addr<'_>) -> Address<'static> {
         },
         None => (None, None),
     };
+    let name = match (raw_name, a.name.as_deref()) {
+        (Some(raw), _) => Some(raw),
+        (None, Some(n)) => Some(encode_word(n).into_bytes()),
+        (None, None) => None,
+    };
     Address {
-        name: nstring(a.name.as_deref().map(encode_word)),
+        name: nstring(name),
         adl: NString(None),
         mailbox: nstring(mailbox),
         host: nstring(host),
@@ -398,27 +468,61 @@ fn base64(data: &[u8]) -> String {
     out
 }
 
-fn params(
-    attrs: Option<&Vec<mail_parser::Attribute<'_>>>,
-) -> Vec<(IString<'static>, IString<'static>)> {
-    attrs
-        .map(|a| {
-            a.iter()
-                .map(|x| {
-                    (
-                        istring(x.name.to_uppercase()),
-                        istring(x.value.as_bytes().to_vec()),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+/// The `; name=value` parameters of a raw Content-Type/-Disposition value, as sent
+/// (RFC 2231 forms such as `name*=utf-8''...` pass through undecoded, as Dovecot does;
+/// the client decodes them).
+fn params(raw_value: Option<Vec<u8>>) -> Vec<(IString<'static>, IString<'static>)> {
+    let Some(v) = raw_value else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut fields = Vec::new();
+    let (mut quoted, mut start) = (false, 0);
+    for (i, &b) in v.iter().enumerate() {
+        match b {
+            b'"' => quoted = !quoted,
+            b';' if !quoted => {
+                fields.push(&v[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    fields.push(&v[start..]);
+    // The first field is the type itself.
+    for f in fields.into_iter().skip(1) {
+        let Some(eq) = f.iter().position(|&b| b == b'=') else {
+            continue;
+        };
+        let name = f[..eq].trim_ascii();
+        let mut value = f[eq + 1..].trim_ascii();
+        if value.len() >= 2 && value.starts_with(b"\"") && value.ends_with(b"\"") {
+            value = &value[1..value.len() - 1];
+        }
+        let value: Vec<u8> = {
+            // Undo quoted-pair escapes inside quoted strings.
+            let mut out = Vec::with_capacity(value.len());
+            let mut esc = false;
+            for &c in value {
+                if c == b'\\' && !esc {
+                    esc = true;
+                    continue;
+                }
+                esc = false;
+                out.push(c);
+            }
+            out
+        };
+        if !name.is_empty() {
+            out.push((istring(name.to_ascii_uppercase()), istring(value)));
+        }
+    }
+    out
 }
 
+/// Body size in lines: the number of line ends, as Dovecot and Cyrus count them.
 fn lines(b: &[u8]) -> u32 {
-    let n = b.iter().filter(|&&c| c == b'\n').count();
-    // A last line without CRLF still counts.
-    (n + usize::from(b.last().is_some_and(|&c| c != b'\n'))) as u32
+    b.iter().filter(|&&c| c == b'\n').count() as u32
 }
 
 fn structure(raw: &[u8], m: &Message<'_>, idx: usize, ext: bool) -> BodyStructure<'static> {
@@ -436,7 +540,9 @@ fn structure(raw: &[u8], m: &Message<'_>, idx: usize, ext: bool) -> BodyStructur
             disposition: d.map(|d| {
                 (
                     istring(d.c_type.to_uppercase()),
-                    params(d.attributes.as_ref()),
+                    params(
+                        header(m, idx, HeaderName::ContentDisposition).map(|h| raw_bytes(raw, h)),
+                    ),
                 )
             }),
             tail: Some(Language {
@@ -462,7 +568,9 @@ fn structure(raw: &[u8], m: &Message<'_>, idx: usize, ext: bool) -> BodyStructur
                 bodies,
                 subtype: istring(subtype),
                 extension_data: ext.then(|| MultiPartExtensionData {
-                    parameter_list: params(ct.and_then(|c| c.attributes.as_ref())),
+                    parameter_list: params(
+                        header(m, idx, HeaderName::ContentType).map(|h| raw_bytes(raw, h)),
+                    ),
                     tail: disposition(),
                 }),
             },
@@ -477,11 +585,18 @@ fn structure(raw: &[u8], m: &Message<'_>, idx: usize, ext: bool) -> BodyStructur
             c.c_type.to_uppercase(),
             c.c_subtype.as_deref().unwrap_or("").to_uppercase(),
         ),
+        // No Content-Type: message/rfc822 inside multipart/digest (RFC 2046 §5.1.5),
+        // text/plain elsewhere (RFC 2045 §5.2).
+        None if matches!(p.body, PartType::Message(_)) => ("MESSAGE".into(), "RFC822".into()),
         None => ("TEXT".into(), "PLAIN".into()),
     };
-    let mut parameter_list = params(ct.and_then(|c| c.attributes.as_ref()));
-    if ct.is_none() {
-        // RFC 2045 §5.2 default.
+    let mut parameter_list =
+        params(header(m, idx, HeaderName::ContentType).map(|h| raw_bytes(raw, h)));
+    let has_charset = parameter_list
+        .iter()
+        .any(|(n, _)| n.as_ref().eq_ignore_ascii_case(b"charset"));
+    if ctype == "TEXT" && !has_charset {
+        // RFC 2045 §5.2: text without a charset is us-ascii.
         parameter_list.push((istring("CHARSET"), istring("us-ascii")));
     }
     let encoding = header(m, idx, HeaderName::ContentTransferEncoding)
@@ -565,7 +680,7 @@ mod tests {
 
     fn encode_item(item: MessageDataItem<'static>) -> String {
         let r = Response::Data(Data::fetch(1, vec![item]).unwrap());
-        String::from_utf8(ResponseCodec::default().encode(&r).dump()).unwrap()
+        String::from_utf8_lossy(&ResponseCodec::default().encode(&r).dump()).into_owned()
     }
 
     #[test]
@@ -619,7 +734,7 @@ mod tests {
         let bs = encode_item(MessageDataItem::BodyStructure(
             Parsed::new(NESTED).body_structure(false),
         ));
-        assert!(bs.starts_with("* 1 FETCH (BODYSTRUCTURE ((\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 5 1)(\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" 178 (NIL \"inner\" ((NIL NIL \"x\" \"y.z\")) ((NIL NIL \"x\" \"y.z\")) ((NIL NIL \"x\" \"y.z\")) NIL NIL NIL NIL NIL) ((\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 10 1)(\"TEXT\" \"HTML\" NIL NIL NIL \"7BIT\" 8 1) \"ALTERNATIVE\") 13)(\"APPLICATION\" \"PDF\" (\"NAME\" \"a.pdf\") NIL NIL \"BASE64\" 4) \"MIXED\"))"), "{bs}");
+        assert!(bs.starts_with("* 1 FETCH (BODYSTRUCTURE ((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"us-ascii\") NIL NIL \"7BIT\" 5 0)(\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" 178 (NIL \"inner\" ((NIL NIL \"x\" \"y.z\")) ((NIL NIL \"x\" \"y.z\")) ((NIL NIL \"x\" \"y.z\")) NIL NIL NIL NIL NIL) ((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"us-ascii\") NIL NIL \"7BIT\" 10 0)(\"TEXT\" \"HTML\" (\"CHARSET\" \"us-ascii\") NIL NIL \"7BIT\" 8 0) \"ALTERNATIVE\") 13)(\"APPLICATION\" \"PDF\" (\"NAME\" \"a.pdf\") NIL NIL \"BASE64\" 4) \"MIXED\"))"), "{bs}");
     }
 
     #[test]
@@ -633,8 +748,9 @@ mod tests {
             b"From: =?utf-8?q?J=C3=BCrgen?= <j@x.de>\r\nTo: team: a@x.de, b@x.de;\r\n\r\n",
         );
         let env = encode_item(MessageDataItem::Envelope(p.envelope()));
+        // Display names travel as sent (here an encoded word), as Dovecot does.
         assert!(
-            env.contains("((\"=?utf-8?b?SsO8cmdlbg==?=\" NIL \"j\" \"x.de\"))"),
+            env.contains("((\"=?utf-8?q?J=C3=BCrgen?=\" NIL \"j\" \"x.de\"))"),
             "{env}"
         );
         assert!(env.contains("((NIL NIL \"team\" NIL)(NIL NIL \"a\" \"x.de\")(NIL NIL \"b\" \"x.de\")(NIL NIL NIL NIL))"), "{env}");
