@@ -398,3 +398,22 @@ def test_compress_deflate(server):
     assert b"a5 NO [COMPRESSIONACTIVE]" in read_until(b"a5")
     send(b"a6 LOGOUT\r\n")
     assert b"a6 OK" in read_until(b"a6")
+
+
+def test_uidvalidity_uids_and_modseq_survive_restart(server):
+    deliver(server, "before restart")
+    m = login(server)
+    m.select("INBOX")
+    m.store("1", "+FLAGS", "\\Seen")
+    before = m.status("INBOX", "(UIDVALIDITY UIDNEXT HIGHESTMODSEQ)")[1][0]
+    m.logout()
+    server.stop()
+    server.start()
+    m = login(server)
+    assert m.status("INBOX", "(UIDVALIDITY UIDNEXT HIGHESTMODSEQ)")[1][0] == before
+    uv, nxt, hm = map(int, re.search(rb"UIDVALIDITY (\d+) UIDNEXT (\d+) HIGHESTMODSEQ (\d+)", before).groups())
+    deliver(server, "after restart")
+    after = m.status("INBOX", "(UIDVALIDITY UIDNEXT HIGHESTMODSEQ)")[1][0]
+    uv2, nxt2, hm2 = map(int, re.search(rb"UIDVALIDITY (\d+) UIDNEXT (\d+) HIGHESTMODSEQ (\d+)", after).groups())
+    assert (uv2, nxt2) == (uv, nxt + 1) and hm2 > hm
+    m.logout()

@@ -1473,6 +1473,8 @@ impl<B: Backend> Session<B> {
             let parsed = raw.as_deref().map(Parsed::new);
             let mut set_seen = false;
             let mut out: Vec<MessageDataItem<'static>> = Vec::new();
+            // (item index, origin) of partial BINARY items.
+            let mut origins: Vec<(usize, u32)> = Vec::new();
             for n in &names {
                 let item = match n {
                     MessageDataItemName::Uid => MessageDataItem::Uid(nz(meta.uid)),
@@ -1543,18 +1545,19 @@ impl<B: Backend> Session<B> {
                         peek,
                     } => {
                         let Some(p) = &parsed else { continue };
-                        if partial.is_some() {
-                            // imap-types has no origin for BINARY responses, so `<n>` could
-                            // not be echoed back as RFC 3516 §4.2 requires.
-                            return self.no(tag, None, "Partial BINARY fetch is not supported");
-                        }
-                        let Ok(bytes) = p.binary(section) else {
+                        let Ok(mut bytes) = p.binary(section) else {
                             return self.no(
                                 tag,
                                 Some(Code::UnknownCte),
                                 "Unknown Content-Transfer-Encoding",
                             );
                         };
+                        if let Some((start, len)) = partial {
+                            let s = (*start as usize).min(bytes.len());
+                            let e = s.saturating_add(len.get() as usize).min(bytes.len());
+                            bytes = bytes[s..e].to_vec();
+                            origins.push((out.len(), *start));
+                        }
                         set_seen |= !peek;
                         MessageDataItem::Binary {
                             section: section.clone(),
@@ -1612,11 +1615,15 @@ impl<B: Backend> Session<B> {
                         .collect(),
                 ));
             }
-            if let Ok(items) = Vec1::try_from(out) {
-                self.data(Data::Fetch {
-                    seq: nz(idx as u32 + 1),
-                    items,
-                });
+            if origins.is_empty() {
+                if let Ok(items) = Vec1::try_from(out) {
+                    self.data(Data::Fetch {
+                        seq: nz(idx as u32 + 1),
+                        items,
+                    });
+                }
+            } else {
+                self.fetch_with_origins(idx as u32 + 1, out, &origins);
             }
         }
         self.refresh(uid);
@@ -1855,6 +1862,45 @@ impl<B: Backend> Session<B> {
                 });
             }
         }
+    }
+
+    /// A FETCH response with partial BINARY items. imap-types has no origin for BINARY
+    /// (RFC 3516 §4.2 `BINARY[1]<0>`), so each item is encoded alone and `<origin>` is put
+    /// after the section of the items that need it.
+    fn fetch_with_origins(
+        &mut self,
+        seq: u32,
+        items: Vec<MessageDataItem<'static>>,
+        origins: &[(usize, u32)],
+    ) {
+        let mut line = format!("* {seq} FETCH (").into_bytes();
+        for (i, item) in items.into_iter().enumerate() {
+            let Ok(one) = Data::fetch(1, vec![item]) else {
+                continue;
+            };
+            let enc = ResponseCodec::default().encode(&Response::Data(one)).dump();
+            // "* 1 FETCH (" + item + ")\r\n"
+            let Some(body) = enc
+                .strip_prefix(b"* 1 FETCH (")
+                .and_then(|b| b.strip_suffix(b")\r\n"))
+            else {
+                continue;
+            };
+            if i > 0 {
+                line.push(b' ');
+            }
+            match origins.iter().find(|(k, _)| *k == i) {
+                Some((_, origin)) => {
+                    let close = body.iter().position(|&b| b == b']').map_or(0, |p| p + 1);
+                    line.extend_from_slice(&body[..close]);
+                    line.extend_from_slice(format!("<{origin}>").as_bytes());
+                    line.extend_from_slice(&body[close..]);
+                }
+                None => line.extend_from_slice(body),
+            }
+        }
+        line.extend_from_slice(b")\r\n");
+        self.out.extend_from_slice(&line);
     }
 
     /// `* QUOTA "" (STORAGE used limit)` in KiB (RFC 9208 §5.1), when there is a limit.
