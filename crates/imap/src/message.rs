@@ -187,11 +187,6 @@ impl<'a> Parsed<'a> {
             .map(|h| header_value_text(self.raw, h))
             .collect()
     }
-
-    /// The Date header as a Unix time, for SENTBEFORE and friends.
-    pub fn sent_date(&self) -> Option<i64> {
-        self.msg.date().map(|d| d.to_timestamp())
-    }
 }
 
 /// A header value: decoded when mail-parser understood it, else the raw bytes unfolded.

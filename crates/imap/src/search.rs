@@ -19,6 +19,19 @@ pub struct Context<'a> {
     pub msgs: &'a [MessageMeta],
     /// UIDs matching each text key, answered by the backend's index beforehand.
     pub text_hits: &'a HashMap<(TextField, String), HashSet<u32>>,
+    /// Date header of each UID (from the store's sort keys), when a SENT* key needs it.
+    pub sent: &'a HashMap<u32, i64>,
+}
+
+/// Whether any key needs the Date header (SENTBEFORE/SENTON/SENTSINCE).
+pub fn uses_sent(key: &SearchKey<'_>) -> bool {
+    match key {
+        SearchKey::SentBefore(_) | SearchKey::SentOn(_) | SearchKey::SentSince(_) => true,
+        SearchKey::And(keys) => keys.as_ref().iter().any(uses_sent),
+        SearchKey::Or(a, b) => uses_sent(a) || uses_sent(b),
+        SearchKey::Not(k) => uses_sent(k),
+        _ => false,
+    }
 }
 
 /// The index lookups a search needs: every FROM/TO/CC/BCC/SUBJECT/BODY/TEXT key.
@@ -33,6 +46,8 @@ pub fn text_keys(key: &SearchKey<'_>, out: &mut Vec<(TextField, String)>) {
         SearchKey::Subject(s) => push(TextField::Subject, s),
         SearchKey::Body(s) => push(TextField::Body, s),
         SearchKey::Text(s) => push(TextField::Text, s),
+        // HEADER is narrowed down by the index over all headers, then checked exactly.
+        SearchKey::Header(_, v) if !v.as_ref().is_empty() => push(TextField::Text, v),
         SearchKey::And(keys) => keys.as_ref().iter().for_each(|k| text_keys(k, out)),
         SearchKey::Or(a, b) => {
             text_keys(a, out);
@@ -133,15 +148,9 @@ fn eval(key: &SearchKey<'_>, ctx: &Context<'_>, idx: usize, lazy: &mut Lazy<'_>)
         SearchKey::Before(d) => day(m.internal_date) < date_day(d),
         SearchKey::On(d) => day(m.internal_date) == date_day(d),
         SearchKey::Since(d) => day(m.internal_date) >= date_day(d),
-        SearchKey::SentBefore(d) => with_parsed(lazy, &|p| {
-            p.sent_date().is_some_and(|t| day(t) < date_day(d))
-        }),
-        SearchKey::SentOn(d) => with_parsed(lazy, &|p| {
-            p.sent_date().is_some_and(|t| day(t) == date_day(d))
-        }),
-        SearchKey::SentSince(d) => with_parsed(lazy, &|p| {
-            p.sent_date().is_some_and(|t| day(t) >= date_day(d))
-        }),
+        SearchKey::SentBefore(d) => ctx.sent.get(&m.uid).is_some_and(|&t| day(t) < date_day(d)),
+        SearchKey::SentOn(d) => ctx.sent.get(&m.uid).is_some_and(|&t| day(t) == date_day(d)),
+        SearchKey::SentSince(d) => ctx.sent.get(&m.uid).is_some_and(|&t| day(t) >= date_day(d)),
         SearchKey::From(s) => hit(ctx, TextField::From, s, m.uid),
         SearchKey::To(s) => hit(ctx, TextField::To, s, m.uid),
         SearchKey::Cc(s) => hit(ctx, TextField::Cc, s, m.uid),
@@ -154,6 +163,10 @@ fn eval(key: &SearchKey<'_>, ctx: &Context<'_>, idx: usize, lazy: &mut Lazy<'_>)
                 String::from_utf8_lossy(name.as_ref()).into_owned(),
                 lower(value),
             );
+            // Only messages the index says contain the value are read.
+            if !n.is_empty() && !hit(ctx, TextField::Text, value, m.uid) {
+                return false;
+            }
             // RFC 9051 §6.4.4: an empty value matches every message that has the field.
             with_parsed(lazy, &|p| {
                 let vals = p.header_text(&name);

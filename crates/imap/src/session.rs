@@ -1974,9 +1974,18 @@ impl<B: Backend> Session<B> {
             let uids = self.backend.search_text(id, field, &needle)?;
             text_hits.insert((field, needle), uids.into_iter().collect());
         }
+        let mut sent = std::collections::HashMap::new();
+        if criteria.iter().any(search::uses_sent) {
+            for i in self.backend.sort_info(id)? {
+                if let Some(t) = i.sent {
+                    sent.insert(i.uid, t);
+                }
+            }
+        }
         let ctx = search::Context {
             msgs: &msgs,
             text_hits: &text_hits,
+            sent: &sent,
         };
         let mut hits = Vec::new();
         for (i, m) in msgs.iter().enumerate() {
