@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Runs every test: Rust unit and dialogue tests, then the end-to-end tests that start the
 # real server on loopback ports and drive it with independent clients (smtplib, swaks,
-# openssl, imaplib, curl, mbsync). Needs: cargo, python3 with pytest, swaks, openssl, curl,
-# mbsync (`bash .ci/install-deps`).
+# openssl, imaplib, poplib, curl, mbsync, fetchmail, getmail, Dovecot as a reference).
+# Needs what `bash .ci/install-deps` installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool in cargo python3 swaks openssl curl mbsync; do
+for tool in cargo python3 swaks openssl curl mbsync fetchmail getmail; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
 python3 -c 'import pytest' 2>/dev/null || missing+=("pytest (python3 -m pip install pytest)")

@@ -21,10 +21,25 @@ HOSTNAME = "mx.example.test"
 PASSWORD = "correct horse battery staple"
 
 
+_used_ports: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below Linux's ephemeral range (32768-60999), so that client
+    connections of earlier tests can never be holding it when yubin binds it."""
+    import random
+
+    while True:
+        port = random.randrange(20000, 32000)
+        if port in _used_ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _used_ports.add(port)
+        return port
 
 
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
@@ -48,6 +63,8 @@ class Yubin:
         self.port = free_port()
         self.imap_port = free_port()
         self.imaps_port = free_port()
+        self.pop3_port = free_port()
+        self.pop3s_port = free_port()
         self.config = tmp / "yubin.toml"
         smtp_keys = "\n".join(f"{k} = {v}" for k, v in (smtp or {}).items())
         self.config.write_text(
@@ -56,7 +73,8 @@ class Yubin:
             "[listen]\n"
             f'smtp = ["127.0.0.1:{self.port}"]\n'
             f"imap = [\"127.0.0.1:{self.imap_port}\"]\nimaps = [\"127.0.0.1:{self.imaps_port}\"]\n"
-            "submission = []\nsubmissions = []\npop3 = []\npop3s = []\n"
+            f"pop3 = [\"127.0.0.1:{self.pop3_port}\"]\npop3s = [\"127.0.0.1:{self.pop3s_port}\"]\n"
+            "submission = []\nsubmissions = []\n"
             "[smtp]\n"
             f"{smtp_keys}\n"
         )

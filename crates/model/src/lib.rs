@@ -165,3 +165,38 @@ pub struct SortInfo {
     /// References, else In-Reply-To: message ids, oldest first.
     pub references: Vec<String>,
 }
+
+/// The size of a message as POP3 transmits it (RFC 1939 §3, §11): every line ending in
+/// CRLF and lines that start with `.` dot-stuffed, without the final `.` line. Kept by the
+/// store so that STAT and LIST never read message files.
+pub fn pop3_size(msg: &[u8]) -> u64 {
+    let mut size = 0u64;
+    let mut at_line_start = true;
+    let mut i = 0;
+    while i < msg.len() {
+        let c = msg[i];
+        if at_line_start && c == b'.' {
+            size += 1;
+        }
+        match c {
+            b'\r' if msg.get(i + 1) == Some(&b'\n') => {
+                size += 2;
+                i += 1;
+                at_line_start = true;
+            }
+            b'\n' | b'\r' => {
+                size += 2;
+                at_line_start = true;
+            }
+            _ => {
+                size += 1;
+                at_line_start = false;
+            }
+        }
+        i += 1;
+    }
+    if !at_line_start {
+        size += 2;
+    }
+    size
+}

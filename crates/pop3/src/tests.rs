@@ -258,6 +258,17 @@ fn long_lines_and_garbage() {
 
 #[test]
 fn wire_form_rules() {
+    for m in mem().msgs.lock().unwrap().iter() {
+        // The store's size (what LIST says) is the length of what RETR sends.
+        assert_eq!(wire_form(&m.1).len() as u64, yubin_model::pop3_size(&m.1));
+    }
+    for m in [&b""[..], b".", b"\r", b"a\rb", b"..\n.\r\n", b"x\r\n."] {
+        assert_eq!(
+            wire_form(m).len() as u64,
+            yubin_model::pop3_size(m),
+            "{m:?}"
+        );
+    }
     assert_eq!(wire_form(b"a\r\n.b\r\n"), b"a\r\n..b\r\n");
     assert_eq!(wire_form(b".\n"), b"..\r\n");
     assert_eq!(wire_form(b"x"), b"x\r\n");

@@ -19,6 +19,7 @@ pub struct Config {
     pub listen: Listen,
     pub smtp: Smtp,
     pub imap: Imap,
+    pub pop3: Pop3,
     pub log: Log,
 }
 
@@ -65,6 +66,15 @@ pub struct Imap {
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
+pub struct Pop3 {
+    pub idle_timeout: u64,
+    pub plaintext_auth: bool,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct Log {
     pub level: String,
 }
@@ -85,6 +95,7 @@ impl Default for Config {
             listen: Listen::default(),
             smtp: Smtp::default(),
             imap: Imap::default(),
+            pop3: Pop3::default(),
             log: Log::default(),
         }
     }
@@ -126,6 +137,17 @@ impl Default for Imap {
             plaintext_auth: false,
             max_connections: 5000,
             max_connections_per_ip: 50,
+        }
+    }
+}
+
+impl Default for Pop3 {
+    fn default() -> Self {
+        Pop3 {
+            idle_timeout: 600,
+            plaintext_auth: false,
+            max_connections: 2000,
+            max_connections_per_ip: 20,
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod imap;
 mod limits;
+pub mod pop3;
 mod smtp;
 mod stream;
 pub mod tls;
@@ -32,6 +33,9 @@ pub struct Server {
     pub tls: Option<TlsAcceptor>,
     smtp_limits: Arc<ConnLimiter>,
     imap_limits: Arc<ConnLimiter>,
+    pop3_limits: Arc<ConnLimiter>,
+    /// Accounts with an open POP3 session.
+    pop3_locks: pop3::Locks,
     /// Every committed mailbox change, for IMAP IDLE.
     changes: tokio::sync::broadcast::Sender<yubin_store::MailboxId>,
     /// Becomes true when the server starts shutting down.
@@ -204,18 +208,21 @@ pub async fn serve(cfg: Config) -> Result<()> {
     let smtp = bind_all("smtp", &cfg.listen.smtp)?;
     let imap = bind_all("imap", &cfg.listen.imap)?;
     let imaps = bind_all("imaps", &cfg.listen.imaps)?;
+    let pop3 = bind_all("pop3", &cfg.listen.pop3)?;
+    let pop3s = bind_all("pop3s", &cfg.listen.pop3s)?;
     for (proto, addrs) in [
         ("submission", &cfg.listen.submission),
         ("submissions", &cfg.listen.submissions),
-        ("pop3", &cfg.listen.pop3),
-        ("pop3s", &cfg.listen.pop3s),
     ] {
         if !addrs.is_empty() {
             info!(proto, "configured but not served by this version yet");
         }
     }
-    if smtp.is_empty() && imap.is_empty() && imaps.is_empty() {
-        bail!("no listener is enabled; set [listen] smtp or imap in the config file");
+    if [&smtp, &imap, &imaps, &pop3, &pop3s]
+        .iter()
+        .all(|l| l.is_empty())
+    {
+        bail!("no listener is enabled; set [listen] in the config file");
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (changes, _) = tokio::sync::broadcast::channel(1024);
@@ -227,6 +234,8 @@ pub async fn serve(cfg: Config) -> Result<()> {
         shutdown: stop_rx,
         smtp_limits: ConnLimiter::new(cfg.smtp.max_connections, cfg.smtp.max_connections_per_ip),
         imap_limits: ConnLimiter::new(cfg.imap.max_connections, cfg.imap.max_connections_per_ip),
+        pop3_limits: ConnLimiter::new(cfg.pop3.max_connections, cfg.pop3.max_connections_per_ip),
+        pop3_locks: Default::default(),
         changes,
         cfg,
         store: Arc::new(store),
@@ -237,6 +246,8 @@ pub async fn serve(cfg: Config) -> Result<()> {
         (Proto::Smtp, smtp),
         (Proto::Imap, imap),
         (Proto::Imaps, imaps),
+        (Proto::Pop3, pop3),
+        (Proto::Pop3s, pop3s),
     ] {
         for l in listeners {
             let addr = l.local_addr()?;
@@ -253,7 +264,8 @@ pub async fn serve(cfg: Config) -> Result<()> {
     }
     let _ = stop_tx.send(true);
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-    let active = || server.smtp_limits.active() + server.imap_limits.active();
+    let active =
+        || server.smtp_limits.active() + server.imap_limits.active() + server.pop3_limits.active();
     while active() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
@@ -271,6 +283,8 @@ enum Proto {
     Smtp,
     Imap,
     Imaps,
+    Pop3,
+    Pop3s,
 }
 
 impl Proto {
@@ -279,6 +293,8 @@ impl Proto {
             Proto::Smtp => "smtp",
             Proto::Imap => "imap",
             Proto::Imaps => "imaps",
+            Proto::Pop3 => "pop3",
+            Proto::Pop3s => "pop3s",
         }
     }
 
@@ -289,6 +305,9 @@ impl Proto {
                 b"421 4.7.0 Too many connections from your address, try again later\r\n"
             }
             (Proto::Smtp, Refused::Total) => b"421 4.3.2 Too many connections, try again later\r\n",
+            (Proto::Pop3 | Proto::Pop3s, _) => {
+                b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
+            }
             (_, _) => b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
         }
     }
@@ -299,6 +318,7 @@ async fn accept(server: Arc<Server>, listener: TcpListener, proto: Proto) {
     let limits = match proto {
         Proto::Smtp => server.smtp_limits.clone(),
         Proto::Imap | Proto::Imaps => server.imap_limits.clone(),
+        Proto::Pop3 | Proto::Pop3s => server.pop3_limits.clone(),
     };
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -334,6 +354,8 @@ async fn accept(server: Arc<Server>, listener: TcpListener, proto: Proto) {
                     Proto::Smtp => smtp::handle(server, tcp, peer).await,
                     Proto::Imap => imap::handle(server, tcp, peer, false).await,
                     Proto::Imaps => imap::handle(server, tcp, peer, true).await,
+                    Proto::Pop3 => pop3::handle(server, tcp, peer, false).await,
+                    Proto::Pop3s => pop3::handle(server, tcp, peer, true).await,
                 }
             }
             .instrument(span),

@@ -11,6 +11,7 @@ const MAX_BODY_TEXT: usize = 4 << 20;
 pub struct SearchText {
     /// Sort and thread keys (the `uid`, `size` and `internal_date` are filled on read).
     pub sort: yubin_model::SortInfo,
+    pub pop3_size: u64,
     pub headers: String,
     pub from: String,
     pub to: String,
@@ -39,10 +40,13 @@ fn addresses(v: &HeaderValue<'_>) -> String {
 }
 
 pub fn extract(raw: &[u8]) -> SearchText {
-    let Some(msg) = MessageParser::default().parse(raw) else {
-        return SearchText::default();
+    let mut t = SearchText {
+        pop3_size: yubin_model::pop3_size(raw),
+        ..SearchText::default()
     };
-    let mut t = SearchText::default();
+    let Some(msg) = MessageParser::default().parse(raw) else {
+        return t;
+    };
     if let Some(root) = msg.parts.first() {
         let end = (root.offset_body as usize).min(raw.len());
         // Header lines as sent, unfolded, plus decoded values, so both match.
@@ -139,5 +143,6 @@ mod tests {
         assert!(t.body.contains("Schöne Grüße"));
         assert!(t.headers.contains("X-Tag: blue"));
         assert_eq!(super::extract(b""), super::SearchText::default());
+        assert_eq!(super::extract(b".x\n").pop3_size, 5);
     }
 }

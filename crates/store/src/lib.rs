@@ -192,6 +192,8 @@ pub trait MailStore: Send + Sync {
     fn search_text(&self, mailbox: MailboxId, field: TextField, needle: &str) -> Result<Vec<u32>>;
     /// SORT/THREAD keys of every message in a mailbox, by UID.
     fn sort_info(&self, mailbox: MailboxId) -> Result<Vec<SortInfo>>;
+    /// (UID, size as POP3 sends it) of every message of a mailbox, by UID.
+    fn pop3_sizes(&self, mailbox: MailboxId) -> Result<Vec<(u32, u64)>>;
     /// Bytes stored by an account (every copy counts) and its limit.
     fn usage(&self, account: AccountId) -> Result<(u64, Option<u64>)>;
 

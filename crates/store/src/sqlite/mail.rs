@@ -581,6 +581,19 @@ impl MailStore for SqliteStore {
         Ok(rows)
     }
 
+    fn pop3_sizes(&self, mailbox: MailboxId) -> Result<Vec<(u32, u64)>> {
+        let c = self.conn();
+        let mut st = c.prepare_cached(
+            "SELECT m.uid, coalesce(e.pop3_size, m.size) FROM messages m
+             LEFT JOIN envelopes e ON e.blob_id = m.blob_id
+             WHERE m.mailbox_id = ?1 ORDER BY m.uid",
+        )?;
+        let rows = st
+            .query_map([mailbox], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(rows)
+    }
+
     fn usage(&self, account: AccountId) -> Result<(u64, Option<u64>)> {
         let c = self.conn();
         let (used, quota): (i64, Option<i64>) = c.query_row(
@@ -809,8 +822,8 @@ fn apply(c: &Connection, job: &Job) -> Result<Vec<Delivered>> {
     let e = &t.sort;
     c.prepare_cached(
         "INSERT INTO envelopes(blob_id, sent, subject, from_addr, from_display, to_addr,
-                               to_display, cc_addr, message_id, refs)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                               to_display, cc_addr, message_id, refs, pop3_size)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
         blob_id,
@@ -822,7 +835,8 @@ fn apply(c: &Connection, job: &Job) -> Result<Vec<Delivered>> {
         e.to_display,
         e.cc,
         e.message_id,
-        e.references.join(" ")
+        e.references.join(" "),
+        t.pop3_size as i64
     ])?;
     let mut seen = BTreeSet::new();
     let mut out = Vec::with_capacity(job.accounts.len());

@@ -104,7 +104,9 @@ CREATE TABLE envelopes(
     to_display TEXT NOT NULL,
     cc_addr TEXT NOT NULL,
     message_id TEXT NOT NULL,
-    refs TEXT NOT NULL);
+    refs TEXT NOT NULL,
+    -- Size as POP3 sends it (CRLF, dot-stuffed), for STAT/LIST.
+    pop3_size INTEGER NOT NULL);
 CREATE TABLE training(
     id INTEGER PRIMARY KEY,
     account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,

@@ -1,0 +1,222 @@
+//! POP3: an account's INBOX as a `yubin_pop3::Backend`, and the connection driver.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+use yubin_pop3::{BResult, Backend, BackendError, Entry, Event, Session};
+use yubin_store::{AccountId, FlagOp, Flags, Store, flags};
+
+use crate::Server;
+use crate::stream::Stream;
+
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Accounts with an open POP3 session (RFC 1939 §8: one maildrop lock each).
+pub type Locks = Arc<Mutex<HashSet<AccountId>>>;
+
+pub struct StoreMaildrop {
+    store: Arc<dyn Store>,
+    locks: Locks,
+    peer: SocketAddr,
+    account: Option<AccountId>,
+    locked: bool,
+    inbox: Option<i64>,
+}
+
+impl StoreMaildrop {
+    pub fn new(store: Arc<dyn Store>, locks: Locks, peer: SocketAddr) -> Self {
+        StoreMaildrop {
+            store,
+            locks,
+            peer,
+            account: None,
+            locked: false,
+            inbox: None,
+        }
+    }
+
+    fn inbox(&self) -> BResult<i64> {
+        self.inbox
+            .ok_or_else(|| BackendError::Permanent("no maildrop".into()))
+    }
+}
+
+fn temp(e: yubin_store::Error) -> BackendError {
+    warn!(error = %e, "store error");
+    BackendError::Temporary("internal error, try again later".into())
+}
+
+impl Drop for StoreMaildrop {
+    fn drop(&mut self) {
+        if self.locked
+            && let Some(a) = self.account
+        {
+            self.locks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&a);
+        }
+    }
+}
+
+impl Backend for StoreMaildrop {
+    fn login(&mut self, user: &str, password: &str) -> BResult<bool> {
+        match self.store.authenticate(user, password).map_err(temp)? {
+            Some(a) => {
+                info!(user = a.address, peer = %self.peer, "pop3 login");
+                self.account = Some(a.id);
+                Ok(true)
+            }
+            None => {
+                info!(user, peer = %self.peer, "pop3 login failed");
+                Ok(false)
+            }
+        }
+    }
+
+    fn lock(&mut self) -> BResult<bool> {
+        let Some(a) = self.account else {
+            return Ok(false);
+        };
+        self.locked = self
+            .locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(a);
+        Ok(self.locked)
+    }
+
+    fn maildrop(&mut self) -> BResult<(u32, Vec<Entry>)> {
+        let account = self
+            .account
+            .ok_or_else(|| BackendError::Permanent("not logged in".into()))?;
+        let inbox = self.store.mailbox(account, "INBOX").map_err(temp)?;
+        self.inbox = Some(inbox.id);
+        let entries = self
+            .store
+            .pop3_sizes(inbox.id)
+            .map_err(temp)?
+            .into_iter()
+            .map(|(uid, size)| Entry { uid, size })
+            .collect();
+        Ok((inbox.uidvalidity, entries))
+    }
+
+    fn read(&mut self, uid: u32) -> BResult<Vec<u8>> {
+        match self.store.read(self.inbox()?, uid) {
+            Ok(r) => Ok(r),
+            // Expunged over IMAP while this session held the maildrop.
+            Err(yubin_store::Error::NoSuchMessage(_)) => Err(BackendError::Permanent(
+                "message was deleted by another session".into(),
+            )),
+            Err(e) => Err(temp(e)),
+        }
+    }
+
+    fn delete(&mut self, uids: &[u32]) -> BResult<()> {
+        let inbox = self.inbox()?;
+        // Mark and expunge exactly these: IMAP sessions see an ordinary EXPUNGE.
+        self.store
+            .store_flags(
+                inbox,
+                uids,
+                FlagOp::Add,
+                &Flags::system(flags::DELETED),
+                None,
+            )
+            .map_err(temp)?;
+        self.store.expunge(inbox, Some(uids)).map_err(temp)?;
+        Ok(())
+    }
+}
+
+pub async fn handle(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, implicit_tls: bool) {
+    let _ = tcp.set_nodelay(true);
+    let mut stream = Stream::Plain(tcp);
+    if implicit_tls {
+        match upgrade(&server, stream).await {
+            Ok(s) => stream = s,
+            Err(e) => return debug!(error = %e, "TLS handshake failed"),
+        }
+    }
+    let cfg = yubin_pop3::Config {
+        hostname: server.cfg.hostname.clone(),
+        stls: server.tls.is_some() && !implicit_tls,
+        plaintext_auth: server.cfg.pop3.plaintext_auth || peer.ip().is_loopback(),
+        max_errors: 20,
+    };
+    let backend = StoreMaildrop::new(server.store.clone(), server.pop3_locks.clone(), peer);
+    let session = Session::new(cfg, backend, implicit_tls);
+    match run(&server, stream, session).await {
+        Ok(()) => debug!("session closed"),
+        Err(e) => debug!(error = %e, "session ended"),
+    }
+}
+
+async fn upgrade(server: &Server, stream: Stream) -> std::io::Result<Stream> {
+    let Some(acceptor) = server.tls.clone() else {
+        return Err(std::io::Error::other("no TLS configuration"));
+    };
+    let Stream::Plain(tcp) = stream else {
+        return Err(std::io::Error::other("already TLS"));
+    };
+    let tls = tokio::time::timeout(WRITE_TIMEOUT, acceptor.accept(tcp))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timeout")
+        })??;
+    Ok(Stream::Tls(Box::new(tls)))
+}
+
+async fn run(
+    server: &Arc<Server>,
+    mut stream: Stream,
+    mut session: Session<StoreMaildrop>,
+) -> std::io::Result<()> {
+    let idle = Duration::from_secs(server.cfg.pop3.idle_timeout);
+    let mut shutdown = server.shutdown.clone();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let event = tokio::task::block_in_place(|| session.poll());
+        let out = session.take_output();
+        if !out.is_empty() {
+            let w = async {
+                stream.write_all(&out).await?;
+                stream.flush().await
+            };
+            tokio::time::timeout(WRITE_TIMEOUT, w).await.map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "write timeout")
+            })??;
+        }
+        match event {
+            Event::Close => {
+                let _ = stream.shutdown().await;
+                return Ok(());
+            }
+            Event::StartTls => {
+                stream = upgrade(server, stream).await?;
+                session.tls_started();
+            }
+            Event::NeedInput => {
+                tokio::select! {
+                    r = tokio::time::timeout(idle, stream.read(&mut buf)) => match r {
+                        Err(_) => session.timeout(),
+                        // Gone without QUIT: nothing is deleted (RFC 1939 §6).
+                        Ok(Ok(0)) => return Ok(()),
+                        Ok(Ok(n)) => session.push(&buf[..n]),
+                        Ok(Err(e)) => return Err(e),
+                    },
+                    () = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                        let _ = stream.write_all(b"-ERR [SYS/TEMP] server shutting down\r\n").await;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
