@@ -12,4 +12,4 @@ pub mod testing;
 pub mod trace;
 
 pub use reply::{Esc, Reply};
-pub use session::{Config, DeliveryOutcome, Event, Message, RcptVerdict, Session};
+pub use session::{AuthOutcome, Config, DeliveryOutcome, Event, Message, RcptVerdict, Session};

@@ -38,6 +38,13 @@ pub struct Config {
     pub max_line_length: usize,
     /// Offer STARTTLS (a certificate is loaded and the connection is not yet encrypted).
     pub starttls: bool,
+    /// Offer AUTH PLAIN and LOGIN (RFC 4954).
+    pub auth: bool,
+    /// AUTH only once the connection is encrypted (RFC 4954 §4, RFC 8314 §3); the host may
+    /// relax this for loopback.
+    pub auth_requires_tls: bool,
+    /// Message submission (RFC 6409 §4.1): MAIL needs a successful AUTH first.
+    pub submission: bool,
 }
 
 impl Default for Config {
@@ -49,6 +56,9 @@ impl Default for Config {
             max_errors: 20,
             max_line_length: 4096,
             starttls: false,
+            auth: false,
+            auth_requires_tls: true,
+            submission: false,
         }
     }
 }
@@ -64,6 +74,11 @@ pub enum Event {
     Deliver(Message),
     /// Flush pending replies, then run the TLS handshake and call [`Session::tls_started`].
     StartTls,
+    /// Check these credentials and answer with [`Session::auth_result`].
+    Authenticate { user: String, password: String },
+    /// The authenticated user wants this reverse-path: is it one of theirs? Answer with
+    /// [`Session::sender_verdict`].
+    CheckSender(String),
     /// Flush pending replies and close the connection.
     Close,
     /// Read more bytes from the client and [`Session::push`] them.
@@ -83,6 +98,17 @@ pub enum RcptVerdict {
     /// The account is at its storage limit.
     MailboxFull,
     /// Lookup failed for a reason that may pass (storage busy...).
+    TempFail,
+}
+
+/// The host's answer to [`Event::Authenticate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// Logged in as this (normalized) account address.
+    Success(String),
+    Failure,
+    /// Too many failures from this address or for this account: try later (454 4.7.0).
+    Throttled,
     TempFail,
 }
 
@@ -108,6 +134,8 @@ pub struct Message {
     /// Accepted forward-paths, in order, without duplicates.
     pub rcpt_to: Vec<String>,
     pub smtputf8: bool,
+    /// The account that authenticated (RFC 4954), if any.
+    pub auth: Option<String>,
     /// The message exactly as received, dot-unstuffed, without the final `.` line.
     pub data: Vec<u8>,
 }
@@ -115,6 +143,14 @@ pub struct Message {
 impl Message {
     /// The `with` keyword of the Received header (RFC 3848, RFC 6531 §3.7.3).
     pub fn protocol(&self) -> &'static str {
+        if self.auth.is_some() {
+            return match (self.tls, self.smtputf8) {
+                (false, false) => "ESMTPA",
+                (true, false) => "ESMTPSA",
+                (false, true) => "UTF8SMTPA",
+                (true, true) => "UTF8SMTPSA",
+            };
+        }
         match (self.esmtp, self.tls, self.smtputf8) {
             (false, false, _) => "SMTP",
             (false, true, _) => "SMTPS",
@@ -146,7 +182,20 @@ enum Phase {
     Discard(DummyDataReceiver, Reply),
     AwaitDelivery,
     AwaitTls,
+    AwaitAuth {
+        user: String,
+        password: String,
+    },
+    AwaitSender(Envelope),
     Closed,
+}
+
+/// Where a multi-line AUTH exchange is (RFC 4954 §4).
+#[derive(Debug, Clone)]
+enum AuthStep {
+    Plain,
+    LoginUser,
+    LoginPassword(String),
 }
 
 pub struct Session {
@@ -162,6 +211,8 @@ pub struct Session {
     envelope: Option<Envelope>,
     body: Vec<u8>,
     errors: u32,
+    auth_step: Option<AuthStep>,
+    authenticated: Option<String>,
 }
 
 /// RFC 5321 §4.2.2 code and RFC 3463 enhanced code in one call.
@@ -186,6 +237,8 @@ impl Session {
             envelope: None,
             body: Vec::new(),
             errors: 0,
+            auth_step: None,
+            authenticated: None,
         }
     }
 
@@ -234,6 +287,13 @@ impl Session {
                 Phase::Closed => return Event::Close,
                 Phase::AwaitTls => return Event::StartTls,
                 Phase::AwaitRcpt(addr) => return Event::CheckRecipient(addr.clone()),
+                Phase::AwaitAuth { user, password } => {
+                    return Event::Authenticate {
+                        user: user.clone(),
+                        password: password.clone(),
+                    };
+                }
+                Phase::AwaitSender(env) => return Event::CheckSender(env.mail_from.clone()),
                 // The host must answer before reading more; nothing else to do meanwhile.
                 Phase::AwaitDelivery => return Event::NeedInput,
                 Phase::Command => {
@@ -353,10 +413,61 @@ impl Session {
         self.out.push_back(reply);
     }
 
+    /// The host's answer to [`Event::Authenticate`].
+    pub fn auth_result(&mut self, outcome: AuthOutcome) {
+        if !matches!(self.phase, Phase::AwaitAuth { .. }) {
+            return;
+        }
+        self.phase = Phase::Command;
+        // RFC 4954 §6 and RFC 3463: X.7.8 invalid credentials, X.7.0 temporary failure.
+        let reply = match outcome {
+            AuthOutcome::Success(user) => {
+                self.authenticated = Some(user);
+                r(235, (2, 7, 0), "Authentication successful")
+            }
+            AuthOutcome::Failure => r(535, (5, 7, 8), "Authentication credentials invalid"),
+            AuthOutcome::Throttled => r(
+                454,
+                (4, 7, 0),
+                "Too many failed authentications; try again later",
+            ),
+            AuthOutcome::TempFail => r(454, (4, 7, 0), "Temporary authentication failure"),
+        };
+        self.reply(reply);
+    }
+
+    /// The host's answer to [`Event::CheckSender`].
+    pub fn sender_verdict(&mut self, allowed: bool) {
+        let Phase::AwaitSender(env) = std::mem::replace(&mut self.phase, Phase::Command) else {
+            return;
+        };
+        if allowed {
+            self.envelope = Some(env);
+            self.reply(r(250, (2, 1, 0), "Ok"));
+        } else {
+            // RFC 6409 §6.1: a submission server may refuse senders the user does not own.
+            self.reply(r(
+                553,
+                (5, 7, 1),
+                format!(
+                    "<{}>: sender address not owned by the authenticated user",
+                    env.mail_from
+                ),
+            ));
+        }
+    }
+
+    /// The account this session authenticated as.
+    pub fn auth_user(&self) -> Option<&str> {
+        self.authenticated.as_deref()
+    }
+
     /// The TLS handshake after STARTTLS succeeded: start over (RFC 3207 §4.2).
     pub fn tls_started(&mut self) {
         self.tls = true;
         self.cfg.starttls = false;
+        // RFC 4954 §4: no authentication carries over a TLS negotiation.
+        self.authenticated = None;
         self.helo = None;
         self.esmtp = false;
         self.envelope = None;
@@ -369,7 +480,11 @@ impl Session {
     /// (RFC 5321 §3.8) and `true` is returned; one receiving a message is left to finish.
     pub fn shutdown(&mut self) -> bool {
         match self.phase {
-            Phase::Command | Phase::SkipLine | Phase::AwaitTls | Phase::AwaitRcpt(_)
+            Phase::Command
+            | Phase::SkipLine
+            | Phase::AwaitTls
+            | Phase::AwaitRcpt(_)
+            | Phase::AwaitAuth { .. }
                 if self.envelope.is_none() =>
             {
                 self.out.push_back(r(
@@ -445,6 +560,9 @@ impl Session {
     }
 
     fn command(&mut self, line: &[u8]) {
+        if let Some(step) = self.auth_step.take() {
+            return self.auth_continue(step, line);
+        }
         if line.contains(&0) {
             return self.reply(r(500, (5, 5, 2), "NUL characters are not allowed"));
         }
@@ -536,12 +654,100 @@ impl Session {
                     self.phase = Phase::AwaitTls;
                 }
             }
-            Request::Auth { .. } => {
-                self.reply(r(502, (5, 5, 1), "AUTH not available on this port"))
-            }
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, initial_response),
             Request::Lhlo { .. } => self.reply(r(500, (5, 5, 2), "Command unrecognized")),
             Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
                 self.reply(r(502, (5, 5, 1), "Command not implemented"))
+            }
+        }
+    }
+
+    fn auth(&mut self, mechanism: u64, initial: String) {
+        if !self.cfg.auth {
+            return self.reply(r(502, (5, 5, 1), "AUTH not available on this port"));
+        }
+        if self.cfg.auth_requires_tls && !self.tls {
+            // RFC 4954 §6: 538 when the mechanism needs an encrypted connection.
+            return self.reply(r(
+                538,
+                (5, 7, 11),
+                "Encryption required for requested authentication mechanism",
+            ));
+        }
+        if self.authenticated.is_some() {
+            return self.reply(r(503, (5, 5, 1), "Already authenticated"));
+        }
+        if self.envelope.is_some() {
+            return self.reply(r(
+                503,
+                (5, 5, 1),
+                "AUTH not allowed during a mail transaction",
+            ));
+        }
+        if self.helo.is_none() {
+            return self.reply(r(503, (5, 5, 1), "Send EHLO first"));
+        }
+        match mechanism {
+            smtp_proto::AUTH_PLAIN => {
+                if initial.is_empty() {
+                    self.auth_step = Some(AuthStep::Plain);
+                    self.out.push_back(Reply::new(334, None, ""));
+                } else {
+                    self.auth_continue(AuthStep::Plain, initial.as_bytes());
+                }
+            }
+            smtp_proto::AUTH_LOGIN => {
+                if initial.is_empty() {
+                    self.auth_step = Some(AuthStep::LoginUser);
+                    self.out.push_back(Reply::new(334, None, "VXNlcm5hbWU6"));
+                } else {
+                    self.auth_continue(AuthStep::LoginUser, initial.as_bytes());
+                }
+            }
+            _ => self.reply(r(504, (5, 5, 4), "Unrecognized authentication type")),
+        }
+    }
+
+    /// One line of an AUTH exchange: base64, or `*` to cancel (RFC 4954 §4).
+    fn auth_continue(&mut self, step: AuthStep, line: &[u8]) {
+        use base64::Engine as _;
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end_matches(['\r', '\n']).trim();
+        if text == "*" {
+            return self.reply(r(501, (5, 0, 0), "Authentication cancelled"));
+        }
+        let Ok(data) = base64::engine::general_purpose::STANDARD.decode(text) else {
+            return self.reply(r(501, (5, 5, 2), "Invalid base64 data"));
+        };
+        match step {
+            AuthStep::Plain => {
+                // RFC 4616: authzid NUL authcid NUL password.
+                let parts: Vec<&[u8]> = data.split(|&b| b == 0).collect();
+                let [authz, user, pass] = parts.as_slice() else {
+                    return self.reply(r(501, (5, 5, 2), "Malformed PLAIN credentials"));
+                };
+                if !authz.is_empty() && authz != user {
+                    return self.reply(r(535, (5, 7, 8), "Cannot act as another user"));
+                }
+                self.phase = Phase::AwaitAuth {
+                    user: String::from_utf8_lossy(user).into_owned(),
+                    password: String::from_utf8_lossy(pass).into_owned(),
+                };
+            }
+            AuthStep::LoginUser => {
+                self.auth_step = Some(AuthStep::LoginPassword(
+                    String::from_utf8_lossy(&data).into_owned(),
+                ));
+                self.out.push_back(Reply::new(334, None, "UGFzc3dvcmQ6"));
+            }
+            AuthStep::LoginPassword(user) => {
+                self.phase = Phase::AwaitAuth {
+                    user,
+                    password: String::from_utf8_lossy(&data).into_owned(),
+                };
             }
         }
     }
@@ -571,6 +777,9 @@ impl Session {
         if self.cfg.starttls && !self.tls {
             lines.push("STARTTLS".into());
         }
+        if self.cfg.auth && (self.tls || !self.cfg.auth_requires_tls) {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
         lines.push("HELP".into());
         self.reply(Reply::multi(250, lines));
     }
@@ -582,12 +791,16 @@ impl Session {
         if self.envelope.is_some() {
             return self.reply(r(503, (5, 5, 1), "Nested MAIL command"));
         }
+        if self.cfg.submission && self.authenticated.is_none() {
+            // RFC 6409 §4.1 / RFC 4954 §6: 530 5.7.0 authentication required.
+            return self.reply(r(530, (5, 7, 0), "Authentication required"));
+        }
         // Only the extensions we advertise may be used (RFC 5321 §4.1.1.11).
         let known = smtp_proto::MAIL_BODY_7BIT | smtp_proto::MAIL_BODY_8BITMIME;
         let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
         if from.flags & !(known | smtp_proto::MAIL_SMTPUTF8) != 0
             || from.env_id.is_some()
-            || from.auth.is_some()
+            || (from.auth.is_some() && !self.cfg.auth)
             || from.trans_id.is_some()
             || from.by != 0
             || from.hold_for != 0
@@ -611,13 +824,19 @@ impl Session {
         if !from.address.is_empty() && !valid_mailbox(&from.address) {
             return self.reply(r(501, (5, 1, 7), "Sender address must be user@domain"));
         }
-        self.envelope = Some(Envelope {
+        let env = Envelope {
             mail_from: from.address,
             rcpt_to: Vec::new(),
             smtputf8,
             bdat: false,
-        });
+        };
         self.body.clear();
+        if self.authenticated.is_some() {
+            // The host decides whether this user may use this sender address.
+            self.phase = Phase::AwaitSender(env);
+            return;
+        }
+        self.envelope = Some(env);
         self.reply(r(250, (2, 1, 0), "Ok"))
     }
 
@@ -715,6 +934,7 @@ impl Session {
             mail_from: env.mail_from,
             rcpt_to: env.rcpt_to,
             smtputf8: env.smtputf8,
+            auth: self.authenticated.clone(),
             data,
         });
         self.phase = Phase::AwaitDelivery;

@@ -37,6 +37,12 @@ pub fn exercise(cfg: Config, input: &[u8], mut chunk: impl FnMut() -> usize) {
                     s.delivery_result(DeliveryOutcome::Stored { id: "T".into() })
                 }
                 Event::StartTls => s.tls_started(),
+                Event::Authenticate { user, .. } => s.auth_result(if user.len() % 2 == 0 {
+                    crate::AuthOutcome::Success(user)
+                } else {
+                    crate::AuthOutcome::Failure
+                }),
+                Event::CheckSender(a) => s.sender_verdict(a.len() % 3 != 0),
                 Event::Close => return,
                 Event::NeedInput => break,
             }

@@ -5,11 +5,15 @@
 //! sent in one write, so pipelining is exercised. `W:` bytes are sent at once, alone, as
 //! written (no CRLF added), to split input across reads.
 //!
+//! Header lines `#! auth`, `#! auth-plaintext` (AUTH without TLS), `#! submission` set the
+//! listener. Credentials `bob@example.com`/`secret` are valid; `throttled@example.com` is
+//! throttled; senders starting with `bob` belong to bob.
+//!
 //! The host policy used here: domain `example.com` is local; `unknown@`, `disabled@`,
 //! `tempfail@`, `full@` get those verdicts; any other domain is a relay attempt. Deliveries succeed
 //! with id `ID1` unless the envelope sender is `fail@example.org` (temporary failure).
 
-use yubin_smtp::{Config, DeliveryOutcome, Event, Message, RcptVerdict, Session};
+use yubin_smtp::{AuthOutcome, Config, DeliveryOutcome, Event, Message, RcptVerdict, Session};
 
 fn unescape(s: &str) -> Vec<u8> {
     let mut out = Vec::new();
@@ -75,6 +79,14 @@ fn drain(s: &mut Session, delivered: &mut Vec<Message>) -> Vec<String> {
                 out.push("[TLS]".into());
                 s.tls_started();
             }
+            Event::Authenticate { user, password } => {
+                s.auth_result(match (user.as_str(), password.as_str()) {
+                    ("bob@example.com", "secret") => AuthOutcome::Success(user),
+                    ("throttled@example.com", _) => AuthOutcome::Throttled,
+                    _ => AuthOutcome::Failure,
+                })
+            }
+            Event::CheckSender(a) => s.sender_verdict(a.starts_with("bob")),
             Event::Close => {
                 out.push("[CLOSE]".into());
                 return out;
@@ -92,6 +104,9 @@ fn run_script(name: &str, script: &str) {
         max_errors: 10,
         max_line_length: 512,
         starttls: true,
+        auth: script.contains("#! auth"),
+        auth_requires_tls: !script.contains("#! auth-plaintext"),
+        submission: script.contains("#! submission"),
     };
     let mut s = Session::new(cfg);
     let mut delivered = Vec::new();
