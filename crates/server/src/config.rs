@@ -20,6 +20,8 @@ pub struct Config {
     pub smtp: Smtp,
     pub imap: Imap,
     pub pop3: Pop3,
+    pub submission: Submission,
+    pub auth: Auth,
     pub log: Log,
 }
 
@@ -52,6 +54,7 @@ pub struct Smtp {
     pub idle_timeout: u64,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    pub auth: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -71,6 +74,24 @@ pub struct Pop3 {
     pub plaintext_auth: bool,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Submission {
+    pub save_sent: bool,
+    pub plaintext_auth: bool,
+    pub messages_per_hour: u32,
+    pub recipients_per_hour: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Auth {
+    pub trust_loopback: bool,
+    pub max_failures_per_ip: u32,
+    pub max_failures_per_account: u32,
+    pub block_minutes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -96,6 +117,8 @@ impl Default for Config {
             smtp: Smtp::default(),
             imap: Imap::default(),
             pop3: Pop3::default(),
+            submission: Submission::default(),
+            auth: Auth::default(),
             log: Log::default(),
         }
     }
@@ -125,6 +148,7 @@ impl Default for Smtp {
             idle_timeout: 300,
             max_connections: 1000,
             max_connections_per_ip: 20,
+            auth: false,
         }
     }
 }
@@ -148,6 +172,28 @@ impl Default for Pop3 {
             plaintext_auth: false,
             max_connections: 2000,
             max_connections_per_ip: 20,
+        }
+    }
+}
+
+impl Default for Submission {
+    fn default() -> Self {
+        Submission {
+            save_sent: true,
+            plaintext_auth: false,
+            messages_per_hour: 500,
+            recipients_per_hour: 2000,
+        }
+    }
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            trust_loopback: true,
+            max_failures_per_ip: 10,
+            max_failures_per_account: 20,
+            block_minutes: 15,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 use yubin_imap::{BResult, Backend, BackendError, Event, Session};
 use yubin_store::{
     AccountId, Changes, Copied, Error as StoreError, FlagOp, Flags, FlagsUpdate, Mailbox,
@@ -22,6 +22,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The store seen by one IMAP session: every call acts on the logged-in account.
 pub struct StoreBackend {
     store: Arc<dyn Store>,
+    guard: Arc<crate::guard::Guard>,
     account: Option<AccountId>,
     peer: SocketAddr,
     /// Mailbox ids known to belong to the account (reloaded on a miss).
@@ -29,9 +30,10 @@ pub struct StoreBackend {
 }
 
 impl StoreBackend {
-    pub fn new(store: Arc<dyn Store>, peer: SocketAddr) -> Self {
+    pub fn new(store: Arc<dyn Store>, guard: Arc<crate::guard::Guard>, peer: SocketAddr) -> Self {
         StoreBackend {
             store,
+            guard,
             account: None,
             peer,
             owned: Default::default(),
@@ -92,16 +94,25 @@ fn err(e: StoreError) -> BackendError {
 
 impl Backend for StoreBackend {
     fn login(&mut self, user: &str, password: &str) -> BResult<bool> {
-        match self.store.authenticate(user, password).map_err(err)? {
-            Some(a) => {
-                info!(user = a.address, peer = %self.peer, "imap login");
+        use crate::guard::{LoginError, login};
+        match login(
+            &*self.store,
+            &self.guard,
+            self.peer.ip(),
+            user,
+            password,
+            "imap",
+        ) {
+            Ok(Some(a)) => {
                 self.account = Some(a.id);
                 Ok(true)
             }
-            None => {
-                info!(user, peer = %self.peer, "imap login failed");
-                Ok(false)
-            }
+            Ok(None) => Ok(false),
+            // RFC 5530 [UNAVAILABLE]: a temporary failure, try later.
+            Err(LoginError::Throttled) => Err(BackendError::Failed(
+                "too many failed logins, try again later".into(),
+            )),
+            Err(LoginError::Store(e)) => Err(err(e)),
         }
     }
 
@@ -242,20 +253,20 @@ pub async fn handle(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, impli
     let _ = tcp.set_nodelay(true);
     let mut stream = Stream::Plain(tcp);
     if implicit_tls {
-        match upgrade(&server, stream).await {
+        match upgrade_stream(&server, stream).await {
             Ok(s) => stream = s,
             Err(e) => return debug!(error = %e, "TLS handshake failed"),
         }
     }
     let cfg = yubin_imap::Config {
         hostname: server.cfg.hostname.clone(),
-        starttls: server.tls.is_some() && !implicit_tls,
-        plaintext_auth: server.cfg.imap.plaintext_auth || peer.ip().is_loopback(),
+        starttls: server.tls().is_some() && !implicit_tls,
+        plaintext_auth: server.cfg.imap.plaintext_auth || server.trusted_path(peer),
         append_limit: server.cfg.imap.append_limit,
     };
     let session = Session::new(
         cfg,
-        StoreBackend::new(server.store.clone(), peer),
+        StoreBackend::new(server.store.clone(), server.guard.clone(), peer),
         implicit_tls,
     );
     match run(&server, stream, session).await {
@@ -264,8 +275,9 @@ pub async fn handle(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, impli
     }
 }
 
-async fn upgrade(server: &Server, stream: Stream) -> std::io::Result<Stream> {
-    let Some(acceptor) = server.tls.clone() else {
+/// Run the server side of a TLS handshake on a plain connection.
+pub(crate) async fn upgrade_stream(server: &Server, stream: Stream) -> std::io::Result<Stream> {
+    let Some(acceptor) = server.tls() else {
         return Err(std::io::Error::other("no TLS configuration"));
     };
     let Stream::Plain(tcp) = stream else {
@@ -376,7 +388,7 @@ async fn run(
                 session.compression_started();
             }
             Event::StartTls => {
-                stream = upgrade(server, stream).await?;
+                stream = upgrade_stream(server, stream).await?;
                 session.tls_started();
             }
             Event::NeedInput | Event::Idle => {
@@ -454,7 +466,14 @@ pub mod testing {
             append_limit: 4096,
         };
         let peer = "127.0.0.1:1".parse().expect("addr");
-        let mut s = Session::new(cfg, StoreBackend::new(store, peer), false);
+        let guard = Arc::new(crate::guard::Guard::new(crate::guard::Limits {
+            max_failures_per_ip: u32::MAX,
+            max_failures_per_account: u32::MAX,
+            block_for: Duration::ZERO,
+            messages_per_hour: u32::MAX,
+            recipients_per_hour: u32::MAX,
+        }));
+        let mut s = Session::new(cfg, StoreBackend::new(store, guard, peer), false);
         if login {
             s.push(b"l1 LOGIN bob@example.test secret\r\nl2 SELECT INBOX\r\n");
         }

@@ -2,6 +2,7 @@
 //! sans-IO protocol sessions to sockets and to the store.
 
 pub mod config;
+pub mod guard;
 pub mod imap;
 mod limits;
 pub mod pop3;
@@ -30,16 +31,45 @@ pub use yubin_smtp::trace::rfc5322_date;
 pub struct Server {
     pub cfg: Config,
     pub store: Arc<dyn Store>,
-    pub tls: Option<TlsAcceptor>,
+    /// Replaced on SIGHUP; connections keep the configuration they started with.
+    tls: std::sync::RwLock<Option<TlsAcceptor>>,
     smtp_limits: Arc<ConnLimiter>,
     imap_limits: Arc<ConnLimiter>,
     pop3_limits: Arc<ConnLimiter>,
     /// Accounts with an open POP3 session.
     pop3_locks: pop3::Locks,
+    /// Login throttling and sending rates, shared by every protocol.
+    pub guard: Arc<guard::Guard>,
     /// Every committed mailbox change, for IMAP IDLE.
     changes: tokio::sync::broadcast::Sender<yubin_store::MailboxId>,
     /// Becomes true when the server starts shutting down.
     shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Server {
+    /// The TLS configuration for a new handshake.
+    pub fn tls(&self) -> Option<TlsAcceptor> {
+        self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Loopback peers count as a protected path when the config says so.
+    pub fn trusted_path(&self, peer: SocketAddr) -> bool {
+        self.cfg.auth.trust_loopback && peer.ip().is_loopback()
+    }
+
+    /// Load the certificate and key again (SIGHUP). On error the old ones stay.
+    pub fn reload_tls(&self) {
+        let (cert, key) = tls::paths(&self.cfg);
+        match tls::load(&cert, &key) {
+            Ok(c) => {
+                *self.tls.write().unwrap_or_else(|e| e.into_inner()) = Some(TlsAcceptor::from(c));
+                info!(cert = %cert.display(), "TLS certificate reloaded");
+            }
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "TLS reload failed; keeping the old certificate")
+            }
+        }
+    }
 }
 
 /// How long a shutdown waits for sessions to finish the message they are receiving.
@@ -210,17 +240,19 @@ pub async fn serve(cfg: Config) -> Result<()> {
     let imaps = bind_all("imaps", &cfg.listen.imaps)?;
     let pop3 = bind_all("pop3", &cfg.listen.pop3)?;
     let pop3s = bind_all("pop3s", &cfg.listen.pop3s)?;
-    for (proto, addrs) in [
-        ("submission", &cfg.listen.submission),
-        ("submissions", &cfg.listen.submissions),
-    ] {
-        if !addrs.is_empty() {
-            info!(proto, "configured but not served by this version yet");
-        }
-    }
-    if [&smtp, &imap, &imaps, &pop3, &pop3s]
-        .iter()
-        .all(|l| l.is_empty())
+    let submission = bind_all("submission", &cfg.listen.submission)?;
+    let submissions = bind_all("submissions", &cfg.listen.submissions)?;
+    if [
+        &smtp,
+        &imap,
+        &imaps,
+        &pop3,
+        &pop3s,
+        &submission,
+        &submissions,
+    ]
+    .iter()
+    .all(|l| l.is_empty())
     {
         bail!("no listener is enabled; set [listen] in the config file");
     }
@@ -236,11 +268,33 @@ pub async fn serve(cfg: Config) -> Result<()> {
         imap_limits: ConnLimiter::new(cfg.imap.max_connections, cfg.imap.max_connections_per_ip),
         pop3_limits: ConnLimiter::new(cfg.pop3.max_connections, cfg.pop3.max_connections_per_ip),
         pop3_locks: Default::default(),
+        guard: Arc::new(guard::Guard::new(guard::Limits {
+            max_failures_per_ip: cfg.auth.max_failures_per_ip,
+            max_failures_per_account: cfg.auth.max_failures_per_account,
+            block_for: std::time::Duration::from_secs(cfg.auth.block_minutes * 60),
+            messages_per_hour: cfg.submission.messages_per_hour,
+            recipients_per_hour: cfg.submission.recipients_per_hour,
+        })),
         changes,
         cfg,
         store: Arc::new(store),
-        tls,
+        tls: std::sync::RwLock::new(tls),
     });
+    // SIGHUP: new certificate for new connections; open ones keep theirs (no drops).
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let server = server.clone();
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        server.reload_tls();
+                    }
+                });
+            }
+            Err(e) => warn!(error = %e, "cannot watch SIGHUP; certificates reload only on restart"),
+        }
+    }
     let mut acceptors = Vec::new();
     for (proto, listeners) in [
         (Proto::Smtp, smtp),
@@ -248,6 +302,8 @@ pub async fn serve(cfg: Config) -> Result<()> {
         (Proto::Imaps, imaps),
         (Proto::Pop3, pop3),
         (Proto::Pop3s, pop3s),
+        (Proto::Submission, submission),
+        (Proto::Submissions, submissions),
     ] {
         for l in listeners {
             let addr = l.local_addr()?;
@@ -285,6 +341,8 @@ enum Proto {
     Imaps,
     Pop3,
     Pop3s,
+    Submission,
+    Submissions,
 }
 
 impl Proto {
@@ -295,16 +353,20 @@ impl Proto {
             Proto::Imaps => "imaps",
             Proto::Pop3 => "pop3",
             Proto::Pop3s => "pop3s",
+            Proto::Submission => "submission",
+            Proto::Submissions => "submissions",
         }
     }
 
     /// What to say when a connection is over the limit (RFC 5321 §3.1, RFC 9051 §7.1.5).
     fn refusal(self, why: &Refused) -> &'static [u8] {
         match (self, why) {
-            (Proto::Smtp, Refused::PerIp) => {
+            (Proto::Smtp | Proto::Submission | Proto::Submissions, Refused::PerIp) => {
                 b"421 4.7.0 Too many connections from your address, try again later\r\n"
             }
-            (Proto::Smtp, Refused::Total) => b"421 4.3.2 Too many connections, try again later\r\n",
+            (Proto::Smtp | Proto::Submission | Proto::Submissions, Refused::Total) => {
+                b"421 4.3.2 Too many connections, try again later\r\n"
+            }
             (Proto::Pop3 | Proto::Pop3s, _) => {
                 b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
             }
@@ -313,10 +375,23 @@ impl Proto {
     }
 }
 
+const SMTP: smtp::Mode = smtp::Mode {
+    implicit_tls: false,
+    submission: false,
+};
+const SUBMISSION: smtp::Mode = smtp::Mode {
+    implicit_tls: false,
+    submission: true,
+};
+const SUBMISSIONS: smtp::Mode = smtp::Mode {
+    implicit_tls: true,
+    submission: true,
+};
+
 async fn accept(server: Arc<Server>, listener: TcpListener, proto: Proto) {
     use tracing::Instrument;
     let limits = match proto {
-        Proto::Smtp => server.smtp_limits.clone(),
+        Proto::Smtp | Proto::Submission | Proto::Submissions => server.smtp_limits.clone(),
         Proto::Imap | Proto::Imaps => server.imap_limits.clone(),
         Proto::Pop3 | Proto::Pop3s => server.pop3_limits.clone(),
     };
@@ -351,7 +426,9 @@ async fn accept(server: Arc<Server>, listener: TcpListener, proto: Proto) {
                 let _slot = slot;
                 tracing::debug!("connected");
                 match proto {
-                    Proto::Smtp => smtp::handle(server, tcp, peer).await,
+                    Proto::Smtp => smtp::handle(server, tcp, peer, SMTP).await,
+                    Proto::Submission => smtp::handle(server, tcp, peer, SUBMISSION).await,
+                    Proto::Submissions => smtp::handle(server, tcp, peer, SUBMISSIONS).await,
                     Proto::Imap => imap::handle(server, tcp, peer, false).await,
                     Proto::Imaps => imap::handle(server, tcp, peer, true).await,
                     Proto::Pop3 => pop3::handle(server, tcp, peer, false).await,

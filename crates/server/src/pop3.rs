@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 use yubin_pop3::{BResult, Backend, BackendError, Entry, Event, Session};
 use yubin_store::{AccountId, FlagOp, Flags, Store, flags};
 
@@ -21,6 +21,7 @@ pub type Locks = Arc<Mutex<HashSet<AccountId>>>;
 
 pub struct StoreMaildrop {
     store: Arc<dyn Store>,
+    guard: Arc<crate::guard::Guard>,
     locks: Locks,
     peer: SocketAddr,
     account: Option<AccountId>,
@@ -29,9 +30,15 @@ pub struct StoreMaildrop {
 }
 
 impl StoreMaildrop {
-    pub fn new(store: Arc<dyn Store>, locks: Locks, peer: SocketAddr) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        guard: Arc<crate::guard::Guard>,
+        locks: Locks,
+        peer: SocketAddr,
+    ) -> Self {
         StoreMaildrop {
             store,
+            guard,
             locks,
             peer,
             account: None,
@@ -66,16 +73,24 @@ impl Drop for StoreMaildrop {
 
 impl Backend for StoreMaildrop {
     fn login(&mut self, user: &str, password: &str) -> BResult<bool> {
-        match self.store.authenticate(user, password).map_err(temp)? {
-            Some(a) => {
-                info!(user = a.address, peer = %self.peer, "pop3 login");
+        use crate::guard::{LoginError, login};
+        match login(
+            &*self.store,
+            &self.guard,
+            self.peer.ip(),
+            user,
+            password,
+            "pop3",
+        ) {
+            Ok(Some(a)) => {
                 self.account = Some(a.id);
                 Ok(true)
             }
-            None => {
-                info!(user, peer = %self.peer, "pop3 login failed");
-                Ok(false)
-            }
+            Ok(None) => Ok(false),
+            Err(LoginError::Throttled) => Err(BackendError::Temporary(
+                "too many failed logins, try again later".into(),
+            )),
+            Err(LoginError::Store(e)) => Err(temp(e)),
         }
     }
 
@@ -139,38 +154,28 @@ pub async fn handle(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, impli
     let _ = tcp.set_nodelay(true);
     let mut stream = Stream::Plain(tcp);
     if implicit_tls {
-        match upgrade(&server, stream).await {
+        match crate::imap::upgrade_stream(&server, stream).await {
             Ok(s) => stream = s,
             Err(e) => return debug!(error = %e, "TLS handshake failed"),
         }
     }
     let cfg = yubin_pop3::Config {
         hostname: server.cfg.hostname.clone(),
-        stls: server.tls.is_some() && !implicit_tls,
-        plaintext_auth: server.cfg.pop3.plaintext_auth || peer.ip().is_loopback(),
+        stls: server.tls().is_some() && !implicit_tls,
+        plaintext_auth: server.cfg.pop3.plaintext_auth || server.trusted_path(peer),
         max_errors: 20,
     };
-    let backend = StoreMaildrop::new(server.store.clone(), server.pop3_locks.clone(), peer);
+    let backend = StoreMaildrop::new(
+        server.store.clone(),
+        server.guard.clone(),
+        server.pop3_locks.clone(),
+        peer,
+    );
     let session = Session::new(cfg, backend, implicit_tls);
     match run(&server, stream, session).await {
         Ok(()) => debug!("session closed"),
         Err(e) => debug!(error = %e, "session ended"),
     }
-}
-
-async fn upgrade(server: &Server, stream: Stream) -> std::io::Result<Stream> {
-    let Some(acceptor) = server.tls.clone() else {
-        return Err(std::io::Error::other("no TLS configuration"));
-    };
-    let Stream::Plain(tcp) = stream else {
-        return Err(std::io::Error::other("already TLS"));
-    };
-    let tls = tokio::time::timeout(WRITE_TIMEOUT, acceptor.accept(tcp))
-        .await
-        .map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timeout")
-        })??;
-    Ok(Stream::Tls(Box::new(tls)))
 }
 
 async fn run(
@@ -199,7 +204,7 @@ async fn run(
                 return Ok(());
             }
             Event::StartTls => {
-                stream = upgrade(server, stream).await?;
+                stream = crate::imap::upgrade_stream(server, stream).await?;
                 session.tls_started();
             }
             Event::NeedInput => {

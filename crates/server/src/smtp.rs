@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
-use yubin_smtp::{DeliveryOutcome, Event, Message, RcptVerdict, Session, trace};
+use yubin_smtp::{AuthOutcome, DeliveryOutcome, Event, Message, RcptVerdict, Session, trace};
 use yubin_store::{AccountId, Flags, Resolved};
 
 use crate::stream::Stream;
@@ -18,24 +18,50 @@ use crate::{Server, new_id, unix_now};
 /// How long a write to a client that does not read may block.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub async fn handle(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
+/// Which SMTP service a listener offers.
+#[derive(Debug, Clone, Copy)]
+pub struct Mode {
+    /// Port 465: TLS from the first byte (RFC 8314).
+    pub implicit_tls: bool,
+    /// Ports 587/465: message submission, AUTH required (RFC 6409).
+    pub submission: bool,
+}
+
+pub async fn handle(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, mode: Mode) {
     let _ = tcp.set_nodelay(true);
+    let mut stream = Stream::Plain(tcp);
+    if mode.implicit_tls {
+        match crate::imap::upgrade_stream(&server, stream).await {
+            Ok(s) => stream = s,
+            Err(e) => return debug!(error = %e, "TLS handshake failed"),
+        }
+    }
     let cfg = yubin_smtp::Config {
         hostname: server.cfg.hostname.clone(),
         max_message_size: server.cfg.smtp.max_message_size,
         max_recipients: server.cfg.smtp.max_recipients,
         max_errors: server.cfg.smtp.max_errors,
         max_line_length: server.cfg.smtp.max_line_length,
-        starttls: server.tls.is_some(),
+        starttls: server.tls().is_some() && !mode.implicit_tls,
+        auth: mode.submission || server.cfg.smtp.auth,
+        // RFC 8314: credentials only over TLS; loopback is a protected path.
+        auth_requires_tls: !(server.cfg.submission.plaintext_auth || server.trusted_path(peer)),
+        submission: mode.submission,
+    };
+    let session = if mode.implicit_tls {
+        Session::new_tls(cfg)
+    } else {
+        Session::new(cfg)
     };
     let mut conn = Conn {
         server,
-        stream: Stream::Plain(tcp),
+        stream,
         peer,
         out: Vec::with_capacity(1024),
         accepted: HashMap::new(),
+        account: None,
     };
-    match conn.run(Session::new(cfg)).await {
+    match conn.run(session).await {
         Ok(()) => debug!("session closed"),
         Err(e) => debug!(error = %e, "session ended"),
     }
@@ -48,6 +74,8 @@ struct Conn {
     out: Vec<u8>,
     /// Accounts each accepted recipient resolved to at RCPT time.
     accepted: HashMap<String, Vec<AccountId>>,
+    /// The account that authenticated (id, address).
+    account: Option<(AccountId, String)>,
 }
 
 impl Conn {
@@ -79,6 +107,18 @@ impl Conn {
                     self.start_tls().await?;
                     session.tls_started();
                     self.accepted.clear();
+                    self.account = None;
+                }
+                Event::Authenticate { user, password } => {
+                    let outcome = self.authenticate(user, password).await;
+                    session.auth_result(outcome);
+                }
+                Event::CheckSender(addr) => {
+                    let ok = self.owns(&addr).await;
+                    if !ok {
+                        info!(sender = addr, user = ?self.account.as_ref().map(|a| &a.1), "sender refused: not owned");
+                    }
+                    session.sender_verdict(ok);
                 }
                 Event::Close => {
                     self.flush().await?;
@@ -143,7 +183,7 @@ impl Conn {
     }
 
     async fn start_tls(&mut self) -> std::io::Result<()> {
-        let Some(acceptor) = self.server.tls.clone() else {
+        let Some(acceptor) = self.server.tls() else {
             return Err(std::io::Error::other("STARTTLS without TLS configuration"));
         };
         let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Upgrading) else {
@@ -158,6 +198,49 @@ impl Conn {
         self.stream = Stream::Tls(Box::new(tls));
         debug!(tls = ?self.stream.tls_description(), "TLS started");
         Ok(())
+    }
+
+    /// SMTP AUTH through the shared guard: blocked sources get 454, failures wait longer
+    /// each time, and argon2 runs on a blocking thread.
+    async fn authenticate(&mut self, user: String, password: String) -> AuthOutcome {
+        let (store, guard, ip) = (
+            self.server.store.clone(),
+            self.server.guard.clone(),
+            self.peer.ip(),
+        );
+        let result = tokio::task::spawn_blocking(move || {
+            crate::guard::login(&*store, &guard, ip, &user, &password, "smtp")
+        })
+        .await;
+        match result {
+            Ok(Ok(Some(account))) => {
+                self.account = Some((account.id, account.address.clone()));
+                AuthOutcome::Success(account.address)
+            }
+            Ok(Ok(None)) => AuthOutcome::Failure,
+            Ok(Err(crate::guard::LoginError::Throttled)) => AuthOutcome::Throttled,
+            Ok(Err(crate::guard::LoginError::Store(e))) => {
+                warn!(error = %e, "auth lookup failed");
+                AuthOutcome::TempFail
+            }
+            Err(e) => {
+                warn!(error = %e, "auth task failed");
+                AuthOutcome::TempFail
+            }
+        }
+    }
+
+    /// Is `addr` the authenticated user's own address, a subaddress of it, or an alias
+    /// (not a catch-all) that delivers to the user?
+    async fn owns(&self, addr: &str) -> bool {
+        let Some((_, me)) = self.account.clone() else {
+            return false;
+        };
+        let store = self.server.store.clone();
+        let addr = addr.to_owned();
+        tokio::task::spawn_blocking(move || owns(&*store, &me, &addr))
+            .await
+            .unwrap_or(false)
     }
 
     async fn check_recipient(&mut self, addr: &str) -> RcptVerdict {
@@ -202,6 +285,11 @@ impl Conn {
                 info!(rcpt = addr, "rejected: account disabled");
                 RcptVerdict::Disabled
             }
+            Ok(Ok((Resolved::NotLocal, _))) if self.account.is_some() => {
+                // Authenticated users may send anywhere; the outbound queue is not there yet.
+                info!(rcpt = addr, "rejected: no outbound delivery yet");
+                RcptVerdict::NoRoute
+            }
             Ok(Ok((Resolved::NotLocal, _))) => {
                 info!(rcpt = addr, "rejected: relay denied");
                 RcptVerdict::RelayDenied
@@ -218,6 +306,13 @@ impl Conn {
     }
 
     async fn deliver(&mut self, msg: Message) -> DeliveryOutcome {
+        let mut submitted = None;
+        if let Some((account_id, me)) = self.account.clone() {
+            match self.check_submission(&msg, &me).await {
+                Ok(added) => submitted = Some((account_id, added)),
+                Err(outcome) => return outcome,
+            }
+        }
         let mut accounts: Vec<AccountId> = Vec::new();
         for r in &msg.rcpt_to {
             if let Some(ids) = self.accepted.get(&r.to_lowercase()) {
@@ -242,9 +337,26 @@ impl Conn {
         let size = msg.data.len();
         let from = msg.mail_from.clone();
         let rcpts = msg.rcpt_to.join(",");
+        let save_sent = self.server.cfg.submission.save_sent;
         let result = tokio::task::spawn_blocking(move || {
-            let blob = store.stage(&[return_path.as_bytes(), received.as_bytes(), &msg.data])?;
-            store.deliver(blob, &accounts, "INBOX", &Flags::default(), now)
+            let added = submitted.as_ref().map_or("", |s| s.1.as_str());
+            let parts = [
+                return_path.as_bytes(),
+                received.as_bytes(),
+                added.as_bytes(),
+                &msg.data,
+            ];
+            let blob = store.stage(&parts)?;
+            let copies = store.deliver(blob, &accounts, "INBOX", &Flags::default(), now)?;
+            // RFC 6409 leaves it to the server; users expect their Sent folder to hold it.
+            if save_sent && let Some((sender, _)) = &submitted {
+                let blob = store.stage(&parts[2..])?;
+                let seen = Flags::system(yubin_store::flags::SEEN);
+                if let Err(e) = store.deliver(blob, &[*sender], "Sent", &seen, now) {
+                    warn!(error = %e, "could not save a copy to Sent");
+                }
+            }
+            Ok::<_, yubin_store::Error>(copies)
         })
         .await;
         match result {
@@ -262,4 +374,80 @@ impl Conn {
             }
         }
     }
+}
+
+impl Conn {
+    /// Submission rules (RFC 6409): the sending rate, every From: address owned by the user
+    /// (§6.1), and the Date and Message-ID headers a client left out (§8.2, §8.3), returned
+    /// as header lines to put before the message.
+    async fn check_submission(&self, msg: &Message, me: &str) -> Result<String, DeliveryOutcome> {
+        let now = std::time::Instant::now();
+        if !self
+            .server
+            .guard
+            .allow_send(me, msg.rcpt_to.len() as u32, now)
+        {
+            info!(user = me, "submission refused: hourly limit");
+            return Err(DeliveryOutcome::TempFail(
+                "4.7.1 Sending rate limit reached, try again later".into(),
+            ));
+        }
+        let parsed = mail_parser::MessageParser::default().parse_headers(&msg.data);
+        let mut from: Vec<String> = Vec::new();
+        let mut has_date = false;
+        let mut has_id = false;
+        if let Some(p) = &parsed {
+            if let Some(list) = p.from() {
+                from = list
+                    .iter()
+                    .filter_map(|a| a.address.as_deref().map(str::to_owned))
+                    .collect();
+            }
+            has_date = p.date().is_some();
+            has_id = p.message_id().is_some();
+        }
+        let store = self.server.store.clone();
+        let me_owned = me.to_owned();
+        let all_owned =
+            tokio::task::spawn_blocking(move || from.iter().all(|a| owns(&*store, &me_owned, a)))
+                .await
+                .unwrap_or(false);
+        if !all_owned {
+            info!(user = me, "submission refused: From: not owned");
+            return Err(DeliveryOutcome::Forbidden(
+                "From: header is not an address of the authenticated user".into(),
+            ));
+        }
+        let mut added = String::new();
+        if !has_date {
+            added.push_str(&format!("Date: {}\r\n", trace::rfc5322_date(unix_now())));
+        }
+        if !has_id {
+            added.push_str(&format!(
+                "Message-ID: <{}@{}>\r\n",
+                new_id(),
+                self.server.cfg.hostname
+            ));
+        }
+        Ok(added)
+    }
+}
+
+/// Sender ownership for submission (RFC 6409 §6.1): the account's own address (subaddresses
+/// included) or an alias that delivers to it. A catch-all does not make every address
+/// of the domain the user's.
+fn owns(store: &dyn yubin_store::Store, me: &str, addr: &str) -> bool {
+    let Ok(a) = yubin_store::normalize_address(addr) else {
+        return false;
+    };
+    let base = a.local.split_once('+').map_or(a.local.as_str(), |(b, _)| b);
+    let plain = format!("{base}@{}", a.domain);
+    if plain == me {
+        return true;
+    }
+    store.list_aliases().is_ok_and(|aliases| {
+        aliases.iter().any(|al| {
+            (al.alias == plain || al.alias == a.to_string()) && al.targets.iter().any(|t| t == me)
+        })
+    })
 }

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use yubin_imap::{Config, Event, Session};
+use yubin_server::guard::{Guard, Limits};
 use yubin_server::imap::StoreBackend;
 use yubin_store::{Directory, Flags, MailStore, SqliteStore, Store};
 
@@ -51,7 +52,14 @@ fn run(name: &str, script: &str) {
         append_limit: 10_000,
     };
     let peer = "127.0.0.1:1".parse().unwrap();
-    let mut s = Session::new(cfg, StoreBackend::new(store, peer), tls);
+    let guard = std::sync::Arc::new(Guard::new(Limits {
+        max_failures_per_ip: 100,
+        max_failures_per_account: 100,
+        block_for: std::time::Duration::from_secs(60),
+        messages_per_hour: 100,
+        recipients_per_hour: 100,
+    }));
+    let mut s = Session::new(cfg, StoreBackend::new(store, guard, peer), tls);
     let (mut got, _) = drain(&mut s);
     let mut want: Vec<(bool, String)> = Vec::new();
     let check = |got: &mut Vec<String>, want: &mut Vec<(bool, String)>, line: usize| {

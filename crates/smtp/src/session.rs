@@ -95,6 +95,8 @@ pub enum RcptVerdict {
     Disabled,
     /// Not a local domain and the client may not relay.
     RelayDenied,
+    /// Not a local domain, the client may relay, but there is no route (no outbound queue).
+    NoRoute,
     /// The account is at its storage limit.
     MailboxFull,
     /// Lookup failed for a reason that may pass (storage busy...).
@@ -121,6 +123,8 @@ pub enum DeliveryOutcome {
     TempFail(String),
     /// Refused for good.
     Rejected(String),
+    /// Refused by policy (RFC 6409 §6.1: the From: header is not the user's): 553 5.7.1.
+    Forbidden(String),
 }
 
 /// One received message and its envelope.
@@ -387,6 +391,12 @@ impl Session {
             RcptVerdict::Disabled => r(550, (5, 2, 1), format!("<{addr}>: mailbox disabled")),
             // RFC 3463 §3.8: X.7.1 delivery not authorized.
             RcptVerdict::RelayDenied => r(550, (5, 7, 1), format!("<{addr}>: relay access denied")),
+            // RFC 3463 §3.5: X.4.4 unable to route.
+            RcptVerdict::NoRoute => r(
+                550,
+                (5, 4, 4),
+                format!("<{addr}>: delivery to other domains is not enabled on this server"),
+            ),
             // RFC 3463 §3.3: X.2.2 mailbox full; 452 so the sender retries (RFC 5321 §4.2.2).
             RcptVerdict::MailboxFull => r(452, (4, 2, 2), format!("<{addr}>: mailbox full")),
             RcptVerdict::TempFail => r(
@@ -409,6 +419,7 @@ impl Session {
             DeliveryOutcome::Stored { id } => r(250, (2, 0, 0), format!("Ok: stored as {id}")),
             DeliveryOutcome::TempFail(why) => r(451, (4, 3, 0), why),
             DeliveryOutcome::Rejected(why) => r(554, (5, 6, 0), why),
+            DeliveryOutcome::Forbidden(why) => r(553, (5, 7, 1), why),
         };
         self.out.push_back(reply);
     }
