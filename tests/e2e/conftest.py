@@ -65,6 +65,8 @@ class Yubin:
         self.imaps_port = free_port()
         self.pop3_port = free_port()
         self.pop3s_port = free_port()
+        self.submission_port = free_port()
+        self.submissions_port = free_port()
         self.config = tmp / "yubin.toml"
         smtp_keys = "\n".join(f"{k} = {v}" for k, v in (smtp or {}).items())
         self.config.write_text(
@@ -74,7 +76,8 @@ class Yubin:
             f'smtp = ["127.0.0.1:{self.port}"]\n'
             f"imap = [\"127.0.0.1:{self.imap_port}\"]\nimaps = [\"127.0.0.1:{self.imaps_port}\"]\n"
             f"pop3 = [\"127.0.0.1:{self.pop3_port}\"]\npop3s = [\"127.0.0.1:{self.pop3s_port}\"]\n"
-            "submission = []\nsubmissions = []\n"
+            f"submission = [\"127.0.0.1:{self.submission_port}\"]\n"
+            f"submissions = [\"127.0.0.1:{self.submissions_port}\"]\n"
             "[smtp]\n"
             f"{smtp_keys}\n"
         )
