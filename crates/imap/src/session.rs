@@ -487,6 +487,13 @@ impl<B: Backend> Session<B> {
         self.out.extend(ResponseCodec::default().encode(&r).dump());
     }
 
+    /// `* OK [code] text`.
+    fn untagged_ok(&mut self, code: Code<'static>, text: &'static str) {
+        if let Ok(st) = Status::ok(None, Some(code), text) {
+            self.send(Response::Status(st));
+        }
+    }
+
     fn data(&mut self, d: Data<'_>) {
         self.send(Response::Data(d));
     }
@@ -1097,38 +1104,13 @@ impl<B: Backend> Session<B> {
             self.data(Data::Recent(0));
         }
         if let Some(i) = msgs.iter().position(|m| m.flags.system & flags::SEEN == 0) {
-            self.send(Response::Status(
-                Status::ok(None, Some(Code::Unseen(nz(i as u32 + 1))), "First unseen")
-                    .expect("valid"),
-            ));
+            self.untagged_ok(Code::Unseen(nz(i as u32 + 1)), "First unseen");
         }
-        self.send(Response::Status(
-            Status::ok(
-                None,
-                Some(Code::UidValidity(nz(mb.uidvalidity))),
-                "UIDs valid",
-            )
-            .expect("valid"),
-        ));
-        self.send(Response::Status(
-            Status::ok(
-                None,
-                Some(Code::UidNext(nz(mb.uid_next))),
-                "Predicted next UID",
-            )
-            .expect("valid"),
-        ));
+        self.untagged_ok(Code::UidValidity(nz(mb.uidvalidity)), "UIDs valid");
+        self.untagged_ok(Code::UidNext(nz(mb.uid_next)), "Predicted next UID");
         // RFC 7162 §3.1.2.1: HIGHESTMODSEQ in every SELECT/EXAMINE.
-        self.send(Response::Status(
-            Status::ok(
-                None,
-                Some(Code::HighestModSeq(
-                    NonZeroU64::new(mb.highest_modseq).unwrap_or(NonZeroU64::MIN),
-                )),
-                "Highest",
-            )
-            .expect("valid"),
-        ));
+        let highest = NonZeroU64::new(mb.highest_modseq).unwrap_or(NonZeroU64::MIN);
+        self.untagged_ok(Code::HighestModSeq(highest), "Highest");
         self.selected = Some(Selected {
             id: mb.id,
             read_only,

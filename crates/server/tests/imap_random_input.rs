@@ -3,6 +3,7 @@
 //! property on coverage-guided input.
 
 use yubin_server::imap::testing::{exercise, sample_store};
+use yubin_smtp::testing::Rng;
 
 const FRAGMENTS: &[&[u8]] = &[
     b"a SELECT INBOX\r\n",
@@ -43,20 +44,6 @@ const FRAGMENTS: &[&[u8]] = &[
     b"u LOGOUT\r\n",
 ];
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 #[test]
 fn random_input_never_breaks_the_session() {
     let dir = tempfile::tempdir().unwrap();
@@ -67,7 +54,7 @@ fn random_input_never_breaks_the_session() {
         for _ in 0..rng.below(25) {
             if rng.below(5) == 0 {
                 let n = rng.below(200);
-                input.extend((0..n).map(|_| rng.next() as u8));
+                input.extend((0..n).map(|_| rng.next_u64() as u8));
             } else {
                 input.extend_from_slice(FRAGMENTS[rng.below(FRAGMENTS.len())]);
             }

@@ -52,3 +52,20 @@ pub fn exercise(cfg: Config, input: &[u8], mut chunk: impl FnMut() -> usize) {
         }
     }
 }
+
+/// xorshift64*: enough randomness for seeded test inputs, no dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A value in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}

@@ -3,7 +3,7 @@
 //! panic, stall, or hand over a message above the size limit.
 
 use yubin_smtp::Config;
-use yubin_smtp::testing::exercise;
+use yubin_smtp::testing::{Rng, exercise};
 
 const FRAGMENTS: &[&[u8]] = &[
     b"EHLO x\r\n",
@@ -41,21 +41,6 @@ const FRAGMENTS: &[&[u8]] = &[
     b":",
 ];
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*: enough randomness for test inputs, no dependency.
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 #[test]
 fn random_input_never_breaks_the_session() {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
@@ -64,7 +49,7 @@ fn random_input_never_breaks_the_session() {
         for _ in 0..rng.below(40) {
             if rng.below(4) == 0 {
                 let n = rng.below(700);
-                input.extend((0..n).map(|_| rng.next() as u8));
+                input.extend((0..n).map(|_| rng.next_u64() as u8));
             } else {
                 input.extend_from_slice(FRAGMENTS[rng.below(FRAGMENTS.len())]);
             }
