@@ -145,6 +145,15 @@ pub trait Directory: Send + Sync {
 pub trait MailStore: Send + Sync {
     /// Write a body (the concatenation of `parts`) to stable storage.
     fn stage(&self, parts: &[&[u8]]) -> Result<StagedBlob>;
+    /// Deliver to local accounts and queue remote recipients, in one durable transaction.
+    /// Returns the local copies and the queue id (when anything was queued).
+    fn accept(
+        &self,
+        blob: StagedBlob,
+        accounts: &[AccountId],
+        outbound: &Outbound,
+        internal_date: i64,
+    ) -> Result<(Vec<Delivered>, Option<i64>)>;
     /// Put a staged body into `mailbox` of every account, atomically and durably.
     /// Duplicate accounts get one copy. Concurrent calls share one commit (group commit).
     fn deliver(
@@ -204,6 +213,62 @@ pub trait MailStore: Send + Sync {
     fn on_change(&self, listener: ChangeListener);
 }
 
+/// Recipients on other domains, to be delivered by the outbound queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    /// The reverse-path; empty for a bounce (which must never bounce, RFC 3464 §2).
+    pub mail_from: String,
+    pub rcpts: Vec<String>,
+}
+
+/// One recipient of a queued message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedRcpt {
+    pub id: i64,
+    pub queue_id: i64,
+    pub mail_from: String,
+    pub rcpt: String,
+    pub domain: String,
+    pub attempts: u32,
+    /// When the message was accepted (Unix time).
+    pub created: i64,
+    pub next_attempt: i64,
+    pub last_error: Option<String>,
+    pub size: u64,
+}
+
+/// What one delivery attempt to a recipient came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    Delivered,
+    /// Try again at this time.
+    Retry {
+        at: i64,
+        error: String,
+    },
+    /// Give up (a 5xx, or the queue lifetime is over); the caller sends the bounce.
+    Failed {
+        error: String,
+    },
+}
+
+/// The durable outbound queue. Entries are written in the same transaction as the local
+/// copies of the message, so an accepted message is never half-queued.
+pub trait Queue: Send + Sync {
+    /// Recipients whose next attempt is due at `now`, oldest first.
+    fn due(&self, now: i64, limit: usize) -> Result<Vec<QueuedRcpt>>;
+    /// Every queued recipient, for `yubin queue list`.
+    fn queued(&self) -> Result<Vec<QueuedRcpt>>;
+    /// The message of a queue entry, exactly as stored.
+    fn queued_message(&self, queue_id: i64) -> Result<Vec<u8>>;
+    /// Record an attempt; a message whose recipients are all done leaves the queue.
+    fn record(&self, rcpt_id: i64, attempt: &Attempt) -> Result<()>;
+    /// Make entries (all, or one message's) due now; returns how many.
+    fn retry_now(&self, queue_id: Option<i64>, now: i64) -> Result<usize>;
+    /// Remove a message from the queue without delivering it.
+    fn delete_queued(&self, queue_id: i64) -> Result<usize>;
+}
+
 /// Everything a backend provides; what the server holds as `Arc<dyn Store>`.
-pub trait Store: Directory + MailStore {}
-impl<T: Directory + MailStore> Store for T {}
+pub trait Store: Directory + MailStore + Queue {}
+impl<T: Directory + MailStore + Queue> Store for T {}

@@ -582,3 +582,75 @@ fn sort_keys_are_kept_per_message() {
     assert_eq!(m.message_id, "m2@x");
     assert_eq!(m.references, ["m0@x", "m1@x"]);
 }
+
+#[test]
+fn outbound_queue_lifecycle() {
+    use yubin_store::{Attempt, Outbound, Queue};
+    let (d, s) = store();
+    s.add_domain("example.com").unwrap();
+    let a = s.add_account("a@example.com", "pw", false).unwrap().id;
+    let out = Outbound {
+        mail_from: "a@example.com".into(),
+        rcpts: vec!["x@Remote.ORG".into(), "y@other.net".into()],
+    };
+    // A message to one local and two remote recipients: one transaction.
+    let blob = s.stage(&[b"Subject: q\r\n\r\nbody\r\n"]).unwrap();
+    let (local, qid) = s.accept(blob, &[a], &out, 100).unwrap();
+    assert_eq!(local.len(), 1);
+    let qid = qid.unwrap();
+    assert_eq!(
+        s.due(99, 10).unwrap().len(),
+        0,
+        "not due before it was accepted"
+    );
+    let due = s.due(100, 10).unwrap();
+    assert_eq!(
+        due.iter().map(|r| r.domain.as_str()).collect::<Vec<_>>(),
+        ["remote.org", "other.net"]
+    );
+    assert_eq!(
+        s.queued_message(qid).unwrap(),
+        b"Subject: q\r\n\r\nbody\r\n"
+    );
+    s.record(
+        due[0].id,
+        &Attempt::Retry {
+            at: 400,
+            error: "451 later".into(),
+        },
+    )
+    .unwrap();
+    s.record(due[1].id, &Attempt::Delivered).unwrap();
+    let q = s.queued().unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(
+        (q[0].attempts, q[0].next_attempt, q[0].last_error.as_deref()),
+        (1, 400, Some("451 later"))
+    );
+    assert!(s.due(399, 10).unwrap().is_empty());
+    assert_eq!(s.retry_now(None, 200).unwrap(), 1);
+    assert_eq!(s.due(200, 10).unwrap().len(), 1);
+    s.record(
+        due[0].id,
+        &Attempt::Failed {
+            error: "550 no".into(),
+        },
+    )
+    .unwrap();
+    assert!(
+        s.queued().unwrap().is_empty(),
+        "all recipients done: the message left the queue"
+    );
+    assert_eq!(blob_files(d.path()), 1, "the body stays for the local copy");
+    // Queue-only message (no local recipients); deleting it removes its body.
+    let blob = s.stage(&[b"x"]).unwrap();
+    let (_, qid) = s.accept(blob, &[], &out, 100).unwrap();
+    assert_eq!(blob_files(d.path()), 2);
+    assert_eq!(s.delete_queued(qid.unwrap()).unwrap(), 2);
+    assert_eq!(blob_files(d.path()), 1);
+    assert_eq!(
+        s.sweep_orphans().unwrap(),
+        0,
+        "queued bodies are not orphans"
+    );
+}

@@ -13,7 +13,7 @@ use super::{Listeners, SqliteStore, canonical_mailbox, fsync_dir, now};
 use crate::index;
 use crate::{
     AccountId, ChangeListener, Changes, Copied, Delivered, Error, FlagOp, Flags, FlagsUpdate,
-    MailStore, Mailbox, MailboxId, MessageMeta, Result, SortInfo, StagedBlob, TextField,
+    MailStore, Mailbox, MailboxId, MessageMeta, Outbound, Result, SortInfo, StagedBlob, TextField,
     TrainingEvent,
 };
 
@@ -26,7 +26,8 @@ pub(super) struct Job {
     mailbox: String,
     flags: Flags,
     internal_date: i64,
-    reply: mpsc::SyncSender<Result<Vec<Delivered>>>,
+    outbound: Option<Outbound>,
+    reply: mpsc::SyncSender<Result<(Vec<Delivered>, Option<i64>)>>,
 }
 
 const MAILBOX_COLUMNS: &str = "b.id, b.name, b.uidvalidity, b.uid_next, b.highest_modseq,
@@ -155,6 +156,35 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    fn write_job(
+        &self,
+        blob: StagedBlob,
+        accounts: &[AccountId],
+        mailbox: &str,
+        flags: &Flags,
+        internal_date: i64,
+        outbound: Option<Outbound>,
+    ) -> Result<(Vec<Delivered>, Option<i64>)> {
+        if accounts.is_empty() && outbound.is_none() {
+            let _ = fs::remove_file(Self::blob_path(&self.root, &blob.name));
+            return Err(Error::NoRecipients);
+        }
+        let (reply, rx) = mpsc::sync_channel(1);
+        let job = Job {
+            blob,
+            accounts: accounts.to_vec(),
+            mailbox: canonical_mailbox(mailbox).to_owned(),
+            flags: flags.clone(),
+            internal_date,
+            outbound,
+            reply,
+        };
+        self.writer.send(job).map_err(|_| Error::WriterGone)?;
+        rx.recv().map_err(|_| Error::WriterGone)?
+    }
+}
+
 impl MailStore for SqliteStore {
     fn stage(&self, parts: &[&[u8]]) -> Result<StagedBlob> {
         let mut id = [0u8; 16];
@@ -203,21 +233,26 @@ impl MailStore for SqliteStore {
         flags: &Flags,
         internal_date: i64,
     ) -> Result<Vec<Delivered>> {
-        if accounts.is_empty() {
-            let _ = fs::remove_file(Self::blob_path(&self.root, &blob.name));
-            return Err(Error::NoRecipients);
-        }
-        let (reply, rx) = mpsc::sync_channel(1);
-        let job = Job {
+        self.write_job(blob, accounts, mailbox, flags, internal_date, None)
+            .map(|(d, _)| d)
+    }
+
+    fn accept(
+        &self,
+        blob: StagedBlob,
+        accounts: &[AccountId],
+        outbound: &Outbound,
+        internal_date: i64,
+    ) -> Result<(Vec<Delivered>, Option<i64>)> {
+        let outbound = (!outbound.rcpts.is_empty()).then(|| outbound.clone());
+        self.write_job(
             blob,
-            accounts: accounts.to_vec(),
-            mailbox: canonical_mailbox(mailbox).to_owned(),
-            flags: flags.clone(),
+            accounts,
+            "INBOX",
+            &Flags::default(),
             internal_date,
-            reply,
-        };
-        self.writer.send(job).map_err(|_| Error::WriterGone)?;
-        rx.recv().map_err(|_| Error::WriterGone)?
+            outbound,
+        )
     }
 
     fn list_mailboxes(&self, account: AccountId) -> Result<Vec<Mailbox>> {
@@ -748,7 +783,7 @@ pub(super) fn writer_loop(
         let mut touched = BTreeSet::new();
         for (job, result) in batch.into_iter().zip(results) {
             match &result {
-                Ok(d) => touched.extend(d.iter().map(|d| d.mailbox)),
+                Ok((d, _)) => touched.extend(d.iter().map(|d| d.mailbox)),
                 Err(_) => {
                     let _ = fs::remove_file(SqliteStore::blob_path(&root, &job.blob.name));
                 }
@@ -759,8 +794,10 @@ pub(super) fn writer_loop(
     }
 }
 
-fn commit_batch(root: &Path, conn: &mut Connection, batch: &[Job]) -> Vec<Result<Vec<Delivered>>> {
-    let shared_failure = |e: &Error| -> Vec<Result<Vec<Delivered>>> {
+type JobResult = Result<(Vec<Delivered>, Option<i64>)>;
+
+fn commit_batch(root: &Path, conn: &mut Connection, batch: &[Job]) -> Vec<JobResult> {
+    let shared_failure = |e: &Error| -> Vec<JobResult> {
         batch
             .iter()
             .map(|_| {
@@ -793,7 +830,7 @@ fn commit_batch(root: &Path, conn: &mut Connection, batch: &[Job]) -> Vec<Result
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
         // A savepoint per job: one bad job (say, a removed account) fails alone.
-        let r = (|| -> Result<Vec<Delivered>> {
+        let r = (|| -> JobResult {
             let sp = tx.savepoint()?;
             let out = apply(&sp, job)?;
             sp.commit()?;
@@ -807,7 +844,7 @@ fn commit_batch(root: &Path, conn: &mut Connection, batch: &[Job]) -> Vec<Result
     results
 }
 
-fn apply(c: &Connection, job: &Job) -> Result<Vec<Delivered>> {
+fn apply(c: &Connection, job: &Job) -> JobResult {
     c.prepare_cached("INSERT INTO blobs(name, size) VALUES (?1, ?2)")?
         .execute(params![job.blob.name, job.blob.size as i64])?;
     let blob_id = c.last_insert_rowid();
@@ -877,7 +914,23 @@ fn apply(c: &Connection, job: &Job) -> Result<Vec<Delivered>> {
             uid,
         });
     }
-    Ok(out)
+    // Remote recipients enter the queue in the same transaction (RFC 5321 §4.5.4.1: the
+    // message is now ours to deliver or bounce).
+    let mut queue_id = None;
+    if let Some(o) = &job.outbound {
+        c.prepare_cached("INSERT INTO queue(blob_id, mail_from, created) VALUES (?1, ?2, ?3)")?
+            .execute(params![blob_id, o.mail_from, job.internal_date])?;
+        let id = c.last_insert_rowid();
+        for r in &o.rcpts {
+            let domain = r.rsplit_once('@').map_or("", |d| d.1).to_lowercase();
+            c.prepare_cached(
+                "INSERT INTO queue_rcpts(queue_id, rcpt, domain, next_attempt) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![id, r, domain, job.internal_date])?;
+        }
+        queue_id = Some(id);
+    }
+    Ok((out, queue_id))
 }
 
 #[cfg(test)]

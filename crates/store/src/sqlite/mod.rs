@@ -30,6 +30,7 @@ use crate::{
 };
 
 mod mail;
+mod queue;
 
 const DB_FILE: &str = "yubin.db";
 const SCHEMA_VERSION: i64 = 1;
@@ -107,6 +108,22 @@ CREATE TABLE envelopes(
     refs TEXT NOT NULL,
     -- Size as POP3 sends it (CRLF, dot-stuffed), for STAT/LIST.
     pop3_size INTEGER NOT NULL);
+-- The outbound queue: one row per accepted message, one per remote recipient.
+CREATE TABLE queue(
+    id INTEGER PRIMARY KEY,
+    blob_id INTEGER NOT NULL REFERENCES blobs(id),
+    mail_from TEXT NOT NULL,
+    created INTEGER NOT NULL);
+CREATE TABLE queue_rcpts(
+    id INTEGER PRIMARY KEY,
+    queue_id INTEGER NOT NULL REFERENCES queue(id) ON DELETE CASCADE,
+    rcpt TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt INTEGER NOT NULL,
+    last_error TEXT,
+    done INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX queue_due ON queue_rcpts(done, next_attempt);
 CREATE TABLE training(
     id INTEGER PRIMARY KEY,
     account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
@@ -343,7 +360,8 @@ impl SqliteStore {
         let mut names = Vec::new();
         let mut st = tx.prepare_cached(
             "DELETE FROM blobs WHERE id = ?1
-             AND NOT EXISTS (SELECT 1 FROM messages WHERE blob_id = ?1) RETURNING name",
+             AND NOT EXISTS (SELECT 1 FROM messages WHERE blob_id = ?1)
+             AND NOT EXISTS (SELECT 1 FROM queue WHERE blob_id = ?1) RETURNING name",
         )?;
         let mut unindex = tx.prepare_cached("DELETE FROM search WHERE rowid = ?1")?;
         let mut unenvelope = tx.prepare_cached("DELETE FROM envelopes WHERE blob_id = ?1")?;
