@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool in cargo python3 swaks openssl curl mbsync fetchmail getmail; do
+for tool in cargo python3 swaks openssl curl mbsync fetchmail getmail dnsmasq; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
 python3 -c 'import pytest' 2>/dev/null || missing+=("pytest (python3 -m pip install pytest)")

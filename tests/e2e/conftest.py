@@ -42,13 +42,13 @@ def free_port() -> int:
         return port
 
 
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0, ip: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"yubin exited with {proc.returncode} before listening")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((ip, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
@@ -58,9 +58,11 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
 class Yubin:
     """One server instance: its directory, config, process and CLI."""
 
-    def __init__(self, tmp: Path, smtp: dict | None = None, extra: str = ""):
+    def __init__(self, tmp: Path, smtp: dict | None = None, extra: str = "", ip: str = "127.0.0.1",
+                 port: int | None = None, hostname: str = HOSTNAME):
         self.dir = tmp
-        self.port = free_port()
+        self.ip = ip
+        self.port = port or free_port()
         self.imap_port = free_port()
         self.imaps_port = free_port()
         self.pop3_port = free_port()
@@ -70,14 +72,14 @@ class Yubin:
         self.config = tmp / "yubin.toml"
         smtp_keys = "\n".join(f"{k} = {v}" for k, v in (smtp or {}).items())
         self.config.write_text(
-            f'hostname = "{HOSTNAME}"\n'
+            f'hostname = "{hostname}"\n'
             f"{extra}\n"
             "[listen]\n"
-            f'smtp = ["127.0.0.1:{self.port}"]\n'
-            f"imap = [\"127.0.0.1:{self.imap_port}\"]\nimaps = [\"127.0.0.1:{self.imaps_port}\"]\n"
-            f"pop3 = [\"127.0.0.1:{self.pop3_port}\"]\npop3s = [\"127.0.0.1:{self.pop3s_port}\"]\n"
-            f"submission = [\"127.0.0.1:{self.submission_port}\"]\n"
-            f"submissions = [\"127.0.0.1:{self.submissions_port}\"]\n"
+            f'smtp = ["{ip}:{self.port}"]\n'
+            f"imap = [\"{ip}:{self.imap_port}\"]\nimaps = [\"{ip}:{self.imaps_port}\"]\n"
+            f"pop3 = [\"{ip}:{self.pop3_port}\"]\npop3s = [\"{ip}:{self.pop3s_port}\"]\n"
+            f"submission = [\"{ip}:{self.submission_port}\"]\n"
+            f"submissions = [\"{ip}:{self.submissions_port}\"]\n"
             "[smtp]\n"
             f"{smtp_keys}\n"
         )
@@ -103,7 +105,7 @@ class Yubin:
             stderr=subprocess.STDOUT,
             env={**os.environ, "YUBIN_LOG": "debug"},
         )
-        wait_port(self.port, self.proc)
+        wait_port(self.port, self.proc, ip=self.ip)
         return self
 
     def stop(self) -> None:
@@ -158,15 +160,16 @@ def split_trace(stored: bytes):
 def make_server(tmp_path):
     servers: list[Yubin] = []
 
-    def make(smtp: dict | None = None, extra: str = "", users: bool = True) -> Yubin:
+    def make(smtp: dict | None = None, extra: str = "", users: bool = True, domain: str = DOMAIN,
+             **kw) -> Yubin:
         d = tmp_path / f"srv{len(servers)}"
         d.mkdir()
-        y = Yubin(d, smtp, extra)
+        y = Yubin(d, smtp, extra, **kw)
         servers.append(y)
-        y.cli("init", "--domain", DOMAIN)
+        y.cli("init", "--domain", domain)
         if users:
             for u in ("bob", "carol", "dave"):
-                y.add_user(f"{u}@{DOMAIN}")
+                y.add_user(f"{u}@{domain}")
         return y
 
     yield make

@@ -22,6 +22,7 @@ pub struct Config {
     pub pop3: Pop3,
     pub submission: Submission,
     pub auth: Auth,
+    pub queue: QueueCfg,
     pub log: Log,
 }
 
@@ -87,6 +88,16 @@ pub struct Submission {
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
+pub struct QueueCfg {
+    pub dns_servers: Vec<SocketAddr>,
+    pub remote_port: u16,
+    pub retry_seconds: Vec<u32>,
+    pub max_days: u32,
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct Auth {
     pub trust_loopback: bool,
     pub max_failures_per_ip: u32,
@@ -119,6 +130,7 @@ impl Default for Config {
             pop3: Pop3::default(),
             submission: Submission::default(),
             auth: Auth::default(),
+            queue: QueueCfg::default(),
             log: Log::default(),
         }
     }
@@ -183,6 +195,18 @@ impl Default for Submission {
             plaintext_auth: false,
             messages_per_hour: 500,
             recipients_per_hour: 2000,
+        }
+    }
+}
+
+impl Default for QueueCfg {
+    fn default() -> Self {
+        QueueCfg {
+            dns_servers: Vec::new(),
+            remote_port: 25,
+            retry_seconds: vec![300, 600, 1800, 3600, 7200, 14_400],
+            max_days: 5,
+            concurrency: 20,
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod config;
 pub mod guard;
 pub mod imap;
 mod limits;
+mod outbound;
 pub mod pop3;
 mod smtp;
 mod stream;
@@ -38,6 +39,8 @@ pub struct Server {
     pop3_limits: Arc<ConnLimiter>,
     /// Accounts with an open POP3 session.
     pop3_locks: pop3::Locks,
+    /// Wakes the outbound queue runner when mail for other domains is accepted.
+    pub queue_wake: Arc<tokio::sync::Notify>,
     /// Login throttling and sending rates, shared by every protocol.
     pub guard: Arc<guard::Guard>,
     /// Every committed mailbox change, for IMAP IDLE.
@@ -268,6 +271,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
         imap_limits: ConnLimiter::new(cfg.imap.max_connections, cfg.imap.max_connections_per_ip),
         pop3_limits: ConnLimiter::new(cfg.pop3.max_connections, cfg.pop3.max_connections_per_ip),
         pop3_locks: Default::default(),
+        queue_wake: Arc::new(tokio::sync::Notify::new()),
         guard: Arc::new(guard::Guard::new(guard::Limits {
             max_failures_per_ip: cfg.auth.max_failures_per_ip,
             max_failures_per_account: cfg.auth.max_failures_per_account,
@@ -280,6 +284,30 @@ pub async fn serve(cfg: Config) -> Result<()> {
         store: Arc::new(store),
         tls: std::sync::RwLock::new(tls),
     });
+    // The outbound queue runner.
+    let outbox = outbound::Outbox {
+        store: server.store.clone(),
+        hostname: server.cfg.hostname.clone(),
+        resolver: outbound::resolver(&server.cfg.queue.dns_servers)
+            .context("cannot set up DNS resolution for outbound mail")?,
+        port: server.cfg.queue.remote_port,
+        schedule: yubin_queue::Schedule {
+            delays: server
+                .cfg
+                .queue
+                .retry_seconds
+                .iter()
+                .map(|s| i64::from(*s))
+                .collect(),
+            max_age: i64::from(server.cfg.queue.max_days) * 86_400,
+            jitter_percent: 10,
+        },
+        wake: server.queue_wake.clone(),
+        limit: Arc::new(tokio::sync::Semaphore::new(
+            server.cfg.queue.concurrency.max(1),
+        )),
+    };
+    tokio::spawn(outbound::run(Arc::new(outbox)));
     // SIGHUP: new certificate for new connections; open ones keep theirs (no drops).
     {
         use tokio::signal::unix::{SignalKind, signal};

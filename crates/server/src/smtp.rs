@@ -60,6 +60,7 @@ pub async fn handle(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, mode:
         out: Vec::with_capacity(1024),
         accepted: HashMap::new(),
         account: None,
+        remote: Vec::new(),
     };
     match conn.run(session).await {
         Ok(()) => debug!("session closed"),
@@ -76,6 +77,8 @@ struct Conn {
     accepted: HashMap<String, Vec<AccountId>>,
     /// The account that authenticated (id, address).
     account: Option<(AccountId, String)>,
+    /// Accepted recipients on other domains (authenticated sessions only), for the queue.
+    remote: Vec<String>,
 }
 
 impl Conn {
@@ -286,9 +289,11 @@ impl Conn {
                 RcptVerdict::Disabled
             }
             Ok(Ok((Resolved::NotLocal, _))) if self.account.is_some() => {
-                // Authenticated users may send anywhere; the outbound queue is not there yet.
-                info!(rcpt = addr, "rejected: no outbound delivery yet");
-                RcptVerdict::NoRoute
+                // Authenticated users may send anywhere: the outbound queue takes it.
+                if !self.remote.iter().any(|r| r.eq_ignore_ascii_case(addr)) {
+                    self.remote.push(addr.to_owned());
+                }
+                RcptVerdict::Accept
             }
             Ok(Ok((Resolved::NotLocal, _))) => {
                 info!(rcpt = addr, "rejected: relay denied");
@@ -338,6 +343,16 @@ impl Conn {
         let from = msg.mail_from.clone();
         let rcpts = msg.rcpt_to.join(",");
         let save_sent = self.server.cfg.submission.save_sent;
+        // Only recipients of this transaction that are on other domains.
+        let remote: Vec<String> = std::mem::take(&mut self.remote)
+            .into_iter()
+            .filter(|r| msg.rcpt_to.iter().any(|x| x.eq_ignore_ascii_case(r)))
+            .collect();
+        let outbound = yubin_store::Outbound {
+            mail_from: msg.mail_from.clone(),
+            rcpts: remote,
+        };
+        let queued = !outbound.rcpts.is_empty();
         let result = tokio::task::spawn_blocking(move || {
             let added = submitted.as_ref().map_or("", |s| s.1.as_str());
             let parts = [
@@ -346,8 +361,14 @@ impl Conn {
                 added.as_bytes(),
                 &msg.data,
             ];
-            let blob = store.stage(&parts)?;
-            let copies = store.deliver(blob, &accounts, "INBOX", &Flags::default(), now)?;
+            // Return-Path belongs to final delivery (RFC 5321 §4.4): a message that only
+            // leaves through the queue is stored without it.
+            let blob = if accounts.is_empty() {
+                store.stage(&parts[1..])?
+            } else {
+                store.stage(&parts)?
+            };
+            let (copies, _) = store.accept(blob, &accounts, &outbound, now)?;
             // RFC 6409 leaves it to the server; users expect their Sent folder to hold it.
             if save_sent && let Some((sender, _)) = &submitted {
                 let blob = store.stage(&parts[2..])?;
@@ -361,7 +382,18 @@ impl Conn {
         .await;
         match result {
             Ok(Ok(copies)) => {
-                info!(id, from, rcpts, size, copies = copies.len(), "delivered");
+                if queued {
+                    self.server.queue_wake.notify_one();
+                }
+                info!(
+                    id,
+                    from,
+                    rcpts,
+                    size,
+                    copies = copies.len(),
+                    queued,
+                    "accepted"
+                );
                 DeliveryOutcome::Stored { id }
             }
             Ok(Err(e)) => {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use yubin_server::{Config, FirstRun};
-use yubin_store::{Directory, MailStore, SqliteStore};
+use yubin_store::{Directory, MailStore, Queue, SqliteStore};
 
 #[derive(Parser)]
 #[command(
@@ -53,6 +53,23 @@ enum Command {
     /// Look at stored mail.
     #[command(subcommand)]
     Mail(MailCmd),
+    /// The outbound queue: mail waiting for other domains' servers.
+    #[command(subcommand)]
+    Queue(QueueCmd),
+}
+
+#[derive(Subcommand)]
+enum QueueCmd {
+    /// Queued recipients: id, recipient, attempts, next attempt, last error.
+    List,
+    /// A queued message exactly as it will be sent.
+    Show { id: i64 },
+    /// Try a message (or, without an id, everything) now.
+    Retry { id: Option<i64> },
+    /// Try everything now (the same as `retry` without an id).
+    Flush,
+    /// Drop a message from the queue without delivering it (no bounce is sent).
+    Delete { id: i64 },
 }
 
 #[derive(Subcommand)]
@@ -196,6 +213,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::User(cmd) => user_cmd(&open(&cli.config)?, cmd),
         Command::Alias(cmd) => alias_cmd(&open(&cli.config)?, cmd),
         Command::Mail(cmd) => mail_cmd(&open(&cli.config)?, cmd),
+        Command::Queue(cmd) => queue_cmd(&open(&cli.config)?, cmd),
     }
 }
 
@@ -445,4 +463,47 @@ fn parse_size(s: &str) -> Result<Option<u64>> {
         .parse()
         .with_context(|| format!("invalid size {s:?}; use e.g. 500M, 2G or none"))?;
     Ok(Some(n.saturating_mul(mult)))
+}
+
+fn queue_cmd(store: &SqliteStore, cmd: QueueCmd) -> Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    match cmd {
+        QueueCmd::List => {
+            let q = store.queued()?;
+            if q.is_empty() {
+                println!("queue is empty");
+            }
+            for r in q {
+                println!(
+                    "{}\t{}\tfrom <{}>\t{} attempt(s)\tnext in {}s\t{}",
+                    r.queue_id,
+                    r.rcpt,
+                    r.mail_from,
+                    r.attempts,
+                    (r.next_attempt - now).max(0),
+                    r.last_error.unwrap_or_default()
+                );
+            }
+        }
+        QueueCmd::Show { id } => std::io::stdout().write_all(&store.queued_message(id)?)?,
+        QueueCmd::Retry { id } => {
+            let n = store.retry_now(id, now)?;
+            println!("{n} recipient(s) due now (a running server picks them up within seconds)");
+        }
+        QueueCmd::Flush => {
+            let n = store.retry_now(None, now)?;
+            println!("{n} recipient(s) due now (a running server picks them up within seconds)");
+        }
+        QueueCmd::Delete { id } => {
+            let n = store.delete_queued(id)?;
+            if n == 0 {
+                bail!("no queued message {id}; see `yubin queue list`");
+            }
+            println!("message {id} removed from the queue ({n} recipient(s))");
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,603 @@
+//! Delivery of queued mail to other domains: MX lookup (RFC 5321 §5.1, RFC 7505), an SMTP
+//! client with opportunistic STARTTLS (RFC 7435), per-recipient results, retries on the
+//! `yubin_queue::Schedule`, and bounces (RFC 3464) for what cannot be delivered.
+//!
+//! Written here rather than with mail-send because the queue needs the reply of every
+//! RCPT and the host that gave it, and its own TLS policy.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, Semaphore};
+use tracing::{info, warn};
+use yubin_queue::{Class, Failure, Schedule, classify};
+use yubin_store::{Attempt, Outbound, QueuedRcpt, Resolved, Store};
+
+use crate::{new_id, unix_now};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// RFC 5321 §4.5.3.2: generous per-command timeouts (shortened; the queue retries anyway).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+const DATA_TIMEOUT: Duration = Duration::from_secs(600);
+
+pub struct Outbox {
+    pub store: Arc<dyn Store>,
+    pub hostname: String,
+    pub resolver: hickory_resolver::TokioResolver,
+    pub port: u16,
+    pub schedule: Schedule,
+    pub wake: Arc<Notify>,
+    pub limit: Arc<Semaphore>,
+}
+
+/// Build the resolver: the configured servers (`ip:port`), or the system's.
+pub fn resolver(servers: &[SocketAddr]) -> anyhow::Result<hickory_resolver::TokioResolver> {
+    use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+    use hickory_resolver::net::runtime::TokioRuntimeProvider;
+    if servers.is_empty() {
+        return Ok(hickory_resolver::TokioResolver::builder_tokio()?.build()?);
+    }
+    let mut cfg = ResolverConfig::default();
+    for s in servers {
+        let mut ns = NameServerConfig::udp_and_tcp(s.ip());
+        for c in &mut ns.connections {
+            c.port = s.port();
+        }
+        cfg.add_name_server(ns);
+    }
+    let r =
+        hickory_resolver::TokioResolver::builder_with_config(cfg, TokioRuntimeProvider::default())
+            .build()?;
+    let _ = ConnectionConfig::udp; // (the type is named for the reader)
+    Ok(r)
+}
+
+/// Where to deliver for a domain, best first (RFC 5321 §5.1).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    Hosts(Vec<(String, Vec<IpAddr>)>),
+    /// RFC 7505: the domain accepts no mail.
+    NullMx,
+}
+
+async fn resolve(
+    resolver: &hickory_resolver::TokioResolver,
+    domain: &str,
+) -> Result<Route, String> {
+    use hickory_resolver::proto::rr::RData;
+    let fqdn = format!("{}.", domain.trim_end_matches('.'));
+    let mut mxs: Vec<(u16, String)> = match resolver.mx_lookup(fqdn.as_str()).await {
+        Ok(l) => l
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::MX(mx) => Some((mx.preference, mx.exchange.to_utf8())),
+                _ => None,
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    if mxs.len() == 1 && (mxs[0].1 == "." || mxs[0].1.is_empty()) {
+        return Ok(Route::NullMx);
+    }
+    // Equal preferences in random order (RFC 5321 §5.1), lowest first.
+    let mut salt = [0u8; 8];
+    let _ = getrandom::fill(&mut salt);
+    let salt = u64::from_le_bytes(salt);
+    mxs.sort_by_key(|(p, name)| {
+        let h = name
+            .bytes()
+            .fold(salt, |a, b| a.rotate_left(5) ^ u64::from(b));
+        (*p, h)
+    });
+    if mxs.is_empty() {
+        // No MX: the domain itself is the implicit MX (RFC 5321 §5.1).
+        mxs.push((0, fqdn.clone()));
+    }
+    let mut hosts = Vec::new();
+    for (_, name) in mxs {
+        if let Ok(ips) = resolver.lookup_ip(name.as_str()).await {
+            let ips: Vec<IpAddr> = ips.iter().collect();
+            if !ips.is_empty() {
+                hosts.push((name.trim_end_matches('.').to_owned(), ips));
+            }
+        }
+    }
+    if hosts.is_empty() {
+        return Err(format!("no address found for the mail servers of {domain}"));
+    }
+    Ok(Route::Hosts(hosts))
+}
+
+/// Accept any certificate: opportunistic TLS protects against passive listeners only
+/// (RFC 7435); MTA-STS/DANE would pin certificates and are not implemented yet.
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn tls_client() -> Option<tokio_rustls::TlsConnector> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    Some(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
+}
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+struct Client {
+    io: BufReader<Box<dyn Io>>,
+    host: String,
+}
+
+/// One SMTP reply: code and text (lines joined).
+#[derive(Debug, Clone)]
+struct Reply {
+    code: u16,
+    text: String,
+}
+
+impl std::fmt::Display for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.code, self.text)
+    }
+}
+
+impl Client {
+    async fn read(&mut self, limit: Duration) -> Result<Reply, String> {
+        let mut text = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(limit, self.io.read_line(&mut line))
+                .await
+                .map_err(|_| format!("{}: timeout", self.host))?
+                .map_err(|e| format!("{}: {e}", self.host))?;
+            if n == 0 || line.len() < 4 {
+                return Err(format!("{}: connection closed", self.host));
+            }
+            let code: u16 = line[..3]
+                .parse()
+                .map_err(|_| format!("{}: bad reply", self.host))?;
+            text.push(line[4..].trim_end().to_owned());
+            if line.as_bytes()[3] != b'-' {
+                return Ok(Reply {
+                    code,
+                    text: text.join(" "),
+                });
+            }
+        }
+    }
+
+    async fn cmd(&mut self, line: &str) -> Result<Reply, String> {
+        let w = self.io.get_mut();
+        w.write_all(line.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        w.write_all(b"\r\n").await.map_err(|e| e.to_string())?;
+        w.flush().await.map_err(|e| e.to_string())?;
+        self.read(COMMAND_TIMEOUT).await
+    }
+}
+
+/// The result for one recipient of one attempt.
+enum Outcome {
+    Delivered,
+    Temporary(String),
+    Permanent { reply: String, host: Option<String> },
+}
+
+/// Try to deliver one message to the recipients of one domain.
+async fn attempt(
+    ob: &Outbox,
+    data: &[u8],
+    mail_from: &str,
+    rcpts: &[&QueuedRcpt],
+    domain: &str,
+) -> Vec<Outcome> {
+    let all = |o: &dyn Fn() -> Outcome| rcpts.iter().map(|_| o()).collect::<Vec<_>>();
+    let route = match resolve(&ob.resolver, domain).await {
+        Ok(r) => r,
+        Err(e) => return all(&|| Outcome::Temporary(e.clone())),
+    };
+    let hosts = match route {
+        Route::NullMx => {
+            return all(&|| Outcome::Permanent {
+                reply: format!("556 5.1.10 {domain} does not accept mail (null MX)"),
+                host: None,
+            });
+        }
+        Route::Hosts(h) => h,
+    };
+    let mut last = String::from("no mail server reachable");
+    for (host, ips) in hosts {
+        for ip in ips {
+            match session(
+                ob,
+                &host,
+                SocketAddr::new(ip, ob.port),
+                data,
+                mail_from,
+                rcpts,
+            )
+            .await
+            {
+                Ok(results) => return results,
+                Err(e) => {
+                    info!(host, %ip, error = e, "outbound connection failed; trying the next");
+                    last = e;
+                }
+            }
+        }
+    }
+    all(&|| Outcome::Temporary(last.clone()))
+}
+
+/// One SMTP transaction. `Err` means "try another host" (connection-level trouble).
+async fn session(
+    ob: &Outbox,
+    host: &str,
+    addr: SocketAddr,
+    data: &[u8],
+    mail_from: &str,
+    rcpts: &[&QueuedRcpt],
+) -> Result<Vec<Outcome>, String> {
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("{host}: connect timeout"))?
+        .map_err(|e| format!("{host}: {e}"))?;
+    let mut c = Client {
+        io: BufReader::new(Box::new(tcp)),
+        host: host.to_owned(),
+    };
+    let greeting = c.read(COMMAND_TIMEOUT).await?;
+    if greeting.code != 220 {
+        return Err(format!("{host} greeted with {greeting}"));
+    }
+    let mut ehlo = c.cmd(&format!("EHLO {}", ob.hostname)).await?;
+    if ehlo.code != 250 {
+        return Err(format!("{host} refused EHLO: {ehlo}"));
+    }
+    let caps = ehlo.text.to_ascii_uppercase();
+    if caps.contains("STARTTLS")
+        && let Some(tls) = tls_client()
+    {
+        let r = c.cmd("STARTTLS").await?;
+        if r.code == 220 {
+            let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+                .unwrap_or_else(|_| rustls_pki_types::ServerName::IpAddress(addr.ip().into()));
+            let plain = c.io.into_inner();
+            let stream = tls
+                .connect(name, plain)
+                .await
+                .map_err(|e| format!("{host}: TLS handshake failed: {e}"))?;
+            c = Client {
+                io: BufReader::new(Box::new(stream)),
+                host: host.to_owned(),
+            };
+            ehlo = c.cmd(&format!("EHLO {}", ob.hostname)).await?;
+            if ehlo.code != 250 {
+                return Err(format!("{host} refused EHLO after STARTTLS: {ehlo}"));
+            }
+        }
+    }
+    let caps = ehlo.text.to_ascii_uppercase();
+    let eight_bit = data.iter().any(|&b| b >= 0x80);
+    let mut mail = format!("MAIL FROM:<{mail_from}>");
+    if caps.contains("SIZE") {
+        mail.push_str(&format!(" SIZE={}", data.len()));
+    }
+    if eight_bit && caps.contains("8BITMIME") {
+        mail.push_str(" BODY=8BITMIME");
+    }
+    let r = c.cmd(&mail).await?;
+    match classify(r.code) {
+        Class::Success => {}
+        Class::Temporary => {
+            return Ok(rcpts
+                .iter()
+                .map(|_| Outcome::Temporary(r.to_string()))
+                .collect());
+        }
+        Class::Permanent => {
+            return Ok(rcpts
+                .iter()
+                .map(|_| Outcome::Permanent {
+                    reply: r.to_string(),
+                    host: Some(host.to_owned()),
+                })
+                .collect());
+        }
+    }
+    let mut results: Vec<Option<Outcome>> = Vec::new();
+    let mut accepted = 0;
+    for rc in rcpts {
+        let r = c.cmd(&format!("RCPT TO:<{}>", rc.rcpt)).await?;
+        results.push(match classify(r.code) {
+            Class::Success => {
+                accepted += 1;
+                None
+            }
+            Class::Temporary => Some(Outcome::Temporary(r.to_string())),
+            Class::Permanent => Some(Outcome::Permanent {
+                reply: r.to_string(),
+                host: Some(host.to_owned()),
+            }),
+        });
+    }
+    if accepted == 0 {
+        let _ = c.cmd("QUIT").await;
+        return Ok(results
+            .into_iter()
+            .map(|o| o.unwrap_or(Outcome::Delivered))
+            .collect());
+    }
+    let r = c.cmd("DATA").await?;
+    let final_reply = if r.code == 354 {
+        let w = c.io.get_mut();
+        // Return-Path is for final delivery (RFC 5321 §4.4); the next hop adds its own.
+        let data = match data.strip_prefix(b"Return-Path:") {
+            Some(rest) => rest
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(data, |p| &rest[p + 1..]),
+            None => data,
+        };
+        let body = dot_stuff(data);
+        w.write_all(&body).await.map_err(|e| e.to_string())?;
+        w.write_all(b".\r\n").await.map_err(|e| e.to_string())?;
+        w.flush().await.map_err(|e| e.to_string())?;
+        c.read(DATA_TIMEOUT).await?
+    } else {
+        r
+    };
+    let _ = c.cmd("QUIT").await;
+    let class = classify(final_reply.code);
+    Ok(results
+        .into_iter()
+        .map(|o| match o {
+            Some(o) => o,
+            None => match class {
+                Class::Success => Outcome::Delivered,
+                Class::Temporary => Outcome::Temporary(final_reply.to_string()),
+                Class::Permanent => Outcome::Permanent {
+                    reply: final_reply.to_string(),
+                    host: Some(host.to_owned()),
+                },
+            },
+        })
+        .collect())
+}
+
+/// RFC 5321 §4.5.2: a line starting with `.` gets another; CRLF line ends throughout.
+fn dot_stuff(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 64);
+    let mut start = true;
+    for (i, &b) in data.iter().enumerate() {
+        if start && b == b'.' {
+            out.push(b'.');
+        }
+        if b == b'\n' && (i == 0 || data[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+        start = b == b'\n';
+    }
+    if !start {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// The queue runner: wakes on new mail and every few seconds, delivers what is due.
+pub async fn run(ob: Arc<Outbox>) {
+    loop {
+        let now = unix_now();
+        match ob.store.due(now, 200) {
+            Ok(due) if !due.is_empty() => {
+                // One attempt per (message, domain): its recipients share a transaction.
+                let mut groups: BTreeMap<(i64, String), Vec<QueuedRcpt>> = BTreeMap::new();
+                for r in due {
+                    groups
+                        .entry((r.queue_id, r.domain.clone()))
+                        .or_default()
+                        .push(r);
+                }
+                let mut tasks = Vec::new();
+                for ((queue_id, domain), rcpts) in groups {
+                    let ob = ob.clone();
+                    let Ok(permit) = ob.limit.clone().acquire_owned().await else {
+                        return;
+                    };
+                    tasks.push(tokio::spawn(async move {
+                        let _permit = permit;
+                        deliver_group(&ob, queue_id, &domain, rcpts).await;
+                    }));
+                }
+                for t in tasks {
+                    let _ = t.await;
+                }
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cannot read the queue"),
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), ob.wake.notified()).await;
+    }
+}
+
+async fn deliver_group(ob: &Outbox, queue_id: i64, domain: &str, rcpts: Vec<QueuedRcpt>) {
+    let store = ob.store.clone();
+    let data = match tokio::task::spawn_blocking(move || store.queued_message(queue_id)).await {
+        Ok(Ok(d)) => d,
+        other => {
+            warn!(queue_id, ?other, "queued message unreadable");
+            return;
+        }
+    };
+    let mail_from = rcpts[0].mail_from.clone();
+    let refs: Vec<&QueuedRcpt> = rcpts.iter().collect();
+    let outcomes = attempt(ob, &data, &mail_from, &refs, domain).await;
+    let now = unix_now();
+    let mut failures = Vec::new();
+    for (r, o) in rcpts.iter().zip(outcomes) {
+        let rec = match o {
+            Outcome::Delivered => {
+                info!(queue_id, rcpt = r.rcpt, "delivered to remote server");
+                Attempt::Delivered
+            }
+            Outcome::Temporary(e) => {
+                let mut rnd = [0u8; 4];
+                let _ = getrandom::fill(&mut rnd);
+                match ob
+                    .schedule
+                    .next(r.attempts + 1, r.created, now, u32::from_le_bytes(rnd))
+                {
+                    Some(at) => {
+                        info!(
+                            queue_id,
+                            rcpt = r.rcpt,
+                            error = e,
+                            retry_in = at - now,
+                            "deferred"
+                        );
+                        Attempt::Retry { at, error: e }
+                    }
+                    None => {
+                        failures.push(Failure {
+                            rcpt: r.rcpt.clone(),
+                            status: "4.4.7".into(),
+                            diagnostic: format!("gave up after {} attempts: {e}", r.attempts + 1),
+                            remote_mta: None,
+                        });
+                        Attempt::Failed { error: e }
+                    }
+                }
+            }
+            Outcome::Permanent { reply, host } => {
+                info!(queue_id, rcpt = r.rcpt, error = reply, "bounced");
+                let status = reply
+                    .split_whitespace()
+                    .nth(1)
+                    .filter(|s| s.starts_with('5') && s.contains('.'))
+                    .unwrap_or("5.0.0")
+                    .to_owned();
+                failures.push(Failure {
+                    rcpt: r.rcpt.clone(),
+                    status,
+                    diagnostic: reply.clone(),
+                    remote_mta: host,
+                });
+                Attempt::Failed { error: reply }
+            }
+        };
+        let store = ob.store.clone();
+        let id = r.id;
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.record(id, &rec)).await {
+            warn!(error = %e, "cannot record a delivery attempt");
+        }
+    }
+    if !failures.is_empty() && !mail_from.is_empty() {
+        bounce(ob, &mail_from, &data, &failures, rcpts[0].created).await;
+    }
+}
+
+/// Send an RFC 3464 report to the envelope sender: to the local mailbox, or through the
+/// queue with the null sender (so a bounce never bounces).
+async fn bounce(ob: &Outbox, to: &str, original: &[u8], failures: &[Failure], created: i64) {
+    let id = format!("{}@{}", new_id(), ob.hostname);
+    let dsn = yubin_queue::bounce(
+        &ob.hostname,
+        to,
+        original,
+        failures,
+        &crate::rfc5322_date(created),
+        &id,
+    );
+    let store = ob.store.clone();
+    let to = to.to_owned();
+    let now = unix_now();
+    let r = tokio::task::spawn_blocking(move || {
+        let local = match store.resolve(&to)? {
+            Resolved::Accounts(ids) => ids,
+            _ => Vec::new(),
+        };
+        let outbound = Outbound {
+            mail_from: String::new(),
+            rcpts: if local.is_empty() {
+                vec![to.clone()]
+            } else {
+                vec![]
+            },
+        };
+        // Final delivery of a bounce records its null reverse-path (RFC 5321 §4.4).
+        let blob = if local.is_empty() {
+            store.stage(&[&dsn])?
+        } else {
+            store.stage(&[b"Return-Path: <>\r\n", &dsn])?
+        };
+        store.accept(blob, &local, &outbound, now)
+    })
+    .await;
+    match r {
+        Ok(Ok(_)) => ob.wake.notify_one(),
+        other => warn!(?other, "could not send a bounce"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dot_stuffing() {
+        assert_eq!(super::dot_stuff(b".a\r\nb\n.\r\n"), b"..a\r\nb\r\n..\r\n");
+        assert_eq!(super::dot_stuff(b"x"), b"x\r\n");
+    }
+}

@@ -1,0 +1,97 @@
+"""The outbound queue between two yubin instances on their own loopback addresses, found
+through MX records served by a DNS server the test starts (dnsmasq): delivery, a refusal
+that bounces back as an RFC 3464 report, and a server that is down and comes back."""
+
+import email
+import smtplib
+import ssl
+import subprocess
+import time
+
+import pytest
+
+from conftest import PASSWORD, free_port, wait_port
+
+A_IP, B_IP, DNS_IP = "127.0.0.2", "127.0.0.3", "127.0.0.1"
+
+
+@pytest.fixture
+def dns(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([
+        "dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
+        f"--listen-address={DNS_IP}", "--bind-interfaces", f"--port={port}",
+        "--mx-host=a.test,mx.a.test,10", f"--host-record=mx.a.test,{A_IP}",
+        "--mx-host=b.test,mx.b.test,10", f"--host-record=mx.b.test,{B_IP}",
+        "--mx-host=nomail.test,.,0",
+    ], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(0.3)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    yield port
+    proc.terminate()
+    proc.wait()
+
+
+def ctx():
+    c = ssl.create_default_context()
+    c.check_hostname = False
+    c.verify_mode = ssl.CERT_NONE
+    return c
+
+
+def wait_for(cond, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_two_instances(make_server, dns):
+    port = free_port()  # the same SMTP port on both addresses, as on the internet
+    queue = f"[queue]\ndns_servers = [\"{DNS_IP}:{dns}\"]\nremote_port = {port}\nretry_seconds = [1]\n"
+    a = make_server(domain="a.test", ip=A_IP, port=port, hostname="mx.a.test", extra=queue)
+    b = make_server(domain="b.test", ip=B_IP, port=port, hostname="mx.b.test", extra=queue)
+    a.start()
+    b.start()
+
+    def send(to, subject):
+        with smtplib.SMTP(A_IP, a.submission_port, timeout=30) as s:
+            s.starttls(context=ctx())
+            s.login("bob@a.test", PASSWORD)
+            return s.sendmail("bob@a.test", to, f"From: bob@a.test\r\nTo: {', '.join(to)}\r\nSubject: {subject}\r\n\r\nhello from a\r\n".encode())
+
+    # 1. Delivered through the MX record, read on B.
+    assert send(["carol@b.test"], "across") == {}
+    assert wait_for(lambda: len(b.uids("carol@b.test")) == 1), a.log_text()[-2000:]
+    got = b.cat("carol@b.test", 1)
+    assert b"Subject: across" in got and b"by mx.a.test (yubin) with ESMTPSA" in got
+    assert got.count(b"Return-Path:") == 1, "the relay's Return-Path was not passed on"
+    assert wait_for(lambda: "queue is empty" in a.cli("queue", "list").stdout.decode())
+
+    # 2. B refuses an unknown user: A's user gets a delivery status notification.
+    assert send(["nobody@b.test"], "to nobody") == {}
+    assert wait_for(lambda: len(a.uids("bob@a.test")) == 1), a.log_text()[-2000:]
+    dsn = email.message_from_bytes(a.cat("bob@a.test", 1))
+    assert dsn.get_content_type() == "multipart/report"
+    assert dsn.get_param("report-type") == "delivery-status"
+    status = [p for p in dsn.walk() if p.get_content_type() == "message/delivery-status"][0]
+    text = status.as_string()
+    assert "Final-Recipient: rfc822; nobody@b.test" in text and "Status: 5.1.1" in text
+    assert "Remote-MTA: dns; mx.b.test" in text
+    assert "Mail Delivery System" in dsn["From"] and "Return-Path: <>" in a.cat("bob@a.test", 1).decode()
+
+    # 3. Null MX: bounced at once without a connection.
+    assert send(["x@nomail.test"], "nowhere") == {}
+    assert wait_for(lambda: len(a.uids("bob@a.test")) == 2)
+    assert b"5.1.10" in a.cat("bob@a.test", 2)
+
+    # 4. B is down: A keeps it queued and delivers once B is back.
+    b.stop()
+    assert send(["dave@b.test"], "while down") == {}
+    assert wait_for(lambda: "connection refused" in a.cli("queue", "list").stdout.decode().lower() or
+                    "refused" in a.cli("queue", "list").stdout.decode().lower(), timeout=15), a.cli("queue", "list").stdout
+    b.start()
+    assert wait_for(lambda: len(b.uids("dave@b.test")) == 1, timeout=30), a.cli("queue", "list").stdout
+    assert wait_for(lambda: "queue is empty" in a.cli("queue", "list").stdout.decode())
