@@ -95,3 +95,42 @@ def test_two_instances(make_server, dns):
     b.start()
     assert wait_for(lambda: len(b.uids("dave@b.test")) == 1, timeout=30), a.cli("queue", "list").stdout
     assert wait_for(lambda: "queue is empty" in a.cli("queue", "list").stdout.decode())
+
+
+def test_temporary_refusal_retry_and_kill_9_with_a_full_queue(make_server, dns):
+    port = free_port()
+    queue = f"[queue]\ndns_servers = [\"{DNS_IP}:{dns}\"]\nremote_port = {port}\nretry_seconds = [1]\n"
+    a = make_server(domain="a.test", ip=A_IP, port=port, hostname="mx.a.test", extra=queue)
+    b = make_server(domain="b.test", ip=B_IP, port=port, hostname="mx.b.test", extra=queue)
+    a.start()
+    b.start()
+    # B answers 452 4.2.2 (mailbox full) for a while: A must retry, then deliver.
+    b.cli("user", "quota", "carol@b.test", "1")
+    with smtplib.SMTP(B_IP, b.port) as s:
+        s.sendmail("x@elsewhere.test", ["carol@b.test"], b"Subject: fill\r\n\r\nfill the quota\r\n")
+
+    def send(to, subject):
+        with smtplib.SMTP(A_IP, a.submission_port, timeout=30) as s:
+            s.starttls(context=ctx())
+            s.login("bob@a.test", PASSWORD)
+            return s.sendmail("bob@a.test", to, f"From: bob@a.test\r\nSubject: {subject}\r\n\r\nx\r\n".encode())
+
+    assert send(["carol@b.test"], "retry me") == {}
+    assert wait_for(lambda: "452" in a.cli("queue", "list").stdout.decode()), a.cli("queue", "list").stdout
+    assert len(b.uids("carol@b.test")) == 1
+    b.cli("user", "quota", "carol@b.test", "none")
+    assert wait_for(lambda: len(b.uids("carol@b.test")) == 2, timeout=30), a.cli("queue", "list").stdout
+    assert b"Subject: retry me" in b.cat("carol@b.test", 2)
+
+    # A full queue survives kill -9: B down, ten messages queued, A killed and restarted.
+    b.stop()
+    for i in range(10):
+        assert send(["dave@b.test"], f"queued {i}") == {}
+    assert wait_for(lambda: a.cli("queue", "list").stdout.decode().count("dave@b.test") == 10)
+    a.kill9()
+    a.start()
+    b.start()
+    assert wait_for(lambda: len(b.uids("dave@b.test")) == 10, timeout=40), a.cli("queue", "list").stdout
+    subjects = sorted(b.cat("dave@b.test", u).split(b"Subject: ")[1].split(b"\r\n")[0] for u in b.uids("dave@b.test"))
+    assert subjects == sorted(b"queued %d" % i for i in range(10)), "each exactly once"
+    assert wait_for(lambda: "queue is empty" in a.cli("queue", "list").stdout.decode())
