@@ -330,13 +330,54 @@ async fn session(
         }
     }
     let caps = ehlo.text.to_ascii_uppercase();
+    let ext = |name: &str| caps.split_whitespace().any(|w| w == name);
+    let permanent = |reply: String| -> Vec<Outcome> {
+        rcpts
+            .iter()
+            .map(|_| Outcome::Permanent {
+                reply: reply.clone(),
+                host: Some(host.to_owned()),
+            })
+            .collect()
+    };
     let eight_bit = data.iter().any(|&b| b >= 0x80);
+    let utf8_addresses = !mail_from.is_ascii() || rcpts.iter().any(|r| !r.rcpt.is_ascii());
+    // RFC 6531 §3.2: UTF-8 addresses need SMTPUTF8 at the other end; no downgrade exists.
+    if utf8_addresses && !ext("SMTPUTF8") {
+        let _ = c.cmd("QUIT").await;
+        return Ok(permanent(format!(
+            "553 5.6.7 {host} does not support SMTPUTF8"
+        )));
+    }
+    // RFC 6152 §3: no 8-bit data to a server without 8BITMIME (yubin does not downgrade).
+    if eight_bit && !ext("8BITMIME") && !ext("SMTPUTF8") {
+        let _ = c.cmd("QUIT").await;
+        return Ok(permanent(format!(
+            "554 5.6.3 {host} does not accept 8-bit messages"
+        )));
+    }
+    // RFC 1870 §4: a declared limit the message exceeds is a permanent failure.
+    if let Some(limit) = caps
+        .split("SIZE ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|&l| l > 0 && data.len() > l)
+    {
+        let _ = c.cmd("QUIT").await;
+        return Ok(permanent(format!(
+            "552 5.3.4 message is larger than {host}'s limit of {limit} octets"
+        )));
+    }
     let mut mail = format!("MAIL FROM:<{mail_from}>");
-    if caps.contains("SIZE") {
+    if ext("SIZE") || caps.contains("SIZE ") {
         mail.push_str(&format!(" SIZE={}", data.len()));
     }
-    if eight_bit && caps.contains("8BITMIME") {
+    if eight_bit && ext("8BITMIME") {
         mail.push_str(" BODY=8BITMIME");
+    }
+    if utf8_addresses {
+        mail.push_str(" SMTPUTF8");
     }
     let r = c.cmd(&mail).await?;
     match classify(r.code) {
