@@ -10,7 +10,7 @@ missing=()
 for tool in cargo python3 swaks openssl curl mbsync fetchmail getmail dnsmasq; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
-python3 -c 'import pytest' 2>/dev/null || missing+=("pytest (python3 -m pip install pytest)")
+python3 -c 'import pytest, dkim' 2>/dev/null || missing+=("pytest and dkimpy (python3 -m pip install pytest dkimpy)")
 if ((${#missing[@]})); then
     echo "scripts/test.sh: missing: ${missing[*]}; run 'bash .ci/install-deps' (Debian) first" >&2
     exit 2

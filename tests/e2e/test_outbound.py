@@ -3,6 +3,7 @@ through MX records served by a DNS server the test starts (dnsmasq): delivery, a
 that bounces back as an RFC 3464 report, and a server that is down and comes back."""
 
 import email
+import re
 import smtplib
 import ssl
 import subprocess
@@ -134,3 +135,34 @@ def test_temporary_refusal_retry_and_kill_9_with_a_full_queue(make_server, dns):
     subjects = sorted(b.cat("dave@b.test", u).split(b"Subject: ")[1].split(b"\r\n")[0] for u in b.uids("dave@b.test"))
     assert subjects == sorted(b"queued %d" % i for i in range(10)), "each exactly once"
     assert wait_for(lambda: "queue is empty" in a.cli("queue", "list").stdout.decode())
+
+
+def test_dkim_signature_verified_independently(make_server, dns):
+    import dkim  # dkimpy, an independent DKIM implementation
+
+    port = free_port()
+    queue = f"[queue]\ndns_servers = [\"{DNS_IP}:{dns}\"]\nremote_port = {port}\nretry_seconds = [1]\n"
+    a = make_server(domain="a.test", ip=A_IP, port=port, hostname="mx.a.test", extra=queue)
+    b = make_server(domain="b.test", ip=B_IP, port=port, hostname="mx.b.test", extra=queue)
+    records = a.cli("domain", "dkim", "a.test").stdout.decode()
+    txt = re.search(r'^yubin\._domainkey\.a\.test\. IN TXT "(v=DKIM1; k=rsa; p=[A-Za-z0-9+/=]+)"$', records, re.M)
+    assert txt, records
+    assert 'a.test. IN TXT "v=spf1 mx' in records and "_dmarc.a.test. IN TXT" in records
+    assert a.cli("domain", "dkim", "a.test").stdout.decode() == records, "the key is kept"
+    a.start()
+    b.start()
+    with smtplib.SMTP(A_IP, a.submission_port, timeout=30) as s:
+        s.starttls(context=ctx())
+        s.login("bob@a.test", PASSWORD)
+        s.sendmail("bob@a.test", ["carol@b.test"],
+                   b"From: Bob <bob@a.test>\r\nTo: carol@b.test\r\nSubject: signed\r\n\r\nsigned body\r\n")
+    assert wait_for(lambda: len(b.uids("carol@b.test")) == 1), a.log_text()[-2000:]
+    got = b.cat("carol@b.test", 1)
+    assert b"DKIM-Signature: " in got
+
+    def dnsfunc(name, timeout=5):
+        assert name in (b"yubin._domainkey.a.test.", "yubin._domainkey.a.test."), name
+        return txt.group(1).encode()
+
+    assert dkim.verify(got, dnsfunc=dnsfunc), "dkimpy verifies the signature"
+    assert not dkim.verify(got.replace(b"signed body", b"forged body"), dnsfunc=dnsfunc)

@@ -283,6 +283,11 @@ impl Config {
     pub fn tls_dir(&self) -> PathBuf {
         self.data_dir.join("tls")
     }
+
+    /// DKIM keys, one per domain (`yubin domain dkim`).
+    pub fn dkim_dir(&self) -> PathBuf {
+        self.data_dir.join("dkim")
+    }
 }
 
 #[cfg(test)]

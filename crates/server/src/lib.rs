@@ -2,6 +2,7 @@
 //! sans-IO protocol sessions to sockets and to the store.
 
 pub mod config;
+pub mod dkim;
 pub mod guard;
 pub mod imap;
 mod limits;
@@ -303,6 +304,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
             jitter_percent: 10,
         },
         wake: server.queue_wake.clone(),
+        dkim_dir: server.cfg.dkim_dir(),
         limit: Arc::new(tokio::sync::Semaphore::new(
             server.cfg.queue.concurrency.max(1),
         )),

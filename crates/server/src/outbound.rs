@@ -32,6 +32,7 @@ pub struct Outbox {
     pub schedule: Schedule,
     pub wake: Arc<Notify>,
     pub limit: Arc<Semaphore>,
+    pub dkim_dir: std::path::PathBuf,
 }
 
 /// Build the resolver: the configured servers (`ip:port`), or the system's.
@@ -424,14 +425,6 @@ async fn session(
     let r = c.cmd("DATA").await?;
     let final_reply = if r.code == 354 {
         let w = c.io.get_mut();
-        // Return-Path is for final delivery (RFC 5321 §4.4); the next hop adds its own.
-        let data = match data.strip_prefix(b"Return-Path:") {
-            Some(rest) => rest
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(data, |p| &rest[p + 1..]),
-            None => data,
-        };
         let body = dot_stuff(data);
         w.write_all(&body).await.map_err(|e| e.to_string())?;
         w.write_all(b".\r\n").await.map_err(|e| e.to_string())?;
@@ -525,6 +518,7 @@ async fn deliver_group(ob: &Outbox, queue_id: i64, domain: &str, rcpts: Vec<Queu
         }
     };
     let mail_from = rcpts[0].mail_from.clone();
+    let data = prepare(ob, data, &mail_from);
     let refs: Vec<&QueuedRcpt> = rcpts.iter().collect();
     let outcomes = attempt(ob, &data, &mail_from, &refs, domain).await;
     let now = unix_now();
@@ -588,6 +582,36 @@ async fn deliver_group(ob: &Outbox, queue_id: i64, domain: &str, rcpts: Vec<Queu
     }
     if !failures.is_empty() && !mail_from.is_empty() {
         bounce(ob, &mail_from, &data, &failures, rcpts[0].created).await;
+    }
+}
+
+/// What goes on the wire: without our Return-Path (RFC 5321 §4.4: final delivery adds
+/// it) and, when the author's domain has a key, with a DKIM signature (RFC 6376).
+fn prepare(ob: &Outbox, data: Vec<u8>, mail_from: &str) -> Vec<u8> {
+    let body = match data.strip_prefix(b"Return-Path:") {
+        Some(rest) => match rest.iter().position(|&b| b == b'\n') {
+            Some(p) => rest[p + 1..].to_vec(),
+            None => data.clone(),
+        },
+        None => data.clone(),
+    };
+    // The signing domain is the From: domain (DMARC alignment), else the envelope's.
+    let from_domain = mail_parser::MessageParser::default()
+        .parse_headers(&body)
+        .and_then(|m| {
+            m.from()
+                .and_then(|a| a.first())
+                .and_then(|a| a.address.as_deref())
+                .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_lowercase()))
+        })
+        .or_else(|| mail_from.rsplit_once('@').map(|(_, d)| d.to_lowercase()));
+    match from_domain.and_then(|d| crate::dkim::sign(&ob.dkim_dir, &d, &body)) {
+        Some(sig) => {
+            let mut out = sig.into_bytes();
+            out.extend_from_slice(&body);
+            out
+        }
+        None => body,
     }
 }
 

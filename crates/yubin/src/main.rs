@@ -78,6 +78,9 @@ enum DomainCmd {
     Add { name: String },
     /// List domains and how many accounts each has.
     List,
+    /// Create the domain's DKIM key (if it has none) and print the DNS records to publish:
+    /// DKIM, and SPF and DMARC suggestions.
+    Dkim { name: String },
     /// Stop hosting a domain.
     Remove {
         name: String,
@@ -209,7 +212,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Domain(cmd) => domain_cmd(&open(&cli.config)?, cmd),
+        Command::Domain(cmd) => domain_cmd(&cli.config, cmd),
         Command::User(cmd) => user_cmd(&open(&cli.config)?, cmd),
         Command::Alias(cmd) => alias_cmd(&open(&cli.config)?, cmd),
         Command::Mail(cmd) => mail_cmd(&open(&cli.config)?, cmd),
@@ -284,7 +287,8 @@ fn read_password(stdin: bool, given: Option<String>) -> Result<String> {
     Ok(p)
 }
 
-fn domain_cmd(store: &SqliteStore, cmd: DomainCmd) -> Result<()> {
+fn domain_cmd(config: &Path, cmd: DomainCmd) -> Result<()> {
+    let store = &open(config)?;
     match cmd {
         DomainCmd::Add { name } => {
             let d = store.add_domain(&name)?;
@@ -294,6 +298,23 @@ fn domain_cmd(store: &SqliteStore, cmd: DomainCmd) -> Result<()> {
             for d in store.list_domains()? {
                 println!("{}\t{} account(s)", d.name, d.accounts);
             }
+        }
+        DomainCmd::Dkim { name } => {
+            let cfg = Config::load(config)?;
+            if !store.is_local_domain(&name)? {
+                bail!("{name} is not hosted here; add it with `yubin domain add {name}`");
+            }
+            let name = name.to_lowercase();
+            let (public, created) = yubin_server::dkim::ensure_key(&cfg.dkim_dir(), &name)?;
+            if created {
+                eprintln!(
+                    "yubin: created a DKIM key for {name}; mail from it is signed from now on"
+                );
+            }
+            print!(
+                "{}",
+                yubin_server::dkim::records(&name, &public, &cfg.hostname)
+            );
         }
         DomainCmd::Remove { name, force } => {
             store.remove_domain(&name, force)?;
