@@ -166,3 +166,24 @@ def test_dkim_signature_verified_independently(make_server, dns):
 
     assert dkim.verify(got, dnsfunc=dnsfunc), "dkimpy verifies the signature"
     assert not dkim.verify(got.replace(b"signed body", b"forged body"), dnsfunc=dnsfunc)
+
+
+def test_delay_warning_once_then_delivery(make_server, dns):
+    port = free_port()
+    queue = (f"[queue]\ndns_servers = [\"{DNS_IP}:{dns}\"]\nremote_port = {port}\nretry_seconds = [1]\n"
+             "delay_warning_seconds = 1\n")
+    a = make_server(domain="a.test", ip=A_IP, port=port, hostname="mx.a.test", extra=queue)
+    b = make_server(domain="b.test", ip=B_IP, port=port, hostname="mx.b.test", extra=queue)
+    a.start()  # B is not running
+    with smtplib.SMTP(A_IP, a.submission_port, timeout=30) as s:
+        s.starttls(context=ctx())
+        s.login("bob@a.test", PASSWORD)
+        s.sendmail("bob@a.test", ["carol@b.test"], b"From: bob@a.test\r\nSubject: slow\r\n\r\nx\r\n")
+    assert wait_for(lambda: len(a.uids("bob@a.test")) == 1, timeout=20), a.cli("queue", "list").stdout
+    warning = a.cat("bob@a.test", 1)
+    assert b"Subject: Delayed Mail" in warning and b"Action: delayed" in warning
+    time.sleep(3)  # several more failed attempts...
+    assert len(a.uids("bob@a.test")) == 1, "...but only one warning"
+    b.start()
+    assert wait_for(lambda: len(b.uids("carol@b.test")) == 1, timeout=30)
+    assert len(a.uids("bob@a.test")) == 1, "no bounce after all"

@@ -60,10 +60,12 @@ pub fn classify(code: u16) -> Class {
     }
 }
 
-/// One recipient the bounce reports on.
+/// One recipient the report is about.
 #[derive(Debug, Clone)]
 pub struct Failure {
     pub rcpt: String,
+    /// `failed`, or `delayed` for a warning while retries go on (RFC 3464 §2.3.3).
+    pub delayed: bool,
     /// `5.1.1` and the like (RFC 3463).
     pub status: String,
     /// The remote server's reply, if there was one (for Diagnostic-Code).
@@ -85,17 +87,28 @@ pub fn bounce(
 ) -> Vec<u8> {
     let headers_end = find(original, b"\r\n\r\n").map_or(original.len(), |p| p + 4);
     let header_section = String::from_utf8_lossy(&original[..headers_end]).into_owned();
-    let mut human = format!(
-        "This is the mail system at {hostname}.\r\n\r\nYour message could not be delivered to \
-         the following recipients:\r\n\r\n"
-    );
+    let delayed = failures.iter().all(|f| f.delayed);
+    let mut human = if delayed {
+        format!(
+            "This is the mail system at {hostname}.\r\n\r\nYour message has not been \
+             delivered yet to the following recipients. It is still being retried; you do not \
+             need to send it again.\r\n\r\n"
+        )
+    } else {
+        format!(
+            "This is the mail system at {hostname}.\r\n\r\nYour message could not be \
+             delivered to the following recipients:\r\n\r\n"
+        )
+    };
     // RFC 3464 §2.2: per-message fields, then one block per recipient.
     let mut status = format!("Reporting-MTA: dns; {hostname}\r\nArrival-Date: {arrival_date}\r\n");
     for f in failures {
         human.push_str(&format!("<{}>: {}\r\n", f.rcpt, f.diagnostic));
         status.push_str(&format!(
-            "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\n",
-            f.rcpt, f.status
+            "\r\nFinal-Recipient: rfc822; {}\r\nAction: {}\r\nStatus: {}\r\n",
+            f.rcpt,
+            if f.delayed { "delayed" } else { "failed" },
+            f.status
         ));
         if let Some(m) = &f.remote_mta {
             status.push_str(&format!("Remote-MTA: dns; {m}\r\n"));
@@ -127,7 +140,11 @@ pub fn bounce(
             format!("MAILER-DAEMON@{hostname}").as_str(),
         ))
         .to(to)
-        .subject("Undelivered Mail Returned to Sender")
+        .subject(if delayed {
+            "Delayed Mail (still being retried)"
+        } else {
+            "Undelivered Mail Returned to Sender"
+        })
         .message_id(message_id)
         .header(
             "Auto-Submitted",
@@ -193,6 +210,7 @@ mod tests {
             b"From: alice@a.test\r\nSubject: hello\r\n\r\nsecret body\r\n",
             &[Failure {
                 rcpt: "bob@b.test".into(),
+                delayed: false,
                 status: "5.1.1".into(),
                 diagnostic: "550 5.1.1 <bob@b.test>: user unknown".into(),
                 remote_mta: Some("mx.b.test".into()),
@@ -214,5 +232,29 @@ mod tests {
         assert!(text.contains("Subject: hello"), "original headers attached");
         assert!(!text.contains("secret body"), "but not the body");
         assert!(text.contains("Auto-Submitted: auto-replied"));
+    }
+}
+
+#[cfg(test)]
+mod delay_tests {
+    #[test]
+    fn delay_warning_says_delayed() {
+        let dsn = super::bounce(
+            "mx.a.test",
+            "alice@a.test",
+            b"Subject: x\r\n\r\n",
+            &[super::Failure {
+                rcpt: "bob@b.test".into(),
+                delayed: true,
+                status: "4.4.1".into(),
+                diagnostic: "connection refused".into(),
+                remote_mta: None,
+            }],
+            "Wed, 25 Nov 2026 10:00:00 +0000",
+            "w@mx.a.test",
+        );
+        let text = String::from_utf8(dsn).unwrap();
+        assert!(text.contains("Action: delayed\r\nStatus: 4.4.1"), "{text}");
+        assert!(text.contains("Subject: Delayed Mail"));
     }
 }

@@ -94,6 +94,8 @@ pub struct QueueCfg {
     pub retry_seconds: Vec<u32>,
     pub max_days: u32,
     pub concurrency: usize,
+    pub per_domain_concurrency: usize,
+    pub delay_warning_seconds: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -207,6 +209,8 @@ impl Default for QueueCfg {
             retry_seconds: vec![300, 600, 1800, 3600, 7200, 14_400],
             max_days: 5,
             concurrency: 20,
+            per_domain_concurrency: 5,
+            delay_warning_seconds: 14_400,
         }
     }
 }

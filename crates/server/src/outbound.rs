@@ -33,6 +33,10 @@ pub struct Outbox {
     pub wake: Arc<Notify>,
     pub limit: Arc<Semaphore>,
     pub dkim_dir: std::path::PathBuf,
+    pub per_domain: usize,
+    pub domain_limits: std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>,
+    /// Seconds after acceptance when a still-queued sender gets a delay warning (0: never).
+    pub delay_warning: i64,
 }
 
 /// Build the resolver: the configured servers (`ip:port`), or the system's.
@@ -491,8 +495,19 @@ pub async fn run(ob: Arc<Outbox>) {
                     let Ok(permit) = ob.limit.clone().acquire_owned().await else {
                         return;
                     };
+                    // At most `per_domain` connections to one domain's servers at a time.
+                    let domain_limit = ob
+                        .domain_limits
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(domain.clone())
+                        .or_insert_with(|| Arc::new(Semaphore::new(ob.per_domain.max(1))))
+                        .clone();
                     tasks.push(tokio::spawn(async move {
                         let _permit = permit;
+                        let Ok(_domain_permit) = domain_limit.acquire_owned().await else {
+                            return;
+                        };
                         deliver_group(&ob, queue_id, &domain, rcpts).await;
                     }));
                 }
@@ -523,6 +538,7 @@ async fn deliver_group(ob: &Outbox, queue_id: i64, domain: &str, rcpts: Vec<Queu
     let outcomes = attempt(ob, &data, &mail_from, &refs, domain).await;
     let now = unix_now();
     let mut failures = Vec::new();
+    let mut warnings: Vec<(i64, Failure)> = Vec::new();
     for (r, o) in rcpts.iter().zip(outcomes) {
         let rec = match o {
             Outcome::Delivered => {
@@ -544,11 +560,25 @@ async fn deliver_group(ob: &Outbox, queue_id: i64, domain: &str, rcpts: Vec<Queu
                             retry_in = at - now,
                             "deferred"
                         );
+                        if ob.delay_warning > 0 && !r.warned && now - r.created >= ob.delay_warning
+                        {
+                            warnings.push((
+                                r.id,
+                                Failure {
+                                    rcpt: r.rcpt.clone(),
+                                    delayed: true,
+                                    status: "4.4.1".into(),
+                                    diagnostic: e.clone(),
+                                    remote_mta: None,
+                                },
+                            ));
+                        }
                         Attempt::Retry { at, error: e }
                     }
                     None => {
                         failures.push(Failure {
                             rcpt: r.rcpt.clone(),
+                            delayed: false,
                             status: "4.4.7".into(),
                             diagnostic: format!("gave up after {} attempts: {e}", r.attempts + 1),
                             remote_mta: None,
@@ -567,6 +597,7 @@ async fn deliver_group(ob: &Outbox, queue_id: i64, domain: &str, rcpts: Vec<Queu
                     .to_owned();
                 failures.push(Failure {
                     rcpt: r.rcpt.clone(),
+                    delayed: false,
                     status,
                     diagnostic: reply.clone(),
                     remote_mta: host,
@@ -582,6 +613,18 @@ async fn deliver_group(ob: &Outbox, queue_id: i64, domain: &str, rcpts: Vec<Queu
     }
     if !failures.is_empty() && !mail_from.is_empty() {
         bounce(ob, &mail_from, &data, &failures, rcpts[0].created).await;
+    }
+    // RFC 3464 "delayed": once per recipient, never for bounces (null sender).
+    if !warnings.is_empty() && !mail_from.is_empty() {
+        let (ids, reports): (Vec<i64>, Vec<Failure>) = warnings.into_iter().unzip();
+        bounce(ob, &mail_from, &data, &reports, rcpts[0].created).await;
+        let store = ob.store.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for id in ids {
+                let _ = store.mark_warned(id);
+            }
+        })
+        .await;
     }
 }
 

@@ -235,6 +235,8 @@ pub struct QueuedRcpt {
     pub next_attempt: i64,
     pub last_error: Option<String>,
     pub size: u64,
+    /// A delay warning went to the sender already.
+    pub warned: bool,
 }
 
 /// What one delivery attempt to a recipient came to.
@@ -263,6 +265,8 @@ pub trait Queue: Send + Sync {
     fn queued_message(&self, queue_id: i64) -> Result<Vec<u8>>;
     /// Record an attempt; a message whose recipients are all done leaves the queue.
     fn record(&self, rcpt_id: i64, attempt: &Attempt) -> Result<()>;
+    /// Remember that the sender was warned about a delay for this recipient.
+    fn mark_warned(&self, rcpt_id: i64) -> Result<()>;
     /// Make entries (all, or one message's) due now; returns how many.
     fn retry_now(&self, queue_id: Option<i64>, now: i64) -> Result<usize>;
     /// Remove a message from the queue without delivering it.

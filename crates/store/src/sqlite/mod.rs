@@ -122,6 +122,7 @@ CREATE TABLE queue_rcpts(
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt INTEGER NOT NULL,
     last_error TEXT,
+    warned INTEGER NOT NULL DEFAULT 0,
     done INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX queue_due ON queue_rcpts(done, next_attempt);
 CREATE TABLE training(

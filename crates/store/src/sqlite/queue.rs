@@ -8,7 +8,7 @@ use super::SqliteStore;
 use crate::{Attempt, Error, Queue, QueuedRcpt, Result};
 
 const COLUMNS: &str = "r.id, r.queue_id, q.mail_from, r.rcpt, r.domain, r.attempts, q.created,
-    r.next_attempt, r.last_error, b.size";
+    r.next_attempt, r.last_error, b.size, r.warned";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedRcpt> {
     Ok(QueuedRcpt {
@@ -22,6 +22,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedRcpt> {
         next_attempt: r.get(7)?,
         last_error: r.get(8)?,
         size: r.get::<_, i64>(9)? as u64,
+        warned: r.get(10)?,
     })
 }
 
@@ -106,6 +107,12 @@ impl Queue for SqliteStore {
             dead
         };
         self.remove_blob_files(&dead);
+        Ok(())
+    }
+
+    fn mark_warned(&self, rcpt_id: i64) -> Result<()> {
+        self.conn()
+            .execute("UPDATE queue_rcpts SET warned = 1 WHERE id = ?1", [rcpt_id])?;
         Ok(())
     }
 
