@@ -134,6 +134,10 @@ def test_temporary_refusal_retry_and_kill_9_with_a_full_queue(make_server, dns):
     assert wait_for(lambda: len(b.uids("dave@b.test")) == 10, timeout=40), a.cli("queue", "list").stdout
     subjects = sorted(b.cat("dave@b.test", u).split(b"Subject: ")[1].split(b"\r\n")[0] for u in b.uids("dave@b.test"))
     assert subjects == sorted(b"queued %d" % i for i in range(10)), "each exactly once"
+    # One connection carried them (a retry may add one more if B was slow to listen).
+    sessions = set(re.findall(r'proto="smtp" session=([0-9A-F]+) peer=[0-9.]+:\d+\}.*accepted.*rcpts="dave@b\.test"',
+                              b.log_text()))
+    assert 1 <= len(sessions) <= 2, sessions
     assert wait_for(lambda: "queue is empty" in a.cli("queue", "list").stdout.decode())
 
 

@@ -182,6 +182,8 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 struct Client {
     io: BufReader<Box<dyn Io>>,
     host: String,
+    /// The EHLO keywords, upper-cased.
+    caps: String,
 }
 
 /// One SMTP reply: code and text (lines joined).
@@ -222,6 +224,19 @@ impl Client {
         }
     }
 
+    /// Whether EHLO announced this extension keyword.
+    fn has(&self, ext: &str) -> bool {
+        self.caps.split_whitespace().any(|w| w == ext)
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let w = self.io.get_mut();
+        w.write_all(bytes)
+            .await
+            .map_err(|e| format!("{}: {e}", self.host))?;
+        w.flush().await.map_err(|e| format!("{}: {e}", self.host))
+    }
+
     async fn cmd(&mut self, line: &str) -> Result<Reply, String> {
         let w = self.io.get_mut();
         w.write_all(line.as_bytes())
@@ -240,15 +255,21 @@ enum Outcome {
     Permanent { reply: String, host: Option<String> },
 }
 
-/// Try to deliver one message to the recipients of one domain.
-async fn attempt(
-    ob: &Outbox,
-    data: &[u8],
-    mail_from: &str,
-    rcpts: &[&QueuedRcpt],
-    domain: &str,
-) -> Vec<Outcome> {
-    let all = |o: &dyn Fn() -> Outcome| rcpts.iter().map(|_| o()).collect::<Vec<_>>();
+/// One message for one domain: its prepared bytes, reverse-path and recipients there.
+struct Job<'a> {
+    data: Vec<u8>,
+    mail_from: String,
+    rcpts: Vec<&'a QueuedRcpt>,
+}
+
+/// Deliver several messages to one domain, over as few connections as possible (one, when
+/// the first server takes them all). Returns each job's per-recipient outcomes.
+async fn attempt(ob: &Outbox, jobs: &[Job<'_>], domain: &str) -> Vec<Vec<Outcome>> {
+    let all = |f: &dyn Fn() -> Outcome| -> Vec<Vec<Outcome>> {
+        jobs.iter()
+            .map(|j| j.rcpts.iter().map(|_| f()).collect())
+            .collect()
+    };
     let route = match resolve(&ob.resolver, domain).await {
         Ok(r) => r,
         Err(e) => return all(&|| Outcome::Temporary(e.clone())),
@@ -262,39 +283,53 @@ async fn attempt(
         }
         Route::Hosts(h) => h,
     };
+    let mut results: Vec<Option<Vec<Outcome>>> = jobs.iter().map(|_| None).collect();
     let mut last = String::from("no mail server reachable");
-    for (host, ips) in hosts {
+    'hosts: for (host, ips) in hosts {
         for ip in ips {
-            match session(
-                ob,
-                &host,
-                SocketAddr::new(ip, ob.port),
-                data,
-                mail_from,
-                rcpts,
-            )
-            .await
-            {
-                Ok(results) => return results,
+            if results.iter().all(Option::is_some) {
+                break 'hosts;
+            }
+            let mut client = match connect(ob, &host, SocketAddr::new(ip, ob.port)).await {
+                Ok(c) => c,
                 Err(e) => {
                     info!(host, %ip, error = e, "outbound connection failed; trying the next");
                     last = e;
+                    continue;
+                }
+            };
+            for (job, slot) in jobs.iter().zip(results.iter_mut()) {
+                if slot.is_some() {
+                    continue;
+                }
+                match transaction(&mut client, &host, job).await {
+                    Ok(r) => *slot = Some(r),
+                    Err(e) => {
+                        info!(host, %ip, error = e, "outbound connection lost; trying the next");
+                        last = e;
+                        continue 'hosts;
+                    }
                 }
             }
+            let _ = client.cmd("QUIT").await;
         }
     }
-    all(&|| Outcome::Temporary(last.clone()))
+    results
+        .into_iter()
+        .zip(jobs)
+        .map(|(r, j)| {
+            r.unwrap_or_else(|| {
+                j.rcpts
+                    .iter()
+                    .map(|_| Outcome::Temporary(last.clone()))
+                    .collect()
+            })
+        })
+        .collect()
 }
 
-/// One SMTP transaction. `Err` means "try another host" (connection-level trouble).
-async fn session(
-    ob: &Outbox,
-    host: &str,
-    addr: SocketAddr,
-    data: &[u8],
-    mail_from: &str,
-    rcpts: &[&QueuedRcpt],
-) -> Result<Vec<Outcome>, String> {
+/// Connect, EHLO, and STARTTLS when offered. `Err` means "try another host".
+async fn connect(ob: &Outbox, host: &str, addr: SocketAddr) -> Result<Client, String> {
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| format!("{host}: connect timeout"))?
@@ -302,17 +337,18 @@ async fn session(
     let mut c = Client {
         io: BufReader::new(Box::new(tcp)),
         host: host.to_owned(),
+        caps: String::new(),
     };
     let greeting = c.read(COMMAND_TIMEOUT).await?;
     if greeting.code != 220 {
         return Err(format!("{host} greeted with {greeting}"));
     }
-    let mut ehlo = c.cmd(&format!("EHLO {}", ob.hostname)).await?;
+    let ehlo = c.cmd(&format!("EHLO {}", ob.hostname)).await?;
     if ehlo.code != 250 {
         return Err(format!("{host} refused EHLO: {ehlo}"));
     }
-    let caps = ehlo.text.to_ascii_uppercase();
-    if caps.contains("STARTTLS")
+    c.caps = ehlo.text.to_ascii_uppercase();
+    if c.has("STARTTLS")
         && let Some(tls) = tls_client()
     {
         let r = c.cmd("STARTTLS").await?;
@@ -327,15 +363,21 @@ async fn session(
             c = Client {
                 io: BufReader::new(Box::new(stream)),
                 host: host.to_owned(),
+                caps: String::new(),
             };
-            ehlo = c.cmd(&format!("EHLO {}", ob.hostname)).await?;
+            let ehlo = c.cmd(&format!("EHLO {}", ob.hostname)).await?;
             if ehlo.code != 250 {
                 return Err(format!("{host} refused EHLO after STARTTLS: {ehlo}"));
             }
+            c.caps = ehlo.text.to_ascii_uppercase();
         }
     }
-    let caps = ehlo.text.to_ascii_uppercase();
-    let ext = |name: &str| caps.split_whitespace().any(|w| w == name);
+    Ok(c)
+}
+
+/// One message on an open connection. `Err` means the connection is unusable.
+async fn transaction(c: &mut Client, host: &str, job: &Job<'_>) -> Result<Vec<Outcome>, String> {
+    let (data, mail_from, rcpts) = (&job.data[..], job.mail_from.as_str(), &job.rcpts);
     let permanent = |reply: String| -> Vec<Outcome> {
         rcpts
             .iter()
@@ -348,70 +390,88 @@ async fn session(
     let eight_bit = data.iter().any(|&b| b >= 0x80);
     let utf8_addresses = !mail_from.is_ascii() || rcpts.iter().any(|r| !r.rcpt.is_ascii());
     // RFC 6531 §3.2: UTF-8 addresses need SMTPUTF8 at the other end; no downgrade exists.
-    if utf8_addresses && !ext("SMTPUTF8") {
-        let _ = c.cmd("QUIT").await;
+    if utf8_addresses && !c.has("SMTPUTF8") {
         return Ok(permanent(format!(
             "553 5.6.7 {host} does not support SMTPUTF8"
         )));
     }
     // RFC 6152 §3: no 8-bit data to a server without 8BITMIME (yubin does not downgrade).
-    if eight_bit && !ext("8BITMIME") && !ext("SMTPUTF8") {
-        let _ = c.cmd("QUIT").await;
+    if eight_bit && !c.has("8BITMIME") && !c.has("SMTPUTF8") {
         return Ok(permanent(format!(
             "554 5.6.3 {host} does not accept 8-bit messages"
         )));
     }
     // RFC 1870 §4: a declared limit the message exceeds is a permanent failure.
-    if let Some(limit) = caps
+    if let Some(limit) = c
+        .caps
         .split("SIZE ")
         .nth(1)
         .and_then(|t| t.split_whitespace().next())
         .and_then(|n| n.parse::<usize>().ok())
         .filter(|&l| l > 0 && data.len() > l)
     {
-        let _ = c.cmd("QUIT").await;
         return Ok(permanent(format!(
             "552 5.3.4 message is larger than {host}'s limit of {limit} octets"
         )));
     }
     let mut mail = format!("MAIL FROM:<{mail_from}>");
-    if ext("SIZE") || caps.contains("SIZE ") {
+    if c.has("SIZE") {
         mail.push_str(&format!(" SIZE={}", data.len()));
     }
-    if eight_bit && ext("8BITMIME") {
+    if eight_bit && c.has("8BITMIME") {
         mail.push_str(" BODY=8BITMIME");
     }
     if utf8_addresses {
         mail.push_str(" SMTPUTF8");
     }
-    let r = c.cmd(&mail).await?;
-    match classify(r.code) {
+    let rcpt_lines: Vec<String> = rcpts
+        .iter()
+        .map(|r| format!("RCPT TO:<{}>", r.rcpt))
+        .collect();
+    // RFC 2920: with PIPELINING, MAIL and every RCPT go in one write.
+    let (mail_reply, rcpt_replies) = if c.has("PIPELINING") {
+        let mut batch = String::new();
+        batch.push_str(&mail);
+        batch.push_str("\r\n");
+        for l in &rcpt_lines {
+            batch.push_str(l);
+            batch.push_str("\r\n");
+        }
+        c.send(batch.as_bytes()).await?;
+        let m = c.read(COMMAND_TIMEOUT).await?;
+        let mut rs = Vec::new();
+        for _ in &rcpt_lines {
+            rs.push(c.read(COMMAND_TIMEOUT).await?);
+        }
+        (m, rs)
+    } else {
+        let m = c.cmd(&mail).await?;
+        let mut rs = Vec::new();
+        if classify(m.code) == Class::Success {
+            for l in &rcpt_lines {
+                rs.push(c.cmd(l).await?);
+            }
+        }
+        (m, rs)
+    };
+    match classify(mail_reply.code) {
         Class::Success => {}
         Class::Temporary => {
+            c.cmd("RSET").await?;
             return Ok(rcpts
                 .iter()
-                .map(|_| Outcome::Temporary(r.to_string()))
+                .map(|_| Outcome::Temporary(mail_reply.to_string()))
                 .collect());
         }
         Class::Permanent => {
-            return Ok(rcpts
-                .iter()
-                .map(|_| Outcome::Permanent {
-                    reply: r.to_string(),
-                    host: Some(host.to_owned()),
-                })
-                .collect());
+            c.cmd("RSET").await?;
+            return Ok(permanent(mail_reply.to_string()));
         }
     }
     let mut results: Vec<Option<Outcome>> = Vec::new();
-    let mut accepted = 0;
-    for rc in rcpts {
-        let r = c.cmd(&format!("RCPT TO:<{}>", rc.rcpt)).await?;
+    for r in &rcpt_replies {
         results.push(match classify(r.code) {
-            Class::Success => {
-                accepted += 1;
-                None
-            }
+            Class::Success => None,
             Class::Temporary => Some(Outcome::Temporary(r.to_string())),
             Class::Permanent => Some(Outcome::Permanent {
                 reply: r.to_string(),
@@ -419,25 +479,19 @@ async fn session(
             }),
         });
     }
-    if accepted == 0 {
-        let _ = c.cmd("QUIT").await;
-        return Ok(results
-            .into_iter()
-            .map(|o| o.unwrap_or(Outcome::Delivered))
-            .collect());
+    if results.iter().all(Option::is_some) {
+        c.cmd("RSET").await?;
+        return Ok(results.into_iter().flatten().collect());
     }
     let r = c.cmd("DATA").await?;
     let final_reply = if r.code == 354 {
-        let w = c.io.get_mut();
         let body = dot_stuff(data);
-        w.write_all(&body).await.map_err(|e| e.to_string())?;
-        w.write_all(b".\r\n").await.map_err(|e| e.to_string())?;
-        w.flush().await.map_err(|e| e.to_string())?;
+        c.send(&body).await?;
+        c.send(b".\r\n").await?;
         c.read(DATA_TIMEOUT).await?
     } else {
         r
     };
-    let _ = c.cmd("QUIT").await;
     let class = classify(final_reply.code);
     Ok(results
         .into_iter()
@@ -481,16 +535,18 @@ pub async fn run(ob: Arc<Outbox>) {
         let now = unix_now();
         match ob.store.due(now, 200) {
             Ok(due) if !due.is_empty() => {
-                // One attempt per (message, domain): its recipients share a transaction.
-                let mut groups: BTreeMap<(i64, String), Vec<QueuedRcpt>> = BTreeMap::new();
+                // Per domain: one connection carries all its due messages.
+                let mut groups: BTreeMap<String, BTreeMap<i64, Vec<QueuedRcpt>>> = BTreeMap::new();
                 for r in due {
                     groups
-                        .entry((r.queue_id, r.domain.clone()))
+                        .entry(r.domain.clone())
+                        .or_default()
+                        .entry(r.queue_id)
                         .or_default()
                         .push(r);
                 }
                 let mut tasks = Vec::new();
-                for ((queue_id, domain), rcpts) in groups {
+                for (domain, messages) in groups {
                     let ob = ob.clone();
                     let Ok(permit) = ob.limit.clone().acquire_owned().await else {
                         return;
@@ -508,7 +564,7 @@ pub async fn run(ob: Arc<Outbox>) {
                         let Ok(_domain_permit) = domain_limit.acquire_owned().await else {
                             return;
                         };
-                        deliver_group(&ob, queue_id, &domain, rcpts).await;
+                        deliver_domain(&ob, &domain, messages).await;
                     }));
                 }
                 for t in tasks {
@@ -523,19 +579,42 @@ pub async fn run(ob: Arc<Outbox>) {
     }
 }
 
-async fn deliver_group(ob: &Outbox, queue_id: i64, domain: &str, rcpts: Vec<QueuedRcpt>) {
-    let store = ob.store.clone();
-    let data = match tokio::task::spawn_blocking(move || store.queued_message(queue_id)).await {
-        Ok(Ok(d)) => d,
-        other => {
-            warn!(queue_id, ?other, "queued message unreadable");
-            return;
+async fn deliver_domain(ob: &Outbox, domain: &str, messages: BTreeMap<i64, Vec<QueuedRcpt>>) {
+    let mut loaded = Vec::new();
+    for (queue_id, rcpts) in messages {
+        let store = ob.store.clone();
+        match tokio::task::spawn_blocking(move || store.queued_message(queue_id)).await {
+            Ok(Ok(d)) => {
+                let mail_from = rcpts[0].mail_from.clone();
+                let data = prepare(ob, d.clone(), &mail_from);
+                loaded.push((queue_id, d, data, mail_from, rcpts));
+            }
+            other => warn!(queue_id, ?other, "queued message unreadable"),
         }
-    };
-    let mail_from = rcpts[0].mail_from.clone();
-    let data = prepare(ob, data, &mail_from);
-    let refs: Vec<&QueuedRcpt> = rcpts.iter().collect();
-    let outcomes = attempt(ob, &data, &mail_from, &refs, domain).await;
+    }
+    let jobs: Vec<Job<'_>> = loaded
+        .iter()
+        .map(|(_, _, data, from, rcpts)| Job {
+            data: data.clone(),
+            mail_from: from.clone(),
+            rcpts: rcpts.iter().collect(),
+        })
+        .collect();
+    let outcomes = attempt(ob, &jobs, domain).await;
+    for ((queue_id, original, _, mail_from, rcpts), outcomes) in loaded.into_iter().zip(outcomes) {
+        finish(ob, queue_id, &original, &mail_from, &rcpts, outcomes).await;
+    }
+}
+
+/// Record one message's outcomes, and tell its sender about failures and delays.
+async fn finish(
+    ob: &Outbox,
+    queue_id: i64,
+    data: &[u8],
+    mail_from: &str,
+    rcpts: &[QueuedRcpt],
+    outcomes: Vec<Outcome>,
+) {
     let now = unix_now();
     let mut failures = Vec::new();
     let mut warnings: Vec<(i64, Failure)> = Vec::new();
@@ -612,12 +691,12 @@ async fn deliver_group(ob: &Outbox, queue_id: i64, domain: &str, rcpts: Vec<Queu
         }
     }
     if !failures.is_empty() && !mail_from.is_empty() {
-        bounce(ob, &mail_from, &data, &failures, rcpts[0].created).await;
+        bounce(ob, mail_from, data, &failures, rcpts[0].created).await;
     }
     // RFC 3464 "delayed": once per recipient, never for bounces (null sender).
     if !warnings.is_empty() && !mail_from.is_empty() {
         let (ids, reports): (Vec<i64>, Vec<Failure>) = warnings.into_iter().unzip();
-        bounce(ob, &mail_from, &data, &reports, rcpts[0].created).await;
+        bounce(ob, mail_from, data, &reports, rcpts[0].created).await;
         let store = ob.store.clone();
         let _ = tokio::task::spawn_blocking(move || {
             for id in ids {
