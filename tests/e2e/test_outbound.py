@@ -68,6 +68,14 @@ def test_two_instances(make_server, dns):
     assert wait_for(lambda: len(b.uids("carol@b.test")) == 1), a.log_text()[-2000:]
     got = b.cat("carol@b.test", 1)
     assert b"Subject: across" in got and b"by mx.a.test (yubin) with ESMTPSA" in got
+    # Carol reads it over IMAP on B.
+    import imaplib
+    m = imaplib.IMAP4(B_IP, b.imap_port)
+    m.login("carol@b.test", PASSWORD)
+    m.select("INBOX")
+    typ, data = m.fetch("1", "(BODY[HEADER.FIELDS (SUBJECT FROM)])")
+    assert b"Subject: across" in data[0][1] and b"From: bob@a.test" in data[0][1]
+    m.logout()
     assert got.count(b"Return-Path:") == 1, "the relay's Return-Path was not passed on"
     assert wait_for(lambda: "queue is empty" in a.cli("queue", "list").stdout.decode())
 
