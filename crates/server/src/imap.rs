@@ -368,7 +368,8 @@ async fn run(
     let idle = Duration::from_secs(server.cfg.imap.idle_timeout);
     let mut changes = server.changes.subscribe();
     let mut shutdown = server.shutdown.clone();
-    let mut buf = vec![0u8; 64 * 1024];
+    // Small: thousands of IDLE connections each hold one (large literals take several reads).
+    let mut buf = vec![0u8; 16 * 1024];
     let mut deflate: Option<Deflate> = None;
     loop {
         // The session may block on the store: keep it off the async worker's back.

@@ -256,7 +256,7 @@ impl MailStore for SqliteStore {
     }
 
     fn list_mailboxes(&self, account: AccountId) -> Result<Vec<Mailbox>> {
-        let c = self.conn();
+        let c = self.reader();
         let mut st = c.prepare(&format!(
             "SELECT {MAILBOX_COLUMNS} FROM mailboxes b WHERE b.account_id = ?1
              ORDER BY b.name = 'INBOX' DESC, b.name"
@@ -268,7 +268,7 @@ impl MailStore for SqliteStore {
     }
 
     fn mailbox(&self, account: AccountId, name: &str) -> Result<Mailbox> {
-        Self::mailbox_in(&self.conn(), account, name)
+        Self::mailbox_in(&self.reader(), account, name)
     }
 
     fn create_mailbox(&self, account: AccountId, name: &str) -> Result<Mailbox> {
@@ -379,7 +379,7 @@ impl MailStore for SqliteStore {
     }
 
     fn messages(&self, mailbox: MailboxId) -> Result<Vec<MessageMeta>> {
-        let c = self.conn();
+        let c = self.reader();
         let mut st = c.prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = ?1 ORDER BY uid"
         ))?;
@@ -390,7 +390,7 @@ impl MailStore for SqliteStore {
     }
 
     fn changes(&self, mailbox: MailboxId, since: u64) -> Result<Changes> {
-        let c = self.conn();
+        let c = self.reader();
         let (highest_modseq, uid_next): (i64, u32) = c
             .query_row(
                 "SELECT highest_modseq, uid_next FROM mailboxes WHERE id = ?1",
@@ -521,7 +521,7 @@ impl MailStore for SqliteStore {
     }
 
     fn training_events(&self, account: AccountId) -> Result<Vec<TrainingEvent>> {
-        let c = self.conn();
+        let c = self.reader();
         let mut st = c.prepare(
             "SELECT t.spam, t.created, coalesce(b.size, 0) FROM training t
              LEFT JOIN blobs b ON b.id = t.blob_id WHERE t.account_id = ?1 ORDER BY t.id",
@@ -575,7 +575,7 @@ impl MailStore for SqliteStore {
         } else {
             format!("{cond} ESCAPE '\\'")
         };
-        let c = self.conn();
+        let c = self.reader();
         let mut st = c.prepare(&format!(
             "SELECT m.uid FROM messages m WHERE m.mailbox_id = ?1
              AND m.blob_id IN (SELECT rowid FROM search WHERE {cond}) ORDER BY m.uid"
@@ -587,7 +587,7 @@ impl MailStore for SqliteStore {
     }
 
     fn sort_info(&self, mailbox: MailboxId) -> Result<Vec<SortInfo>> {
-        let c = self.conn();
+        let c = self.reader();
         let mut st = c.prepare_cached(
             "SELECT m.uid, m.size, m.internal_date, e.sent, e.subject, e.from_addr,
                     e.from_display, e.to_addr, e.to_display, e.cc_addr, e.message_id, e.refs
@@ -617,7 +617,7 @@ impl MailStore for SqliteStore {
     }
 
     fn pop3_sizes(&self, mailbox: MailboxId) -> Result<Vec<(u32, u64)>> {
-        let c = self.conn();
+        let c = self.reader();
         let mut st = c.prepare_cached(
             "SELECT m.uid, coalesce(e.pop3_size, m.size) FROM messages m
              LEFT JOIN envelopes e ON e.blob_id = m.blob_id
@@ -630,7 +630,7 @@ impl MailStore for SqliteStore {
     }
 
     fn usage(&self, account: AccountId) -> Result<(u64, Option<u64>)> {
-        let c = self.conn();
+        let c = self.reader();
         let (used, quota): (i64, Option<i64>) = c.query_row(
             "SELECT (SELECT coalesce(sum(m.size), 0) FROM messages m
                      JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.account_id = a.id),

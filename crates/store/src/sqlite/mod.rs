@@ -151,9 +151,15 @@ impl Listeners {
     }
 }
 
+/// Read-only connections: WAL lets them run beside the writers, so IMAP/POP3 reads from
+/// many sessions do not queue behind one connection.
+const READERS: usize = 4;
+
 pub struct SqliteStore {
     root: PathBuf,
     conn: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: std::sync::atomic::AtomicUsize,
     writer: mpsc::Sender<mail::Job>,
     listeners: Arc<Listeners>,
     lock: Option<File>,
@@ -247,9 +253,14 @@ impl SqliteStore {
             .name("store-writer".into())
             .spawn(move || mail::writer_loop(wroot, writer_conn, rx, wlisteners))
             .map_err(|e| Error::io("start writer thread for", root, e))?;
+        let readers = (0..READERS)
+            .map(|_| connect(&path).map(Mutex::new))
+            .collect::<Result<Vec<_>>>()?;
         Ok(SqliteStore {
             root: root.to_owned(),
             conn: Mutex::new(conn),
+            readers,
+            next_reader: Default::default(),
             writer: tx,
             listeners,
             lock: None,
@@ -277,6 +288,20 @@ impl SqliteStore {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// A connection for reads only: a free one if any, else the next in turn.
+    pub(crate) fn reader(&self) -> MutexGuard<'_, Connection> {
+        for r in &self.readers {
+            if let Ok(g) = r.try_lock() {
+                return g;
+            }
+        }
+        let i = self
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % self.readers.len();
+        self.readers[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -628,7 +653,7 @@ impl Directory for SqliteStore {
     }
 
     fn authenticate(&self, address: &str, password: &str) -> Result<Option<Account>> {
-        let found = match Self::account_row(&self.conn(), address) {
+        let found = match Self::account_row(&self.reader(), address) {
             Ok(row) => Some(row),
             Err(Error::NoSuchAccount(_) | Error::InvalidAddress(..) | Error::InvalidDomain(..)) => {
                 None
@@ -732,7 +757,7 @@ impl Directory for SqliteStore {
         let Ok(domain) = normalize_domain(domain) else {
             return Ok(Resolved::NotLocal);
         };
-        let c = self.conn();
+        let c = self.reader();
         let Some(domain_id) = Self::domain_id(&c, &domain)? else {
             return Ok(Resolved::NotLocal);
         };
