@@ -341,14 +341,10 @@ impl<B: Backend> Session<B> {
             rev2: false,
         };
         let caps = s.capabilities();
-        s.send(Response::Status(
-            Status::ok(
-                None,
-                Some(Code::Capability(caps)),
-                format!("{} IMAP4rev1 yubin ready", s.cfg.hostname),
-            )
-            .expect("valid greeting"),
-        ));
+        // `text` falls back to a plain word if the configured host name is not valid text.
+        let greeting = text(&format!("{} IMAP4rev1 yubin ready", s.cfg.hostname));
+        let Ok(status) = Status::ok(None, Some(Code::Capability(caps)), greeting);
+        s.send(Response::Status(status));
         s
     }
 

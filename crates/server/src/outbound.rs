@@ -44,7 +44,12 @@ pub fn resolver(servers: &[SocketAddr]) -> anyhow::Result<hickory_resolver::Toki
     use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
     use hickory_resolver::net::runtime::TokioRuntimeProvider;
     if servers.is_empty() {
-        return Ok(hickory_resolver::TokioResolver::builder_tokio()?.build()?);
+        match hickory_resolver::TokioResolver::builder_tokio().and_then(|b| b.build()) {
+            Ok(r) => return Ok(r),
+            // No usable /etc/resolv.conf: start anyway; outbound mail waits in the queue
+            // (with the reason in `yubin queue list`) until DNS is configured.
+            Err(e) => warn!(error = %e, "no system DNS configuration; set [queue] dns_servers"),
+        }
     }
     let mut cfg = ResolverConfig::default();
     for s in servers {
