@@ -239,8 +239,36 @@ fn print_first_run(f: &FirstRun, cfg: &Config) {
         "  (shown once; change it with `yubin user passwd {}`)",
         f.admin
     );
-    let smtp: Vec<String> = cfg.listen.smtp.iter().map(|a| a.to_string()).collect();
-    println!("  SMTP (incoming mail) on {}", smtp.join(", "));
+    let list = |addrs: &[std::net::SocketAddr]| -> String {
+        let ports: std::collections::BTreeSet<u16> = addrs.iter().map(|a| a.port()).collect();
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        if ports.is_empty() {
+            "off".into()
+        } else {
+            ports.join(", ")
+        }
+    };
+    let l = &cfg.listen;
+    println!("  log in with the admin address and password:");
+    println!(
+        "    IMAP        port {} (STARTTLS), {} (TLS)",
+        list(&l.imap),
+        list(&l.imaps)
+    );
+    println!(
+        "    POP3        port {} (STLS), {} (TLS)",
+        list(&l.pop3),
+        list(&l.pop3s)
+    );
+    println!(
+        "    sending     port {} (STARTTLS), {} (TLS), SMTP AUTH",
+        list(&l.submission),
+        list(&l.submissions)
+    );
+    println!(
+        "    incoming    port {} (SMTP from other servers)",
+        list(&l.smtp)
+    );
     println!("  add a user:   yubin user add someone@{}", f.domain);
     let _ = std::io::stdout().flush();
 }
