@@ -62,6 +62,7 @@ class Yubin:
                  port: int | None = None, hostname: str = HOSTNAME):
         self.dir = tmp
         self.ip = ip
+        host = f"[{ip}]" if ":" in ip else ip  # IPv6 in socket-address syntax
         self.port = port or free_port()
         self.imap_port = free_port()
         self.imaps_port = free_port()
@@ -75,11 +76,11 @@ class Yubin:
             f'hostname = "{hostname}"\n'
             f"{extra}\n"
             "[listen]\n"
-            f'smtp = ["{ip}:{self.port}"]\n'
-            f"imap = [\"{ip}:{self.imap_port}\"]\nimaps = [\"{ip}:{self.imaps_port}\"]\n"
-            f"pop3 = [\"{ip}:{self.pop3_port}\"]\npop3s = [\"{ip}:{self.pop3s_port}\"]\n"
-            f"submission = [\"{ip}:{self.submission_port}\"]\n"
-            f"submissions = [\"{ip}:{self.submissions_port}\"]\n"
+            f'smtp = ["{host}:{self.port}"]\n'
+            f"imap = [\"{host}:{self.imap_port}\"]\nimaps = [\"{host}:{self.imaps_port}\"]\n"
+            f"pop3 = [\"{host}:{self.pop3_port}\"]\npop3s = [\"{host}:{self.pop3s_port}\"]\n"
+            f"submission = [\"{host}:{self.submission_port}\"]\n"
+            f"submissions = [\"{host}:{self.submissions_port}\"]\n"
             "[smtp]\n"
             f"{smtp_keys}\n"
         )

@@ -25,6 +25,7 @@ def dns(tmp_path):
         "--mx-host=a.test,mx.a.test,10", f"--host-record=mx.a.test,{A_IP}",
         "--mx-host=b.test,mx.b.test,10", f"--host-record=mx.b.test,{B_IP}",
         "--mx-host=nomail.test,.,0",
+        "--mx-host=v6.test,mx.v6.test,10", "--host-record=mx.v6.test,::1",
     ], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(0.3)
     assert proc.poll() is None, proc.stderr.read().decode()
@@ -199,3 +200,30 @@ def test_delay_warning_once_then_delivery(make_server, dns):
     b.start()
     assert wait_for(lambda: len(b.uids("carol@b.test")) == 1, timeout=30)
     assert len(a.uids("bob@a.test")) == 1, "no bounce after all"
+
+
+def ipv6_loopback() -> bool:
+    import socket
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="this machine has no IPv6 loopback")
+def test_ipv6_delivery(make_server, dns):
+    """An MX with only an IPv6 address (::1): A's queue reaches B over IPv6."""
+    port = free_port()
+    queue = f"[queue]\ndns_servers = [\"{DNS_IP}:{dns}\"]\nremote_port = {port}\nretry_seconds = [1]\n"
+    a = make_server(domain="a.test", ip=A_IP, port=port, hostname="mx.a.test", extra=queue)
+    b = make_server(domain="v6.test", ip="::1", port=port, hostname="mx.v6.test", extra=queue)
+    a.start()
+    b.start()
+    with smtplib.SMTP(A_IP, a.submission_port, timeout=30) as s:
+        s.starttls(context=ctx())
+        s.login("bob@a.test", PASSWORD)
+        assert s.sendmail("bob@a.test", ["carol@v6.test"], b"From: bob@a.test\r\nSubject: six\r\n\r\nx\r\n") == {}
+    assert wait_for(lambda: len(b.uids("carol@v6.test")) == 1), a.cli("queue", "list").stdout
+    assert b"([::1])" in b.cat("carol@v6.test", 1), "received over IPv6"
