@@ -1,0 +1,237 @@
+//! `yubin-bench imap`: the IMAP load of the benchmark (bench/README.md), the same against
+//! yubin and against a reference server. A plain IMAP client over TCP is enough here (it
+//! only needs tagged commands and literals), and keeps the measured path free of library
+//! overhead that would differ between servers.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+#[derive(Parser)]
+#[command(name = "yubin-bench", about = "Load generators for yubin's benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Time single-client IMAP operations, then a mixed load from many clients.
+    Imap {
+        /// Server address, host:port (plain IMAP).
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        password: String,
+        #[arg(long, default_value = "INBOX")]
+        mailbox: String,
+        /// Clients of the mixed load.
+        #[arg(long, default_value_t = 50)]
+        clients: usize,
+        /// Seconds of mixed load.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// A word present in some subjects and bodies, for the SEARCH rows.
+        #[arg(long, default_value = "benchmark")]
+        needle: String,
+    },
+}
+
+struct Client {
+    io: BufReader<TcpStream>,
+    tag: u64,
+}
+
+impl Client {
+    async fn connect(addr: &str, user: &str, password: &str) -> Result<Client> {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connect {addr}"))?;
+        tcp.set_nodelay(true)?;
+        let mut c = Client {
+            io: BufReader::new(tcp),
+            tag: 0,
+        };
+        let mut greeting = String::new();
+        c.io.read_line(&mut greeting).await?;
+        if !greeting.starts_with("* OK") {
+            bail!("unexpected greeting: {greeting}");
+        }
+        c.run(&format!("LOGIN \"{user}\" \"{password}\"")).await?;
+        Ok(c)
+    }
+
+    /// Send a command and read to its tagged completion; returns the bytes received.
+    async fn run(&mut self, cmd: &str) -> Result<usize> {
+        self.tag += 1;
+        let tag = format!("b{}", self.tag);
+        let line = format!("{tag} {cmd}\r\n");
+        self.io.get_mut().write_all(line.as_bytes()).await?;
+        let mut total = 0;
+        loop {
+            let mut l = Vec::new();
+            let n = self.io.read_until(b'\n', &mut l).await?;
+            if n == 0 {
+                bail!("connection closed during {cmd}");
+            }
+            total += n;
+            // A literal {n} at the end of a line: its bytes follow.
+            if l.ends_with(b"}\r\n")
+                && let Some(open) = l.iter().rposition(|&b| b == b'{')
+                && let Ok(len) = std::str::from_utf8(&l[open + 1..l.len() - 3])
+                    .unwrap_or("x")
+                    .trim_end_matches('+')
+                    .parse::<usize>()
+            {
+                let mut buf = vec![0u8; len];
+                self.io.read_exact(&mut buf).await?;
+                total += len;
+                continue;
+            }
+            if l.starts_with(tag.as_bytes()) {
+                if !l[tag.len()..].starts_with(b" OK") {
+                    bail!("{cmd}: {}", String::from_utf8_lossy(&l));
+                }
+                return Ok(total);
+            }
+        }
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+async fn timed(c: &mut Client, name: &str, cmd: &str) -> Result<()> {
+    let t = Instant::now();
+    let bytes = c.run(cmd).await?;
+    println!("{name}\t{} ms\t{bytes} bytes", ms(t.elapsed()));
+    Ok(())
+}
+
+/// A small deterministic generator, so runs against different servers do the same work.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+async fn imap(
+    addr: String,
+    user: String,
+    password: String,
+    mailbox: String,
+    clients: usize,
+    seconds: u64,
+    needle: String,
+) -> Result<()> {
+    let mut c = Client::connect(&addr, &user, &password).await?;
+    let t = Instant::now();
+    c.run(&format!("SELECT \"{mailbox}\"")).await?;
+    println!("select\t{} ms", ms(t.elapsed()));
+    let status = c.run(&format!("STATUS \"{mailbox}\" (MESSAGES)")).await?;
+    let _ = status;
+    timed(
+        &mut c,
+        "fetch_flags_all",
+        "FETCH 1:* (FLAGS UID RFC822.SIZE)",
+    )
+    .await?;
+    timed(&mut c, "fetch_1000_bodies", "FETCH 1:1000 (BODY.PEEK[])").await?;
+    timed(
+        &mut c,
+        "search_header",
+        &format!("UID SEARCH HEADER SUBJECT \"{needle}\""),
+    )
+    .await?;
+    timed(
+        &mut c,
+        "search_body",
+        &format!("UID SEARCH BODY \"{needle}\""),
+    )
+    .await?;
+    timed(
+        &mut c,
+        "store_10000",
+        "STORE 1:10000 +FLAGS.SILENT (\\Flagged)",
+    )
+    .await?;
+    c.run("STORE 1:10000 -FLAGS.SILENT (\\Flagged)").await?;
+    c.run("LOGOUT").await.ok();
+
+    // Mixed load: many clients, each doing a random realistic command in turn.
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for k in 0..clients {
+        let (addr, user, password, mailbox, needle) = (
+            addr.clone(),
+            user.clone(),
+            password.clone(),
+            mailbox.clone(),
+            needle.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut c = Client::connect(&addr, &user, &password).await?;
+            c.run(&format!("SELECT \"{mailbox}\"")).await?;
+            let mut rng = Rng(0x9E37_79B9 + k as u64 * 7919);
+            while Instant::now() < deadline {
+                let n = rng.below(1000) + 1;
+                let cmd = match rng.below(6) {
+                    0 => format!("FETCH {n}:{} (FLAGS UID)", n + 50),
+                    1 => format!("FETCH {n} (BODY.PEEK[])"),
+                    2 => format!("UID SEARCH SUBJECT \"{needle}\""),
+                    3 => format!("STORE {n} +FLAGS.SILENT (\\Seen)"),
+                    4 => format!("FETCH {n} (ENVELOPE BODYSTRUCTURE)"),
+                    _ => "NOOP".to_owned(),
+                };
+                let t = Instant::now();
+                c.run(&cmd).await?;
+                lat.push(t.elapsed());
+            }
+            c.run("LOGOUT").await.ok();
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    all.sort();
+    let p = |q: f64| {
+        all.get(((all.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "mixed\t{:.0} ops/s\tp50 {} ms\tp99 {} ms\t{clients} clients",
+        all.len() as f64 / seconds.max(1) as f64,
+        ms(p(0.5)),
+        ms(p(0.99))
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Imap {
+            addr,
+            user,
+            password,
+            mailbox,
+            clients,
+            seconds,
+            needle,
+        } => imap(addr, user, password, mailbox, clients, seconds, needle).await,
+    }
+}
