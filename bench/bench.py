@@ -1,0 +1,397 @@
+#!/usr/bin/env python3
+"""yubin's benchmark: the same loads against yubin and a reference server, side by side.
+
+Run it with `bash bench/run` (see bench/README.md). It starts everything it measures on
+loopback ports in a temporary directory and stops it again. `--smoke` runs tiny sizes so the
+test suite can prove the harness still works; its numbers mean nothing.
+"""
+
+import argparse
+import datetime
+import os
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOMAIN = "bench.test"
+USER = f"bench@{DOMAIN}"
+PASSWORD = "bench-password"
+DOVECOT_USER = "yubintest"  # an unprivileged account for the mail files (.ci/install-deps)
+NEEDLE = "benchmark"
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 30) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited during start-up (code {proc.returncode})")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{what} did not listen on port {port} within {timeout}s")
+
+
+def message(i: int, size: int) -> bytes:
+    """A deterministic plain-text message of about `size` bytes; every tenth one mentions the
+    search needle in its subject and body."""
+    hit = i % 10 == 0
+    subject = f"Quarterly {NEEDLE} report {i}" if hit else f"Status update {i}"
+    head = (
+        f"From: Sender {i % 97} <sender{i % 97}@example.net>\r\n"
+        f"To: {USER}\r\n"
+        f"Subject: {subject}\r\n"
+        f"Date: Mon, 2 Nov 2026 10:{i % 60:02d}:00 +0000\r\n"
+        f"Message-ID: <{i}.bench@example.net>\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    ).encode()
+    words = ["alpha", "delivery", "queue", "mailbox", "storage", "network", "latency", "index"]
+    lines = []
+    n = len(head)
+    k = i
+    while n < size:
+        k = (k * 1103515245 + 12345) & 0x7FFFFFFF
+        line = " ".join(words[(k >> s) % len(words)] for s in range(0, 30, 3))
+        if hit and not lines:
+            line += f" {NEEDLE}"
+        lines.append(line)
+        n += len(line) + 2
+    return head + "\r\n".join(lines).encode() + b"\r\n"
+
+
+class Yubin:
+    def __init__(self, base: Path, bin_dir: Path):
+        self.dir = base / "yubin"
+        self.dir.mkdir()
+        self.bin = str(bin_dir / "yubin")
+        self.smtp_port, self.imap_port, self.pop3_port = free_port(), free_port(), free_port()
+        self.config = self.dir / "yubin.toml"
+        self.config.write_text(
+            'hostname = "mx.bench.test"\n'
+            "[listen]\n"
+            f'smtp = ["127.0.0.1:{self.smtp_port}"]\n'
+            f'imap = ["127.0.0.1:{self.imap_port}"]\n'
+            f'pop3 = ["127.0.0.1:{self.pop3_port}"]\n'
+            "imaps = []\npop3s = []\nsubmission = []\nsubmissions = []\n"
+            # Every client comes from 127.0.0.1: lift the per-address limits meant for the
+            # internet, as the Dovecot side has none.
+            "[smtp]\nmax_connections_per_ip = 1000\n"
+            "[imap]\nmax_connections = 20000\nmax_connections_per_ip = 20000\n"
+            "[pop3]\nmax_connections_per_ip = 1000\n"
+        )
+        self.proc: subprocess.Popen | None = None
+
+    def cli(self, *args: str, input: str | None = None) -> None:
+        subprocess.run([self.bin, "--config", str(self.config), *args], check=True,
+                       capture_output=True, input=input.encode() if input else None)
+
+    def start(self, users) -> None:
+        self.cli("init", "--domain", DOMAIN)
+        for u in users:
+            self.cli("user", "add", u, "--password-stdin", input=PASSWORD + "\n")
+        self.proc = subprocess.Popen([self.bin, "--config", str(self.config), "serve"],
+                                     stdout=open(self.dir / "serve.log", "ab"),
+                                     stderr=subprocess.STDOUT, env={**os.environ, "YUBIN_LOG": "warn"})
+        wait_port(self.imap_port, self.proc, "yubin")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+
+    def rss_kib(self) -> int:
+        return proc_rss([self.proc.pid]) if self.proc else 0
+
+
+class Dovecot:
+    """Dovecot from Debian as the reference IMAP/POP3 server: Maildir, fsync always."""
+
+    def __init__(self, base: Path):
+        # Outside any private (0700) directory, so the unprivileged mail user can reach it.
+        self.dir = base / "dovecot"
+        self.dir.mkdir()
+        os.chmod(base, 0o755)
+        self.homes = self.dir / "home"
+        self.imap_port, self.pop3_port = free_port(), free_port()
+        self.conf = self.dir / "dovecot.conf"
+        self.conf.write_text(f"""
+base_dir = {self.dir}/run
+state_dir = {self.dir}/state
+log_path = {self.dir}/dovecot.log
+listen = 127.0.0.1
+protocols = imap pop3
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+mail_location = maildir:~/Maildir
+# Durability equal to yubin's: every change reaches the disk before the reply.
+mail_fsync = always
+passdb {{
+  driver = static
+  args = password={PASSWORD}
+}}
+userdb {{
+  driver = static
+  args = uid={DOVECOT_USER} gid={DOVECOT_USER} home={self.homes}/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    port = {self.imap_port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    port = {self.pop3_port}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+service imap {{
+  process_limit = 20000
+}}
+""")
+        self.proc: subprocess.Popen | None = None
+
+    def import_files(self, user: str, msgs) -> None:
+        maildir = self.homes / user / "Maildir"
+        for sub in ("cur", "new", "tmp"):
+            (maildir / sub).mkdir(parents=True)
+        for i, m in enumerate(msgs, 1):
+            (maildir / "cur" / f"{i:08d}.bench:2,").write_bytes(m)
+        subprocess.run(["chown", "-R", DOVECOT_USER, str(self.homes)], check=True)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["/usr/sbin/dovecot", "-F", "-c", str(self.conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_port(self.imap_port, self.proc, "dovecot")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+
+    def rss_kib(self) -> int:
+        # Dovecot runs one process per IMAP connection: count them all.
+        out = subprocess.run(["pgrep", "-f", "dovecot/"], capture_output=True, text=True).stdout
+        pids = [int(p) for p in out.split()]
+        return proc_rss(pids + ([self.proc.pid] if self.proc else []))
+
+
+def proc_rss(pids) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def smtp_import(port: int, msgs, sessions: int, rcpts=(USER,)) -> float:
+    """Deliver every message over SMTP from `sessions` parallel clients to `rcpts`;
+    messages/second."""
+    chunks = [msgs[k::sessions] for k in range(sessions)]
+    errors = []
+
+    def worker(chunk):
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=120) as s:
+                for m in chunk:
+                    s.sendmail("sender@example.net", list(rcpts), m)
+        except Exception as e:  # reported below; a thread must not die silently
+            errors.append(e)
+
+    t = time.time()
+    threads = [threading.Thread(target=worker, args=(c,)) for c in chunks]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise SystemExit(f"SMTP import failed: {errors[0]}")
+    return len(msgs) / (time.time() - t)
+
+
+def warm_up(port: int, user: str) -> None:
+    """One SELECT first, so a server that indexes lazily (Dovecot) is not timed doing it."""
+    import imaplib
+    m = imaplib.IMAP4("127.0.0.1", port)
+    m.login(user, PASSWORD)
+    m.select("INBOX")
+    m.logout()
+
+
+def run_imap(bench: str, port: int, user: str, clients: int, seconds: int) -> dict:
+    out = subprocess.run([bench, "imap", "--addr", f"127.0.0.1:{port}", "--user", user,
+                          "--password", PASSWORD, "--clients", str(clients),
+                          "--seconds", str(seconds), "--needle", NEEDLE],
+                         capture_output=True, text=True, timeout=3600)
+    if out.returncode != 0:
+        raise SystemExit(f"yubin-bench imap against port {port} failed:\n{out.stderr}")
+    rows = {}
+    for line in out.stdout.splitlines():
+        name, value, *rest = line.split("\t")
+        rows[name] = float(value.split()[0])
+        if name == "mixed":
+            rows["mixed_p50"] = float(rest[0].split()[1])
+            rows["mixed_p99"] = float(rest[1].split()[1])
+    return rows
+
+
+def pop3_fetch_all(port: int, users) -> float:
+    """One POP3 session per user, in parallel, each RETR every message of its own maildrop
+    (RFC 1939 §8 locks a maildrop to one session); messages/second."""
+    import poplib
+    counts = []
+
+    def worker(user):
+        p = poplib.POP3("127.0.0.1", port, timeout=300)
+        p.user(user)
+        p.pass_(PASSWORD)
+        n, _ = p.stat()
+        for i in range(1, n + 1):
+            p.retr(i)
+        p.quit()
+        counts.append(n)
+
+    t = time.time()
+    threads = [threading.Thread(target=worker, args=(u,)) for u in users]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if len(counts) != len(users):
+        raise SystemExit("a POP3 client failed")
+    return sum(counts) / (time.time() - t)
+
+
+# (row, unit, True when bigger is better)
+ROWS = [
+    ("select", "ms", False),
+    ("fetch_flags_all", "ms", False),
+    ("fetch_1000_bodies", "ms", False),
+    ("search_header", "ms", False),
+    ("search_body", "ms", False),
+    ("store_10000", "ms", False),
+    ("mixed", "ops/s", True),
+    ("mixed_p50", "ms", False),
+    ("mixed_p99", "ms", False),
+    ("pop3", "msg/s", True),
+]
+
+
+def table(ours: dict, theirs: dict, title: str) -> str:
+    lines = [f"### {title}", "",
+             "| row | yubin | dovecot | yubin / dovecot | better is |",
+             "|---|---:|---:|---:|---|"]
+    for name, unit, bigger in ROWS:
+        if name not in ours:
+            continue
+        a, b = ours[name], theirs.get(name)
+        ratio = "n/a" if b is None else f"{a / b:.2f}" if b else "-"
+        fmt = (lambda v: f"{v:.0f} {unit}") if bigger else (lambda v: f"{v:g} {unit}")
+        lines.append(f"| {name} | {fmt(a)} | {'' if b is None else fmt(b)} | {ratio} | "
+                     f"{'higher' if bigger else 'lower'} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: proves the harness works")
+    ap.add_argument("--messages", type=int, default=100_000, help="messages in the IMAP mailbox")
+    ap.add_argument("--size", type=int, default=4096, help="bytes per message")
+    ap.add_argument("--clients", type=int, default=50, help="clients of the mixed IMAP load")
+    ap.add_argument("--seconds", type=int, default=30, help="seconds of mixed IMAP load")
+    ap.add_argument("--pop3-clients", type=int, default=20, help="POP3 clients, one maildrop each")
+    ap.add_argument("--pop3-messages", type=int, default=1000, help="messages per POP3 maildrop")
+    ap.add_argument("--bin-dir", default=str(ROOT / "target" / "release"),
+                    help="where yubin and yubin-bench are (built by bench/run)")
+    ap.add_argument("--out", help="Markdown result file (default bench/results/<date>.md)")
+    args = ap.parse_args()
+    if args.smoke:
+        args.messages, args.clients, args.seconds, args.pop3_clients, args.pop3_messages = 60, 3, 1, 2, 10
+
+    bin_dir = Path(args.bin_dir)
+    have_dovecot = os.path.exists("/usr/sbin/dovecot") and os.geteuid() == 0
+    if not have_dovecot:
+        log("Dovecot is not installed or this is not root: measuring yubin alone "
+            "(bench/run installs Dovecot when run as root)")
+    base = Path(tempfile.mkdtemp(prefix="yubin-bench-"))
+    y = Yubin(base, bin_dir)
+    d = Dovecot(base) if have_dovecot else None
+    ours, theirs = {}, {}
+    try:
+        log(f"generating {args.messages} messages of {args.size} bytes")
+        msgs = [message(i, args.size) for i in range(1, args.messages + 1)]
+        pop_users = [f"pop{k}@{DOMAIN}" for k in range(args.pop3_clients)]
+        pop_msgs = msgs[:args.pop3_messages]
+        y.start([USER, *pop_users])
+        log("importing into yubin over SMTP (10 sessions)")
+        ours["smtp_import"] = smtp_import(y.smtp_port, msgs, 10)
+        log(f"  {ours['smtp_import']:.0f} msg/s")
+        smtp_import(y.smtp_port, pop_msgs, 10, pop_users)
+        if d:
+            log("importing into Dovecot (Maildir files)")
+            d.import_files(USER, msgs)
+            for u in pop_users:
+                d.import_files(u, pop_msgs)
+            d.start()
+        del msgs, pop_msgs
+        for name, server, user, store in (("yubin", y, USER, ours), ("dovecot", d, USER, theirs)):
+            if server is None:
+                continue
+            log(f"IMAP against {name}")
+            warm_up(server.imap_port, user)
+            store.update(run_imap(str(bin_dir / "yubin-bench"), server.imap_port, user,
+                                  args.clients, args.seconds))
+            log(f"POP3 against {name}")
+            store["pop3"] = pop3_fetch_all(server.pop3_port, pop_users)
+    finally:
+        y.stop()
+        if d:
+            d.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    report = "\n".join([
+        f"## {when}{' (smoke: sizes too small to mean anything)' if args.smoke else ''}", "",
+        f"{args.messages} messages of {args.size} bytes; mixed load {args.clients} clients for "
+        f"{args.seconds}s; POP3 {args.pop3_clients} clients x {args.pop3_messages} messages; yubin SMTP import "
+        f"{ours['smtp_import']:.0f} msg/s.", "",
+        table(ours, theirs, "IMAP and POP3, yubin vs Dovecot (Maildir, mail_fsync=always)"), ""])
+    print(report)
+    out = Path(args.out) if args.out else ROOT / "bench" / "results" / (
+        datetime.date.today().isoformat() + ".md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a") as f:
+        f.write(report + "\n")
+    log(f"table written to {out}")
+
+
+if __name__ == "__main__":
+    main()
