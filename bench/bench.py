@@ -205,6 +205,111 @@ protocol imap {{
         return proc_rss(pids + ([self.proc.pid] if self.proc else []))
 
 
+class Postfix:
+    """Postfix from Debian as the reference MTA, delivering with virtual(8) into a Maildir that
+    Dovecot serves (the usual Postfix + Dovecot setup). Postfix fsyncs its queue file before
+    250 and the Maildir file before it counts a delivery: the same promise as yubin's."""
+
+    def __init__(self, base: Path):
+        import grp
+        import pwd
+        self.dir = base / "postfix"
+        self.etc = self.dir / "etc"
+        self.etc.mkdir(parents=True)
+        self.maildir = self.dir / "mail" / "smtp" / "new"
+        self.port = free_port()
+        uid, gid = pwd.getpwnam(DOVECOT_USER).pw_uid, grp.getgrnam(DOVECOT_USER).gr_gid
+        (self.dir / "mail").mkdir()
+        os.chown(self.dir / "mail", uid, gid)
+        (self.etc / "main.cf").write_text(f"""compatibility_level = 3.6
+queue_directory = {self.dir}/queue
+data_directory = {self.dir}/data
+maillog_file = {self.dir}/maillog
+maillog_file_prefixes = {self.dir}
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = mx.postfix.test
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+mydestination =
+smtpd_recipient_restrictions = permit_mynetworks, reject
+virtual_mailbox_domains = {DOMAIN}
+virtual_mailbox_base = {self.dir}/mail
+virtual_mailbox_maps = static:smtp/
+virtual_uid_maps = static:{uid}
+virtual_gid_maps = static:{gid}
+virtual_minimum_uid = 100
+virtual_mailbox_limit = 0
+virtual_destination_concurrency_limit = 50
+message_size_limit = 52428800
+""")
+        lines = []
+        for line in Path("/etc/postfix/master.cf").read_text().splitlines():
+            f = line.split()
+            if line and not line[0].isspace() and not line.startswith("#") and len(f) >= 8:
+                f[4] = "n"  # no chroot: the private instance has no copy of /etc inside
+                if f[0] == "smtp" and f[1] == "inet":
+                    f[0] = f"127.0.0.1:{self.port}"
+                line = " ".join(f)
+            lines.append(line)
+        (self.etc / "master.cf").write_text("\n".join(lines) + "\n")
+
+    def postfix(self, *args: str) -> None:
+        r = subprocess.run(["/usr/sbin/postfix", "-c", str(self.etc), *args],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"postfix {' '.join(args)} failed: {r.stderr}")
+
+    def start(self) -> None:
+        (self.dir / "queue").mkdir(exist_ok=True)
+        self.postfix("post-install", "create-missing")  # queue subdirectories, owners
+        self.postfix("start")
+        end = time.time() + 30
+        while time.time() < end:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise SystemExit("postfix did not listen")
+
+    def stop(self) -> None:
+        subprocess.run(["/usr/sbin/postfix", "-c", str(self.etc), "stop"], capture_output=True)
+
+    def stored(self) -> int:
+        try:
+            return len(os.listdir(self.maildir))
+        except FileNotFoundError:
+            return 0
+
+
+def imap_count(port: int, user: str) -> int:
+    import imaplib
+    m = imaplib.IMAP4("127.0.0.1", port)
+    m.login(user, PASSWORD)
+    typ, data = m.status("INBOX", "(MESSAGES)")
+    m.logout()
+    return int(data[0].split(b"MESSAGES ")[1].rstrip(b")"))
+
+
+def smtp_source(port: int, sessions: int, count: int, size: int, stored, before: int) -> float:
+    """Postfix's smtp-source: `count` messages of `size` bytes over `sessions` parallel
+    connections (kept open between messages); messages/second until `stored()` reaches
+    `before + count`, i.e. the last one is in the mailbox."""
+    t = time.time()
+    subprocess.run(["/usr/sbin/smtp-source", "-d", "-s", str(sessions), "-m", str(count),
+                    "-l", str(size), "-f", "sender@example.net", "-t", f"smtp@{DOMAIN}",
+                    "-M", "client.example.net", f"127.0.0.1:{port}"],
+                   check=True, capture_output=True, timeout=3600)
+    end = time.time() + 600
+    while stored() < before + count:
+        if time.time() > end:
+            raise SystemExit(f"only {stored() - before} of {count} messages were delivered")
+        time.sleep(0.05)
+    return count / (time.time() - t)
+
+
 def proc_rss(pids) -> int:
     total = 0
     for pid in pids:
@@ -307,12 +412,18 @@ ROWS = [
     ("mixed_p50", "ms", False),
     ("mixed_p99", "ms", False),
     ("pop3", "msg/s", True),
+    ("smtp_4k_10", "msg/s", True),
+    ("smtp_4k_50", "msg/s", True),
+    ("smtp_256k_10", "msg/s", True),
+    ("smtp_256k_50", "msg/s", True),
 ]
+SMTP_ROWS = [("smtp_4k_10", 10, 4096), ("smtp_4k_50", 50, 4096),
+             ("smtp_256k_10", 10, 262144), ("smtp_256k_50", 50, 262144)]
 
 
 def table(ours: dict, theirs: dict, title: str) -> str:
     lines = [f"### {title}", "",
-             "| row | yubin | dovecot | yubin / dovecot | better is |",
+             "| row | yubin | reference | yubin / reference | better is |",
              "|---|---:|---:|---:|---|"]
     for name, unit, bigger in ROWS:
         if name not in ours:
@@ -334,12 +445,15 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=30, help="seconds of mixed IMAP load")
     ap.add_argument("--pop3-clients", type=int, default=20, help="POP3 clients, one maildrop each")
     ap.add_argument("--pop3-messages", type=int, default=1000, help="messages per POP3 maildrop")
+    ap.add_argument("--smtp-small", type=int, default=20_000, help="4 KiB messages per SMTP row")
+    ap.add_argument("--smtp-large", type=int, default=2_000, help="256 KiB messages per SMTP row")
     ap.add_argument("--bin-dir", default=str(ROOT / "target" / "release"),
                     help="where yubin and yubin-bench are (built by bench/run)")
     ap.add_argument("--out", help="Markdown result file (default bench/results/<date>.md)")
     args = ap.parse_args()
     if args.smoke:
         args.messages, args.clients, args.seconds, args.pop3_clients, args.pop3_messages = 60, 3, 1, 2, 10
+        args.smtp_small, args.smtp_large = 20, 4
 
     bin_dir = Path(args.bin_dir)
     have_dovecot = os.path.exists("/usr/sbin/dovecot") and os.geteuid() == 0
@@ -349,13 +463,17 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="yubin-bench-"))
     y = Yubin(base, bin_dir)
     d = Dovecot(base) if have_dovecot else None
+    have_source = os.path.exists("/usr/sbin/smtp-source")
+    pf = Postfix(base) if have_source and os.geteuid() == 0 else None
+    if not have_source:
+        log("smtp-source (Debian postfix) is missing: no SMTP rows")
     ours, theirs = {}, {}
     try:
         log(f"generating {args.messages} messages of {args.size} bytes")
         msgs = [message(i, args.size) for i in range(1, args.messages + 1)]
         pop_users = [f"pop{k}@{DOMAIN}" for k in range(args.pop3_clients)]
         pop_msgs = msgs[:args.pop3_messages]
-        y.start([USER, *pop_users])
+        y.start([USER, f"smtp@{DOMAIN}", *pop_users])
         log("importing into yubin over SMTP (10 sessions)")
         ours["smtp_import"] = smtp_import(y.smtp_port, msgs, 10)
         log(f"  {ours['smtp_import']:.0f} msg/s")
@@ -376,8 +494,22 @@ def main() -> None:
                                   args.clients, args.seconds))
             log(f"POP3 against {name}")
             store["pop3"] = pop3_fetch_all(server.pop3_port, pop_users)
+        if have_source:
+            if pf:
+                pf.start()
+            for name, port, stored, store in (
+                    ("yubin", y.smtp_port, lambda: imap_count(y.imap_port, f"smtp@{DOMAIN}"), ours),
+                    ("postfix", pf.port if pf else 0, pf.stored if pf else None, theirs)):
+                if not stored:
+                    continue
+                for row, sessions, size in SMTP_ROWS:
+                    count = args.smtp_small if size <= 4096 else args.smtp_large
+                    log(f"SMTP {row} against {name}: {count} messages")
+                    store[row] = smtp_source(port, sessions, count, size, stored, stored())
     finally:
         y.stop()
+        if pf:
+            pf.stop()
         if d:
             d.stop()
         shutil.rmtree(base, ignore_errors=True)
@@ -387,8 +519,12 @@ def main() -> None:
         f"## {when}{' (smoke: sizes too small to mean anything)' if args.smoke else ''}", "",
         f"{args.messages} messages of {args.size} bytes; mixed load {args.clients} clients for "
         f"{args.seconds}s; POP3 {args.pop3_clients} clients x {args.pop3_messages} messages; yubin SMTP import "
-        f"{ours['smtp_import']:.0f} msg/s.", "",
-        table(ours, theirs, "IMAP and POP3, yubin vs Dovecot (Maildir, mail_fsync=always)"), ""])
+        f"{ours['smtp_import']:.0f} msg/s. SMTP rows: smtp-source, {args.smtp_small} × 4 KiB and "
+        f"{args.smtp_large} × 256 KiB per row, 10 or 50 sessions, timed until the last message "
+        "is in the mailbox.", "",
+        "Reference: Dovecot (Maildir, mail_fsync=always) for IMAP and POP3; Postfix delivering "
+        "into Dovecot's Maildir with virtual(8) for SMTP.", "",
+        table(ours, theirs, "yubin vs reference"), ""])
     print(report)
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / (
         datetime.date.today().isoformat() + ".md")
