@@ -118,9 +118,6 @@ class Yubin:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=30)
 
-    def rss_kib(self) -> int:
-        return proc_rss([self.proc.pid]) if self.proc else 0
-
 
 class Dovecot:
     """Dovecot from Debian as the reference IMAP/POP3 server: Maildir, fsync always."""
@@ -197,12 +194,6 @@ protocol imap {{
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=30)
-
-    def rss_kib(self) -> int:
-        # Dovecot runs one process per IMAP connection: count them all.
-        out = subprocess.run(["pgrep", "-f", "dovecot/"], capture_output=True, text=True).stdout
-        pids = [int(p) for p in out.split()]
-        return proc_rss(pids + ([self.proc.pid] if self.proc else []))
 
 
 class Postfix:
@@ -308,18 +299,6 @@ def smtp_source(port: int, sessions: int, count: int, size: int, stored, before:
             raise SystemExit(f"only {stored() - before} of {count} messages were delivered")
         time.sleep(0.05)
     return count / (time.time() - t)
-
-
-def proc_rss(pids) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
 
 
 def smtp_import(port: int, msgs, sessions: int, rcpts=(USER,)) -> float:
