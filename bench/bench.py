@@ -428,12 +428,21 @@ def main() -> None:
     ap.add_argument("--smtp-large", type=int, default=2_000, help="256 KiB messages per SMTP row")
     ap.add_argument("--bin-dir", default=str(ROOT / "target" / "release"),
                     help="where yubin and yubin-bench are (built by bench/run)")
+    ap.add_argument("--only", default="imap,pop3,smtp",
+                    help="comma-separated areas to run (imap, pop3, smtp); the table says which")
     ap.add_argument("--out", help="Markdown result file (default bench/results/<date>.md)")
     args = ap.parse_args()
     if args.smoke:
         args.messages, args.clients, args.seconds, args.pop3_clients, args.pop3_messages = 60, 3, 1, 2, 10
         args.smtp_small, args.smtp_large = 20, 4
 
+    areas = set(args.only.split(","))
+    if areas - {"imap", "pop3", "smtp"}:
+        ap.error("--only takes imap, pop3 and smtp")
+    if "imap" not in areas:
+        args.messages = 0
+    if "pop3" not in areas:
+        args.pop3_clients = 0
     bin_dir = Path(args.bin_dir)
     have_dovecot = os.path.exists("/usr/sbin/dovecot") and os.geteuid() == 0
     if not have_dovecot:
@@ -453,10 +462,12 @@ def main() -> None:
         pop_users = [f"pop{k}@{DOMAIN}" for k in range(args.pop3_clients)]
         pop_msgs = msgs[:args.pop3_messages]
         y.start([USER, f"smtp@{DOMAIN}", *pop_users])
-        log("importing into yubin over SMTP (10 sessions)")
-        ours["smtp_import"] = smtp_import(y.smtp_port, msgs, 10)
-        log(f"  {ours['smtp_import']:.0f} msg/s")
-        smtp_import(y.smtp_port, pop_msgs, 10, pop_users)
+        if msgs:
+            log("importing into yubin over SMTP (10 sessions)")
+            ours["smtp_import"] = smtp_import(y.smtp_port, msgs, 10)
+            log(f"  {ours['smtp_import']:.0f} msg/s")
+        if pop_users:
+            smtp_import(y.smtp_port, pop_msgs, 10, pop_users)
         if d:
             log("importing into Dovecot (Maildir files)")
             d.import_files(USER, msgs)
@@ -467,13 +478,15 @@ def main() -> None:
         for name, server, user, store in (("yubin", y, USER, ours), ("dovecot", d, USER, theirs)):
             if server is None:
                 continue
-            log(f"IMAP against {name}")
-            warm_up(server.imap_port, user)
-            store.update(run_imap(str(bin_dir / "yubin-bench"), server.imap_port, user,
-                                  args.clients, args.seconds))
-            log(f"POP3 against {name}")
-            store["pop3"] = pop3_fetch_all(server.pop3_port, pop_users)
-        if have_source:
+            if "imap" in areas:
+                log(f"IMAP against {name}")
+                warm_up(server.imap_port, user)
+                store.update(run_imap(str(bin_dir / "yubin-bench"), server.imap_port, user,
+                                      args.clients, args.seconds))
+            if "pop3" in areas:
+                log(f"POP3 against {name}")
+                store["pop3"] = pop3_fetch_all(server.pop3_port, pop_users)
+        if have_source and "smtp" in areas:
             if pf:
                 pf.start()
             for name, port, stored, store in (
@@ -498,7 +511,7 @@ def main() -> None:
         f"## {when}{' (smoke: sizes too small to mean anything)' if args.smoke else ''}", "",
         f"{args.messages} messages of {args.size} bytes; mixed load {args.clients} clients for "
         f"{args.seconds}s; POP3 {args.pop3_clients} clients x {args.pop3_messages} messages; yubin SMTP import "
-        f"{ours['smtp_import']:.0f} msg/s. SMTP rows: smtp-source, {args.smtp_small} × 4 KiB and "
+        f"{ours.get('smtp_import', 0):.0f} msg/s; areas: {args.only}. SMTP rows: smtp-source, {args.smtp_small} × 4 KiB and "
         f"{args.smtp_large} × 256 KiB per row, 10 or 50 sessions, timed until the last message "
         "is in the mailbox.", "",
         "Reference: Dovecot (Maildir, mail_fsync=always) for IMAP and POP3; Postfix delivering "

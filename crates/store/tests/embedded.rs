@@ -546,11 +546,75 @@ fn full_text_search_uses_the_index() {
             .unwrap(),
         [1]
     );
-    let db = rusqlite::Connection::open(d.path().join("yubin.db")).unwrap();
+    let db = rusqlite::Connection::open(d.path().join("search.db")).unwrap();
     let rows: i64 = db
         .query_row("SELECT count(*) FROM search", [], |r| r.get(0))
         .unwrap();
     assert_eq!(rows, 1, "index rows of removed bodies are gone");
+}
+
+/// The index is derived data: a lost search.db, or a database from before it existed
+/// (schema 1 kept the index inside yubin.db), is rebuilt from the bodies.
+#[test]
+fn search_index_is_rebuilt_and_schema_1_is_upgraded() {
+    use yubin_store::TextField;
+    let (d, s) = store();
+    s.add_domain("example.com").unwrap();
+    let a = s.add_account("a@example.com", "pw", false).unwrap().id;
+    for i in 0..300 {
+        let m = format!("Subject: note {i}\r\n\r\nbody word{i:03}x\r\n");
+        let blob = s.stage(&[m.as_bytes()]).unwrap();
+        s.deliver(blob, &[a], "INBOX", &Flags::default(), 0)
+            .unwrap();
+    }
+    let inbox = s.mailbox(a, "INBOX").unwrap().id;
+    assert_eq!(
+        s.search_text(inbox, TextField::Body, "word123x").unwrap(),
+        [124]
+    );
+    drop(s);
+    std::fs::remove_file(d.path().join("search.db")).unwrap();
+    let s = SqliteStore::open(d.path()).unwrap();
+    assert_eq!(
+        s.search_text(inbox, TextField::Body, "word299x").unwrap(),
+        [300]
+    );
+    drop(s);
+    // Back to what schema 1 looked like.
+    let db = rusqlite::Connection::open(d.path().join("yubin.db")).unwrap();
+    db.execute_batch(
+        "DROP TABLE index_pending;
+         CREATE VIRTUAL TABLE search USING fts5(
+             headers, hfrom, hto, hcc, hbcc, subject, body, tokenize = 'trigram');
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    drop(db);
+    let s = SqliteStore::open(d.path()).unwrap();
+    assert_eq!(
+        s.search_text(inbox, TextField::Subject, "note 7")
+            .unwrap()
+            .len(),
+        11
+    );
+    assert_eq!(
+        s.search_text(inbox, TextField::Body, "word007x").unwrap(),
+        [8]
+    );
+    let blob = s
+        .stage(&[b"Subject: after upgrade\r\n\r\nfresh\r\n"])
+        .unwrap();
+    s.deliver(blob, &[a], "INBOX", &Flags::default(), 0)
+        .unwrap();
+    assert_eq!(
+        s.search_text(inbox, TextField::Body, "fresh").unwrap(),
+        [301]
+    );
+    let db = rusqlite::Connection::open(d.path().join("yubin.db")).unwrap();
+    let v: i64 = db
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 2);
 }
 
 #[test]

@@ -9,6 +9,7 @@ use std::sync::{Arc, mpsc};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
+use super::indexer::Indexer;
 use super::{Listeners, SqliteStore, canonical_mailbox, fsync_dir, now};
 use crate::index;
 use crate::{
@@ -150,6 +151,9 @@ impl SqliteStore {
             tx.commit()?;
             out
         };
+        if !dead_blobs.is_empty() {
+            self.indexer.kick();
+        }
         self.remove_blob_files(&dead_blobs);
         self.listeners.notify(&touched);
         Ok(value)
@@ -575,10 +579,12 @@ impl MailStore for SqliteStore {
         } else {
             format!("{cond} ESCAPE '\\'")
         };
+        // Everything committed before this SEARCH must be found.
+        self.indexer.catch_up()?;
         let c = self.reader();
         let mut st = c.prepare(&format!(
             "SELECT m.uid FROM messages m WHERE m.mailbox_id = ?1
-             AND m.blob_id IN (SELECT rowid FROM search WHERE {cond}) ORDER BY m.uid"
+             AND m.blob_id IN (SELECT rowid FROM fts.search WHERE {cond}) ORDER BY m.uid"
         ))?;
         let rows = st
             .query_map(params![mailbox, arg], |r| r.get(0))?
@@ -770,7 +776,9 @@ pub(super) fn writer_loop(
     mut conn: Connection,
     rx: mpsc::Receiver<Job>,
     listeners: Arc<Listeners>,
+    indexer: Arc<Indexer>,
 ) {
+    let mut cleared = 0;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -779,7 +787,8 @@ pub(super) fn writer_loop(
                 Err(_) => break,
             }
         }
-        let results = commit_batch(&root, &mut conn, &batch);
+        let results = commit_batch(&root, &mut conn, &mut batch, &indexer, &mut cleared);
+        indexer.kick();
         let mut touched = BTreeSet::new();
         for (job, result) in batch.into_iter().zip(results) {
             match &result {
@@ -795,11 +804,19 @@ pub(super) fn writer_loop(
 }
 
 type JobResult = Result<(Vec<Delivered>, Option<i64>)>;
+/// A job's result and the id of the body it added.
+type Applied = Result<(i64, (Vec<Delivered>, Option<i64>))>;
 
-fn commit_batch(root: &Path, conn: &mut Connection, batch: &[Job]) -> Vec<JobResult> {
+fn commit_batch(
+    root: &Path,
+    conn: &mut Connection,
+    batch: &mut [Job],
+    indexer: &Indexer,
+    cleared: &mut i64,
+) -> Vec<JobResult> {
+    let n = batch.len();
     let shared_failure = |e: &Error| -> Vec<JobResult> {
-        batch
-            .iter()
+        (0..n)
             .map(|_| {
                 Err(Error::io(
                     "commit",
@@ -828,34 +845,46 @@ fn commit_batch(root: &Path, conn: &mut Connection, batch: &[Job]) -> Vec<JobRes
         Err(e) => return shared_failure(&e.into()),
     };
     let mut results = Vec::with_capacity(batch.len());
-    for job in batch {
+    let mut held = Vec::new();
+    for job in batch.iter_mut() {
         // A savepoint per job: one bad job (say, a removed account) fails alone.
-        let r = (|| -> JobResult {
+        let r = (|| -> Applied {
             let sp = tx.savepoint()?;
             let out = apply(&sp, job)?;
             sp.commit()?;
             Ok(out)
         })();
-        results.push(r);
+        results.push(r.map(|(blob_id, out)| {
+            // Handed over before the commit, so the indexer finds it when it sees the row.
+            indexer.hold(blob_id, std::mem::take(&mut job.blob.text));
+            held.push(blob_id);
+            out
+        }));
+    }
+    // Pending index rows already applied are garbage now.
+    let done = indexer.done_seq();
+    if done > *cleared {
+        match tx.execute("DELETE FROM index_pending WHERE seq <= ?1", [done]) {
+            Ok(_) => *cleared = done,
+            Err(e) => tracing::warn!(error = %e, "could not clear applied index rows"),
+        }
     }
     if let Err(e) = tx.commit() {
+        indexer.forget(&held);
         return shared_failure(&e.into());
     }
     results
 }
 
-fn apply(c: &Connection, job: &Job) -> JobResult {
+/// One delivery inside the writer's transaction; returns the new body's id too.
+fn apply(c: &Connection, job: &Job) -> Applied {
     c.prepare_cached("INSERT INTO blobs(name, size) VALUES (?1, ?2)")?
         .execute(params![job.blob.name, job.blob.size as i64])?;
     let blob_id = c.last_insert_rowid();
     let t = &job.blob.text;
-    c.prepare_cached(
-        "INSERT INTO search(rowid, headers, hfrom, hto, hcc, hbcc, subject, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?
-    .execute(params![
-        blob_id, t.headers, t.from, t.to, t.cc, t.bcc, t.subject, t.body
-    ])?;
+    // The full-text entry is built after the commit (indexer.rs).
+    c.prepare_cached("INSERT INTO index_pending(blob_id) VALUES (?1)")?
+        .execute([blob_id])?;
     let e = &t.sort;
     c.prepare_cached(
         "INSERT INTO envelopes(blob_id, sent, subject, from_addr, from_display, to_addr,
@@ -930,7 +959,7 @@ fn apply(c: &Connection, job: &Job) -> JobResult {
         }
         queue_id = Some(id);
     }
-    Ok((out, queue_id))
+    Ok((blob_id, (out, queue_id)))
 }
 
 #[cfg(test)]

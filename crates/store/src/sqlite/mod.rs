@@ -29,11 +29,25 @@ use crate::{
     MailboxId, Resolved, Result, normalize_address, password,
 };
 
+mod indexer;
 mod mail;
 mod queue;
 
 const DB_FILE: &str = "yubin.db";
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// Upgrades from each older schema version, applied in order in one transaction.
+const MIGRATIONS: &[(i64, &str)] = &[
+    // 1 -> 2: the full-text index moves to search.db, built after the commit (indexer.rs);
+    // a missing search.db is rebuilt from every body.
+    (
+        1,
+        "DROP TABLE search;
+         CREATE TABLE index_pending(
+             seq INTEGER PRIMARY KEY AUTOINCREMENT,
+             blob_id INTEGER NOT NULL);",
+    ),
+];
 
 const SCHEMA: &str = "
 CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -89,11 +103,12 @@ CREATE TABLE expunged(
     uid INTEGER NOT NULL,
     modseq INTEGER NOT NULL,
     PRIMARY KEY(mailbox_id, uid)) WITHOUT ROWID;
--- Messages the user moved into (spam = 1) or out of (spam = 0) Junk: filter training.
--- Full-text index of message bodies (rowid = blobs.id). Trigram tokens give the
--- case-insensitive substring matching IMAP SEARCH asks for (RFC 9051 §6.4.4).
-CREATE VIRTUAL TABLE search USING fts5(
-    headers, hfrom, hto, hcc, hbcc, subject, body, tokenize = 'trigram');
+-- Bodies whose full-text index entry must be (re)built or dropped, in commit order. The
+-- index itself lives in search.db (see indexer.rs); AUTOINCREMENT so a sequence number is
+-- never reused after the rows are cleared.
+CREATE TABLE index_pending(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    blob_id INTEGER NOT NULL);
 -- SORT and THREAD keys of each body (RFC 5256), rowid = blobs.id.
 CREATE TABLE envelopes(
     blob_id INTEGER PRIMARY KEY,
@@ -125,6 +140,7 @@ CREATE TABLE queue_rcpts(
     warned INTEGER NOT NULL DEFAULT 0,
     done INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX queue_due ON queue_rcpts(done, next_attempt);
+-- Messages the user moved into (spam = 1) or out of (spam = 0) Junk: filter training.
 CREATE TABLE training(
     id INTEGER PRIMARY KEY,
     account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
@@ -162,6 +178,7 @@ pub struct SqliteStore {
     next_reader: std::sync::atomic::AtomicUsize,
     writer: mpsc::Sender<mail::Job>,
     listeners: Arc<Listeners>,
+    indexer: Arc<indexer::Indexer>,
     lock: Option<File>,
 }
 
@@ -243,18 +260,38 @@ impl SqliteStore {
             });
         } else if version == 0 {
             return Err(Error::NotInitialized(root.to_owned()));
+        } else if version < SCHEMA_VERSION {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+            for (from, sql) in MIGRATIONS.iter().filter(|(from, _)| *from >= version) {
+                tracing::info!(from, to = from + 1, "upgrading the database schema");
+                tx.execute_batch(sql)?;
+            }
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tx.commit()?;
         }
+        indexer::prepare(root, &mut conn)?;
+        let indexer = indexer::Indexer::start(root)?;
         let writer_conn = connect(&path)?;
         let (tx, rx) = mpsc::channel();
         let wroot = root.to_owned();
         let listeners = Arc::new(Listeners::default());
         let wlisteners = listeners.clone();
+        let windexer = indexer.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || mail::writer_loop(wroot, writer_conn, rx, wlisteners))
+            .spawn(move || mail::writer_loop(wroot, writer_conn, rx, wlisteners, windexer))
             .map_err(|e| Error::io("start writer thread for", root, e))?;
+        let search = root.join(indexer::SEARCH_FILE);
         let readers = (0..READERS)
-            .map(|_| connect(&path).map(Mutex::new))
+            .map(|_| {
+                let c = connect(&path)?;
+                // SEARCH joins messages with the index in search.db.
+                c.execute(
+                    "ATTACH DATABASE ?1 AS fts",
+                    [search.to_string_lossy().as_ref()],
+                )?;
+                Ok(Mutex::new(c))
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(SqliteStore {
             root: root.to_owned(),
@@ -263,6 +300,7 @@ impl SqliteStore {
             next_reader: Default::default(),
             writer: tx,
             listeners,
+            indexer,
             lock: None,
         })
     }
@@ -389,7 +427,8 @@ impl SqliteStore {
              AND NOT EXISTS (SELECT 1 FROM messages WHERE blob_id = ?1)
              AND NOT EXISTS (SELECT 1 FROM queue WHERE blob_id = ?1) RETURNING name",
         )?;
-        let mut unindex = tx.prepare_cached("DELETE FROM search WHERE rowid = ?1")?;
+        // The indexer drops the body's search.db entry after commit.
+        let mut unindex = tx.prepare_cached("INSERT INTO index_pending(blob_id) VALUES (?1)")?;
         let mut unenvelope = tx.prepare_cached("DELETE FROM envelopes WHERE blob_id = ?1")?;
         for id in blob_ids {
             if let Some(n) = st.query_row([id], |r| r.get(0)).optional()? {

@@ -1,0 +1,298 @@
+//! The full-text index, built after the commit instead of inside it.
+//!
+//! Implementation notes:
+//! - The FTS5 trigram index lives in its own database, `search.db`, so building it never
+//!   holds the write lock of `yubin.db`: a delivery's 250 waits only for the body fsync and
+//!   its metadata rows. (Indexing a 256 KiB body inside the delivery transaction made the
+//!   single writer the bottleneck; see bench/README.md.)
+//! - Every change to the set of bodies (a delivery, a body dropped) appends a row to
+//!   `index_pending` in the same `yubin.db` transaction. The indexer replays those rows in
+//!   `seq` order and records the last one it applied in `search.db`, in the same
+//!   transaction as the index rows, so a crash at any point only means replaying a few rows
+//!   (each replay is idempotent: delete the entry, insert the body's current text).
+//! - SEARCH first catches the index up ([`Indexer::catch_up`]), so results never miss a
+//!   delivered message. Between a commit and the next catch-up the index may lag; nothing
+//!   but SEARCH reads it.
+//! - Texts extracted while staging are handed over in memory (bounded); past the bound, or
+//!   after a restart, the indexer extracts them again from the body files.
+//! - A missing or stale `search.db` is rebuilt from every body (it holds nothing else).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::SqliteStore;
+use crate::index::{self, SearchText};
+use crate::{Error, Result};
+
+pub(super) const SEARCH_FILE: &str = "search.db";
+const SEARCH_VERSION: i64 = 1;
+const SEARCH_SCHEMA: &str = "
+CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO meta(key, value) VALUES ('indexed_seq', 0);
+-- rowid = blobs.id of yubin.db. Trigram tokens give the case-insensitive substring
+-- matching IMAP SEARCH asks for (RFC 9051 §6.4.4).
+CREATE VIRTUAL TABLE search USING fts5(
+    headers, hfrom, hto, hcc, hbcc, subject, body, tokenize = 'trigram');
+";
+
+/// Pending rows applied per `search.db` transaction.
+const BATCH: usize = 256;
+/// Extracted texts kept in memory for the indexer; past this, it reads the body again.
+const MAX_HELD_BYTES: usize = 128 << 20;
+
+/// Open (creating or rebuilding when needed) `search.db`. Run before the store's threads
+/// start; queues every body for indexing when the index was (re)created.
+pub(super) fn prepare(root: &Path, main: &mut Connection) -> Result<()> {
+    let path = root.join(SEARCH_FILE);
+    let last_seq: i64 = main
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'index_pending'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    let usable = path.exists() && {
+        let c = super::connect(&path)?;
+        let version: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let indexed: Option<i64> = if version == SEARCH_VERSION {
+            c.query_row(
+                "SELECT value FROM meta WHERE key = 'indexed_seq'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+        } else {
+            None
+        };
+        // An index ahead of yubin.db (restored from an older backup) cannot be trusted.
+        indexed.is_some_and(|i| i <= last_seq)
+    };
+    if usable {
+        return Ok(());
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let p = root.join(format!("{SEARCH_FILE}{suffix}"));
+        if let Err(e) = fs::remove_file(&p)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(Error::io("remove", p, e));
+        }
+    }
+    let mut c = super::connect(&path)?;
+    let tx = c.transaction()?;
+    tx.execute_batch(SEARCH_SCHEMA)?;
+    tx.pragma_update(None, "user_version", SEARCH_VERSION)?;
+    tx.commit()?;
+    let queued = main.execute(
+        "INSERT INTO index_pending(blob_id) SELECT id FROM blobs ORDER BY id",
+        [],
+    )?;
+    if queued > 0 {
+        tracing::info!(bodies = queued, "rebuilding the search index");
+    }
+    Ok(())
+}
+
+struct State {
+    /// Reads `index_pending` and `blobs` of yubin.db.
+    main: Connection,
+    search: Connection,
+}
+
+#[derive(Default)]
+struct Held {
+    texts: HashMap<i64, SearchText>,
+    bytes: usize,
+}
+
+pub(super) struct Indexer {
+    root: PathBuf,
+    state: Mutex<State>,
+    held: Mutex<Held>,
+    /// The last `index_pending.seq` durably applied; older rows may be deleted.
+    done: AtomicI64,
+    wake: Mutex<mpsc::Sender<()>>,
+}
+
+fn text_bytes(t: &SearchText) -> usize {
+    t.headers.len() + t.body.len() + t.subject.len() + t.from.len() + t.to.len() + 256
+}
+
+impl Indexer {
+    /// Start the indexer and its background thread (which ends when the store is dropped).
+    pub(super) fn start(root: &Path) -> Result<Arc<Self>> {
+        let main = super::connect(&root.join(super::DB_FILE))?;
+        let search = super::connect(&root.join(SEARCH_FILE))?;
+        let indexed_seq: i64 = search.query_row(
+            "SELECT value FROM meta WHERE key = 'indexed_seq'",
+            [],
+            |r| r.get(0),
+        )?;
+        let (wake, rx) = mpsc::channel();
+        let ix = Arc::new(Indexer {
+            root: root.to_owned(),
+            state: Mutex::new(State { main, search }),
+            held: Mutex::default(),
+            done: AtomicI64::new(indexed_seq),
+            wake: Mutex::new(wake),
+        });
+        // The thread holds a weak reference: dropping the store stops it.
+        let weak = Arc::downgrade(&ix);
+        std::thread::Builder::new()
+            .name("store-indexer".into())
+            .spawn(move || {
+                lower_priority();
+                loop {
+                    match rx.recv_timeout(Duration::from_secs(30)) {
+                        Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                    while rx.try_recv().is_ok() {}
+                    let Some(ix) = weak.upgrade() else { return };
+                    if let Err(e) = ix.catch_up() {
+                        tracing::error!(error = %e, "search indexer failed; SEARCH will retry");
+                    }
+                }
+            })
+            .map_err(|e| Error::io("start indexer thread for", root, e))?;
+        ix.kick();
+        Ok(ix)
+    }
+
+    /// Tell the background thread there is work.
+    pub(super) fn kick(&self) {
+        let _ = lock(&self.wake).send(());
+    }
+
+    /// Hand over the text of a body about to be committed (see the writer). Dropped when
+    /// too much is held already; the indexer then reads the body file instead.
+    pub(super) fn hold(&self, blob_id: i64, text: SearchText) {
+        let mut h = lock(&self.held);
+        let n = text_bytes(&text);
+        if h.bytes + n > MAX_HELD_BYTES {
+            return;
+        }
+        h.bytes += n;
+        if let Some(old) = h.texts.insert(blob_id, text) {
+            h.bytes -= text_bytes(&old);
+        }
+    }
+
+    /// Forget texts of a batch whose commit failed (their blob ids may be reused).
+    pub(super) fn forget(&self, blob_ids: &[i64]) {
+        let mut h = lock(&self.held);
+        for id in blob_ids {
+            if let Some(old) = h.texts.remove(id) {
+                h.bytes -= text_bytes(&old);
+            }
+        }
+    }
+
+    fn take(&self, blob_id: i64) -> Option<SearchText> {
+        let mut h = lock(&self.held);
+        let t = h.texts.remove(&blob_id)?;
+        h.bytes -= text_bytes(&t);
+        Some(t)
+    }
+
+    /// The `index_pending` rows up to this seq are applied and may be deleted.
+    pub(super) fn done_seq(&self) -> i64 {
+        self.done.load(Ordering::Acquire)
+    }
+
+    /// Apply every pending change committed so far. SEARCH calls this first.
+    pub(super) fn catch_up(&self) -> Result<()> {
+        let mut st = lock(&self.state);
+        let st = &mut *st;
+        loop {
+            // IMMEDIATE, and the position read inside: a CLI process indexing beside the
+            // server never moves it backwards.
+            let tx = st
+                .search
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let from: i64 = tx.query_row(
+                "SELECT value FROM meta WHERE key = 'indexed_seq'",
+                [],
+                |r| r.get(0),
+            )?;
+            let rows: Vec<(i64, i64, Option<String>)> = st
+                .main
+                .prepare_cached(
+                    "SELECT p.seq, p.blob_id, b.name FROM index_pending p
+                     LEFT JOIN blobs b ON b.id = p.blob_id
+                     WHERE p.seq > ?1 ORDER BY p.seq LIMIT ?2",
+                )?
+                .query_map(params![from, BATCH as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect::<std::result::Result<_, _>>()?;
+            let Some(&(last, ..)) = rows.last() else {
+                self.done.fetch_max(from, Ordering::AcqRel);
+                return Ok(());
+            };
+            // The current state of each body is what counts, whatever happened before.
+            let bodies: BTreeMap<i64, Option<String>> =
+                rows.into_iter().map(|(_, id, name)| (id, name)).collect();
+            for (id, name) in bodies {
+                let held = self.take(id);
+                tx.prepare_cached("DELETE FROM search WHERE rowid = ?1")?
+                    .execute([id])?;
+                let Some(name) = name else { continue };
+                let text = match held {
+                    Some(t) => t,
+                    None => {
+                        let path = SqliteStore::blob_path(&self.root, &name);
+                        match fs::read(&path) {
+                            Ok(raw) => index::extract(&raw),
+                            // Removed since (expunged after our read); a later row says so.
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                            Err(e) => return Err(Error::io("read", path, e)),
+                        }
+                    }
+                };
+                tx.prepare_cached(
+                    "INSERT INTO search(rowid, headers, hfrom, hto, hcc, hbcc, subject, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?
+                .execute(params![
+                    id,
+                    text.headers,
+                    text.from,
+                    text.to,
+                    text.cc,
+                    text.bcc,
+                    text.subject,
+                    text.body
+                ])?;
+            }
+            tx.execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'indexed_seq'",
+                [last],
+            )?;
+            tx.commit()?;
+            self.done.fetch_max(last, Ordering::AcqRel);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Connections roll back on drop and the maps stay consistent: a poisoned lock is usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Indexing is background work: let sessions and the writer have the CPU first.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority on our own thread id has no memory effects.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
+    }
+}
