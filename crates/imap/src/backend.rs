@@ -35,7 +35,8 @@ pub trait Backend: Send {
     fn delete(&mut self, name: &str) -> BResult<()>;
     fn rename(&mut self, from: &str, to: &str) -> BResult<()>;
     fn subscribe(&mut self, name: &str, subscribed: bool) -> BResult<()>;
-    fn messages(&mut self, mailbox: MailboxId) -> BResult<Vec<MessageMeta>>;
+    /// Shared with other sessions: copy before changing.
+    fn messages(&mut self, mailbox: MailboxId) -> BResult<std::sync::Arc<Vec<MessageMeta>>>;
     fn changes(&mut self, mailbox: MailboxId, since: u64) -> BResult<Changes>;
     fn read(&mut self, mailbox: MailboxId, uid: u32) -> BResult<Vec<u8>>;
     fn store(

@@ -15,6 +15,7 @@
 //! - Nothing a client sends can panic the session: every decode failure is a tagged BAD.
 
 use std::num::{NonZeroU32, NonZeroU64};
+use std::sync::Arc;
 
 use bounded_static::IntoBoundedStatic;
 use imap_codec::encode::Encoder;
@@ -106,7 +107,8 @@ enum State {
 struct Selected {
     id: MailboxId,
     read_only: bool,
-    msgs: Vec<MessageMeta>,
+    /// Shared with the store's cache and other sessions; `Arc::make_mut` before changing.
+    msgs: Arc<Vec<MessageMeta>>,
     highest_modseq: u64,
     /// Messages with a UID at or above this are new to the client.
     uid_next: u32,
@@ -1071,7 +1073,7 @@ impl<B: Backend> Session<B> {
             Err(e) => return self.backend_no(tag, e),
         };
         let mut keywords: Vec<String> = Vec::new();
-        for m in &msgs {
+        for m in msgs.iter() {
             for k in &m.flags.keywords {
                 if !keywords.iter().any(|x| x.eq_ignore_ascii_case(k)) {
                     keywords.push(k.clone());
@@ -1578,7 +1580,7 @@ impl<B: Backend> Session<B> {
             {
                 flags_now = m.flags.clone();
                 if let Some(s) = self.selected.as_mut()
-                    && let Some(slot) = s.msgs.get_mut(idx)
+                    && let Some(slot) = Arc::make_mut(&mut s.msgs).get_mut(idx)
                 {
                     *slot = m;
                 }
@@ -1647,7 +1649,7 @@ impl<B: Backend> Session<B> {
             let Ok(i) = sel.msgs.binary_search_by_key(&m.uid, |x| x.uid) else {
                 continue;
             };
-            sel.msgs[i] = m.clone();
+            Arc::make_mut(&mut sel.msgs)[i] = m.clone();
             // RFC 7162 §3.1.3: messages that failed UNCHANGEDSINCE get no FETCH here.
             if response == StoreResponse::Answer && !up.modified.contains(&m.uid) {
                 let mut items = vec![MessageDataItem::Flags(
@@ -1779,7 +1781,7 @@ impl<B: Backend> Session<B> {
         if let Some(sel) = self.selected.as_mut() {
             for u in uids {
                 if let Ok(i) = sel.msgs.binary_search_by_key(u, |m| m.uid) {
-                    sel.msgs.remove(i);
+                    Arc::make_mut(&mut sel.msgs).remove(i);
                     seqs.push(i as u32 + 1);
                 }
             }
@@ -2166,10 +2168,10 @@ impl<B: Backend> Session<B> {
                     if sel.msgs[i].flags != m.flags {
                         flag_updates.push(m.uid);
                     }
-                    sel.msgs[i] = m;
+                    Arc::make_mut(&mut sel.msgs)[i] = m;
                 }
                 Err(_) if m.uid >= sel.uid_next => {
-                    sel.msgs.push(m);
+                    Arc::make_mut(&mut sel.msgs).push(m);
                     new += 1;
                 }
                 Err(_) => {}

@@ -149,7 +149,7 @@ impl Backend for StoreBackend {
             .map_err(err)
     }
 
-    fn messages(&mut self, mailbox: MailboxId) -> BResult<Vec<MessageMeta>> {
+    fn messages(&mut self, mailbox: MailboxId) -> BResult<std::sync::Arc<Vec<MessageMeta>>> {
         self.own(mailbox)?;
         self.store.messages(mailbox).map_err(err)
     }

@@ -175,8 +175,8 @@ pub trait MailStore: Send + Sync {
     fn rename_mailbox(&self, account: AccountId, from: &str, to: &str) -> Result<()>;
     fn subscribe(&self, account: AccountId, name: &str, subscribed: bool) -> Result<()>;
 
-    /// All messages of a mailbox by ascending UID.
-    fn messages(&self, mailbox: MailboxId) -> Result<Vec<MessageMeta>>;
+    /// All messages of a mailbox by ascending UID (shared: copy before changing it).
+    fn messages(&self, mailbox: MailboxId) -> Result<std::sync::Arc<Vec<MessageMeta>>>;
     /// What changed after `since` (a MODSEQ).
     fn changes(&self, mailbox: MailboxId, since: u64) -> Result<Changes>;
     /// A message's bytes exactly as stored.

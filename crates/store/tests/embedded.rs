@@ -718,3 +718,56 @@ fn outbound_queue_lifecycle() {
         "queued bodies are not orphans"
     );
 }
+
+/// The cached message lists (shared by SELECTs) always equal what a fresh read gives.
+#[test]
+fn cached_message_lists_follow_every_change() {
+    use yubin_store::{FlagOp, flags};
+    let (d, s) = store();
+    s.add_domain("example.com").unwrap();
+    let a = s.add_account("a@example.com", "pw", false).unwrap().id;
+    let deliver = |n: u32| {
+        for i in 0..n {
+            let blob = s
+                .stage(&[format!("Subject: {i}\r\n\r\nx\r\n").as_bytes()])
+                .unwrap();
+            s.deliver(blob, &[a], "INBOX", &Flags::default(), 0)
+                .unwrap();
+        }
+    };
+    let inbox = s.mailbox(a, "INBOX").unwrap().id;
+    let archive = s.mailbox(a, "Archive").unwrap().id;
+    deliver(10);
+    let before = s.messages(inbox).unwrap();
+    assert_eq!(before.len(), 10);
+    s.store_flags(
+        inbox,
+        &[2, 4, 6],
+        FlagOp::Add,
+        &Flags::system(flags::DELETED),
+        None,
+    )
+    .unwrap();
+    s.store_flags(inbox, &[1], FlagOp::Add, &Flags::system(flags::SEEN), None)
+        .unwrap();
+    let mid = s.messages(inbox).unwrap();
+    assert_eq!(before.len(), 10, "a list handed out never changes");
+    assert_eq!(mid[1].flags.system, flags::DELETED);
+    let mb = s.mailbox(a, "INBOX").unwrap();
+    assert_eq!((mb.messages, mb.unseen, mb.deleted), (10, 9, 3));
+    s.expunge(inbox, Some(&[2, 4])).unwrap();
+    deliver(3);
+    s.copy(inbox, &[1, 3], archive, true).unwrap();
+    let cached = s.messages(inbox).unwrap();
+    let mb = s.mailbox(a, "INBOX").unwrap();
+    drop(s);
+    let fresh = SqliteStore::open(d.path()).unwrap();
+    assert_eq!(*cached, *fresh.messages(inbox).unwrap());
+    assert_eq!(mb, fresh.mailbox(a, "INBOX").unwrap());
+    let uids: Vec<u32> = cached.iter().map(|m| m.uid).collect();
+    assert_eq!(uids, [5, 6, 7, 8, 9, 10, 11, 12, 13]);
+    assert_eq!(
+        (mb.messages, mb.unseen, mb.deleted, mb.uid_next),
+        (9, 9, 1, 14)
+    );
+}

@@ -453,7 +453,7 @@ fn mail_cmd(store: &SqliteStore, cmd: MailCmd) -> Result<()> {
         MailCmd::List { address, mailbox } => {
             let a = store.account(&address)?;
             let mb = store.mailbox(a.id, &mailbox)?;
-            for m in store.messages(mb.id)? {
+            for m in store.messages(mb.id)?.iter() {
                 println!(
                     "{}\t{}\t{}\t{}",
                     m.uid,

@@ -10,6 +10,7 @@ use std::sync::{Arc, mpsc};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::indexer::Indexer;
+use super::snapshot::Snapshot;
 use super::{Listeners, SqliteStore, canonical_mailbox, fsync_dir, now};
 use crate::index;
 use crate::{
@@ -31,12 +32,9 @@ pub(super) struct Job {
     reply: mpsc::SyncSender<Result<(Vec<Delivered>, Option<i64>)>>,
 }
 
+/// A mailbox's row; its counts come from its snapshot ([`SqliteStore::with_counts`]).
 const MAILBOX_COLUMNS: &str = "b.id, b.name, b.uidvalidity, b.uid_next, b.highest_modseq,
-    b.special_use, b.subscribed,
-    (SELECT count(*) FROM messages m WHERE m.mailbox_id = b.id),
-    (SELECT count(*) FROM messages m WHERE m.mailbox_id = b.id AND m.flags & 1 = 0),
-    (SELECT coalesce(sum(size), 0) FROM messages m WHERE m.mailbox_id = b.id),
-    (SELECT count(*) FROM messages m WHERE m.mailbox_id = b.id AND m.flags & 8 != 0)";
+    b.special_use, b.subscribed";
 
 fn mailbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Mailbox> {
     Ok(Mailbox {
@@ -47,10 +45,10 @@ fn mailbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Mailbox> {
         highest_modseq: r.get::<_, i64>(4)? as u64,
         special_use: r.get(5)?,
         subscribed: r.get(6)?,
-        messages: r.get::<_, i64>(7)? as u64,
-        unseen: r.get::<_, i64>(8)? as u64,
-        size: r.get::<_, i64>(9)? as u64,
-        deleted: r.get::<_, i64>(10)? as u64,
+        messages: 0,
+        unseen: 0,
+        size: 0,
+        deleted: 0,
     })
 }
 
@@ -105,6 +103,68 @@ impl SqliteStore {
         )
         .optional()?
         .ok_or_else(|| Error::NoSuchMailbox(name.to_owned()))
+    }
+
+    /// A mailbox's messages, from the shared cache brought up to date (snapshot.rs).
+    pub(super) fn snapshot(&self, mailbox: MailboxId) -> Result<Snapshot> {
+        let mut c = self.reader();
+        // One read transaction: the row and the changes are of the same moment.
+        let tx = c.transaction()?;
+        let (uidvalidity, uid_next, highest): (u32, u32, i64) = tx
+            .prepare_cached(
+                "SELECT uidvalidity, uid_next, highest_modseq FROM mailboxes WHERE id = ?1",
+            )?
+            .query_row([mailbox], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?
+            .ok_or_else(|| Error::NoSuchMailbox(format!("#{mailbox}")))?;
+        let highest = highest as u64;
+        let cached = self
+            .snapshots
+            .get(mailbox)
+            .filter(|s| s.uidvalidity == uidvalidity && s.highest_modseq <= highest);
+        let msgs = match cached {
+            Some(s) if s.highest_modseq == highest => return Ok(s),
+            Some(s) => {
+                let since = s.highest_modseq as i64;
+                let changed = tx
+                    .prepare_cached(&format!(
+                        "SELECT {MESSAGE_COLUMNS} FROM messages
+                         WHERE mailbox_id = ?1 AND modseq > ?2 ORDER BY uid"
+                    ))?
+                    .query_map(params![mailbox, since], message_row)?
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                let expunged: Vec<u32> = tx
+                    .prepare_cached(
+                        "SELECT uid FROM expunged WHERE mailbox_id = ?1 AND modseq > ?2
+                         ORDER BY uid",
+                    )?
+                    .query_map(params![mailbox, since], |r| r.get(0))?
+                    .collect::<std::result::Result<_, _>>()?;
+                s.merged(changed, &expunged)
+            }
+            None => tx
+                .prepare_cached(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = ?1 ORDER BY uid"
+                ))?
+                .query_map([mailbox], message_row)?
+                .collect::<std::result::Result<_, _>>()?,
+        };
+        drop(tx);
+        let snap = Snapshot::new(uidvalidity, uid_next, highest, msgs);
+        self.snapshots.put(mailbox, snap.clone());
+        Ok(snap)
+    }
+
+    /// Fill a mailbox's counts (and its UIDNEXT/HIGHESTMODSEQ, of the same moment).
+    fn with_counts(&self, mut mb: Mailbox) -> Result<Mailbox> {
+        let s = self.snapshot(mb.id)?;
+        mb.uid_next = s.uid_next;
+        mb.highest_modseq = s.highest_modseq;
+        mb.messages = s.msgs.len() as u64;
+        mb.unseen = s.unseen;
+        mb.deleted = s.deleted;
+        mb.size = s.size;
+        Ok(mb)
     }
 
     fn mailbox_meta(
@@ -265,14 +325,17 @@ impl MailStore for SqliteStore {
             "SELECT {MAILBOX_COLUMNS} FROM mailboxes b WHERE b.account_id = ?1
              ORDER BY b.name = 'INBOX' DESC, b.name"
         ))?;
-        let rows = st
+        let rows: Vec<Mailbox> = st
             .query_map([account], mailbox_row)?
             .collect::<std::result::Result<_, _>>()?;
-        Ok(rows)
+        drop(st);
+        drop(c);
+        rows.into_iter().map(|mb| self.with_counts(mb)).collect()
     }
 
     fn mailbox(&self, account: AccountId, name: &str) -> Result<Mailbox> {
-        Self::mailbox_in(&self.reader(), account, name)
+        let mb = Self::mailbox_in(&self.reader(), account, name)?;
+        self.with_counts(mb)
     }
 
     fn create_mailbox(&self, account: AccountId, name: &str) -> Result<Mailbox> {
@@ -382,15 +445,8 @@ impl MailStore for SqliteStore {
         Ok(())
     }
 
-    fn messages(&self, mailbox: MailboxId) -> Result<Vec<MessageMeta>> {
-        let c = self.reader();
-        let mut st = c.prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = ?1 ORDER BY uid"
-        ))?;
-        let rows = st
-            .query_map([mailbox], message_row)?
-            .collect::<std::result::Result<_, _>>()?;
-        Ok(rows)
+    fn messages(&self, mailbox: MailboxId) -> Result<Arc<Vec<MessageMeta>>> {
+        Ok(self.snapshot(mailbox)?.msgs)
     }
 
     fn changes(&self, mailbox: MailboxId, since: u64) -> Result<Changes> {

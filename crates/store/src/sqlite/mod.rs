@@ -32,6 +32,7 @@ use crate::{
 mod indexer;
 mod mail;
 mod queue;
+mod snapshot;
 
 const DB_FILE: &str = "yubin.db";
 const SCHEMA_VERSION: i64 = 2;
@@ -179,6 +180,7 @@ pub struct SqliteStore {
     writer: mpsc::Sender<mail::Job>,
     listeners: Arc<Listeners>,
     indexer: Arc<indexer::Indexer>,
+    snapshots: snapshot::Snapshots,
     lock: Option<File>,
 }
 
@@ -301,6 +303,7 @@ impl SqliteStore {
             writer: tx,
             listeners,
             indexer,
+            snapshots: Default::default(),
             lock: None,
         })
     }
