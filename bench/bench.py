@@ -32,6 +32,47 @@ def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
+def raise_nofile() -> None:
+    """Thousands of idle connections need thousands of descriptors (both ends)."""
+    import resource
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def memory_kib(pids) -> int:
+    """Proportional set size (PSS) of these processes: shared pages are split among the
+    processes sharing them, so a forking server is neither over- nor under-counted."""
+    total = 0
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+                    break
+        except OSError:
+            pass  # exited meanwhile
+    return total
+
+
+def idle_memory(bench: str, server, user: str, connections: int) -> float:
+    """KiB of server memory per connection that logged in, selected INBOX and IDLEs."""
+    time.sleep(1)
+    before = memory_kib(server.pids())
+    p = subprocess.Popen([bench, "idle", "--addr", f"127.0.0.1:{server.imap_port}", "--user", user,
+                          "--password", PASSWORD, "--connections", str(connections)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=raise_nofile)
+    line = p.stdout.readline().decode()
+    if not line.startswith("ready"):
+        p.kill()
+        raise RuntimeError(f"idle connections failed: {line!r}")
+    log(f"  {connections} connections idle after {line.split()[2]} ms")
+    time.sleep(2)
+    after = memory_kib(server.pids())
+    p.stdin.close()
+    p.wait(timeout=120)
+    return (after - before) / connections
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -108,10 +149,17 @@ class Yubin:
         self.cli("init", "--domain", DOMAIN)
         for u in users:
             self.cli("user", "add", u, "--password-stdin", input=PASSWORD + "\n")
+        self.serve()
+
+    def serve(self) -> None:
         self.proc = subprocess.Popen([self.bin, "--config", str(self.config), "serve"],
                                      stdout=open(self.dir / "serve.log", "ab"),
-                                     stderr=subprocess.STDOUT, env={**os.environ, "YUBIN_LOG": "warn"})
+                                     stderr=subprocess.STDOUT, env={**os.environ, "YUBIN_LOG": "warn"},
+                                     preexec_fn=raise_nofile)
         wait_port(self.imap_port, self.proc, "yubin")
+
+    def pids(self) -> list:
+        return [self.proc.pid] if self.proc else []
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -169,6 +217,8 @@ service pop3-login {{
 service imap {{
   process_limit = 20000
 }}
+# 10,000 idle clients are 10,000 imap processes, each a client of log, anvil, stats...
+default_client_limit = 25000
 # Every benchmark client is the same user from 127.0.0.1 (as on the yubin side).
 protocol imap {{
   mail_max_userip_connections = 20000
@@ -187,8 +237,28 @@ protocol imap {{
 
     def start(self) -> None:
         self.proc = subprocess.Popen(["/usr/sbin/dovecot", "-F", "-c", str(self.conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                     preexec_fn=raise_nofile)
         wait_port(self.imap_port, self.proc, "dovecot")
+
+    def pids(self) -> list:
+        """The master and everything it started (login, imap, auth, log... processes)."""
+        if not self.proc:
+            return []
+        children: dict = {}
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                children.setdefault(ppid, []).append(int(d))
+        out, todo = [], [self.proc.pid]
+        while todo:
+            p = todo.pop()
+            out.append(p)
+            todo.extend(children.get(p, []))
+        return out
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -390,6 +460,7 @@ ROWS = [
     ("mixed", "ops/s", True),
     ("mixed_p50", "ms", False),
     ("mixed_p99", "ms", False),
+    ("idle_rss", "KiB/conn", False),
     ("pop3", "msg/s", True),
     ("smtp_4k_10", "msg/s", True),
     ("smtp_4k_50", "msg/s", True),
@@ -409,7 +480,7 @@ def table(ours: dict, theirs: dict, title: str) -> str:
             continue
         a, b = ours[name], theirs.get(name)
         ratio = "n/a" if b is None else f"{a / b:.2f}" if b else "-"
-        fmt = (lambda v: f"{v:.0f} {unit}") if bigger else (lambda v: f"{v:g} {unit}")
+        fmt = (lambda v: f"{v:.0f} {unit}") if bigger else (lambda v: f"{v:.3g} {unit}")
         lines.append(f"| {name} | {fmt(a)} | {'' if b is None else fmt(b)} | {ratio} | "
                      f"{'higher' if bigger else 'lower'} |")
     return "\n".join(lines)
@@ -422,6 +493,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=4096, help="bytes per message")
     ap.add_argument("--clients", type=int, default=50, help="clients of the mixed IMAP load")
     ap.add_argument("--seconds", type=int, default=30, help="seconds of mixed IMAP load")
+    ap.add_argument("--idle", type=int, default=10_000,
+                    help="idle IMAP connections for the memory row (0: skip it)")
     ap.add_argument("--pop3-clients", type=int, default=20, help="POP3 clients, one maildrop each")
     ap.add_argument("--pop3-messages", type=int, default=1000, help="messages per POP3 maildrop")
     ap.add_argument("--smtp-small", type=int, default=20_000, help="4 KiB messages per SMTP row")
@@ -434,6 +507,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.smoke:
         args.messages, args.clients, args.seconds, args.pop3_clients, args.pop3_messages = 60, 3, 1, 2, 10
+        args.idle = 20
         args.smtp_small, args.smtp_large = 20, 4
 
     areas = set(args.only.split(","))
@@ -483,6 +557,13 @@ def main() -> None:
                 warm_up(server.imap_port, user)
                 store.update(run_imap(str(bin_dir / "yubin-bench"), server.imap_port, user,
                                       args.clients, args.seconds))
+            if "imap" in areas and args.idle:
+                # A fresh process, so memory freed by the loads above is not reused here.
+                server.stop()
+                server.serve() if server is y else server.start()
+                log(f"IMAP {args.idle} idle connections against {name}")
+                store["idle_rss"] = idle_memory(str(bin_dir / "yubin-bench"), server, user,
+                                                args.idle)
             if "pop3" in areas:
                 log(f"POP3 against {name}")
                 store["pop3"] = pop3_fetch_all(server.pop3_port, pop_users)

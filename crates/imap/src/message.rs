@@ -37,10 +37,14 @@ pub fn literal(bytes: &[u8]) -> NString<'static> {
     // RFC 9051 §4.3: a literal may hold any byte but NUL. Replacing NUL here is the whole
     // validation, so the per-byte re-check of `Literal::try_from` is skipped (it showed in
     // profiles of large FETCHes).
-    let v: Vec<u8> = bytes
-        .iter()
-        .map(|&b| if b == 0 { 0x80 } else { b })
-        .collect();
+    let v: Vec<u8> = if bytes.contains(&0) {
+        bytes
+            .iter()
+            .map(|&b| if b == 0 { 0x80 } else { b })
+            .collect()
+    } else {
+        bytes.to_vec() // the usual case: one memcpy
+    };
     NString(Some(IString::Literal(Literal::unvalidated(v))))
 }
 

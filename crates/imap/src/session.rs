@@ -85,8 +85,25 @@ pub enum Event {
     /// From now on, compress both directions with raw DEFLATE (RFC 4978); then call
     /// [`Session::compression_started`].
     Compress,
+    /// Write the output so far, then call [`Session::poll`] again: a long FETCH goes out
+    /// in pieces, so the client reads while the server still works (and memory stays small).
+    Flush,
     /// Close the connection.
     Close,
+}
+
+/// Output gathered before a long FETCH pauses for [`Event::Flush`].
+const FLUSH_BYTES: usize = 256 * 1024;
+
+/// A FETCH in progress: where it stopped to let its output go out.
+struct FetchJob {
+    tag: Tag<'static>,
+    targets: std::vec::IntoIter<usize>,
+    names: Vec<MessageDataItemName<'static>>,
+    needs_body: bool,
+    id: MailboxId,
+    read_only: bool,
+    uid: bool,
 }
 
 enum Mode {
@@ -127,6 +144,8 @@ pub struct Session<B: Backend> {
     mode: Mode,
     tls: bool,
     selected: Option<Selected>,
+    /// A FETCH paused by [`Event::Flush`], resumed by the next [`Session::poll`].
+    fetching: Option<FetchJob>,
     auth_failures: u32,
     /// RFC 7162: MODSEQ in FETCH responses, HIGHESTMODSEQ, once a client used CONDSTORE.
     condstore: bool,
@@ -335,6 +354,7 @@ impl<B: Backend> Session<B> {
             mode: Mode::Command,
             tls,
             selected: None,
+            fetching: None,
             auth_failures: 0,
             condstore: false,
             qresync: false,
@@ -393,7 +413,14 @@ impl<B: Backend> Session<B> {
     }
 
     pub fn poll(&mut self) -> Event {
+        if let Some(job) = self.fetching.take() {
+            self.fetch_run(job);
+        }
         loop {
+            // A paused FETCH finishes before the next command is read (RFC 9051 §5.5).
+            if self.fetching.is_some() {
+                return Event::Flush;
+            }
             match self.mode {
                 Mode::Closed => return Event::Close,
                 Mode::StartTls => return Event::StartTls,
@@ -1431,7 +1458,29 @@ impl<B: Backend> Session<B> {
             Some(s) => (s.id, s.read_only),
             None => return,
         };
-        for idx in targets {
+        self.fetch_run(FetchJob {
+            tag: tag.clone(),
+            targets: targets.into_iter(),
+            names,
+            needs_body,
+            id,
+            read_only,
+            uid,
+        });
+    }
+
+    /// Answer FETCH for the job's remaining messages, pausing when much output is waiting.
+    fn fetch_run(&mut self, mut job: FetchJob) {
+        let (id, read_only, needs_body) = (job.id, job.read_only, job.needs_body);
+        let names = std::mem::take(&mut job.names);
+        let tag = &job.tag.clone();
+        loop {
+            if self.out.len() >= FLUSH_BYTES && job.targets.len() > 0 {
+                job.names = names;
+                self.fetching = Some(job);
+                return;
+            }
+            let Some(idx) = job.targets.next() else { break };
             let Some(meta) = self
                 .selected
                 .as_ref()
@@ -1606,8 +1655,8 @@ impl<B: Backend> Session<B> {
                 self.fetch_with_origins(idx as u32 + 1, out, &origins);
             }
         }
-        self.refresh(uid);
-        self.ok(tag, None, "FETCH completed");
+        self.refresh(job.uid);
+        self.ok(&job.tag, None, "FETCH completed");
     }
 
     fn store(&mut self, tag: &Tag<'static>, set: &SequenceSet, args: StoreArgs<'_>) {

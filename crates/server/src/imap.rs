@@ -384,6 +384,8 @@ async fn run(
                 let _ = stream.shutdown().await;
                 return Ok(());
             }
+            // The output is out (above); let the session go on.
+            Event::Flush => {}
             Event::Compress => {
                 deflate = Some(Deflate::new());
                 session.compression_started();
@@ -491,6 +493,7 @@ pub mod testing {
                     Event::Close => return,
                     Event::StartTls => s.tls_started(),
                     Event::Compress => s.compression_started(),
+                    Event::Flush => {}
                     Event::NeedInput | Event::Idle => break,
                 }
             }

@@ -226,7 +226,31 @@ fn bind_all(proto: &str, addrs: &[SocketAddr]) -> Result<Vec<TcpListener>> {
 }
 
 /// Run the server until SIGINT or SIGTERM.
+/// Each connection is a file descriptor; the usual soft limit (1024) would cap a server
+/// holding thousands of IDLE clients, so take what the hard limit allows (as Go and
+/// Dovecot's master do).
+fn raise_fd_limit() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: l.rlim_max,
+                rlim_max: l.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 {
+                warn!(soft = l.rlim_cur, "could not raise the open-files limit");
+            }
+        }
+    }
+}
+
 pub async fn serve(cfg: Config) -> Result<()> {
+    raise_fd_limit();
     let mut store = SqliteStore::open(&cfg.data_dir)?;
     store.lock_exclusive()?;
     let swept = tokio::task::block_in_place(|| yubin_store::MailStore::sweep_orphans(&store))?;

@@ -34,8 +34,15 @@ fn store() -> (tempfile::TempDir, Arc<dyn Store>) {
 }
 
 fn drain(s: &mut Session<StoreBackend>) -> (Vec<String>, Event) {
-    let ev = s.poll();
-    let out = String::from_utf8_lossy(&s.take_output()).into_owned();
+    let mut bytes = Vec::new();
+    let ev = loop {
+        let ev = s.poll();
+        bytes.extend(s.take_output());
+        if ev != Event::Flush {
+            break ev;
+        }
+    };
+    let out = String::from_utf8_lossy(&bytes).into_owned();
     (
         out.split_terminator("\r\n").map(str::to_owned).collect(),
         ev,
@@ -109,4 +116,55 @@ fn imap_dialogues() {
             &std::fs::read_to_string(&f).unwrap(),
         );
     }
+}
+
+/// A FETCH larger than the flush threshold goes out in pieces ([`Event::Flush`]), in order,
+/// and a command pipelined behind it is answered only after it.
+#[test]
+fn long_fetch_is_flushed_in_pieces() {
+    let (_dir, store) = store();
+    let bob = store.account("bob@example.test").unwrap();
+    let body = "x".repeat(8000);
+    for i in 0..100 {
+        let msg = format!("Subject: big {i}\r\n\r\n{body}\r\n");
+        let blob = store.stage(&[msg.as_bytes()]).unwrap();
+        store
+            .deliver(blob, &[bob.id], "INBOX", &Flags::default(), 0)
+            .unwrap();
+    }
+    let guard = Arc::new(Guard::new(Limits {
+        max_failures_per_ip: 100,
+        max_failures_per_account: 100,
+        block_for: std::time::Duration::from_secs(60),
+        messages_per_hour: 100,
+        recipients_per_hour: 100,
+    }));
+    let cfg = Config {
+        hostname: "mx.example.test".into(),
+        starttls: false,
+        plaintext_auth: true,
+        append_limit: 10_000,
+    };
+    let backend = StoreBackend::new(store, guard, "127.0.0.1:1".parse().unwrap());
+    let mut s = Session::new(cfg, backend, true);
+    drain(&mut s);
+    s.push(b"a LOGIN bob@example.test secret\r\nb SELECT INBOX\r\n");
+    drain(&mut s);
+    s.push(b"c FETCH 1:* (BODY.PEEK[])\r\nd NOOP\r\n");
+    let (mut flushes, mut out) = (0, Vec::new());
+    loop {
+        let ev = s.poll();
+        let piece = s.take_output();
+        assert!(piece.len() < 512 * 1024, "a piece stays near the threshold");
+        out.extend(piece);
+        match ev {
+            Event::Flush => flushes += 1,
+            _ => break,
+        }
+    }
+    assert!(flushes >= 2, "803 KB of FETCH went out in {flushes} pieces");
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches(" FETCH (BODY[] {").count(), 103);
+    let (c, d) = (text.find("\r\nc OK").unwrap(), text.find("\r\nd OK").unwrap());
+    assert!(c < d && text.ends_with("d OK NOOP completed\r\n"), "{}", &text[c..]);
 }

@@ -584,6 +584,7 @@ fn search_index_is_rebuilt_and_schema_1_is_upgraded() {
     let db = rusqlite::Connection::open(d.path().join("yubin.db")).unwrap();
     db.execute_batch(
         "DROP TABLE index_pending;
+         DELETE FROM meta WHERE key = 'mailbox_seq';
          CREATE VIRTUAL TABLE search USING fts5(
              headers, hfrom, hto, hcc, hbcc, subject, body, tokenize = 'trigram');
          PRAGMA user_version = 1;",

@@ -10,7 +10,7 @@ use std::sync::{Arc, mpsc};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::indexer::Indexer;
-use super::snapshot::Snapshot;
+use super::snapshot::{BlobKey, Snapshot, blob_key};
 use super::{Listeners, SqliteStore, canonical_mailbox, fsync_dir, now};
 use crate::index;
 use crate::{
@@ -53,6 +53,9 @@ fn mailbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Mailbox> {
 }
 
 const MESSAGE_COLUMNS: &str = "uid, size, internal_date, flags, keywords, modseq";
+/// The same with `messages m` joined to `blobs bl`.
+const MESSAGE_BLOB_COLUMNS: &str =
+    "m.uid, m.size, m.internal_date, m.flags, m.keywords, m.modseq, bl.name";
 
 fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageMeta> {
     let keywords: String = r.get(4)?;
@@ -66,6 +69,11 @@ fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageMeta> {
         },
         modseq: r.get::<_, i64>(5)? as u64,
     })
+}
+
+/// A message row followed by its body's name (snapshot.rs).
+fn message_and_blob(r: &rusqlite::Row<'_>) -> rusqlite::Result<(MessageMeta, BlobKey)> {
+    Ok((message_row(r)?, blob_key(&r.get::<_, String>(6)?)))
 }
 
 fn keywords_text(f: &Flags) -> String {
@@ -128,10 +136,11 @@ impl SqliteStore {
                 let since = s.highest_modseq as i64;
                 let changed = tx
                     .prepare_cached(&format!(
-                        "SELECT {MESSAGE_COLUMNS} FROM messages
-                         WHERE mailbox_id = ?1 AND modseq > ?2 ORDER BY uid"
+                        "SELECT {MESSAGE_BLOB_COLUMNS} FROM messages m
+                         JOIN blobs bl ON bl.id = m.blob_id
+                         WHERE m.mailbox_id = ?1 AND m.modseq > ?2 ORDER BY m.uid"
                     ))?
-                    .query_map(params![mailbox, since], message_row)?
+                    .query_map(params![mailbox, since], message_and_blob)?
                     .collect::<std::result::Result<Vec<_>, _>>()?;
                 let expunged: Vec<u32> = tx
                     .prepare_cached(
@@ -144,10 +153,13 @@ impl SqliteStore {
             }
             None => tx
                 .prepare_cached(&format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = ?1 ORDER BY uid"
+                    "SELECT {MESSAGE_BLOB_COLUMNS} FROM messages m
+                     JOIN blobs bl ON bl.id = m.blob_id WHERE m.mailbox_id = ?1 ORDER BY m.uid"
                 ))?
-                .query_map([mailbox], message_row)?
-                .collect::<std::result::Result<_, _>>()?,
+                .query_map([mailbox], message_and_blob)?
+                .collect::<std::result::Result<Vec<_>, _>>()?
+                .into_iter()
+                .unzip(),
         };
         drop(tx);
         let snap = Snapshot::new(uidvalidity, uid_next, highest, msgs);
@@ -194,8 +206,8 @@ impl SqliteStore {
     fn insert_mailbox(tx: &Transaction<'_>, account: AccountId, name: &str) -> Result<()> {
         let uv = Self::next_uidvalidity(tx)?;
         tx.execute(
-            "INSERT INTO mailboxes(account_id, name, uidvalidity) VALUES (?1, ?2, ?3)",
-            params![account, name, uv],
+            "INSERT INTO mailboxes(id, account_id, name, uidvalidity) VALUES (?1, ?2, ?3, ?4)",
+            params![Self::next_mailbox_id(tx)?, account, name, uv],
         )?;
         Ok(())
     }
@@ -377,8 +389,9 @@ impl MailStore for SqliteStore {
             }
             let dead = Self::release_messages(tx, "m.mailbox_id = ?1", mb.id)?;
             tx.execute("DELETE FROM mailboxes WHERE id = ?1", [mb.id])?;
-            Ok(((), vec![mb.id], dead))
+            Ok((mb.id, vec![mb.id], dead))
         })
+        .map(|id| self.snapshots.forget(id))
     }
 
     fn rename_mailbox(&self, account: AccountId, from: &str, to: &str) -> Result<()> {
@@ -488,17 +501,27 @@ impl MailStore for SqliteStore {
     }
 
     fn read(&self, mailbox: MailboxId, uid: u32) -> Result<Vec<u8>> {
-        let name: String = self
-            .conn()
-            .prepare_cached(
-                "SELECT bl.name FROM messages m JOIN blobs bl ON bl.id = m.blob_id
-                 WHERE m.mailbox_id = ?1 AND m.uid = ?2",
-            )?
-            .query_row(params![mailbox, uid], |r| r.get(0))
-            .optional()?
-            .ok_or(Error::NoSuchMessage(uid))?;
-        let path = Self::blob_path(&self.root, &name);
-        fs::read(&path).map_err(|e| Error::io("read", path, e))
+        // The cached list knows the body of every message it has (no SQL per FETCH).
+        let cached = self.snapshots.get(mailbox).and_then(|s| s.blob(uid));
+        let (name, size) = match cached {
+            Some(x) => x,
+            None => self
+                .reader()
+                .prepare_cached(
+                    "SELECT bl.name, m.size FROM messages m JOIN blobs bl ON bl.id = m.blob_id
+                     WHERE m.mailbox_id = ?1 AND m.uid = ?2",
+                )?
+                .query_row(params![mailbox, uid], |r| {
+                    Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+                })
+                .optional()?
+                .ok_or(Error::NoSuchMessage(uid))?,
+        };
+        match self.blob_dirs.read(&name, size) {
+            // Expunged meanwhile (the cached list may be older than the expunge).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NoSuchMessage(uid)),
+            r => r.map_err(|e| Error::io("read", Self::blob_path(&self.root, &name), e)),
+        }
     }
 
     fn store_flags(

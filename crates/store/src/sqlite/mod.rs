@@ -29,6 +29,7 @@ use crate::{
     MailboxId, Resolved, Result, normalize_address, password,
 };
 
+mod blobs;
 mod indexer;
 mod mail;
 mod queue;
@@ -40,13 +41,16 @@ const SCHEMA_VERSION: i64 = 2;
 /// Upgrades from each older schema version, applied in order in one transaction.
 const MIGRATIONS: &[(i64, &str)] = &[
     // 1 -> 2: the full-text index moves to search.db, built after the commit (indexer.rs);
-    // a missing search.db is rebuilt from every body.
+    // a missing search.db is rebuilt from every body. Mailbox ids are never reused (the
+    // server caches per mailbox id, and the CLI may remove an account beside it).
     (
         1,
         "DROP TABLE search;
          CREATE TABLE index_pending(
              seq INTEGER PRIMARY KEY AUTOINCREMENT,
-             blob_id INTEGER NOT NULL);",
+             blob_id INTEGER NOT NULL);
+         INSERT INTO meta(key, value)
+             SELECT 'mailbox_seq', coalesce(max(id), 0) FROM mailboxes;",
     ),
 ];
 
@@ -149,6 +153,7 @@ CREATE TABLE training(
     spam INTEGER NOT NULL,
     created INTEGER NOT NULL);
 INSERT INTO meta(key, value) VALUES ('uidvalidity', 0);
+INSERT INTO meta(key, value) VALUES ('mailbox_seq', 0);
 ";
 
 /// Called after every committed change, with the mailboxes it touched.
@@ -181,6 +186,7 @@ pub struct SqliteStore {
     listeners: Arc<Listeners>,
     indexer: Arc<indexer::Indexer>,
     snapshots: snapshot::Snapshots,
+    blob_dirs: blobs::BlobDirs,
     lock: Option<File>,
 }
 
@@ -304,6 +310,8 @@ impl SqliteStore {
             listeners,
             indexer,
             snapshots: Default::default(),
+            blob_dirs: blobs::BlobDirs::open(root)
+                .map_err(|e| Error::io("open", root.join("blobs"), e))?,
             lock: None,
         })
     }
@@ -454,6 +462,17 @@ impl SqliteStore {
         Ok(v as u32)
     }
 
+    /// A mailbox id never used before, even by a mailbox since removed: caches keyed by
+    /// mailbox id (snapshot.rs) can never confuse an old mailbox with a new one.
+    pub(crate) fn next_mailbox_id(tx: &rusqlite::Transaction<'_>) -> Result<i64> {
+        Ok(tx.query_row(
+            "UPDATE meta SET value = max(value, (SELECT coalesce(max(id), 0) FROM mailboxes)) + 1
+             WHERE key = 'mailbox_seq' RETURNING value",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
     /// Find what one local part of a domain reaches: (account id, disabled) pairs.
     fn lookup_local(c: &Connection, domain_id: i64, local: &str) -> Result<Vec<(i64, bool)>> {
         let acct: Option<(i64, bool)> = c
@@ -587,9 +606,9 @@ impl Directory for SqliteStore {
         for (name, special) in DEFAULT_MAILBOXES {
             let uv = Self::next_uidvalidity(&tx)?;
             tx.execute(
-                "INSERT INTO mailboxes(account_id, name, uidvalidity, special_use)
-                 VALUES (?1, ?2, ?3, ?4)",
-                params![id, name, uv, special],
+                "INSERT INTO mailboxes(id, account_id, name, uidvalidity, special_use)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![Self::next_mailbox_id(&tx)?, id, name, uv, special],
             )?;
         }
         if admin {

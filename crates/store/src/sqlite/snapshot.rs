@@ -9,6 +9,9 @@
 //!   "same contents".
 //! - Lists are `Arc`s: a session that selects a mailbox shares the cached list and copies it
 //!   only when it changes its own view.
+//! - Beside each message the list keeps the name of its body file, so FETCH reads a body
+//!   without asking SQLite (a (mailbox, UID) pair never changes body; mailbox ids are never
+//!   reused).
 //! - The cache is bounded by the number of messages it holds; the least recently used
 //!   mailboxes leave first.
 
@@ -20,6 +23,32 @@ use crate::{MailboxId, MessageMeta, flags};
 /// Messages held across all cached mailboxes (~60 bytes each without keywords).
 const MAX_CACHED_MESSAGES: usize = 4_000_000;
 
+/// A body file's name (32 hex digits) as bytes; all zero when unknown.
+pub(crate) type BlobKey = [u8; 16];
+
+pub(crate) fn blob_key(name: &str) -> BlobKey {
+    let mut k = [0u8; 16];
+    if name.len() == 32 {
+        for (i, b) in k.iter_mut().enumerate() {
+            match u8::from_str_radix(name.get(2 * i..2 * i + 2).unwrap_or("zz"), 16) {
+                Ok(v) => *b = v,
+                Err(_) => return [0; 16],
+            }
+        }
+    }
+    k
+}
+
+pub(crate) fn blob_name(k: &BlobKey) -> Option<String> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    (*k != [0; 16]).then(|| {
+        k.iter()
+            .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]])
+            .map(char::from)
+            .collect()
+    })
+}
+
 /// A mailbox's messages at one MODSEQ, with the counts STATUS and SELECT need.
 #[derive(Clone, Debug)]
 pub(crate) struct Snapshot {
@@ -27,6 +56,8 @@ pub(crate) struct Snapshot {
     pub uid_next: u32,
     pub highest_modseq: u64,
     pub msgs: Arc<Vec<MessageMeta>>,
+    /// The body of `msgs[i]` is `blobs[i]`.
+    pub blobs: Arc<Vec<BlobKey>>,
     pub unseen: u64,
     pub deleted: u64,
     pub size: u64,
@@ -37,7 +68,7 @@ impl Snapshot {
         uidvalidity: u32,
         uid_next: u32,
         highest_modseq: u64,
-        msgs: Vec<MessageMeta>,
+        (msgs, blobs): (Vec<MessageMeta>, Vec<BlobKey>),
     ) -> Self {
         let (mut unseen, mut deleted, mut size) = (0, 0, 0);
         for m in &msgs {
@@ -50,6 +81,7 @@ impl Snapshot {
             uid_next,
             highest_modseq,
             msgs: Arc::new(msgs),
+            blobs: Arc::new(blobs),
             unseen,
             deleted,
             size,
@@ -57,21 +89,38 @@ impl Snapshot {
     }
 
     /// This list with `changed` (new or updated, by UID) merged in and `expunged` left out.
-    pub fn merged(&self, changed: Vec<MessageMeta>, expunged: &[u32]) -> Vec<MessageMeta> {
-        let mut out = Vec::with_capacity(self.msgs.len() + changed.len());
+    pub fn merged(
+        &self,
+        changed: Vec<(MessageMeta, BlobKey)>,
+        expunged: &[u32],
+    ) -> (Vec<MessageMeta>, Vec<BlobKey>) {
+        let n = self.msgs.len() + changed.len();
+        let (mut msgs, mut blobs) = (Vec::with_capacity(n), Vec::with_capacity(n));
         let mut changed = changed.into_iter().peekable();
-        for m in self.msgs.iter() {
-            while let Some(c) = changed.next_if(|c| c.uid < m.uid) {
-                out.push(c);
+        for (m, b) in self.msgs.iter().zip(self.blobs.iter()) {
+            while let Some((c, cb)) = changed.next_if(|c| c.0.uid < m.uid) {
+                msgs.push(c);
+                blobs.push(cb);
             }
-            if let Some(c) = changed.next_if(|c| c.uid == m.uid) {
-                out.push(c);
+            if let Some((c, cb)) = changed.next_if(|c| c.0.uid == m.uid) {
+                msgs.push(c);
+                blobs.push(cb);
             } else if expunged.binary_search(&m.uid).is_err() {
-                out.push(m.clone());
+                msgs.push(m.clone());
+                blobs.push(*b);
             }
         }
-        out.extend(changed);
-        out
+        for (c, cb) in changed {
+            msgs.push(c);
+            blobs.push(cb);
+        }
+        (msgs, blobs)
+    }
+
+    /// The body file of a message and its size, if this list has it.
+    pub fn blob(&self, uid: u32) -> Option<(String, u64)> {
+        let i = self.msgs.binary_search_by_key(&uid, |m| m.uid).ok()?;
+        Some((blob_name(self.blobs.get(i)?)?, self.msgs[i].size))
     }
 }
 
@@ -98,6 +147,13 @@ impl Snapshots {
         let e = g.map.get_mut(&mailbox)?;
         e.used = now;
         Some(e.snap.clone())
+    }
+
+    pub fn forget(&self, mailbox: MailboxId) {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = g.map.remove(&mailbox) {
+            g.held -= e.snap.msgs.len();
+        }
     }
 
     pub fn put(&self, mailbox: MailboxId, snap: Snapshot) {
@@ -151,24 +207,47 @@ mod tests {
     }
 
     #[test]
+    fn blob_keys_round_trip() {
+        let name = "00ff10a9".repeat(4);
+        assert_eq!(blob_name(&blob_key(&name)), Some(name));
+        assert_eq!(blob_key("not hex at all, but 32 chars !!!"), [0; 16]);
+        assert_eq!(blob_name(&[0; 16]), None);
+    }
+
+    #[test]
     fn merge_updates_appends_and_drops() {
-        let s = Snapshot::new(1, 6, 5, vec![m(1, 0), m(2, 0), m(3, 0), m(5, 0)]);
+        let k = |n: u8| [n; 16];
+        let s = Snapshot::new(
+            1,
+            6,
+            5,
+            (
+                vec![m(1, 0), m(2, 0), m(3, 0), m(5, 0)],
+                vec![k(1), k(2), k(3), k(5)],
+            ),
+        );
         assert_eq!((s.unseen, s.deleted, s.size), (4, 0, 40));
-        let out = s.merged(vec![m(2, flags::SEEN), m(6, 0), m(7, 0)], &[3]);
-        let uids: Vec<u32> = out.iter().map(|x| x.uid).collect();
+        let out = s.merged(
+            vec![(m(2, flags::SEEN), k(2)), (m(6, 0), k(6)), (m(7, 0), k(7))],
+            &[3],
+        );
+        let uids: Vec<u32> = out.0.iter().map(|x| x.uid).collect();
         assert_eq!(uids, [1, 2, 5, 6, 7]);
-        assert_eq!(out[1].flags.system, flags::SEEN);
+        assert_eq!(out.1, [k(1), k(2), k(5), k(6), k(7)]);
+        assert_eq!(out.0[1].flags.system, flags::SEEN);
         let s2 = Snapshot::new(1, 8, 9, out);
         assert_eq!((s2.unseen, s2.deleted, s2.size), (4, 0, 50));
+        assert_eq!(s2.blob(6), Some(("06".repeat(16), 10)));
+        assert_eq!(s2.blob(3), None);
     }
 
     #[test]
     fn cache_keeps_newest_and_evicts_least_recently_used() {
         let c = Snapshots::default();
-        c.put(1, Snapshot::new(7, 2, 3, vec![m(1, 0)]));
-        c.put(1, Snapshot::new(7, 2, 2, vec![]));
+        c.put(1, Snapshot::new(7, 2, 3, (vec![m(1, 0)], vec![[1; 16]])));
+        c.put(1, Snapshot::new(7, 2, 2, Default::default()));
         assert_eq!(c.get(1).map(|s| s.highest_modseq), Some(3));
-        c.put(1, Snapshot::new(8, 1, 1, vec![]));
+        c.put(1, Snapshot::new(8, 1, 1, Default::default()));
         assert_eq!(
             c.get(1).map(|s| s.uidvalidity),
             Some(8),
