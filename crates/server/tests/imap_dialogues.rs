@@ -165,6 +165,13 @@ fn long_fetch_is_flushed_in_pieces() {
     assert!(flushes >= 2, "803 KB of FETCH went out in {flushes} pieces");
     let text = String::from_utf8_lossy(&out);
     assert_eq!(text.matches(" FETCH (BODY[] {").count(), 103);
-    let (c, d) = (text.find("\r\nc OK").unwrap(), text.find("\r\nd OK").unwrap());
-    assert!(c < d && text.ends_with("d OK NOOP completed\r\n"), "{}", &text[c..]);
+    let (c, d) = (
+        text.find("\r\nc OK").unwrap(),
+        text.find("\r\nd OK").unwrap(),
+    );
+    assert!(
+        c < d && text.ends_with("d OK NOOP completed\r\n"),
+        "{}",
+        &text[c..]
+    );
 }

@@ -585,6 +585,9 @@ fn search_index_is_rebuilt_and_schema_1_is_upgraded() {
     db.execute_batch(
         "DROP TABLE index_pending;
          DELETE FROM meta WHERE key = 'mailbox_seq';
+         DROP TRIGGER messages_added;
+         DROP TRIGGER messages_removed;
+         ALTER TABLE mailboxes DROP COLUMN octets;
          CREATE VIRTUAL TABLE search USING fts5(
              headers, hfrom, hto, hcc, hbcc, subject, body, tokenize = 'trigram');
          PRAGMA user_version = 1;",

@@ -717,8 +717,7 @@ impl MailStore for SqliteStore {
     fn usage(&self, account: AccountId) -> Result<(u64, Option<u64>)> {
         let c = self.reader();
         let (used, quota): (i64, Option<i64>) = c.query_row(
-            "SELECT (SELECT coalesce(sum(m.size), 0) FROM messages m
-                     JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.account_id = a.id),
+            "SELECT (SELECT coalesce(sum(octets), 0) FROM mailboxes WHERE account_id = a.id),
                     a.quota
              FROM accounts a WHERE a.id = ?1",
             [account],

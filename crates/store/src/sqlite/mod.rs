@@ -42,7 +42,8 @@ const SCHEMA_VERSION: i64 = 2;
 const MIGRATIONS: &[(i64, &str)] = &[
     // 1 -> 2: the full-text index moves to search.db, built after the commit (indexer.rs);
     // a missing search.db is rebuilt from every body. Mailbox ids are never reused (the
-    // server caches per mailbox id, and the CLI may remove an account beside it).
+    // server caches per mailbox id, and the CLI may remove an account beside it). Each
+    // mailbox keeps the sum of its message sizes (quota checks without a scan).
     (
         1,
         "DROP TABLE search;
@@ -50,7 +51,16 @@ const MIGRATIONS: &[(i64, &str)] = &[
              seq INTEGER PRIMARY KEY AUTOINCREMENT,
              blob_id INTEGER NOT NULL);
          INSERT INTO meta(key, value)
-             SELECT 'mailbox_seq', coalesce(max(id), 0) FROM mailboxes;",
+             SELECT 'mailbox_seq', coalesce(max(id), 0) FROM mailboxes;
+         ALTER TABLE mailboxes ADD COLUMN octets INTEGER NOT NULL DEFAULT 0;
+         UPDATE mailboxes SET octets =
+             (SELECT coalesce(sum(size), 0) FROM messages WHERE mailbox_id = mailboxes.id);
+         CREATE TRIGGER messages_added AFTER INSERT ON messages BEGIN
+             UPDATE mailboxes SET octets = octets + NEW.size WHERE id = NEW.mailbox_id;
+         END;
+         CREATE TRIGGER messages_removed AFTER DELETE ON messages BEGIN
+             UPDATE mailboxes SET octets = octets - OLD.size WHERE id = OLD.mailbox_id;
+         END;",
     ),
 ];
 
@@ -85,6 +95,8 @@ CREATE TABLE mailboxes(
     highest_modseq INTEGER NOT NULL DEFAULT 1,
     special_use TEXT,
     subscribed INTEGER NOT NULL DEFAULT 1,
+    -- Sum of its messages' sizes, kept by the triggers below (quota checks on every RCPT).
+    octets INTEGER NOT NULL DEFAULT 0,
     UNIQUE(account_id, name));
 CREATE TABLE blobs(
     id INTEGER PRIMARY KEY,
@@ -101,6 +113,12 @@ CREATE TABLE messages(
     modseq INTEGER NOT NULL,
     PRIMARY KEY(mailbox_id, uid)) WITHOUT ROWID;
 CREATE INDEX messages_blob ON messages(blob_id);
+CREATE TRIGGER messages_added AFTER INSERT ON messages BEGIN
+    UPDATE mailboxes SET octets = octets + NEW.size WHERE id = NEW.mailbox_id;
+END;
+CREATE TRIGGER messages_removed AFTER DELETE ON messages BEGIN
+    UPDATE mailboxes SET octets = octets - OLD.size WHERE id = OLD.mailbox_id;
+END;
 CREATE INDEX messages_modseq ON messages(mailbox_id, modseq);
 -- UIDs removed from a mailbox and the MODSEQ of their removal (RFC 7162 VANISHED).
 CREATE TABLE expunged(
