@@ -93,6 +93,8 @@ pub struct StagedBlob {
     pub(crate) size: u64,
     /// What the search index will hold for it, extracted while staging (off the writer).
     pub(crate) text: index::SearchText,
+    /// A small body, kept in the database instead of a file (written by the commit).
+    pub(crate) data: Option<Vec<u8>>,
 }
 
 impl StagedBlob {

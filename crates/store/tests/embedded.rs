@@ -11,6 +11,13 @@ fn store() -> (tempfile::TempDir, SqliteStore) {
     (dir, s)
 }
 
+/// Bodies stored, in files or (small ones) in the database.
+fn bodies(root: &std::path::Path) -> usize {
+    let db = rusqlite::Connection::open(root.join("yubin.db")).unwrap();
+    db.query_row("SELECT count(*) FROM blobs", [], |r| r.get::<_, i64>(0))
+        .unwrap() as usize
+}
+
 fn blob_files(root: &std::path::Path) -> usize {
     std::fs::read_dir(root.join("blobs"))
         .unwrap()
@@ -231,8 +238,9 @@ fn concurrent_deliveries_get_unique_uids_and_survive_reopen() {
         let raw = s.read(inbox_a, 7).unwrap();
         assert!(raw.starts_with(b"X-Trace: 1\r\nSubject: "));
         assert_eq!(raw.len() as u64, msgs[6].size);
-        // One body shared by both recipients.
-        assert_eq!(blob_files(dir.path()), 320);
+        // One body shared by both recipients, small enough for the database.
+        assert_eq!(bodies(dir.path()), 320);
+        assert_eq!(blob_files(dir.path()), 0);
     }
     let s = SqliteStore::open(dir.path()).unwrap();
     let before = s.list_mailboxes(a).unwrap();
@@ -246,14 +254,14 @@ fn concurrent_deliveries_get_unique_uids_and_survive_reopen() {
     assert_eq!(after[0].uid_next, 322);
     // Removing one account keeps the bodies the other still references.
     s.remove_account("a@example.com").unwrap();
-    assert_eq!(blob_files(dir.path()), 320);
+    assert_eq!(bodies(dir.path()), 320);
     let inbox_b = s.mailbox(b, "INBOX").unwrap().id;
     assert_eq!(
         s.read(inbox_b, 1).unwrap().len() as u64,
         s.messages(inbox_b).unwrap()[0].size
     );
     s.remove_account("b@example.com").unwrap();
-    assert_eq!(blob_files(dir.path()), 0);
+    assert_eq!(bodies(dir.path()), 0);
 }
 
 #[test]
@@ -261,7 +269,10 @@ fn failed_delivery_leaves_nothing_and_orphans_are_swept() {
     let (d, s) = store();
     s.add_domain("example.com").unwrap();
     let a = s.add_account("a@example.com", "pw", false).unwrap().id;
-    let blob = s.stage(&[b"x"]).unwrap();
+    // Larger than what the database keeps: these bodies are files.
+    let big = |c: u8| vec![c; 100_000];
+    let blob = s.stage(&[&big(b'x')]).unwrap();
+    assert_eq!(blob_files(d.path()), 1);
     assert!(matches!(
         s.deliver(blob, &[a], "NoSuchBox", &Flags::default(), 0),
         Err(Error::NoSuchMailbox(_))
@@ -274,14 +285,21 @@ fn failed_delivery_leaves_nothing_and_orphans_are_swept() {
     let inbox = s.mailbox(a, "INBOX").unwrap().id;
     assert!(s.messages(inbox).unwrap().is_empty());
     // A body staged by a process that crashed before delivering.
-    let _orphan = s.stage(&[b"y"]).unwrap();
-    let kept = s.stage(&[b"z"]).unwrap();
+    let _orphan = s.stage(&[&big(b'y')]).unwrap();
+    let kept = s.stage(&[&big(b'z')]).unwrap();
     s.deliver(kept, &[a], "INBOX", &Flags::default(), 0)
         .unwrap();
     assert_eq!(blob_files(d.path()), 2);
     assert_eq!(s.sweep_orphans().unwrap(), 1);
     assert_eq!(blob_files(d.path()), 1);
-    assert_eq!(s.read(inbox, 1).unwrap(), b"z");
+    assert_eq!(s.read(inbox, 1).unwrap(), big(b'z'));
+    // A small one is kept in the database and read back the same.
+    let small = s.stage(&[b"Subject: s\r\n", b"\r\nsmall\r\n"]).unwrap();
+    s.deliver(small, &[a], "INBOX", &Flags::default(), 0)
+        .unwrap();
+    assert_eq!((blob_files(d.path()), bodies(d.path())), (1, 2));
+    assert_eq!(s.read(inbox, 2).unwrap(), b"Subject: s\r\n\r\nsmall\r\n");
+    assert_eq!(s.sweep_orphans().unwrap(), 0);
 }
 
 #[test]
@@ -553,10 +571,9 @@ fn full_text_search_uses_the_index() {
     assert_eq!(rows, 1, "index rows of removed bodies are gone");
 }
 
-/// The index is derived data: a lost search.db, or a database from before it existed
-/// (schema 1 kept the index inside yubin.db), is rebuilt from the bodies.
+/// The index is derived data: a lost search.db is rebuilt from the bodies.
 #[test]
-fn search_index_is_rebuilt_and_schema_1_is_upgraded() {
+fn search_index_is_rebuilt() {
     use yubin_store::TextField;
     let (d, s) = store();
     s.add_domain("example.com").unwrap();
@@ -579,15 +596,43 @@ fn search_index_is_rebuilt_and_schema_1_is_upgraded() {
         s.search_text(inbox, TextField::Body, "word299x").unwrap(),
         [300]
     );
+    assert_eq!(
+        s.search_text(inbox, TextField::Subject, "note 7")
+            .unwrap()
+            .len(),
+        11
+    );
+}
+
+/// A data directory of schema 1 (index inside yubin.db, every body in a file) is upgraded
+/// in place when opened.
+#[test]
+fn schema_1_is_upgraded() {
+    use yubin_store::TextField;
+    let (d, s) = store();
+    s.add_domain("example.com").unwrap();
+    let a = s.add_account("a@example.com", "pw", false).unwrap().id;
+    for i in 0..3 {
+        let m = format!(
+            "Subject: old {i}\r\n\r\nword{i}x {}\r\n",
+            "y".repeat(70_000)
+        );
+        let blob = s.stage(&[m.as_bytes()]).unwrap();
+        s.deliver(blob, &[a], "INBOX", &Flags::default(), 0)
+            .unwrap();
+    }
+    let inbox = s.mailbox(a, "INBOX").unwrap().id;
     drop(s);
     // Back to what schema 1 looked like.
+    std::fs::remove_file(d.path().join("search.db")).unwrap();
     let db = rusqlite::Connection::open(d.path().join("yubin.db")).unwrap();
     db.execute_batch(
         "DROP TABLE index_pending;
-         DELETE FROM meta WHERE key = 'mailbox_seq';
+         DELETE FROM meta WHERE key IN ('mailbox_seq', 'blob_seq');
          DROP TRIGGER messages_added;
          DROP TRIGGER messages_removed;
          ALTER TABLE mailboxes DROP COLUMN octets;
+         ALTER TABLE blobs DROP COLUMN data;
          CREATE VIRTUAL TABLE search USING fts5(
              headers, hfrom, hto, hcc, hbcc, subject, body, tokenize = 'trigram');
          PRAGMA user_version = 1;",
@@ -596,29 +641,35 @@ fn search_index_is_rebuilt_and_schema_1_is_upgraded() {
     drop(db);
     let s = SqliteStore::open(d.path()).unwrap();
     assert_eq!(
-        s.search_text(inbox, TextField::Subject, "note 7")
-            .unwrap()
-            .len(),
-        11
-    );
-    assert_eq!(
-        s.search_text(inbox, TextField::Body, "word007x").unwrap(),
-        [8]
+        s.search_text(inbox, TextField::Body, "word1x").unwrap(),
+        [2]
     );
     let blob = s
         .stage(&[b"Subject: after upgrade\r\n\r\nfresh\r\n"])
         .unwrap();
     s.deliver(blob, &[a], "INBOX", &Flags::default(), 0)
         .unwrap();
+    assert_eq!(s.search_text(inbox, TextField::Body, "fresh").unwrap(), [4]);
     assert_eq!(
-        s.search_text(inbox, TextField::Body, "fresh").unwrap(),
-        [301]
+        s.read(inbox, 4).unwrap(),
+        b"Subject: after upgrade\r\n\r\nfresh\r\n"
     );
+    assert!(s.read(inbox, 1).unwrap().starts_with(b"Subject: old 0"));
     let db = rusqlite::Connection::open(d.path().join("yubin.db")).unwrap();
     let v: i64 = db
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
     assert_eq!(v, 2);
+    let total: u64 = s.messages(inbox).unwrap().iter().map(|m| m.size).sum();
+    assert_eq!(
+        s.usage(a).unwrap().0,
+        total,
+        "sizes counted during the upgrade"
+    );
+    // Mailbox ids continue above every id ever used.
+    let before = s.mailbox(a, "Archive").unwrap().id;
+    s.delete_mailbox(a, "Archive").unwrap();
+    assert!(s.create_mailbox(a, "Archive").unwrap().id > before);
 }
 
 #[test]
@@ -709,13 +760,14 @@ fn outbound_queue_lifecycle() {
         s.queued().unwrap().is_empty(),
         "all recipients done: the message left the queue"
     );
-    assert_eq!(blob_files(d.path()), 1, "the body stays for the local copy");
+    assert_eq!(bodies(d.path()), 1, "the body stays for the local copy");
     // Queue-only message (no local recipients); deleting it removes its body.
     let blob = s.stage(&[b"x"]).unwrap();
     let (_, qid) = s.accept(blob, &[], &out, 100).unwrap();
-    assert_eq!(blob_files(d.path()), 2);
+    assert_eq!(bodies(d.path()), 2);
+    assert_eq!(s.queued_message(qid.unwrap()).unwrap(), b"x");
     assert_eq!(s.delete_queued(qid.unwrap()).unwrap(), 2);
-    assert_eq!(blob_files(d.path()), 1);
+    assert_eq!(bodies(d.path()), 1);
     assert_eq!(
         s.sweep_orphans().unwrap(),
         0,

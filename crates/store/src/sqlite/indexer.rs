@@ -248,12 +248,24 @@ impl Indexer {
                 let text = match held {
                     Some(t) => t,
                     None => {
-                        let path = SqliteStore::blob_path(&self.root, &name);
-                        match fs::read(&path) {
-                            Ok(raw) => index::extract(&raw),
-                            // Removed since (expunged after our read); a later row says so.
-                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                            Err(e) => return Err(Error::io("read", path, e)),
+                        // Small bodies are in the database, the others in files.
+                        let inline: Option<Vec<u8>> = st
+                            .main
+                            .prepare_cached("SELECT data FROM blobs WHERE id = ?1")?
+                            .query_row([id], |r| r.get(0))
+                            .optional()?
+                            .flatten();
+                        if let Some(raw) = inline {
+                            index::extract(&raw)
+                        } else {
+                            let path = SqliteStore::blob_path(&self.root, &name);
+                            match fs::read(&path) {
+                                Ok(raw) => index::extract(&raw),
+                                // Removed since (expunged after our read); a later row
+                                // says so.
+                                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                                Err(e) => return Err(Error::io("read", path, e)),
+                            }
                         }
                     }
                 };

@@ -10,7 +10,7 @@ use std::sync::{Arc, mpsc};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::indexer::Indexer;
-use super::snapshot::{BlobKey, Snapshot, blob_key};
+use super::snapshot::{BlobRef, Body, Snapshot, blob_key};
 use super::{Listeners, SqliteStore, canonical_mailbox, fsync_dir, now};
 use crate::index;
 use crate::{
@@ -21,6 +21,10 @@ use crate::{
 
 /// Largest number of deliveries committed in one transaction.
 const MAX_BATCH: usize = 512;
+/// Bodies up to this size are kept in the database, larger ones in files. Most mail is
+/// small: for it, one WAL commit per batch replaces a file creation and fsync per message.
+/// Past this, writing the body twice (WAL, then checkpoint) costs more than a file.
+const INLINE_MAX: usize = 64 * 1024;
 
 pub(super) struct Job {
     blob: StagedBlob,
@@ -55,7 +59,8 @@ fn mailbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Mailbox> {
 const MESSAGE_COLUMNS: &str = "uid, size, internal_date, flags, keywords, modseq";
 /// The same with `messages m` joined to `blobs bl`.
 const MESSAGE_BLOB_COLUMNS: &str =
-    "m.uid, m.size, m.internal_date, m.flags, m.keywords, m.modseq, bl.name";
+    "m.uid, m.size, m.internal_date, m.flags, m.keywords, m.modseq, bl.id, bl.name,
+     bl.data IS NULL";
 
 fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageMeta> {
     let keywords: String = r.get(4)?;
@@ -72,8 +77,14 @@ fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageMeta> {
 }
 
 /// A message row followed by its body's name (snapshot.rs).
-fn message_and_blob(r: &rusqlite::Row<'_>) -> rusqlite::Result<(MessageMeta, BlobKey)> {
-    Ok((message_row(r)?, blob_key(&r.get::<_, String>(6)?)))
+fn message_and_blob(r: &rusqlite::Row<'_>) -> rusqlite::Result<(MessageMeta, BlobRef)> {
+    let file: bool = r.get(8)?;
+    let key = if file {
+        blob_key(&r.get::<_, String>(7)?)
+    } else {
+        [0; 16]
+    };
+    Ok((message_row(r)?, BlobRef { id: r.get(6)?, key }))
 }
 
 fn keywords_text(f: &Flags) -> String {
@@ -243,7 +254,9 @@ impl SqliteStore {
         outbound: Option<Outbound>,
     ) -> Result<(Vec<Delivered>, Option<i64>)> {
         if accounts.is_empty() && outbound.is_none() {
-            let _ = fs::remove_file(Self::blob_path(&self.root, &blob.name));
+            if blob.data.is_none() {
+                let _ = fs::remove_file(Self::blob_path(&self.root, &blob.name));
+            }
             return Err(Error::NoRecipients);
         }
         let (reply, rx) = mpsc::sync_channel(1);
@@ -272,27 +285,40 @@ impl MailStore for SqliteStore {
             )
         })?;
         let name: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let size: usize = parts.iter().map(|p| p.len()).sum();
+        if size <= INLINE_MAX {
+            // Kept in the database: durable with the commit that delivers it.
+            let data = parts.concat();
+            return Ok(StagedBlob {
+                name,
+                size: size as u64,
+                text: index::extract(&data),
+                data: Some(data),
+            });
+        }
         let path = Self::blob_path(&self.root, &name);
-        let write = || -> std::io::Result<u64> {
+        let write = || -> std::io::Result<()> {
             let mut f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .open(&path)?;
-            let mut size = 0u64;
             for p in parts {
                 f.write_all(p)?;
-                size += p.len() as u64;
             }
-            f.sync_all()?;
-            Ok(size)
+            f.sync_all()
         };
         match write() {
-            Ok(size) => {
+            Ok(()) => {
                 let text = match parts {
                     [one] => index::extract(one),
                     _ => index::extract(&parts.concat()),
                 };
-                Ok(StagedBlob { name, size, text })
+                Ok(StagedBlob {
+                    name,
+                    size: size as u64,
+                    text,
+                    data: None,
+                })
             }
             Err(e) => {
                 let _ = fs::remove_file(&path);
@@ -501,21 +527,38 @@ impl MailStore for SqliteStore {
     }
 
     fn read(&self, mailbox: MailboxId, uid: u32) -> Result<Vec<u8>> {
-        // The cached list knows the body of every message it has (no SQL per FETCH).
-        let cached = self.snapshots.get(mailbox).and_then(|s| s.blob(uid));
-        let (name, size) = match cached {
-            Some(x) => x,
-            None => self
-                .reader()
-                .prepare_cached(
-                    "SELECT bl.name, m.size FROM messages m JOIN blobs bl ON bl.id = m.blob_id
-                     WHERE m.mailbox_id = ?1 AND m.uid = ?2",
-                )?
-                .query_row(params![mailbox, uid], |r| {
-                    Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
-                })
-                .optional()?
-                .ok_or(Error::NoSuchMessage(uid))?,
+        // The cached list knows where every body it has is: no SQL per FETCH for files.
+        // (Blob ids and names are never reused, so an entry older than an expunge finds
+        // nothing rather than another message.)
+        let (name, size) = match self.snapshots.get(mailbox).and_then(|s| s.blob(uid)) {
+            Some(Body::File(name, size)) => (name, size),
+            Some(Body::Inline(id)) => {
+                return self
+                    .reader()
+                    .prepare_cached("SELECT data FROM blobs WHERE id = ?1")?
+                    .query_row([id], |r| r.get::<_, Option<Vec<u8>>>(0))
+                    .optional()?
+                    .flatten()
+                    .ok_or(Error::NoSuchMessage(uid));
+            }
+            None => {
+                let (name, size, data): (String, i64, Option<Vec<u8>>) = self
+                    .reader()
+                    .prepare_cached(
+                        "SELECT bl.name, bl.size, bl.data FROM messages m
+                         JOIN blobs bl ON bl.id = m.blob_id
+                         WHERE m.mailbox_id = ?1 AND m.uid = ?2",
+                    )?
+                    .query_row(params![mailbox, uid], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .optional()?
+                    .ok_or(Error::NoSuchMessage(uid))?;
+                if let Some(d) = data {
+                    return Ok(d);
+                }
+                (name, size as u64)
+            }
         };
         match self.blob_dirs.read(&name, size) {
             // Expunged meanwhile (the cached list may be older than the expunge).
@@ -871,9 +914,10 @@ pub(super) fn writer_loop(
         for (job, result) in batch.into_iter().zip(results) {
             match &result {
                 Ok((d, _)) => touched.extend(d.iter().map(|d| d.mailbox)),
-                Err(_) => {
+                Err(_) if job.blob.data.is_none() => {
                     let _ = fs::remove_file(SqliteStore::blob_path(&root, &job.blob.name));
                 }
+                Err(_) => {}
             }
             let _ = job.reply.send(result);
         }
@@ -907,6 +951,7 @@ fn commit_batch(
     // The bodies' directory entries must be durable before rows point at them.
     let dirs: BTreeSet<PathBuf> = batch
         .iter()
+        .filter(|j| j.blob.data.is_none())
         .filter_map(|j| {
             SqliteStore::blob_path(root, &j.blob.name)
                 .parent()
@@ -956,9 +1001,20 @@ fn commit_batch(
 
 /// One delivery inside the writer's transaction; returns the new body's id too.
 fn apply(c: &Connection, job: &Job) -> Applied {
-    c.prepare_cached("INSERT INTO blobs(name, size) VALUES (?1, ?2)")?
-        .execute(params![job.blob.name, job.blob.size as i64])?;
-    let blob_id = c.last_insert_rowid();
+    // Never reused (snapshot.rs and the indexer key on it).
+    let blob_id: i64 = c
+        .prepare_cached(
+            "UPDATE meta SET value = max(value, (SELECT coalesce(max(id), 0) FROM blobs)) + 1
+             WHERE key = 'blob_seq' RETURNING value",
+        )?
+        .query_row([], |r| r.get(0))?;
+    c.prepare_cached("INSERT INTO blobs(id, name, size, data) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![
+            blob_id,
+            job.blob.name,
+            job.blob.size as i64,
+            job.blob.data
+        ])?;
     let t = &job.blob.text;
     // The full-text entry is built after the commit (indexer.rs).
     c.prepare_cached("INSERT INTO index_pending(blob_id) VALUES (?1)")?

@@ -41,9 +41,10 @@ const SCHEMA_VERSION: i64 = 2;
 /// Upgrades from each older schema version, applied in order in one transaction.
 const MIGRATIONS: &[(i64, &str)] = &[
     // 1 -> 2: the full-text index moves to search.db, built after the commit (indexer.rs);
-    // a missing search.db is rebuilt from every body. Mailbox ids are never reused (the
-    // server caches per mailbox id, and the CLI may remove an account beside it). Each
-    // mailbox keeps the sum of its message sizes (quota checks without a scan).
+    // a missing search.db is rebuilt from every body. Mailbox and blob ids are never reused
+    // (the server caches by them, and the CLI may remove an account beside it). Each
+    // mailbox keeps the sum of its message sizes (quota checks without a scan). Small
+    // bodies are kept in the database.
     (
         1,
         "DROP TABLE search;
@@ -52,6 +53,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
              blob_id INTEGER NOT NULL);
          INSERT INTO meta(key, value)
              SELECT 'mailbox_seq', coalesce(max(id), 0) FROM mailboxes;
+         INSERT INTO meta(key, value) SELECT 'blob_seq', coalesce(max(id), 0) FROM blobs;
+         ALTER TABLE blobs ADD COLUMN data BLOB;
          ALTER TABLE mailboxes ADD COLUMN octets INTEGER NOT NULL DEFAULT 0;
          UPDATE mailboxes SET octets =
              (SELECT coalesce(sum(size), 0) FROM messages WHERE mailbox_id = mailboxes.id);
@@ -101,7 +104,10 @@ CREATE TABLE mailboxes(
 CREATE TABLE blobs(
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
-    size INTEGER NOT NULL);
+    size INTEGER NOT NULL,
+    -- Small bodies live here (no file: no file creation and fsync per message, and the
+    -- WAL commit that records the delivery makes the body durable too); NULL: in the file.
+    data BLOB);
 CREATE TABLE messages(
     mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
     uid INTEGER NOT NULL,
@@ -172,6 +178,7 @@ CREATE TABLE training(
     created INTEGER NOT NULL);
 INSERT INTO meta(key, value) VALUES ('uidvalidity', 0);
 INSERT INTO meta(key, value) VALUES ('mailbox_seq', 0);
+INSERT INTO meta(key, value) VALUES ('blob_seq', 0);
 ";
 
 /// Called after every committed change, with the mailboxes it touched.
@@ -311,6 +318,9 @@ impl SqliteStore {
         let readers = (0..READERS)
             .map(|_| {
                 let c = connect(&path)?;
+                // Bodies kept in the database are read through the page cache mapping,
+                // without a system call per page.
+                c.pragma_update(None, "mmap_size", 1i64 << 30)?;
                 // SEARCH joins messages with the index in search.db.
                 c.execute(
                     "ATTACH DATABASE ?1 AS fts",
@@ -375,6 +385,22 @@ impl SqliteStore {
         // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
         // back on drop), so a poisoned mutex is still usable.
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A body by its id: from the database when it is small, else from its file.
+    pub(crate) fn load_body(&self, c: &Connection, blob_id: i64) -> Result<Vec<u8>> {
+        let (name, size, data): (String, i64, Option<Vec<u8>>) = c
+            .prepare_cached("SELECT name, size, data FROM blobs WHERE id = ?1")?
+            .query_row([blob_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?
+            .ok_or_else(|| Error::NoSuchMessage(0))?;
+        match data {
+            Some(d) => Ok(d),
+            None => self
+                .blob_dirs
+                .read(&name, size as u64)
+                .map_err(|e| Error::io("read", Self::blob_path(&self.root, &name), e)),
+        }
     }
 
     pub(crate) fn blob_path(root: &Path, name: &str) -> PathBuf {
@@ -445,7 +471,7 @@ impl SqliteStore {
     }
 
     /// Delete the blob rows (and their index entries) no message refers to any more;
-    /// returns their file names, to remove from disk after commit.
+    /// returns the names of those kept in files, to remove from disk after commit.
     pub(crate) fn drop_unreferenced_blobs(
         tx: &rusqlite::Transaction<'_>,
         blob_ids: impl IntoIterator<Item = i64>,
@@ -454,16 +480,22 @@ impl SqliteStore {
         let mut st = tx.prepare_cached(
             "DELETE FROM blobs WHERE id = ?1
              AND NOT EXISTS (SELECT 1 FROM messages WHERE blob_id = ?1)
-             AND NOT EXISTS (SELECT 1 FROM queue WHERE blob_id = ?1) RETURNING name",
+             AND NOT EXISTS (SELECT 1 FROM queue WHERE blob_id = ?1)
+             RETURNING name, data IS NULL",
         )?;
         // The indexer drops the body's search.db entry after commit.
         let mut unindex = tx.prepare_cached("INSERT INTO index_pending(blob_id) VALUES (?1)")?;
         let mut unenvelope = tx.prepare_cached("DELETE FROM envelopes WHERE blob_id = ?1")?;
         for id in blob_ids {
-            if let Some(n) = st.query_row([id], |r| r.get(0)).optional()? {
+            let gone: Option<(String, bool)> = st
+                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            if let Some((name, file)) = gone {
                 unindex.execute([id])?;
                 unenvelope.execute([id])?;
-                names.push(n);
+                if file {
+                    names.push(name);
+                }
             }
         }
         Ok(names)

@@ -1,7 +1,5 @@
 //! The outbound queue of the embedded backend.
 
-use std::fs;
-
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use super::SqliteStore;
@@ -53,17 +51,14 @@ impl Queue for SqliteStore {
     }
 
     fn queued_message(&self, queue_id: i64) -> Result<Vec<u8>> {
-        let name: String = self
-            .conn()
-            .query_row(
-                "SELECT b.name FROM queue q JOIN blobs b ON b.id = q.blob_id WHERE q.id = ?1",
-                [queue_id],
-                |r| r.get(0),
-            )
+        let c = self.reader();
+        let blob: i64 = c
+            .query_row("SELECT blob_id FROM queue WHERE id = ?1", [queue_id], |r| {
+                r.get(0)
+            })
             .optional()?
             .ok_or(Error::NoSuchMessage(queue_id as u32))?;
-        let path = Self::blob_path(&self.root, &name);
-        fs::read(&path).map_err(|e| Error::io("read", path, e))
+        self.load_body(&c, blob)
     }
 
     fn record(&self, rcpt_id: i64, attempt: &Attempt) -> Result<()> {

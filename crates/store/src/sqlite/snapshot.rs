@@ -49,6 +49,23 @@ pub(crate) fn blob_name(k: &BlobKey) -> Option<String> {
     })
 }
 
+/// Where a message's body is: its blob id and, for a body in a file, the file's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BlobRef {
+    pub id: i64,
+    /// All zero for a body kept in the database.
+    pub key: BlobKey,
+}
+
+/// What [`Snapshot::blob`] tells a reader.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Body {
+    /// In the database, `blobs.id`.
+    Inline(i64),
+    /// In this file, of this size.
+    File(String, u64),
+}
+
 /// A mailbox's messages at one MODSEQ, with the counts STATUS and SELECT need.
 #[derive(Clone, Debug)]
 pub(crate) struct Snapshot {
@@ -57,7 +74,7 @@ pub(crate) struct Snapshot {
     pub highest_modseq: u64,
     pub msgs: Arc<Vec<MessageMeta>>,
     /// The body of `msgs[i]` is `blobs[i]`.
-    pub blobs: Arc<Vec<BlobKey>>,
+    pub blobs: Arc<Vec<BlobRef>>,
     pub unseen: u64,
     pub deleted: u64,
     pub size: u64,
@@ -68,7 +85,7 @@ impl Snapshot {
         uidvalidity: u32,
         uid_next: u32,
         highest_modseq: u64,
-        (msgs, blobs): (Vec<MessageMeta>, Vec<BlobKey>),
+        (msgs, blobs): (Vec<MessageMeta>, Vec<BlobRef>),
     ) -> Self {
         let (mut unseen, mut deleted, mut size) = (0, 0, 0);
         for m in &msgs {
@@ -91,9 +108,9 @@ impl Snapshot {
     /// This list with `changed` (new or updated, by UID) merged in and `expunged` left out.
     pub fn merged(
         &self,
-        changed: Vec<(MessageMeta, BlobKey)>,
+        changed: Vec<(MessageMeta, BlobRef)>,
         expunged: &[u32],
-    ) -> (Vec<MessageMeta>, Vec<BlobKey>) {
+    ) -> (Vec<MessageMeta>, Vec<BlobRef>) {
         let n = self.msgs.len() + changed.len();
         let (mut msgs, mut blobs) = (Vec::with_capacity(n), Vec::with_capacity(n));
         let mut changed = changed.into_iter().peekable();
@@ -117,10 +134,14 @@ impl Snapshot {
         (msgs, blobs)
     }
 
-    /// The body file of a message and its size, if this list has it.
-    pub fn blob(&self, uid: u32) -> Option<(String, u64)> {
+    /// Where a message's body is, if this list has the message.
+    pub fn blob(&self, uid: u32) -> Option<Body> {
         let i = self.msgs.binary_search_by_key(&uid, |m| m.uid).ok()?;
-        Some((blob_name(self.blobs.get(i)?)?, self.msgs[i].size))
+        let b = self.blobs.get(i)?;
+        Some(match blob_name(&b.key) {
+            Some(name) => Body::File(name, self.msgs[i].size),
+            None => Body::Inline(b.id),
+        })
     }
 }
 
@@ -216,7 +237,10 @@ mod tests {
 
     #[test]
     fn merge_updates_appends_and_drops() {
-        let k = |n: u8| [n; 16];
+        let k = |n: u8| BlobRef {
+            id: i64::from(n),
+            key: if n == 7 { [0; 16] } else { [n; 16] },
+        };
         let s = Snapshot::new(
             1,
             6,
@@ -237,14 +261,19 @@ mod tests {
         assert_eq!(out.0[1].flags.system, flags::SEEN);
         let s2 = Snapshot::new(1, 8, 9, out);
         assert_eq!((s2.unseen, s2.deleted, s2.size), (4, 0, 50));
-        assert_eq!(s2.blob(6), Some(("06".repeat(16), 10)));
+        assert_eq!(s2.blob(6), Some(Body::File("06".repeat(16), 10)));
+        assert_eq!(s2.blob(7), Some(Body::Inline(7)));
         assert_eq!(s2.blob(3), None);
     }
 
     #[test]
     fn cache_keeps_newest_and_evicts_least_recently_used() {
         let c = Snapshots::default();
-        c.put(1, Snapshot::new(7, 2, 3, (vec![m(1, 0)], vec![[1; 16]])));
+        let b = BlobRef {
+            id: 1,
+            key: [1; 16],
+        };
+        c.put(1, Snapshot::new(7, 2, 3, (vec![m(1, 0)], vec![b])));
         c.put(1, Snapshot::new(7, 2, 2, Default::default()));
         assert_eq!(c.get(1).map(|s| s.highest_modseq), Some(3));
         c.put(1, Snapshot::new(8, 1, 1, Default::default()));
