@@ -451,6 +451,7 @@ def pop3_fetch_all(port: int, users) -> float:
 
 # (row, unit, True when bigger is better)
 ROWS = [
+    ("noop", "ms", False),
     ("select", "ms", False),
     ("fetch_flags_all", "ms", False),
     ("fetch_1000_bodies", "ms", False),

@@ -18,7 +18,7 @@ def test_bench_smoke(tmp_path):
     table = out.read_text()
     rows = [l for l in table.splitlines() if l.startswith("| ") and not l.startswith("| row")]
     names = [l.split("|")[1].strip() for l in rows]
-    assert names == ["select", "fetch_flags_all", "fetch_1000_bodies", "search_header",
+    assert names == ["noop", "select", "fetch_flags_all", "fetch_1000_bodies", "search_header",
                      "search_body", "store_10000", "mixed", "mixed_p50", "mixed_p99", "idle_rss", "pop3",
                      "smtp_4k_10", "smtp_4k_50", "smtp_256k_10", "smtp_256k_50"]
     if os.geteuid() == 0:

@@ -31,6 +31,8 @@ pub trait Backend: Send {
     fn login(&mut self, user: &str, password: &str) -> BResult<bool>;
     fn list(&mut self) -> BResult<Vec<Mailbox>>;
     fn mailbox(&mut self, name: &str) -> BResult<Mailbox>;
+    /// The mailbox with its messages, for SELECT/EXAMINE.
+    fn select(&mut self, name: &str) -> BResult<yubin_model::Selection>;
     fn create(&mut self, name: &str) -> BResult<()>;
     fn delete(&mut self, name: &str) -> BResult<()>;
     fn rename(&mut self, from: &str, to: &str) -> BResult<()>;

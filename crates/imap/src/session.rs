@@ -1091,22 +1091,10 @@ impl<B: Backend> Session<B> {
             Ok(n) => n,
             Err(e) => return self.bad(tag, e),
         };
-        let mb = match self.backend.mailbox(&name) {
-            Ok(mb) => mb,
+        let (mb, msgs, keywords, first_unseen) = match self.backend.select(&name) {
+            Ok(s) => (s.mailbox, s.messages, s.keywords, s.first_unseen),
             Err(e) => return self.backend_no(tag, e),
         };
-        let msgs = match self.backend.messages(mb.id) {
-            Ok(m) => m,
-            Err(e) => return self.backend_no(tag, e),
-        };
-        let mut keywords: Vec<String> = Vec::new();
-        for m in msgs.iter() {
-            for k in &m.flags.keywords {
-                if !keywords.iter().any(|x| x.eq_ignore_ascii_case(k)) {
-                    keywords.push(k.clone());
-                }
-            }
-        }
         let all = flag_list(&Flags {
             system: flags::ANSWERED | flags::FLAGGED | flags::DELETED | flags::SEEN | flags::DRAFT,
             keywords,
@@ -1128,7 +1116,7 @@ impl<B: Backend> Session<B> {
         if !self.rev2 {
             self.data(Data::Recent(0));
         }
-        if let Some(i) = msgs.iter().position(|m| m.flags.system & flags::SEEN == 0) {
+        if let Some(i) = first_unseen {
             self.untagged_ok(Code::Unseen(nz(i as u32 + 1)), "First unseen");
         }
         self.untagged_ok(Code::UidValidity(nz(mb.uidvalidity)), "UIDs valid");

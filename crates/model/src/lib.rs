@@ -102,6 +102,19 @@ pub struct MessageMeta {
     pub modseq: u64,
 }
 
+/// A mailbox as SELECT sees it: its row, its messages and what SELECT reports about them,
+/// all of one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    pub mailbox: Mailbox,
+    /// By ascending UID; shared with other sessions (copy before changing).
+    pub messages: std::sync::Arc<Vec<MessageMeta>>,
+    /// Every keyword in use, once (compared without case), in the order first seen.
+    pub keywords: Vec<String>,
+    /// Index (0-based) of the first message without `\Seen`.
+    pub first_unseen: Option<usize>,
+}
+
 /// What happened in a mailbox after some MODSEQ.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {

@@ -124,6 +124,13 @@ impl Backend for StoreBackend {
         self.store.mailbox(self.account()?, name).map_err(err)
     }
 
+    fn select(&mut self, name: &str) -> BResult<yubin_store::Selection> {
+        let s = self.store.select(self.account()?, name).map_err(err)?;
+        // Its mailbox is ours (the store looked it up by our account).
+        self.owned.insert(s.mailbox.id);
+        Ok(s)
+    }
+
     fn create(&mut self, name: &str) -> BResult<()> {
         self.store
             .create_mailbox(self.account()?, name)

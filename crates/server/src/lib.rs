@@ -249,8 +249,22 @@ fn raise_fd_limit() {
     }
 }
 
+/// glibc raises its mmap threshold each time a large block is freed, after which large
+/// short-lived buffers (message bodies, FETCH output) are carved from the arenas and their
+/// memory is kept: a long-running server's RSS grew with every big message it handled.
+/// A fixed threshold turns that adaptation off: blocks of 1 MiB and more are mapped and
+/// returned to the system on free.
+fn fix_malloc_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before the runtime is busy.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 pub async fn serve(cfg: Config) -> Result<()> {
     raise_fd_limit();
+    fix_malloc_threshold();
     let mut store = SqliteStore::open(&cfg.data_dir)?;
     store.lock_exclusive()?;
     let swept = tokio::task::block_in_place(|| yubin_store::MailStore::sweep_orphans(&store))?;

@@ -22,7 +22,7 @@ pub use error::{Error, Result};
 pub use sqlite::SqliteStore;
 pub use yubin_model::{
     AccountId, Changes, Copied, FlagOp, Flags, FlagsUpdate, Mailbox, MailboxId, MessageMeta,
-    SortInfo, TextField, flags,
+    Selection, SortInfo, TextField, flags,
 };
 
 /// The folders every new account starts with, and their RFC 6154 special-use attribute.
@@ -177,6 +177,8 @@ pub trait MailStore: Send + Sync {
     fn rename_mailbox(&self, account: AccountId, from: &str, to: &str) -> Result<()>;
     fn subscribe(&self, account: AccountId, name: &str, subscribed: bool) -> Result<()>;
 
+    /// A mailbox with its messages, for SELECT/EXAMINE (no per-message work when cached).
+    fn select(&self, account: AccountId, name: &str) -> Result<Selection>;
     /// All messages of a mailbox by ascending UID (shared: copy before changing it).
     fn messages(&self, mailbox: MailboxId) -> Result<std::sync::Arc<Vec<MessageMeta>>>;
     /// What changed after `since` (a MODSEQ).

@@ -15,8 +15,8 @@ use super::{Listeners, SqliteStore, canonical_mailbox, fsync_dir, now};
 use crate::index;
 use crate::{
     AccountId, ChangeListener, Changes, Copied, Delivered, Error, FlagOp, Flags, FlagsUpdate,
-    MailStore, Mailbox, MailboxId, MessageMeta, Outbound, Result, SortInfo, StagedBlob, TextField,
-    TrainingEvent,
+    MailStore, Mailbox, MailboxId, MessageMeta, Outbound, Result, Selection, SortInfo, StagedBlob,
+    TextField, TrainingEvent,
 };
 
 /// Largest number of deliveries committed in one transaction.
@@ -179,15 +179,19 @@ impl SqliteStore {
     }
 
     /// Fill a mailbox's counts (and its UIDNEXT/HIGHESTMODSEQ, of the same moment).
-    fn with_counts(&self, mut mb: Mailbox) -> Result<Mailbox> {
+    fn with_counts(&self, mb: Mailbox) -> Result<Mailbox> {
         let s = self.snapshot(mb.id)?;
+        Ok(Self::counted(mb, &s))
+    }
+
+    fn counted(mut mb: Mailbox, s: &Snapshot) -> Mailbox {
         mb.uid_next = s.uid_next;
         mb.highest_modseq = s.highest_modseq;
         mb.messages = s.msgs.len() as u64;
         mb.unseen = s.unseen;
         mb.deleted = s.deleted;
         mb.size = s.size;
-        Ok(mb)
+        mb
     }
 
     fn mailbox_meta(
@@ -482,6 +486,17 @@ impl MailStore for SqliteStore {
             return Err(Error::NoSuchMailbox(name.to_owned()));
         }
         Ok(())
+    }
+
+    fn select(&self, account: AccountId, name: &str) -> Result<Selection> {
+        let mb = Self::mailbox_in(&self.reader(), account, name)?;
+        let s = self.snapshot(mb.id)?;
+        Ok(Selection {
+            mailbox: Self::counted(mb, &s),
+            messages: s.msgs,
+            keywords: s.keywords.to_vec(),
+            first_unseen: s.first_unseen,
+        })
     }
 
     fn messages(&self, mailbox: MailboxId) -> Result<Arc<Vec<MessageMeta>>> {

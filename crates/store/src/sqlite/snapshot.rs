@@ -78,6 +78,9 @@ pub(crate) struct Snapshot {
     pub unseen: u64,
     pub deleted: u64,
     pub size: u64,
+    /// Keywords in use (once each, without case) and the first unseen message's index.
+    pub keywords: Arc<Vec<String>>,
+    pub first_unseen: Option<usize>,
 }
 
 impl Snapshot {
@@ -88,10 +91,20 @@ impl Snapshot {
         (msgs, blobs): (Vec<MessageMeta>, Vec<BlobRef>),
     ) -> Self {
         let (mut unseen, mut deleted, mut size) = (0, 0, 0);
-        for m in &msgs {
-            unseen += u64::from(m.flags.system & flags::SEEN == 0);
+        let mut keywords: Vec<String> = Vec::new();
+        let mut first_unseen = None;
+        for (i, m) in msgs.iter().enumerate() {
+            if m.flags.system & flags::SEEN == 0 {
+                unseen += 1;
+                first_unseen.get_or_insert(i);
+            }
             deleted += u64::from(m.flags.system & flags::DELETED != 0);
             size += m.size;
+            for k in &m.flags.keywords {
+                if !keywords.iter().any(|x| x.eq_ignore_ascii_case(k)) {
+                    keywords.push(k.clone());
+                }
+            }
         }
         Snapshot {
             uidvalidity,
@@ -102,6 +115,8 @@ impl Snapshot {
             unseen,
             deleted,
             size,
+            keywords: Arc::new(keywords),
+            first_unseen,
         }
     }
 
