@@ -34,6 +34,10 @@ pub fn uses_sent(key: &SearchKey<'_>) -> bool {
     }
 }
 
+fn is_subject(name: &AString<'_>) -> bool {
+    name.as_ref().eq_ignore_ascii_case(b"subject")
+}
+
 /// The index lookups a search needs: every FROM/TO/CC/BCC/SUBJECT/BODY/TEXT key.
 pub fn text_keys(key: &SearchKey<'_>, out: &mut Vec<(TextField, String)>) {
     let mut push =
@@ -46,7 +50,11 @@ pub fn text_keys(key: &SearchKey<'_>, out: &mut Vec<(TextField, String)>) {
         SearchKey::Subject(s) => push(TextField::Subject, s),
         SearchKey::Body(s) => push(TextField::Body, s),
         SearchKey::Text(s) => push(TextField::Text, s),
-        // HEADER is narrowed down by the index over all headers, then checked exactly.
+        // HEADER SUBJECT is SUBJECT (both match the decoded field, RFC 9051 §6.4.4).
+        SearchKey::Header(n, v) if is_subject(n) && !v.as_ref().is_empty() => {
+            push(TextField::Subject, v)
+        }
+        // Other HEADER keys are narrowed down by the index, then checked exactly.
         SearchKey::Header(_, v) if !v.as_ref().is_empty() => push(TextField::Text, v),
         SearchKey::And(keys) => keys.as_ref().iter().for_each(|k| text_keys(k, out)),
         SearchKey::Or(a, b) => {
@@ -158,6 +166,9 @@ fn eval(key: &SearchKey<'_>, ctx: &Context<'_>, idx: usize, lazy: &mut Lazy<'_>)
         SearchKey::Subject(s) => hit(ctx, TextField::Subject, s, m.uid),
         SearchKey::Body(s) => hit(ctx, TextField::Body, s, m.uid),
         SearchKey::Text(s) => hit(ctx, TextField::Text, s, m.uid),
+        SearchKey::Header(name, value) if is_subject(name) && !value.as_ref().is_empty() => {
+            hit(ctx, TextField::Subject, value, m.uid)
+        }
         SearchKey::Header(name, value) => {
             let (name, n) = (
                 String::from_utf8_lossy(name.as_ref()).into_owned(),

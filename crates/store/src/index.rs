@@ -39,12 +39,29 @@ fn addresses(v: &HeaderValue<'_>) -> String {
     }
 }
 
+/// Everything the index keeps of a message (parses the whole message: the indexer's work).
 pub fn extract(raw: &[u8]) -> SearchText {
+    extract_parts(raw, true)
+}
+
+/// What the delivery itself stores (SORT/THREAD keys, POP3 size): the header only, so a
+/// large body costs the SMTP session no MIME parse.
+pub fn extract_envelope(raw: &[u8]) -> SearchText {
+    extract_parts(raw, false)
+}
+
+fn extract_parts(raw: &[u8], body: bool) -> SearchText {
     let mut t = SearchText {
         pop3_size: yubin_model::pop3_size(raw),
         ..SearchText::default()
     };
-    let Some(msg) = MessageParser::default().parse(raw) else {
+    let parser = MessageParser::default();
+    let parsed = if body {
+        parser.parse(raw)
+    } else {
+        parser.parse_headers(raw)
+    };
+    let Some(msg) = parsed else {
         return t;
     };
     if let Some(root) = msg.parts.first() {
@@ -111,7 +128,7 @@ pub fn extract(raw: &[u8]) -> SearchText {
             t.sort.references = in_reply_to;
         }
     }
-    for p in &msg.parts {
+    for p in msg.parts.iter().filter(|_| body) {
         if t.body.len() >= MAX_BODY_TEXT {
             break;
         }
@@ -144,5 +161,10 @@ mod tests {
         assert!(t.headers.contains("X-Tag: blue"));
         assert_eq!(super::extract(b""), super::SearchText::default());
         assert_eq!(super::extract(b".x\n").pop3_size, 5);
+        let raw = b"Subject: hi\r\nMessage-ID: <a@b>\r\n\r\nbody text\r\n";
+        let e = super::extract_envelope(raw);
+        let full = super::extract(raw);
+        assert_eq!((&e.sort, e.pop3_size), (&full.sort, full.pop3_size));
+        assert!(e.body.is_empty() && full.body.contains("body text"));
     }
 }

@@ -13,11 +13,12 @@
 //! - SEARCH first catches the index up ([`Indexer::catch_up`]), so results never miss a
 //!   delivered message. Between a commit and the next catch-up the index may lag; nothing
 //!   but SEARCH reads it.
-//! - Texts extracted while staging are handed over in memory (bounded); past the bound, or
-//!   after a restart, the indexer extracts them again from the body files.
+//! - The indexer parses each body itself (from the database or its file): the SMTP session
+//!   only parses the header (SORT/THREAD keys), so a large body costs delivery no MIME
+//!   parse, and the indexer runs at a lower CPU priority.
 //! - A missing or stale `search.db` is rebuilt from every body (it holds nothing else).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -27,7 +28,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::SqliteStore;
-use crate::index::{self, SearchText};
+use crate::index;
 use crate::{Error, Result};
 
 pub(super) const SEARCH_FILE: &str = "search.db";
@@ -43,8 +44,6 @@ CREATE VIRTUAL TABLE search USING fts5(
 
 /// Pending rows applied per `search.db` transaction.
 const BATCH: usize = 256;
-/// Extracted texts kept in memory for the indexer; past this, it reads the body again.
-const MAX_HELD_BYTES: usize = 128 << 20;
 
 /// Open (creating or rebuilding when needed) `search.db`. Run before the store's threads
 /// start; queues every body for indexing when the index was (re)created.
@@ -106,23 +105,12 @@ struct State {
     search: Connection,
 }
 
-#[derive(Default)]
-struct Held {
-    texts: HashMap<i64, SearchText>,
-    bytes: usize,
-}
-
 pub(super) struct Indexer {
     root: PathBuf,
     state: Mutex<State>,
-    held: Mutex<Held>,
     /// The last `index_pending.seq` durably applied; older rows may be deleted.
     done: AtomicI64,
     wake: Mutex<mpsc::Sender<()>>,
-}
-
-fn text_bytes(t: &SearchText) -> usize {
-    t.headers.len() + t.body.len() + t.subject.len() + t.from.len() + t.to.len() + 256
 }
 
 impl Indexer {
@@ -139,7 +127,6 @@ impl Indexer {
         let ix = Arc::new(Indexer {
             root: root.to_owned(),
             state: Mutex::new(State { main, search }),
-            held: Mutex::default(),
             done: AtomicI64::new(indexed_seq),
             wake: Mutex::new(wake),
         });
@@ -169,37 +156,6 @@ impl Indexer {
     /// Tell the background thread there is work.
     pub(super) fn kick(&self) {
         let _ = lock(&self.wake).send(());
-    }
-
-    /// Hand over the text of a body about to be committed (see the writer). Dropped when
-    /// too much is held already; the indexer then reads the body file instead.
-    pub(super) fn hold(&self, blob_id: i64, text: SearchText) {
-        let mut h = lock(&self.held);
-        let n = text_bytes(&text);
-        if h.bytes + n > MAX_HELD_BYTES {
-            return;
-        }
-        h.bytes += n;
-        if let Some(old) = h.texts.insert(blob_id, text) {
-            h.bytes -= text_bytes(&old);
-        }
-    }
-
-    /// Forget texts of a batch whose commit failed (their blob ids may be reused).
-    pub(super) fn forget(&self, blob_ids: &[i64]) {
-        let mut h = lock(&self.held);
-        for id in blob_ids {
-            if let Some(old) = h.texts.remove(id) {
-                h.bytes -= text_bytes(&old);
-            }
-        }
-    }
-
-    fn take(&self, blob_id: i64) -> Option<SearchText> {
-        let mut h = lock(&self.held);
-        let t = h.texts.remove(&blob_id)?;
-        h.bytes -= text_bytes(&t);
-        Some(t)
     }
 
     /// The `index_pending` rows up to this seq are applied and may be deleted.
@@ -241,32 +197,25 @@ impl Indexer {
             let bodies: BTreeMap<i64, Option<String>> =
                 rows.into_iter().map(|(_, id, name)| (id, name)).collect();
             for (id, name) in bodies {
-                let held = self.take(id);
                 tx.prepare_cached("DELETE FROM search WHERE rowid = ?1")?
                     .execute([id])?;
                 let Some(name) = name else { continue };
-                let text = match held {
-                    Some(t) => t,
-                    None => {
-                        // Small bodies are in the database, the others in files.
-                        let inline: Option<Vec<u8>> = st
-                            .main
-                            .prepare_cached("SELECT data FROM blobs WHERE id = ?1")?
-                            .query_row([id], |r| r.get(0))
-                            .optional()?
-                            .flatten();
-                        if let Some(raw) = inline {
-                            index::extract(&raw)
-                        } else {
-                            let path = SqliteStore::blob_path(&self.root, &name);
-                            match fs::read(&path) {
-                                Ok(raw) => index::extract(&raw),
-                                // Removed since (expunged after our read); a later row
-                                // says so.
-                                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                                Err(e) => return Err(Error::io("read", path, e)),
-                            }
-                        }
+                // Small bodies are in the database, the others in files.
+                let inline: Option<Vec<u8>> = st
+                    .main
+                    .prepare_cached("SELECT data FROM blobs WHERE id = ?1")?
+                    .query_row([id], |r| r.get(0))
+                    .optional()?
+                    .flatten();
+                let text = if let Some(raw) = inline {
+                    index::extract(&raw)
+                } else {
+                    let path = SqliteStore::blob_path(&self.root, &name);
+                    match fs::read(&path) {
+                        Ok(raw) => index::extract(&raw),
+                        // Removed since (expunged after our read); a later row says so.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(Error::io("read", path, e)),
                     }
                 };
                 tx.prepare_cached(

@@ -296,7 +296,7 @@ impl MailStore for SqliteStore {
             return Ok(StagedBlob {
                 name,
                 size: size as u64,
-                text: index::extract(&data),
+                text: index::extract_envelope(&data),
                 data: Some(data),
             });
         }
@@ -314,8 +314,8 @@ impl MailStore for SqliteStore {
         match write() {
             Ok(()) => {
                 let text = match parts {
-                    [one] => index::extract(one),
-                    _ => index::extract(&parts.concat()),
+                    [one] => index::extract_envelope(one),
+                    _ => index::extract_envelope(&parts.concat()),
                 };
                 Ok(StagedBlob {
                     name,
@@ -983,8 +983,7 @@ fn commit_batch(
         Err(e) => return shared_failure(&e.into()),
     };
     let mut results = Vec::with_capacity(batch.len());
-    let mut held = Vec::new();
-    for job in batch.iter_mut() {
+    for job in batch.iter() {
         // A savepoint per job: one bad job (say, a removed account) fails alone.
         let r = (|| -> Applied {
             let sp = tx.savepoint()?;
@@ -992,12 +991,7 @@ fn commit_batch(
             sp.commit()?;
             Ok(out)
         })();
-        results.push(r.map(|(blob_id, out)| {
-            // Handed over before the commit, so the indexer finds it when it sees the row.
-            indexer.hold(blob_id, std::mem::take(&mut job.blob.text));
-            held.push(blob_id);
-            out
-        }));
+        results.push(r.map(|(_blob_id, out)| out));
     }
     // Pending index rows already applied are garbage now.
     let done = indexer.done_seq();
@@ -1008,7 +1002,6 @@ fn commit_batch(
         }
     }
     if let Err(e) = tx.commit() {
-        indexer.forget(&held);
         return shared_failure(&e.into());
     }
     results
