@@ -41,6 +41,10 @@ pub trait Backend: Send {
     fn messages(&mut self, mailbox: MailboxId) -> BResult<std::sync::Arc<Vec<MessageMeta>>>;
     fn changes(&mut self, mailbox: MailboxId, since: u64) -> BResult<Changes>;
     fn read(&mut self, mailbox: MailboxId, uid: u32) -> BResult<Vec<u8>>;
+    /// Several messages at once (a FETCH of many bodies); one result per UID, in order.
+    fn read_many(&mut self, mailbox: MailboxId, uids: &[u32]) -> Vec<BResult<Vec<u8>>> {
+        uids.iter().map(|&u| self.read(mailbox, u)).collect()
+    }
     fn store(
         &mut self,
         mailbox: MailboxId,

@@ -104,6 +104,8 @@ struct FetchJob {
     id: MailboxId,
     read_only: bool,
     uid: bool,
+    /// Bodies read ahead for the next messages, by UID.
+    bodies: std::collections::HashMap<u32, Result<Vec<u8>, BackendError>>,
 }
 
 enum Mode {
@@ -1454,6 +1456,7 @@ impl<B: Backend> Session<B> {
             id,
             read_only,
             uid,
+            bodies: Default::default(),
         });
     }
 
@@ -1477,8 +1480,29 @@ impl<B: Backend> Session<B> {
             else {
                 continue;
             };
+            if needs_body && job.bodies.is_empty() {
+                // Read ahead about one flush worth of bodies in one backend call.
+                let mut uids = Vec::new();
+                let mut bytes = 0;
+                if let Some(sel) = &self.selected {
+                    for &i in std::iter::once(&idx).chain(job.targets.as_slice()) {
+                        let Some(m) = sel.msgs.get(i) else { continue };
+                        uids.push(m.uid);
+                        bytes += m.size as usize;
+                        if bytes >= FLUSH_BYTES || uids.len() >= 1024 {
+                            break;
+                        }
+                    }
+                }
+                let got = self.backend.read_many(id, &uids);
+                job.bodies = uids.into_iter().zip(got).collect();
+            }
             let raw = if needs_body {
-                match self.backend.read(id, meta.uid) {
+                let read = job
+                    .bodies
+                    .remove(&meta.uid)
+                    .unwrap_or_else(|| self.backend.read(id, meta.uid));
+                match read {
                     Ok(r) => Some(r),
                     // Expunged by another session; we may not say so yet (RFC 3501 §7.4.1).
                     Err(BackendError::NotFound(_)) => continue,

@@ -495,7 +495,13 @@ impl<B: Backend> Session<B> {
             Ok(r) => r,
             Err(e) => return self.backend_err(e),
         };
-        let wire = wire_form(&raw);
+        // The wire form only ever adds bytes (CR or LF completed, dot-stuffing, a final
+        // CRLF): when its known size equals the stored size, the stored bytes are it.
+        let wire = if size == raw.len() as u64 {
+            raw
+        } else {
+            wire_form(&raw)
+        };
         let body: &[u8] = match top {
             None => &wire,
             Some(lines) => {

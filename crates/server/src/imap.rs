@@ -171,6 +171,17 @@ impl Backend for StoreBackend {
         self.store.read(mailbox, uid).map_err(err)
     }
 
+    fn read_many(&mut self, mailbox: MailboxId, uids: &[u32]) -> Vec<BResult<Vec<u8>>> {
+        if let Err(e) = self.own(mailbox) {
+            return uids.iter().map(|_| Err(e.clone())).collect();
+        }
+        self.store
+            .read_many(mailbox, uids)
+            .into_iter()
+            .map(|r| r.map_err(err))
+            .collect()
+    }
+
     fn store(
         &mut self,
         mailbox: MailboxId,

@@ -113,30 +113,38 @@ fn validate_name(name: &str) -> Result<&str> {
 impl SqliteStore {
     fn mailbox_in(c: &Connection, account: AccountId, name: &str) -> Result<Mailbox> {
         let name = canonical_mailbox(name);
-        c.query_row(
-            &format!(
-                "SELECT {MAILBOX_COLUMNS} FROM mailboxes b WHERE b.account_id = ?1 AND b.name = ?2"
-            ),
-            params![account, name],
-            mailbox_row,
-        )
+        c.prepare_cached(&format!(
+            "SELECT {MAILBOX_COLUMNS} FROM mailboxes b WHERE b.account_id = ?1 AND b.name = ?2"
+        ))?
+        .query_row(params![account, name], mailbox_row)
         .optional()?
         .ok_or_else(|| Error::NoSuchMailbox(name.to_owned()))
     }
 
     /// A mailbox's messages, from the shared cache brought up to date (snapshot.rs).
     pub(super) fn snapshot(&self, mailbox: MailboxId) -> Result<Snapshot> {
+        let head = |c: &Connection| -> Result<(u32, u32, u64)> {
+            let (uidvalidity, uid_next, highest): (u32, u32, i64) = c
+                .prepare_cached(
+                    "SELECT uidvalidity, uid_next, highest_modseq FROM mailboxes WHERE id = ?1",
+                )?
+                .query_row([mailbox], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?
+                .ok_or_else(|| Error::NoSuchMailbox(format!("#{mailbox}")))?;
+            Ok((uidvalidity, uid_next, highest as u64))
+        };
         let mut c = self.reader();
+        // The usual case, unchanged since cached: one indexed lookup, no transaction.
+        let (uidvalidity, _, highest) = head(&c)?;
+        if let Some(s) = self.snapshots.get(mailbox)
+            && s.uidvalidity == uidvalidity
+            && s.highest_modseq == highest
+        {
+            return Ok(s);
+        }
         // One read transaction: the row and the changes are of the same moment.
         let tx = c.transaction()?;
-        let (uidvalidity, uid_next, highest): (u32, u32, i64) = tx
-            .prepare_cached(
-                "SELECT uidvalidity, uid_next, highest_modseq FROM mailboxes WHERE id = ?1",
-            )?
-            .query_row([mailbox], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()?
-            .ok_or_else(|| Error::NoSuchMailbox(format!("#{mailbox}")))?;
-        let highest = highest as u64;
+        let (uidvalidity, uid_next, highest) = head(&tx)?;
         let cached = self
             .snapshots
             .get(mailbox)
@@ -178,6 +186,51 @@ impl SqliteStore {
         Ok(snap)
     }
 
+    /// One message's bytes: where the cached list says the body is (no SQL per FETCH for
+    /// files), else looked up. Blob ids and names are never reused, so an entry older
+    /// than an expunge finds nothing rather than another message.
+    fn read_in(
+        &self,
+        c: &Connection,
+        snap: Option<&Snapshot>,
+        mailbox: MailboxId,
+        uid: u32,
+    ) -> Result<Vec<u8>> {
+        let (name, size) = match snap.and_then(|s| s.blob(uid)) {
+            Some(Body::File(name, size)) => (name, size),
+            Some(Body::Inline(id)) => {
+                return c
+                    .prepare_cached("SELECT data FROM blobs WHERE id = ?1")?
+                    .query_row([id], |r| r.get::<_, Option<Vec<u8>>>(0))
+                    .optional()?
+                    .flatten()
+                    .ok_or(Error::NoSuchMessage(uid));
+            }
+            None => {
+                let (name, size, data): (String, i64, Option<Vec<u8>>) = c
+                    .prepare_cached(
+                        "SELECT bl.name, bl.size, bl.data FROM messages m
+                         JOIN blobs bl ON bl.id = m.blob_id
+                         WHERE m.mailbox_id = ?1 AND m.uid = ?2",
+                    )?
+                    .query_row(params![mailbox, uid], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .optional()?
+                    .ok_or(Error::NoSuchMessage(uid))?;
+                if let Some(d) = data {
+                    return Ok(d);
+                }
+                (name, size as u64)
+            }
+        };
+        match self.blob_dirs.read(&name, size) {
+            // Expunged meanwhile (the cached list may be older than the expunge).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NoSuchMessage(uid)),
+            r => r.map_err(|e| Error::io("read", Self::blob_path(&self.root, &name), e)),
+        }
+    }
+
     /// Fill a mailbox's counts (and its UIDNEXT/HIGHESTMODSEQ, of the same moment).
     fn with_counts(&self, mb: Mailbox) -> Result<Mailbox> {
         let s = self.snapshot(mb.id)?;
@@ -198,23 +251,22 @@ impl SqliteStore {
         c: &Connection,
         mailbox: MailboxId,
     ) -> Result<(AccountId, u32, Option<String>)> {
-        c.query_row(
+        c.prepare_cached(
             "SELECT account_id, uidvalidity, special_use FROM mailboxes WHERE id = ?1",
-            [mailbox],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
+        )?
+        .query_row([mailbox], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?
         .ok_or_else(|| Error::NoSuchMailbox(format!("#{mailbox}")))
     }
 
     /// Take the next MODSEQ of a mailbox.
     fn bump_modseq(tx: &Transaction<'_>, mailbox: MailboxId) -> Result<u64> {
-        let m: i64 = tx.query_row(
-            "UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = ?1
-             RETURNING highest_modseq",
-            [mailbox],
-            |r| r.get(0),
-        )?;
+        let m: i64 = tx
+            .prepare_cached(
+                "UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = ?1
+                 RETURNING highest_modseq",
+            )?
+            .query_row([mailbox], |r| r.get(0))?;
         Ok(m as u64)
     }
 
@@ -506,11 +558,8 @@ impl MailStore for SqliteStore {
     fn changes(&self, mailbox: MailboxId, since: u64) -> Result<Changes> {
         let c = self.reader();
         let (highest_modseq, uid_next): (i64, u32) = c
-            .query_row(
-                "SELECT highest_modseq, uid_next FROM mailboxes WHERE id = ?1",
-                [mailbox],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .prepare_cached("SELECT highest_modseq, uid_next FROM mailboxes WHERE id = ?1")?
+            .query_row([mailbox], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?
             .ok_or_else(|| Error::NoSuchMailbox(format!("#{mailbox}")))?;
         if highest_modseq as u64 <= since {
@@ -542,43 +591,31 @@ impl MailStore for SqliteStore {
     }
 
     fn read(&self, mailbox: MailboxId, uid: u32) -> Result<Vec<u8>> {
-        // The cached list knows where every body it has is: no SQL per FETCH for files.
-        // (Blob ids and names are never reused, so an entry older than an expunge finds
-        // nothing rather than another message.)
-        let (name, size) = match self.snapshots.get(mailbox).and_then(|s| s.blob(uid)) {
-            Some(Body::File(name, size)) => (name, size),
-            Some(Body::Inline(id)) => {
-                return self
-                    .reader()
-                    .prepare_cached("SELECT data FROM blobs WHERE id = ?1")?
-                    .query_row([id], |r| r.get::<_, Option<Vec<u8>>>(0))
-                    .optional()?
-                    .flatten()
-                    .ok_or(Error::NoSuchMessage(uid));
-            }
-            None => {
-                let (name, size, data): (String, i64, Option<Vec<u8>>) = self
-                    .reader()
-                    .prepare_cached(
-                        "SELECT bl.name, bl.size, bl.data FROM messages m
-                         JOIN blobs bl ON bl.id = m.blob_id
-                         WHERE m.mailbox_id = ?1 AND m.uid = ?2",
-                    )?
-                    .query_row(params![mailbox, uid], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        let snap = self.snapshots.get(mailbox);
+        self.read_in(&self.reader(), snap.as_ref(), mailbox, uid)
+    }
+
+    fn read_many(&self, mailbox: MailboxId, uids: &[u32]) -> Vec<Result<Vec<u8>>> {
+        let snap = self.snapshots.get(mailbox);
+        let mut c = self.reader();
+        // One read transaction for all: SQLite locks and unlocks once, not per body.
+        match c.transaction() {
+            Ok(tx) => uids
+                .iter()
+                .map(|&u| self.read_in(&tx, snap.as_ref(), mailbox, u))
+                .collect(),
+            Err(e) => {
+                let e = Error::from(e);
+                uids.iter()
+                    .map(|_| {
+                        Err(Error::io(
+                            "read",
+                            &self.root,
+                            std::io::Error::other(e.to_string()),
+                        ))
                     })
-                    .optional()?
-                    .ok_or(Error::NoSuchMessage(uid))?;
-                if let Some(d) = data {
-                    return Ok(d);
-                }
-                (name, size as u64)
+                    .collect()
             }
-        };
-        match self.blob_dirs.read(&name, size) {
-            // Expunged meanwhile (the cached list may be older than the expunge).
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NoSuchMessage(uid)),
-            r => r.map_err(|e| Error::io("read", Self::blob_path(&self.root, &name), e)),
         }
     }
 
@@ -592,7 +629,9 @@ impl MailStore for SqliteStore {
     ) -> Result<FlagsUpdate> {
         self.write_then_notify(|tx| {
             let mut out = FlagsUpdate::default();
-            let mut any = false;
+            // One MODSEQ for every message this command changes (RFC 7162 §3.1.3 asks
+            // only that it be new and higher): one counter update, not one per message.
+            let mut modseq = None;
             for &uid in uids {
                 let Some(mut meta) = tx
                     .prepare_cached(&format!(
@@ -609,7 +648,10 @@ impl MailStore for SqliteStore {
                     continue;
                 }
                 if meta.flags.apply(op, flags) {
-                    meta.modseq = Self::bump_modseq(tx, mailbox)?;
+                    meta.modseq = match modseq {
+                        Some(m) => m,
+                        None => *modseq.insert(Self::bump_modseq(tx, mailbox)?),
+                    };
                     tx.prepare_cached(
                         "UPDATE messages SET flags = ?3, keywords = ?4, modseq = ?5
                          WHERE mailbox_id = ?1 AND uid = ?2",
@@ -621,11 +663,14 @@ impl MailStore for SqliteStore {
                         keywords_text(&meta.flags),
                         meta.modseq as i64
                     ])?;
-                    any = true;
                 }
                 out.messages.push(meta);
             }
-            let touched = if any { vec![mailbox] } else { vec![] };
+            let touched = if modseq.is_some() {
+                vec![mailbox]
+            } else {
+                vec![]
+            };
             Ok((out, touched, vec![]))
         })
     }
@@ -774,13 +819,13 @@ impl MailStore for SqliteStore {
 
     fn usage(&self, account: AccountId) -> Result<(u64, Option<u64>)> {
         let c = self.reader();
-        let (used, quota): (i64, Option<i64>) = c.query_row(
-            "SELECT (SELECT coalesce(sum(octets), 0) FROM mailboxes WHERE account_id = a.id),
-                    a.quota
-             FROM accounts a WHERE a.id = ?1",
-            [account],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+        let (used, quota): (i64, Option<i64>) = c
+            .prepare_cached(
+                "SELECT (SELECT coalesce(sum(octets), 0) FROM mailboxes WHERE account_id = a.id),
+                        a.quota
+                 FROM accounts a WHERE a.id = ?1",
+            )?
+            .query_row([account], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok((used as u64, quota.map(|q| q as u64)))
     }
 
