@@ -183,6 +183,27 @@ pub struct SortInfo {
 /// CRLF and lines that start with `.` dot-stuffed, without the final `.` line. Kept by the
 /// store so that STAT and LIST never read message files.
 pub fn pop3_size(msg: &[u8]) -> u64 {
+    // Mail that came over SMTP has only CRLF line ends: then the wire form adds only the
+    // dot-stuffing and, maybe, a final CRLF, which memchr counts at memory speed (this
+    // runs for every delivered message, 256 KiB ones too).
+    let crlf = memchr::memmem::find_iter(msg, b"\r\n").count();
+    if memchr::memchr_iter(b'\r', msg).count() == crlf
+        && memchr::memchr_iter(b'\n', msg).count() == crlf
+    {
+        let dots = memchr::memmem::find_iter(msg, b"\r\n.").count()
+            + usize::from(msg.first() == Some(&b'.'));
+        let tail = if msg.is_empty() || msg.ends_with(b"\r\n") {
+            0
+        } else {
+            2
+        };
+        return (msg.len() + dots + tail) as u64;
+    }
+    pop3_size_bytewise(msg)
+}
+
+/// The same, byte by byte: for bare CR or LF line ends.
+fn pop3_size_bytewise(msg: &[u8]) -> u64 {
     let mut size = 0u64;
     let mut at_line_start = true;
     let mut i = 0;
@@ -212,4 +233,28 @@ pub fn pop3_size(msg: &[u8]) -> u64 {
         size += 2;
     }
     size
+}
+
+#[cfg(test)]
+mod pop3_size_tests {
+    #[test]
+    fn fast_path_agrees_with_the_bytewise_count() {
+        let cases: [&[u8]; 12] = [
+            b"",
+            b".",
+            b"a",
+            b"a\r\n",
+            b".a\r\n.b\r\n..c\r\nd",
+            b"x\r\n.\r\n",
+            b"\r\n\r\n.",
+            b"bare\nlf\r\n.dot",
+            b"bare\rcr\n.",
+            b"\r",
+            b"\n.",
+            b"Subject: s\r\n\r\nbody\r\n.hidden\r\n",
+        ];
+        for c in cases {
+            assert_eq!(super::pop3_size(c), super::pop3_size_bytewise(c), "{c:?}");
+        }
+    }
 }

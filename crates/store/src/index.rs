@@ -65,11 +65,13 @@ fn extract_parts(raw: &[u8], body: bool) -> SearchText {
         return t;
     };
     if let Some(root) = msg.parts.first() {
-        let end = (root.offset_body as usize).min(raw.len());
-        // Header lines as sent, unfolded, plus decoded values, so both match.
-        t.headers = String::from_utf8_lossy(&raw[..end])
-            .replace("\r\n\t", " ")
-            .replace("\r\n ", " ");
+        if body {
+            let end = (root.offset_body as usize).min(raw.len());
+            // Header lines as sent, unfolded, plus decoded values, so both match.
+            t.headers = String::from_utf8_lossy(&raw[..end])
+                .replace("\r\n\t", " ")
+                .replace("\r\n ", " ");
+        }
         let first = |v: &HeaderValue<'_>| -> (String, String) {
             match v {
                 HeaderValue::Address(a) => a
@@ -105,6 +107,15 @@ fn extract_parts(raw: &[u8], body: bool) -> SearchText {
                 "in-reply-to" => in_reply_to = ids(&h.value),
                 "date" => t.sort.sent = h.value.as_datetime().map(|d| d.to_timestamp()),
                 _ => {}
+            }
+            if !body {
+                // The delivery needs only the SORT/THREAD keys above.
+                if name == "subject"
+                    && let Some(s) = h.value.as_text()
+                {
+                    t.sort.subject = s.to_owned();
+                }
+                continue;
             }
             match name.as_str() {
                 "from" => t.from.push_str(&addresses(&h.value)),
