@@ -8,7 +8,7 @@
 use imap_codec::imap_types::core::AString;
 use imap_codec::imap_types::datetime::NaiveDate;
 use imap_codec::imap_types::search::SearchKey;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use yubin_model::{MessageMeta, TextField, flags};
 
@@ -17,8 +17,8 @@ use crate::seqset::Intervals;
 
 pub struct Context<'a> {
     pub msgs: &'a [MessageMeta],
-    /// UIDs matching each text key, answered by the backend's index beforehand.
-    pub text_hits: &'a HashMap<(TextField, String), HashSet<u32>>,
+    /// UIDs (ascending) matching each text key, answered by the backend's index beforehand.
+    pub text_hits: &'a [(TextField, String, Vec<u32>)],
     /// Date header of each UID (from the store's sort keys), when a SENT* key needs it.
     pub sent: &'a HashMap<u32, i64>,
 }
@@ -36,6 +36,21 @@ pub fn uses_sent(key: &SearchKey<'_>) -> bool {
 
 fn is_subject(name: &AString<'_>) -> bool {
     name.as_ref().eq_ignore_ascii_case(b"subject")
+}
+
+/// A key whose matches are exactly what the index returns for it (no check per message).
+pub fn answered_by_index(key: &SearchKey<'_>) -> bool {
+    match key {
+        SearchKey::From(_)
+        | SearchKey::To(_)
+        | SearchKey::Cc(_)
+        | SearchKey::Bcc(_)
+        | SearchKey::Subject(_)
+        | SearchKey::Body(_)
+        | SearchKey::Text(_) => true,
+        SearchKey::Header(n, v) => is_subject(n) && !v.as_ref().is_empty(),
+        _ => false,
+    }
 }
 
 /// The index lookups a search needs: every FROM/TO/CC/BCC/SUBJECT/BODY/TEXT key.
@@ -67,8 +82,12 @@ pub fn text_keys(key: &SearchKey<'_>, out: &mut Vec<(TextField, String)>) {
 }
 
 fn hit(ctx: &Context<'_>, f: TextField, s: &AString<'_>, uid: u32) -> bool {
-    let key = (f, String::from_utf8_lossy(s.as_ref()).into_owned());
-    ctx.text_hits.get(&key).is_some_and(|h| h.contains(&uid))
+    // Runs once per message and key: no allocation, no hashing (a profile showed both).
+    let needle = String::from_utf8_lossy(s.as_ref());
+    ctx.text_hits
+        .iter()
+        .find(|(field, n, _)| *field == f && *n == needle)
+        .is_some_and(|(_, _, uids)| uids.binary_search(&uid).is_ok())
 }
 
 /// Lazily loaded message for header/body keys.

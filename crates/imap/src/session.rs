@@ -2071,10 +2071,19 @@ impl<B: Backend> Session<B> {
         criteria
             .iter()
             .for_each(|k| search::text_keys(k, &mut wanted));
-        let mut text_hits = std::collections::HashMap::new();
+        let mut text_hits = Vec::new();
         for (field, needle) in wanted {
-            let uids = self.backend.search_text(id, field, &needle)?;
-            text_hits.insert((field, needle), uids.into_iter().collect());
+            if text_hits
+                .iter()
+                .any(|(f, n, _): &(yubin_model::TextField, String, Vec<u32>)| {
+                    *f == field && *n == needle
+                })
+            {
+                continue;
+            }
+            let mut uids = self.backend.search_text(id, field, &needle)?;
+            uids.sort_unstable();
+            text_hits.push((field, needle, uids));
         }
         let mut sent = std::collections::HashMap::new();
         if criteria.iter().any(search::uses_sent) {
@@ -2083,6 +2092,16 @@ impl<B: Backend> Session<B> {
                     sent.insert(i.uid, t);
                 }
             }
+        }
+        // One key the index answers exactly (SUBJECT x, BODY x...): its UIDs are the answer.
+        if let [key] = criteria
+            && search::answered_by_index(key)
+            && let [(_, _, uids)] = text_hits.as_slice()
+        {
+            return Ok(uids
+                .iter()
+                .filter_map(|u| msgs.binary_search_by_key(u, |m| m.uid).ok())
+                .collect());
         }
         let ctx = search::Context {
             msgs: &msgs,
