@@ -827,3 +827,71 @@ fn cached_message_lists_follow_every_change() {
         (9, 9, 1, 14)
     );
 }
+
+/// STORE of system flags takes a range-at-a-time path; with UNCHANGEDSINCE (never
+/// exceeded here) it takes the per-message one. Both must leave and report the same flags
+/// and MODSEQs, for every kind of change, gaps and repeats in the UID list included.
+#[test]
+fn store_paths_agree() {
+    use yubin_store::{FlagOp, flags};
+    let (_d, s) = store();
+    s.add_domain("example.com").unwrap();
+    let a = s.add_account("a@example.com", "pw", false).unwrap().id;
+    let fast = s.mailbox(a, "INBOX").unwrap().id;
+    let slow = s.mailbox(a, "Archive").unwrap().id;
+    for i in 0..40 {
+        for mb in ["INBOX", "Archive"] {
+            let blob = s
+                .stage(&[format!("Subject: {i}\r\n\r\nx\r\n").as_bytes()])
+                .unwrap();
+            let kw = if i % 3 == 0 {
+                vec!["$Work".to_owned()]
+            } else {
+                vec![]
+            };
+            let f = Flags {
+                system: (i % 4) as u32,
+                keywords: kw,
+            };
+            s.deliver(blob, &[a], mb, &f, 0).unwrap();
+        }
+    }
+    let ops: [(FlagOp, u32, Vec<u32>); 6] = [
+        (FlagOp::Add, flags::SEEN, (1..=40).collect()),
+        (
+            FlagOp::Remove,
+            flags::SEEN | flags::ANSWERED,
+            vec![3, 4, 5, 9, 10, 40],
+        ),
+        (FlagOp::Add, flags::DELETED, vec![7, 7, 2, 30, 31, 32, 99]),
+        (FlagOp::Replace, flags::FLAGGED, vec![1, 2, 3, 20, 21]),
+        (FlagOp::Add, flags::SEEN, (1..=40).collect()),
+        (FlagOp::Remove, flags::DRAFT, vec![]),
+    ];
+    for (op, bits, uids) in ops {
+        let f = Flags::system(bits);
+        let x = s.store_flags(fast, &uids, op, &f, None).unwrap();
+        let y = s.store_flags(slow, &uids, op, &f, Some(u64::MAX)).unwrap();
+        let strip = |v: &[yubin_store::MessageMeta]| {
+            let mut v: Vec<_> = v
+                .iter()
+                .map(|m| (m.uid, m.flags.clone(), m.modseq))
+                .collect();
+            v.sort_by_key(|m| m.0);
+            v.dedup();
+            v
+        };
+        assert_eq!(
+            strip(&x.messages),
+            strip(&y.messages),
+            "{op:?} {bits} {uids:?}"
+        );
+        assert!(x.modified.is_empty() && y.modified.is_empty());
+        let (mf, ms) = (s.messages(fast).unwrap(), s.messages(slow).unwrap());
+        assert_eq!(strip(&mf), strip(&ms));
+        assert_eq!(
+            s.mailbox(a, "INBOX").unwrap().highest_modseq,
+            s.mailbox(a, "Archive").unwrap().highest_modseq
+        );
+    }
+}
