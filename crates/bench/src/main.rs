@@ -40,6 +40,18 @@ enum Cmd {
         #[arg(long, default_value = "benchmark")]
         needle: String,
     },
+    /// POP3: one session per user, in parallel, each RETRs every message of its maildrop;
+    /// prints messages/second.
+    Pop3 {
+        /// Server address, host:port (plain POP3).
+        #[arg(long)]
+        addr: String,
+        /// Users, comma-separated (one maildrop each, RFC 1939 §8 locks it to one session).
+        #[arg(long, value_delimiter = ',')]
+        users: Vec<String>,
+        #[arg(long)]
+        password: String,
+    },
     /// Open many connections that log in, select a mailbox and IDLE; print `ready N` and
     /// hold them until stdin closes (the caller measures the server's memory meanwhile).
     Idle {
@@ -266,6 +278,79 @@ async fn imap(
     Ok(())
 }
 
+/// One POP3 line; an error unless it starts with `+OK`.
+async fn pop3_ok(io: &mut BufReader<TcpStream>, what: &str) -> Result<()> {
+    let mut l = String::new();
+    io.read_line(&mut l).await?;
+    if !l.starts_with("+OK") {
+        bail!("{what}: {l}");
+    }
+    Ok(())
+}
+
+/// RETR every message of one maildrop; returns how many.
+async fn pop3_drain(addr: String, user: String, password: String) -> Result<u64> {
+    let tcp = TcpStream::connect(&addr)
+        .await
+        .with_context(|| format!("connect {addr}"))?;
+    tcp.set_nodelay(true)?;
+    let mut io = BufReader::new(tcp);
+    pop3_ok(&mut io, "greeting").await?;
+    io.get_mut()
+        .write_all(format!("USER {user}\r\n").as_bytes())
+        .await?;
+    pop3_ok(&mut io, "USER").await?;
+    io.get_mut()
+        .write_all(format!("PASS {password}\r\n").as_bytes())
+        .await?;
+    pop3_ok(&mut io, "PASS").await?;
+    io.get_mut().write_all(b"STAT\r\n").await?;
+    let mut l = String::new();
+    io.read_line(&mut l).await?;
+    let n: u64 = l
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("STAT: {l}"))?;
+    let mut line = Vec::new();
+    for i in 1..=n {
+        io.get_mut()
+            .write_all(format!("RETR {i}\r\n").as_bytes())
+            .await?;
+        pop3_ok(&mut io, "RETR").await?;
+        // The message, up to the line holding a single dot (RFC 1939 §3).
+        loop {
+            line.clear();
+            if io.read_until(b'\n', &mut line).await? == 0 {
+                bail!("connection closed during RETR {i}");
+            }
+            if line == b".\r\n" {
+                break;
+            }
+        }
+    }
+    io.get_mut().write_all(b"QUIT\r\n").await?;
+    pop3_ok(&mut io, "QUIT").await?;
+    Ok(n)
+}
+
+async fn pop3(addr: String, users: Vec<String>, password: String) -> Result<()> {
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for u in users {
+        tasks.spawn(pop3_drain(addr.clone(), u, password.clone()));
+    }
+    let mut total = 0;
+    while let Some(r) = tasks.join_next().await {
+        total += r??;
+    }
+    println!(
+        "pop3\t{:.0} msg/s\t{total} messages",
+        total as f64 / start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// Log in, select, enter IDLE (RFC 2177) and return the connection, idling.
 async fn idler(addr: &str, user: &str, password: &str, mailbox: &str) -> Result<Client> {
     let mut c = Client::connect(addr, user, password).await?;
@@ -334,6 +419,11 @@ async fn main() -> Result<()> {
             seconds,
             needle,
         } => imap(addr, user, password, mailbox, clients, seconds, needle).await,
+        Cmd::Pop3 {
+            addr,
+            users,
+            password,
+        } => pop3(addr, users, password).await,
         Cmd::Idle {
             addr,
             user,
