@@ -196,39 +196,21 @@ impl SqliteStore {
         mailbox: MailboxId,
         uid: u32,
     ) -> Result<Vec<u8>> {
-        let (name, size) = match snap.and_then(|s| s.blob(uid)) {
-            Some(Body::File(name, size)) => (name, size),
-            Some(Body::Inline(id)) => {
-                return c
-                    .prepare_cached("SELECT data FROM blobs WHERE id = ?1")?
-                    .query_row([id], |r| r.get::<_, Option<Vec<u8>>>(0))
-                    .optional()?
-                    .flatten()
+        let blob = match snap.and_then(|s| s.blob(uid)) {
+            // The fast path: no SQL at all.
+            Some(Body::File(name, size)) => {
+                return self
+                    .read_file(&name, size)?
                     .ok_or(Error::NoSuchMessage(uid));
             }
-            None => {
-                let (name, size, data): (String, i64, Option<Vec<u8>>) = c
-                    .prepare_cached(
-                        "SELECT bl.name, bl.size, bl.data FROM messages m
-                         JOIN blobs bl ON bl.id = m.blob_id
-                         WHERE m.mailbox_id = ?1 AND m.uid = ?2",
-                    )?
-                    .query_row(params![mailbox, uid], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                    })
-                    .optional()?
-                    .ok_or(Error::NoSuchMessage(uid))?;
-                if let Some(d) = data {
-                    return Ok(d);
-                }
-                (name, size as u64)
-            }
+            Some(Body::Inline(id)) => id,
+            None => c
+                .prepare_cached("SELECT blob_id FROM messages WHERE mailbox_id = ?1 AND uid = ?2")?
+                .query_row(params![mailbox, uid], |r| r.get(0))
+                .optional()?
+                .ok_or(Error::NoSuchMessage(uid))?,
         };
-        match self.blob_dirs.read(&name, size) {
-            // Expunged meanwhile (the cached list may be older than the expunge).
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NoSuchMessage(uid)),
-            r => r.map_err(|e| Error::io("read", Self::blob_path(&self.root, &name), e)),
-        }
+        self.load_body(c, blob)?.ok_or(Error::NoSuchMessage(uid))
     }
 
     /// Fill a mailbox's counts (and its UIDNEXT/HIGHESTMODSEQ, of the same moment).
@@ -1055,7 +1037,7 @@ pub(super) fn writer_loop(
                 Err(_) => break,
             }
         }
-        let results = commit_batch(&root, &mut conn, &mut batch, &indexer, &mut cleared);
+        let results = commit_batch(&root, &mut conn, &batch, &indexer, &mut cleared);
         indexer.kick();
         let mut touched = BTreeSet::new();
         for (job, result) in batch.into_iter().zip(results) {
@@ -1079,7 +1061,7 @@ type Applied = Result<(i64, (Vec<Delivered>, Option<i64>))>;
 fn commit_batch(
     root: &Path,
     conn: &mut Connection,
-    batch: &mut [Job],
+    batch: &[Job],
     indexer: &Indexer,
     cleared: &mut i64,
 ) -> Vec<JobResult> {

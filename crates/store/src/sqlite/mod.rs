@@ -387,19 +387,26 @@ impl SqliteStore {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A body by its id: from the database when it is small, else from its file.
-    pub(crate) fn load_body(&self, c: &Connection, blob_id: i64) -> Result<Vec<u8>> {
-        let (name, size, data): (String, i64, Option<Vec<u8>>) = c
+    /// A body by its id: from the database when it is small, else from its file; `None`
+    /// when it is gone (removed since the caller looked it up).
+    pub(crate) fn load_body(&self, c: &Connection, blob_id: i64) -> Result<Option<Vec<u8>>> {
+        let row: Option<(String, i64, Option<Vec<u8>>)> = c
             .prepare_cached("SELECT name, size, data FROM blobs WHERE id = ?1")?
             .query_row([blob_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()?
-            .ok_or_else(|| Error::NoSuchMessage(0))?;
-        match data {
-            Some(d) => Ok(d),
-            None => self
-                .blob_dirs
-                .read(&name, size as u64)
-                .map_err(|e| Error::io("read", Self::blob_path(&self.root, &name), e)),
+            .optional()?;
+        match row {
+            None => Ok(None),
+            Some((_, _, Some(data))) => Ok(Some(data)),
+            Some((name, size, None)) => self.read_file(&name, size as u64),
+        }
+    }
+
+    /// A body file; `None` when it was removed (expunged meanwhile).
+    pub(crate) fn read_file(&self, name: &str, size: u64) -> Result<Option<Vec<u8>>> {
+        match self.blob_dirs.read(name, size) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("read", Self::blob_path(&self.root, name), e)),
         }
     }
 

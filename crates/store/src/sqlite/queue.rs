@@ -58,7 +58,8 @@ impl Queue for SqliteStore {
             })
             .optional()?
             .ok_or(Error::NoSuchMessage(queue_id as u32))?;
-        self.load_body(&c, blob)
+        self.load_body(&c, blob)?
+            .ok_or(Error::NoSuchMessage(queue_id as u32))
     }
 
     fn record(&self, rcpt_id: i64, attempt: &Attempt) -> Result<()> {
