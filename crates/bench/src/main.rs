@@ -243,7 +243,8 @@ async fn imap(
             let mut rng = Rng(0x9E37_79B9 + k as u64 * 7919);
             while Instant::now() < deadline {
                 let n = rng.below(b) + 1;
-                let cmd = match rng.below(6) {
+                let kind = rng.below(6);
+                let cmd = match kind {
                     0 => format!("FETCH {n}:{} (FLAGS UID)", (n + 50).min(exists)),
                     1 => format!("FETCH {n} (BODY.PEEK[])"),
                     2 => format!("UID SEARCH SUBJECT \"{needle}\""),
@@ -253,17 +254,49 @@ async fn imap(
                 };
                 let t = Instant::now();
                 c.run(&cmd).await?;
-                lat.push(t.elapsed());
+                lat.push((t.elapsed(), kind));
             }
             c.run("LOGOUT").await.ok();
             anyhow::Ok(lat)
         }));
     }
-    let mut all = Vec::new();
+    let mut all: Vec<(Duration, u64)> = Vec::new();
     for t in tasks {
         all.extend(t.await??);
     }
     all.sort();
+    // Per command kind on stderr: where the latency comes from (diagnosis only).
+    for (kind, name) in [
+        "fetch_flags",
+        "fetch_body",
+        "search",
+        "store",
+        "fetch_env",
+        "noop",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let of: Vec<Duration> = all
+            .iter()
+            .filter(|l| l.1 == kind as u64)
+            .map(|l| l.0)
+            .collect();
+        let q = |q: f64| {
+            ms(of
+                .get(((of.len().max(1) - 1) as f64 * q) as usize)
+                .copied()
+                .unwrap_or_default())
+        };
+        eprintln!(
+            "mixed {name}: n {} p50 {} ms p90 {} ms p99 {} ms",
+            of.len(),
+            q(0.5),
+            q(0.9),
+            q(0.99)
+        );
+    }
+    let all: Vec<Duration> = all.into_iter().map(|l| l.0).collect();
     let p = |q: f64| {
         all.get(((all.len() as f64 - 1.0) * q) as usize)
             .copied()

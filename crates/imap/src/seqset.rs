@@ -52,6 +52,11 @@ impl Intervals {
             .is_ok()
     }
 
+    /// The intervals, ascending and disjoint.
+    pub fn ranges(&self) -> &[(u32, u32)] {
+        &self.0
+    }
+
     /// The largest value named, for "is any sequence number out of range" checks.
     pub fn max(&self) -> u32 {
         self.0.last().map_or(0, |r| r.1)

@@ -1405,29 +1405,28 @@ impl<B: Backend> Session<B> {
     /// number is beyond the mailbox (a client error: RFC 9051 §6.4.8 leaves it to BAD).
     fn targets(&self, set: &SequenceSet, uid: bool) -> Option<Vec<usize>> {
         let sel = self.selected.as_ref()?;
+        // Per interval, not per message: `FETCH 5:55` in a 100,000-message mailbox looks
+        // at 51 messages (the mixed-load profile showed the per-message test).
+        let mut out = Vec::new();
         if uid {
             let star = sel.msgs.last().map_or(0, |m| m.uid);
-            let iv = Intervals::new(set, star);
-            Some(
-                sel.msgs
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, m)| iv.contains(m.uid))
-                    .map(|(i, _)| i)
-                    .collect(),
-            )
+            for &(a, b) in Intervals::new(set, star).ranges() {
+                let from = sel.msgs.partition_point(|m| m.uid < a);
+                let to = sel.msgs.partition_point(|m| m.uid <= b);
+                out.extend(from..to.max(from));
+            }
         } else {
             let n = sel.msgs.len() as u32;
             let iv = Intervals::new(set, n);
             if iv.max() > n {
                 return None;
             }
-            Some(
-                (0..sel.msgs.len())
-                    .filter(|&i| iv.contains(i as u32 + 1))
-                    .collect(),
-            )
+            for &(a, b) in iv.ranges() {
+                // Sequence numbers start at 1; a 0 (never valid) names nothing.
+                out.extend(a.max(1) as usize - 1..b as usize);
+            }
         }
+        Some(out)
     }
 
     fn fetch(
@@ -2098,10 +2097,8 @@ impl<B: Backend> Session<B> {
             && search::answered_by_index(key)
             && let [(_, _, uids)] = text_hits.as_slice()
         {
-            return Ok(uids
-                .iter()
-                .filter_map(|u| msgs.binary_search_by_key(u, |m| m.uid).ok())
-                .collect());
+            let mut at = yubin_model::sorted::Cursor::new(&msgs);
+            return Ok(uids.iter().filter_map(|u| at.seek(u, |m| m.uid)).collect());
         }
         let ctx = search::Context {
             msgs: &msgs,

@@ -5,6 +5,8 @@
 pub type AccountId = i64;
 pub type MailboxId = i64;
 
+pub mod sorted;
+
 /// System flags as bits (RFC 9051 §2.3.2); keywords are strings.
 pub mod flags {
     pub const SEEN: u32 = 1;

@@ -163,6 +163,18 @@ impl Indexer {
         self.done.load(Ordering::Acquire)
     }
 
+    /// `catch_up`, unless `c` (a reader of yubin.db) sees nothing pending past what is
+    /// applied: SEARCH's usual case, answered without the indexer's lock and search.db's
+    /// write lock.
+    pub(super) fn catch_up_if_behind(&self, c: &Connection) -> Result<()> {
+        let newest: Option<i64> =
+            c.query_row("SELECT max(seq) FROM index_pending", [], |r| r.get(0))?;
+        if newest.is_none_or(|n| n <= self.done_seq()) {
+            return Ok(());
+        }
+        self.catch_up()
+    }
+
     /// Apply every pending change committed so far. SEARCH calls this first.
     pub(super) fn catch_up(&self) -> Result<()> {
         let mut st = lock(&self.state);

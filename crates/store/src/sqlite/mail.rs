@@ -753,7 +753,8 @@ impl MailStore for SqliteStore {
         // The mailbox as it is now, then the index caught up past it: every message of the
         // list is indexed.
         let snap = self.snapshot(mailbox)?;
-        self.indexer.catch_up()?;
+        let _pass = self.heavy.enter();
+        self.indexer.catch_up_if_behind(&self.reader())?;
         // The index gives bodies (ascending ids); the cached list maps them to UIDs, which
         // is cheaper than joining every message row in SQL (a profile of SEARCH showed it).
         let bodies: Vec<i64> = self
@@ -764,11 +765,13 @@ impl MailStore for SqliteStore {
             ))?
             .query_map([arg], |r| r.get(0))?
             .collect::<std::result::Result<_, _>>()?;
+        // Blob ids mostly ascend with UIDs, so the cursor mostly moves forward.
+        let mut at = yubin_model::sorted::Cursor::new(&bodies);
         Ok(snap
             .msgs
             .iter()
             .zip(snap.blobs.iter())
-            .filter(|(_, b)| bodies.binary_search(&b.id).is_ok())
+            .filter(|(_, b)| at.seek(&b.id, |x| *x).is_some())
             .map(|(m, _)| m.uid)
             .collect())
     }

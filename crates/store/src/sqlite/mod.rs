@@ -200,7 +200,48 @@ impl Listeners {
 
 /// Read-only connections: WAL lets them run beside the writers, so IMAP/POP3 reads from
 /// many sessions do not queue behind one connection.
-const READERS: usize = 4;
+const READERS: usize = 8;
+
+/// Bounds CPU-heavy reads (full-text queries over a whole mailbox) to the number of cores.
+///
+/// Why: with 50 clients searching and fetching at once, every search ran at the same
+/// time, held a reader connection for its whole run and shared two cores with the rest:
+/// a NOOP or a one-message FETCH then waited ~100 ms behind them (bench/README.md, mixed
+/// load). Queued here, searches take no reader and no core until they run, so short
+/// commands keep both; searches finish no later, since the cores were the limit anyway.
+pub(crate) struct Gate {
+    running: Mutex<usize>,
+    freed: std::sync::Condvar,
+    max: usize,
+}
+
+impl Gate {
+    fn new(max: usize) -> Self {
+        Gate {
+            running: Mutex::new(0),
+            freed: std::sync::Condvar::new(),
+            max: max.max(1),
+        }
+    }
+
+    pub(crate) fn enter(&self) -> GatePass<'_> {
+        let mut n = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        while *n >= self.max {
+            n = self.freed.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+        *n += 1;
+        GatePass(self)
+    }
+}
+
+pub(crate) struct GatePass<'a>(&'a Gate);
+
+impl Drop for GatePass<'_> {
+    fn drop(&mut self) {
+        *self.0.running.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        self.0.freed.notify_one();
+    }
+}
 
 pub struct SqliteStore {
     root: PathBuf,
@@ -212,6 +253,7 @@ pub struct SqliteStore {
     indexer: Arc<indexer::Indexer>,
     snapshots: snapshot::Snapshots,
     blob_dirs: blobs::BlobDirs,
+    heavy: Gate,
     lock: Option<File>,
 }
 
@@ -340,6 +382,7 @@ impl SqliteStore {
             snapshots: Default::default(),
             blob_dirs: blobs::BlobDirs::open(root)
                 .map_err(|e| Error::io("open", root.join("blobs"), e))?,
+            heavy: Gate::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
             lock: None,
         })
     }
