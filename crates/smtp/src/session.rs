@@ -961,9 +961,8 @@ fn valid_mailbox(addr: &str) -> bool {
 }
 
 fn has_bare_lf(data: &[u8]) -> bool {
-    data.iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\n' && (i == 0 || data[i - 1] != b'\r'))
+    // memchr: a byte-at-a-time loop was 4% of the server's CPU receiving 256 KiB messages.
+    memchr::memchr_iter(b'\n', data).any(|i| i == 0 || data[i - 1] != b'\r')
 }
 
 #[cfg(test)]
