@@ -1,4 +1,4 @@
-//! Reading body files on the FETCH path.
+//! Reading bodies: from the database (small ones) or their files.
 //!
 //! Implementation notes: a FETCH of 1,000 bodies opens 1,000 files, and a profile showed
 //! the kernel's path walk (`d_lookup`, one step per directory of `<data>/blobs/xx/name`) as
@@ -10,6 +10,10 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::{Error, Result};
 
 pub(super) struct BlobDirs {
     #[cfg(target_os = "linux")]
@@ -58,10 +62,38 @@ impl BlobDirs {
 
     /// The whole body, `size` bytes (from the metadata: bodies never change after they
     /// are written, so one read suffices and a short file is an error).
-    pub fn read(&self, name: &str, size: u64) -> io::Result<Vec<u8>> {
+    fn read(&self, name: &str, size: u64) -> io::Result<Vec<u8>> {
         let mut f = self.open_file(name)?;
         let mut buf = vec![0; size as usize];
         f.read_exact(&mut buf)?;
         Ok(buf)
+    }
+
+    /// A body file; `None` when it was removed (expunged meanwhile).
+    pub fn read_file(&self, name: &str, size: u64) -> Result<Option<Vec<u8>>> {
+        match self.read(name, size) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(
+                "read",
+                super::SqliteStore::blob_path(&self.root, name),
+                e,
+            )),
+        }
+    }
+
+    /// A body by its id (`c` reads yubin.db): from the database when it is small, else
+    /// from its file; `None` when it is gone (removed since the caller looked it up). The
+    /// one body loader of FETCH, the queue and the indexer.
+    pub fn load(&self, c: &Connection, blob_id: i64) -> Result<Option<Vec<u8>>> {
+        let row: Option<(String, i64, Option<Vec<u8>>)> = c
+            .prepare_cached("SELECT name, size, data FROM blobs WHERE id = ?1")?
+            .query_row([blob_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        match row {
+            None => Ok(None),
+            Some((_, _, Some(data))) => Ok(Some(data)),
+            Some((name, size, None)) => self.read_file(&name, size as u64),
+        }
     }
 }

@@ -18,16 +18,16 @@
 //!   parse, and the indexer runs at a lower CPU priority.
 //! - A missing or stale `search.db` is rebuilt from every body (it holds nothing else).
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::SqliteStore;
+use super::blobs::BlobDirs;
 use crate::index;
 use crate::{Error, Result};
 
@@ -106,7 +106,7 @@ struct State {
 }
 
 pub(super) struct Indexer {
-    root: PathBuf,
+    blobs: Arc<BlobDirs>,
     state: Mutex<State>,
     /// The last `index_pending.seq` durably applied; older rows may be deleted.
     done: AtomicI64,
@@ -115,7 +115,7 @@ pub(super) struct Indexer {
 
 impl Indexer {
     /// Start the indexer and its background thread (which ends when the store is dropped).
-    pub(super) fn start(root: &Path) -> Result<Arc<Self>> {
+    pub(super) fn start(root: &Path, blobs: Arc<BlobDirs>) -> Result<Arc<Self>> {
         let main = super::connect(&root.join(super::DB_FILE))?;
         let search = super::connect(&root.join(SEARCH_FILE))?;
         let indexed_seq: i64 = search.query_row(
@@ -125,7 +125,7 @@ impl Indexer {
         )?;
         let (wake, rx) = mpsc::channel();
         let ix = Arc::new(Indexer {
-            root: root.to_owned(),
+            blobs,
             state: Mutex::new(State { main, search }),
             done: AtomicI64::new(indexed_seq),
             wake: Mutex::new(wake),
@@ -190,46 +190,28 @@ impl Indexer {
                 [],
                 |r| r.get(0),
             )?;
-            let rows: Vec<(i64, i64, Option<String>)> = st
+            let rows: Vec<(i64, i64)> = st
                 .main
                 .prepare_cached(
-                    "SELECT p.seq, p.blob_id, b.name FROM index_pending p
-                     LEFT JOIN blobs b ON b.id = p.blob_id
-                     WHERE p.seq > ?1 ORDER BY p.seq LIMIT ?2",
+                    "SELECT seq, blob_id FROM index_pending
+                     WHERE seq > ?1 ORDER BY seq LIMIT ?2",
                 )?
-                .query_map(params![from, BATCH as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })?
+                .query_map(params![from, BATCH as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<std::result::Result<_, _>>()?;
             let Some(&(last, ..)) = rows.last() else {
                 self.done.fetch_max(from, Ordering::AcqRel);
                 return Ok(());
             };
             // The current state of each body is what counts, whatever happened before.
-            let bodies: BTreeMap<i64, Option<String>> =
-                rows.into_iter().map(|(_, id, name)| (id, name)).collect();
-            for (id, name) in bodies {
+            let bodies: BTreeSet<i64> = rows.into_iter().map(|(_, id)| id).collect();
+            for id in bodies {
                 tx.prepare_cached("DELETE FROM search WHERE rowid = ?1")?
                     .execute([id])?;
-                let Some(name) = name else { continue };
-                // Small bodies are in the database, the others in files.
-                let inline: Option<Vec<u8>> = st
-                    .main
-                    .prepare_cached("SELECT data FROM blobs WHERE id = ?1")?
-                    .query_row([id], |r| r.get(0))
-                    .optional()?
-                    .flatten();
-                let text = if let Some(raw) = inline {
-                    index::extract(&raw)
-                } else {
-                    let path = SqliteStore::blob_path(&self.root, &name);
-                    match fs::read(&path) {
-                        Ok(raw) => index::extract(&raw),
-                        // Removed since (expunged after our read); a later row says so.
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                        Err(e) => return Err(Error::io("read", path, e)),
-                    }
+                // Gone (its last message expunged since): a later row says so.
+                let Some(raw) = self.blobs.load(&st.main, id)? else {
+                    continue;
                 };
+                let text = index::extract(&raw);
                 tx.prepare_cached(
                     "INSERT INTO search(rowid, headers, hfrom, hto, hcc, hbcc, subject, body)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",

@@ -252,7 +252,7 @@ pub struct SqliteStore {
     listeners: Arc<Listeners>,
     indexer: Arc<indexer::Indexer>,
     snapshots: snapshot::Snapshots,
-    blob_dirs: blobs::BlobDirs,
+    blob_dirs: Arc<blobs::BlobDirs>,
     heavy: Gate,
     lock: Option<File>,
 }
@@ -345,7 +345,10 @@ impl SqliteStore {
             tx.commit()?;
         }
         indexer::prepare(root, &mut conn)?;
-        let indexer = indexer::Indexer::start(root)?;
+        let blob_dirs = Arc::new(
+            blobs::BlobDirs::open(root).map_err(|e| Error::io("open", root.join("blobs"), e))?,
+        );
+        let indexer = indexer::Indexer::start(root, blob_dirs.clone())?;
         let writer_conn = connect(&path)?;
         let (tx, rx) = mpsc::channel();
         let wroot = root.to_owned();
@@ -380,8 +383,7 @@ impl SqliteStore {
             listeners,
             indexer,
             snapshots: Default::default(),
-            blob_dirs: blobs::BlobDirs::open(root)
-                .map_err(|e| Error::io("open", root.join("blobs"), e))?,
+            blob_dirs,
             heavy: Gate::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
             lock: None,
         })
@@ -433,24 +435,12 @@ impl SqliteStore {
     /// A body by its id: from the database when it is small, else from its file; `None`
     /// when it is gone (removed since the caller looked it up).
     pub(crate) fn load_body(&self, c: &Connection, blob_id: i64) -> Result<Option<Vec<u8>>> {
-        let row: Option<(String, i64, Option<Vec<u8>>)> = c
-            .prepare_cached("SELECT name, size, data FROM blobs WHERE id = ?1")?
-            .query_row([blob_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()?;
-        match row {
-            None => Ok(None),
-            Some((_, _, Some(data))) => Ok(Some(data)),
-            Some((name, size, None)) => self.read_file(&name, size as u64),
-        }
+        self.blob_dirs.load(c, blob_id)
     }
 
     /// A body file; `None` when it was removed (expunged meanwhile).
     pub(crate) fn read_file(&self, name: &str, size: u64) -> Result<Option<Vec<u8>>> {
-        match self.blob_dirs.read(name, size) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io("read", Self::blob_path(&self.root, name), e)),
-        }
+        self.blob_dirs.read_file(name, size)
     }
 
     pub(crate) fn blob_path(root: &Path, name: &str) -> PathBuf {
