@@ -416,15 +416,24 @@ def cpu_seconds(pids) -> float:
     return total
 
 
+def machine_busy_seconds() -> float:
+    """CPU time spent by the whole machine (every core, not idle or waiting for I/O)."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(f) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def settle(server, limit: float = 600) -> None:
-    """Wait until the server uses under 5% of a core: work it does in the background after
-    an import (yubin builds its full-text index in a low-priority thread) would otherwise
-    compete with the first timed rows. The same wait for both servers."""
+    """Before timing a server: write every dirty page out (the other server's import left
+    hundreds of MiB for the kernel to flush), then wait until the server uses under 5% of
+    a core and the machine under 15% (yubin builds its full-text index in a low-priority
+    thread after an import, which would otherwise compete with the first timed rows). The
+    same for both servers."""
+    os.sync()
     end = time.time() + limit
     while time.time() < end:
-        before = cpu_seconds(server.pids())
+        mine, machine = cpu_seconds(server.pids()), machine_busy_seconds()
         time.sleep(1)
-        if cpu_seconds(server.pids()) - before < 0.05:
+        if cpu_seconds(server.pids()) - mine < 0.05 and machine_busy_seconds() - machine < 0.15:
             return
     log(f"  still busy after {limit:.0f} s; timing anyway")
 
