@@ -524,7 +524,14 @@ impl MailStore for SqliteStore {
 
     fn select(&self, account: AccountId, name: &str) -> Result<Selection> {
         let mb = Self::mailbox_in(&self.reader(), account, name)?;
-        let s = self.snapshot(mb.id)?;
+        // The row just read says whether the cached list is current (the check
+        // `snapshot` would repeat with a second query).
+        let s = match self.snapshots.get(mb.id) {
+            Some(s) if s.uidvalidity == mb.uidvalidity && s.highest_modseq == mb.highest_modseq => {
+                s
+            }
+            _ => self.snapshot(mb.id)?,
+        };
         Ok(Selection {
             mailbox: Self::counted(mb, &s),
             messages: s.msgs,
