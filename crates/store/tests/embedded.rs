@@ -530,7 +530,14 @@ fn full_text_search_uses_the_index() {
     assert_eq!(q(TextField::From, "alice@x"), [1]);
     assert_eq!(q(TextField::From, "jürgen"), [2]);
     assert_eq!(q(TextField::Body, "schöne"), [2]);
-    assert_eq!(q(TextField::Body, "up"), [1], "two letters: LIKE path");
+    assert_eq!(
+        q(TextField::Body, "up"),
+        [1],
+        "two letters: bodies are read"
+    );
+    assert_eq!(q(TextField::Subject, "AB"), [3]);
+    assert_eq!(q(TextField::From, "x."), [1, 2]);
+    assert_eq!(q(TextField::Text, "üß"), [2]);
     assert_eq!(q(TextField::Body, "%"), [3], "LIKE wildcards are literal");
     assert_eq!(q(TextField::Body, "f_s"), [3]);
     assert_eq!(q(TextField::Body, "x_y"), Vec::<u32>::new());
@@ -602,6 +609,21 @@ fn search_index_is_rebuilt() {
             .len(),
         11
     );
+    // An index of an older layout (version 1 kept a copy of the text) is rebuilt too.
+    drop(s);
+    let db = rusqlite::Connection::open(d.path().join("search.db")).unwrap();
+    db.pragma_update(None, "user_version", 1).unwrap();
+    drop(db);
+    let s = SqliteStore::open(d.path()).unwrap();
+    assert_eq!(
+        s.search_text(inbox, TextField::Body, "word042x").unwrap(),
+        [43]
+    );
+    let db = rusqlite::Connection::open(d.path().join("search.db")).unwrap();
+    let v: i64 = db
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 2);
 }
 
 /// A data directory of schema 1 (index inside yubin.db, every body in a file) is upgraded

@@ -1,7 +1,7 @@
 //! Mailboxes and messages of the embedded backend, and the single writer that
 //! group-commits deliveries.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -119,6 +119,41 @@ impl SqliteStore {
         .query_row(params![account, name], mailbox_row)
         .optional()?
         .ok_or_else(|| Error::NoSuchMailbox(name.to_owned()))
+    }
+
+    /// SEARCH by reading every body of the list (each once, however many copies): for
+    /// needles the trigram index cannot answer. Case-insensitive like the index.
+    fn search_bodies(&self, snap: &Snapshot, field: TextField, needle: &str) -> Result<Vec<u32>> {
+        let needle = needle.to_lowercase();
+        let c = self.reader();
+        let mut known: HashMap<i64, bool> = HashMap::new();
+        let mut out = Vec::new();
+        for (m, b) in snap.msgs.iter().zip(snap.blobs.iter()) {
+            let hit = match known.get(&b.id) {
+                Some(&hit) => hit,
+                None => {
+                    let hit = self.blob_dirs.load(&c, b.id)?.is_some_and(|raw| {
+                        let t = index::extract(&raw);
+                        let has = |s: &str| s.to_lowercase().contains(&needle);
+                        match field {
+                            TextField::From => has(&t.from),
+                            TextField::To => has(&t.to),
+                            TextField::Cc => has(&t.cc),
+                            TextField::Bcc => has(&t.bcc),
+                            TextField::Subject => has(&t.subject),
+                            TextField::Body => has(&t.body),
+                            TextField::Text => has(&t.headers) || has(&t.body),
+                        }
+                    });
+                    known.insert(b.id, hit);
+                    hit
+                }
+            };
+            if hit {
+                out.push(m.uid);
+            }
+        }
+        Ok(out)
     }
 
     /// A mailbox's messages, from the shared cache brought up to date (snapshot.rs).
@@ -733,44 +768,27 @@ impl MailStore for SqliteStore {
         if needle.is_empty() {
             return Ok(self.messages(mailbox)?.iter().map(|m| m.uid).collect());
         }
-        // Trigrams need three characters; shorter needles use LIKE, which the trigram
-        // index also serves (slower, still no message file is read).
-        let chars = needle.chars().count();
-        let cond = if chars >= 3 {
-            format!("{column} MATCH ?2")
-        } else if field == TextField::Text {
-            "(headers LIKE ?2 OR body LIKE ?2)".to_owned()
-        } else {
-            format!("{column} LIKE ?2")
-        };
-        let arg = if chars >= 3 {
-            format!("\"{}\"", needle.replace('"', "\"\""))
-        } else {
-            let escaped = needle
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
-            format!("%{escaped}%")
-        };
-        let cond = if chars >= 3 {
-            cond
-        } else {
-            format!("{cond} ESCAPE '\\'")
-        };
         // The mailbox as it is now, then the index caught up past it: every message of the
         // list is indexed.
         let snap = self.snapshot(mailbox)?;
         let _pass = self.heavy.enter();
+        // Trigrams need three characters, and the index keeps no text to match shorter
+        // needles against (contentless: the text would double search.db), so those read
+        // the bodies. Clients rarely search for one or two characters.
+        if needle.chars().count() < 3 {
+            return self.search_bodies(&snap, field, needle);
+        }
         self.indexer.catch_up_if_behind(&self.reader())?;
         // The index gives bodies (ascending ids); the cached list maps them to UIDs, which
         // is cheaper than joining every message row in SQL (a profile of SEARCH showed it).
         let bodies: Vec<i64> = self
             .reader()
             .prepare_cached(&format!(
-                "SELECT rowid FROM fts.search WHERE {} ORDER BY rowid",
-                cond.replace("?2", "?1")
+                "SELECT rowid FROM fts.search WHERE {column} MATCH ?1 ORDER BY rowid"
             ))?
-            .query_map([arg], |r| r.get(0))?
+            .query_map([format!("\"{}\"", needle.replace('"', "\"\""))], |r| {
+                r.get(0)
+            })?
             .collect::<std::result::Result<_, _>>()?;
         // Blob ids mostly ascend with UIDs, so the cursor mostly moves forward.
         let mut at = yubin_model::sorted::Cursor::new(&bodies);
