@@ -17,19 +17,26 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// Where the IMAP loads log in, and the mailbox they select.
+#[derive(clap::Args, Clone)]
+struct Account {
+    /// Server address, host:port (plain IMAP).
+    #[arg(long)]
+    addr: String,
+    #[arg(long)]
+    user: String,
+    #[arg(long)]
+    password: String,
+    #[arg(long, default_value = "INBOX")]
+    mailbox: String,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Time single-client IMAP operations, then a mixed load from many clients.
     Imap {
-        /// Server address, host:port (plain IMAP).
-        #[arg(long)]
-        addr: String,
-        #[arg(long)]
-        user: String,
-        #[arg(long)]
-        password: String,
-        #[arg(long, default_value = "INBOX")]
-        mailbox: String,
+        #[command(flatten)]
+        account: Account,
         /// Clients of the mixed load.
         #[arg(long, default_value_t = 50)]
         clients: usize,
@@ -55,14 +62,8 @@ enum Cmd {
     /// Open many connections that log in, select a mailbox and IDLE; print `ready N` and
     /// hold them until stdin closes (the caller measures the server's memory meanwhile).
     Idle {
-        #[arg(long)]
-        addr: String,
-        #[arg(long)]
-        user: String,
-        #[arg(long)]
-        password: String,
-        #[arg(long, default_value = "INBOX")]
-        mailbox: String,
+        #[command(flatten)]
+        account: Account,
         #[arg(long, default_value_t = 10_000)]
         connections: usize,
         /// Connections being set up at once.
@@ -102,6 +103,13 @@ impl Client {
             bail!("unexpected greeting: {greeting}");
         }
         c.run(&format!("LOGIN \"{user}\" \"{password}\"")).await?;
+        Ok(c)
+    }
+
+    /// Log in and select the account's mailbox.
+    async fn open(a: &Account) -> Result<Client> {
+        let mut c = Client::connect(&a.addr, &a.user, &a.password).await?;
+        c.run(&format!("SELECT \"{}\"", a.mailbox)).await?;
         Ok(c)
     }
 
@@ -203,44 +211,22 @@ impl Rng {
 /// current-thread runtime: the client then answers its own wakeups on the thread that
 /// waits, so what it adds to each round trip (the same for both servers, but it pulls
 /// every ratio towards 1) is as small as it can be.
-async fn imap(
-    addr: String,
-    user: String,
-    password: String,
-    mailbox: String,
-    clients: usize,
-    seconds: u64,
-    needle: String,
-) -> Result<()> {
-    let (a, u, p, m, n) = (
-        addr.clone(),
-        user.clone(),
-        password.clone(),
-        mailbox.clone(),
-        needle.clone(),
-    );
+async fn imap(account: Account, clients: usize, seconds: u64, needle: String) -> Result<()> {
+    let (a, n) = (account.clone(), needle.clone());
     let exists = tokio::task::spawn_blocking(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
-            .block_on(single_rows(a, u, p, m, n))
+            .block_on(single_rows(a, n))
     })
     .await??;
-    mixed(
-        addr, user, password, mailbox, clients, seconds, needle, exists,
-    )
-    .await
+    mixed(account, clients, seconds, needle, exists).await
 }
 
 /// Each single-client row; returns the mailbox's message count.
-async fn single_rows(
-    addr: String,
-    user: String,
-    password: String,
-    mailbox: String,
-    needle: String,
-) -> Result<u64> {
-    let mut c = Client::connect(&addr, &user, &password).await?;
+async fn single_rows(account: Account, needle: String) -> Result<u64> {
+    let mailbox = &account.mailbox;
+    let mut c = Client::connect(&account.addr, &account.user, &account.password).await?;
     // The round trip every command pays: the floor under the SELECT row.
     timed(&mut c, "noop", "NOOP").await?;
     timed(&mut c, "select", &format!("SELECT \"{mailbox}\"")).await?;
@@ -286,12 +272,8 @@ async fn single_rows(
 }
 
 /// Many clients, each doing a random realistic command in turn.
-#[allow(clippy::too_many_arguments)]
 async fn mixed(
-    addr: String,
-    user: String,
-    password: String,
-    mailbox: String,
+    account: Account,
     clients: usize,
     seconds: u64,
     needle: String,
@@ -302,17 +284,10 @@ async fn mixed(
     let deadline = start + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for k in 0..clients {
-        let (addr, user, password, mailbox, needle) = (
-            addr.clone(),
-            user.clone(),
-            password.clone(),
-            mailbox.clone(),
-            needle.clone(),
-        );
+        let (account, needle) = (account.clone(), needle.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
-            let mut c = Client::connect(&addr, &user, &password).await?;
-            c.run(&format!("SELECT \"{mailbox}\"")).await?;
+            let mut c = Client::open(&account).await?;
             let mut rng = Rng(0x9E37_79B9 + k as u64 * 7919);
             while Instant::now() < deadline {
                 let n = rng.below(b) + 1;
@@ -458,9 +433,8 @@ async fn pop3(addr: String, users: Vec<String>, password: String) -> Result<()> 
 }
 
 /// Log in, select, enter IDLE (RFC 2177) and return the connection, idling.
-async fn idler(addr: &str, user: &str, password: &str, mailbox: &str) -> Result<Client> {
-    let mut c = Client::connect(addr, user, password).await?;
-    c.run(&format!("SELECT \"{mailbox}\"")).await?;
+async fn idler(account: &Account) -> Result<Client> {
+    let mut c = Client::open(account).await?;
     c.io.get_mut().write_all(b"i IDLE\r\n").await?;
     let mut l = String::new();
     c.io.read_line(&mut l).await?;
@@ -470,28 +444,15 @@ async fn idler(addr: &str, user: &str, password: &str, mailbox: &str) -> Result<
     Ok(c)
 }
 
-async fn idle(
-    addr: String,
-    user: String,
-    password: String,
-    mailbox: String,
-    connections: usize,
-    parallel: usize,
-) -> Result<()> {
+async fn idle(account: Account, connections: usize, parallel: usize) -> Result<()> {
     use std::sync::Arc;
     let gate = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..connections {
-        let (addr, user, password, mailbox) = (
-            addr.clone(),
-            user.clone(),
-            password.clone(),
-            mailbox.clone(),
-        );
-        let gate = gate.clone();
+        let (account, gate) = (account.clone(), gate.clone());
         tasks.spawn(async move {
             let _permit = gate.acquire_owned().await?;
-            idler(&addr, &user, &password, &mailbox).await
+            idler(&account).await
         });
     }
     let mut held = Vec::with_capacity(connections);
@@ -517,26 +478,20 @@ async fn idle(
 async fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Imap {
-            addr,
-            user,
-            password,
-            mailbox,
+            account,
             clients,
             seconds,
             needle,
-        } => imap(addr, user, password, mailbox, clients, seconds, needle).await,
+        } => imap(account, clients, seconds, needle).await,
         Cmd::Pop3 {
             addr,
             users,
             password,
         } => pop3(addr, users, password).await,
         Cmd::Idle {
-            addr,
-            user,
-            password,
-            mailbox,
+            account,
             connections,
             parallel,
-        } => idle(addr, user, password, mailbox, connections, parallel).await,
+        } => idle(account, connections, parallel).await,
     }
 }
