@@ -46,6 +46,10 @@ enum Cmd {
         /// A word present in some subjects and bodies, for the SEARCH rows.
         #[arg(long, default_value = "benchmark")]
         needle: String,
+        /// Only these rows, comma-separated (e.g. `noop,select`; `mixed` for the mixed
+        /// load); all of them when absent. For quick A/B comparisons of one row.
+        #[arg(long, value_delimiter = ',')]
+        rows: Vec<String>,
     },
     /// POP3: one session per user, in parallel, each RETRs every message of its maildrop;
     /// prints messages/second.
@@ -190,7 +194,18 @@ async fn median_of(c: &mut Client, cmds: &[String]) -> Result<(Duration, usize)>
     Ok((times[times.len() / 2], bytes))
 }
 
-async fn timed(c: &mut Client, name: &str, cmd: &str) -> Result<()> {
+/// Which rows to run (`--rows`; empty means all).
+struct Rows(Vec<String>);
+impl Rows {
+    fn want(&self, name: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|r| r == name)
+    }
+}
+
+async fn timed(c: &mut Client, rows: &Rows, name: &str, cmd: &str) -> Result<()> {
+    if !rows.want(name) {
+        return Ok(());
+    }
     let (t, bytes) = median_of(c, &[cmd.to_owned()]).await?;
     println!("{name}\t{} ms\t{bytes} bytes", ms(t));
     Ok(())
@@ -211,25 +226,37 @@ impl Rng {
 /// current-thread runtime: the client then answers its own wakeups on the thread that
 /// waits, so what it adds to each round trip (the same for both servers, but it pulls
 /// every ratio towards 1) is as small as it can be.
-async fn imap(account: Account, clients: usize, seconds: u64, needle: String) -> Result<()> {
+async fn imap(
+    account: Account,
+    clients: usize,
+    seconds: u64,
+    needle: String,
+    rows: Rows,
+) -> Result<()> {
     let (a, n) = (account.clone(), needle.clone());
-    let exists = tokio::task::spawn_blocking(move || {
+    let (exists, rows) = tokio::task::spawn_blocking(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
-            .block_on(single_rows(a, n))
+            .block_on(single_rows(a, n, &rows))
+            .map(|e| (e, rows))
     })
     .await??;
+    if !rows.want("mixed") {
+        return Ok(());
+    }
     mixed(account, clients, seconds, needle, exists).await
 }
 
 /// Each single-client row; returns the mailbox's message count.
-async fn single_rows(account: Account, needle: String) -> Result<u64> {
+async fn single_rows(account: Account, needle: String, rows: &Rows) -> Result<u64> {
     let mailbox = &account.mailbox;
     let mut c = Client::connect(&account.addr, &account.user, &account.password).await?;
     // The round trip every command pays: the floor under the SELECT row.
-    timed(&mut c, "noop", "NOOP").await?;
-    timed(&mut c, "select", &format!("SELECT \"{mailbox}\"")).await?;
+    timed(&mut c, rows, "noop", "NOOP").await?;
+    let select = format!("SELECT \"{mailbox}\"");
+    c.run(&select).await?;
+    timed(&mut c, rows, "select", &select).await?;
     let exists = c.exists;
     if exists == 0 {
         bail!("{mailbox} is empty: import messages first");
@@ -237,24 +264,28 @@ async fn single_rows(account: Account, needle: String) -> Result<u64> {
     let (b, s) = (exists.min(1000), exists.min(10000));
     timed(
         &mut c,
+        rows,
         "fetch_flags_all",
         "FETCH 1:* (FLAGS UID RFC822.SIZE)",
     )
     .await?;
     timed(
         &mut c,
+        rows,
         "fetch_1000_bodies",
         &format!("FETCH 1:{b} (BODY.PEEK[])"),
     )
     .await?;
     timed(
         &mut c,
+        rows,
         "search_header",
         &format!("UID SEARCH HEADER SUBJECT \"{needle}\""),
     )
     .await?;
     timed(
         &mut c,
+        rows,
         "search_body",
         &format!("UID SEARCH BODY \"{needle}\""),
     )
@@ -264,9 +295,11 @@ async fn single_rows(account: Account, needle: String) -> Result<u64> {
         format!("STORE 1:{s} +FLAGS.SILENT (\\Flagged)"),
         format!("STORE 1:{s} -FLAGS.SILENT (\\Flagged)"),
     );
-    let (t, _) = median_of(&mut c, &[set, clear.clone()]).await?;
-    println!("store_10000\t{} ms", ms(t));
-    c.run(&clear).await?;
+    if rows.want("store_10000") {
+        let (t, _) = median_of(&mut c, &[set, clear.clone()]).await?;
+        println!("store_10000\t{} ms", ms(t));
+        c.run(&clear).await?;
+    }
     c.run("LOGOUT").await.ok();
     Ok(exists)
 }
@@ -482,7 +515,8 @@ async fn main() -> Result<()> {
             clients,
             seconds,
             needle,
-        } => imap(account, clients, seconds, needle).await,
+            rows,
+        } => imap(account, clients, seconds, needle, Rows(rows)).await,
         Cmd::Pop3 {
             addr,
             users,

@@ -1,6 +1,7 @@
 //! What the IMAP session needs from the rest of the server. The server implements it over
 //! the store; tests implement it in memory. Calls may block (the driver runs the session on
-//! a thread where blocking is allowed).
+//! a thread where blocking is allowed), except the two `Session::poll_light` makes:
+//! `changes` when nothing changed and `select_cached` must cost a row read or two.
 
 use yubin_model::{
     Changes, Copied, FlagOp, Flags, FlagsUpdate, Mailbox, MailboxId, MessageMeta, SortInfo,
@@ -33,6 +34,12 @@ pub trait Backend: Send {
     fn mailbox(&mut self, name: &str) -> BResult<Mailbox>;
     /// The mailbox with its messages, for SELECT/EXAMINE.
     fn select(&mut self, name: &str) -> BResult<yubin_model::Selection>;
+    /// `select` answered from what is in memory, without loading the message list;
+    /// `Ok(None)` when it cannot be (then `select` is called where it may block).
+    fn select_cached(&mut self, name: &str) -> BResult<Option<yubin_model::Selection>> {
+        let _ = name;
+        Ok(None)
+    }
     fn create(&mut self, name: &str) -> BResult<()>;
     fn delete(&mut self, name: &str) -> BResult<()>;
     fn rename(&mut self, from: &str, to: &str) -> BResult<()>;

@@ -46,7 +46,7 @@ use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::SequenceSet;
 use imap_codec::imap_types::status::{StatusDataItem, StatusDataItemName};
 use imap_codec::{AuthenticateDataCodec, CommandCodec, IdleDoneCodec, ResponseCodec};
-use yubin_model::{FlagOp, Flags, MailboxId, MessageMeta, SortInfo, flags};
+use yubin_model::{Changes, FlagOp, Flags, MailboxId, MessageMeta, SortInfo, flags};
 
 use crate::backend::{Backend, BackendError};
 use crate::ext;
@@ -90,6 +90,10 @@ pub enum Event {
     Flush,
     /// Close the connection.
     Close,
+    /// Only from [`Session::poll_light`]: the next step may block (a write and its fsync,
+    /// message bodies, a search, a mailbox not in memory, a password hash); call
+    /// [`Session::poll`] where blocking is allowed.
+    Blocking,
 }
 
 /// Output gathered before a long FETCH pauses for [`Event::Flush`].
@@ -160,6 +164,14 @@ pub struct Session<B: Backend> {
     /// The client enabled IMAP4rev2 (RFC 9051 §6.3.1): UTF-8 mailbox names, no RECENT,
     /// ESEARCH answers.
     rev2: bool,
+    /// Inside [`Session::poll_light`]: run only what cannot block.
+    light_only: bool,
+    /// A command `poll_light` left for [`Session::poll`], with its extension options.
+    deferred: Option<(Command<'static>, ext::Ext)>,
+    /// What `poll_light` already asked the backend to decide that a command is cheap,
+    /// used by that command (so it does not ask twice).
+    prefetched_changes: Option<Changes>,
+    prefetched_selection: Option<(String, yubin_model::Selection)>,
 }
 
 fn tag_of(frag: &Fragmentizer) -> Option<Tag<'static>> {
@@ -412,6 +424,10 @@ impl<B: Backend> Session<B> {
             compressed: false,
             ext: ext::Ext::None,
             rev2: false,
+            light_only: false,
+            deferred: None,
+            prefetched_changes: None,
+            prefetched_selection: None,
         };
         let caps = s.capabilities();
         // `text` falls back to a plain word if the configured host name is not valid text.
@@ -463,7 +479,33 @@ impl<B: Backend> Session<B> {
         self.mode = Mode::Closed;
     }
 
+    /// Run what the input asks for, until more input (or the host) is needed. May block
+    /// in the backend.
     pub fn poll(&mut self) -> Event {
+        if let Some((cmd, ext)) = self.deferred.take() {
+            self.run_command(cmd, ext);
+        }
+        self.poll_inner()
+    }
+
+    /// Like [`Session::poll`], but only what cannot block: commands that read at most a
+    /// row or two from the backend and write nothing (CAPABILITY, NOOP when nothing
+    /// changed, SELECT of a mailbox the backend holds in memory, ...). Anything else
+    /// returns [`Event::Blocking`] before it starts. A host on an async runtime answers
+    /// the frequent cheap commands on its own thread this way, and pays the hand-off to a
+    /// blocking thread (tokio's `block_in_place`: a thread wakeup and a migration, about
+    /// a third of a NOOP's cost) only for work that needs it.
+    pub fn poll_light(&mut self) -> Event {
+        if self.deferred.is_some() || self.fetching.is_some() {
+            return Event::Blocking;
+        }
+        self.light_only = true;
+        let ev = self.poll_inner();
+        self.light_only = false;
+        ev
+    }
+
+    fn poll_inner(&mut self) -> Event {
         if let Some(job) = self.fetching.take() {
             self.fetch_run(job);
         }
@@ -476,7 +518,12 @@ impl<B: Backend> Session<B> {
                 Mode::Closed => return Event::Close,
                 Mode::StartTls => return Event::StartTls,
                 Mode::Compress => return Event::Compress,
+                // AUTHENTICATE's data leads to a password hash.
+                Mode::AuthData(_) if self.light_only => return Event::Blocking,
                 _ => {}
+            }
+            if self.deferred.is_some() {
+                return Event::Blocking;
             }
             let Some(info) = self.frag.progress() else {
                 return match self.mode {
@@ -528,11 +575,7 @@ impl<B: Backend> Session<B> {
                     _ => None,
                 };
                 match decoded {
-                    Some(cmd) => {
-                        self.ext = ext;
-                        self.command(cmd);
-                        self.ext = ext::Ext::None;
-                    }
+                    Some(cmd) => self.run_command(cmd, ext),
                     None => {
                         let tag = tag_of(&self.frag);
                         self.tagged_bad(tag, None, "Syntax error in command");
@@ -549,11 +592,71 @@ impl<B: Backend> Session<B> {
             Err(_) => Err((None, "Syntax error in command")),
         };
         match decoded {
-            Ok(cmd) => self.command(cmd),
+            Ok(cmd) => self.run_command(cmd, ext::Ext::None),
             Err((code, msg)) => {
                 let tag = tag_of(&self.frag);
                 self.tagged_bad(tag, code, msg);
             }
+        }
+    }
+
+    /// Execute a command, or, in `poll_light`, leave one that may block for `poll`.
+    fn run_command(&mut self, cmd: Command<'static>, ext: ext::Ext) {
+        if self.light_only && !self.light(&cmd) {
+            self.deferred = Some((cmd, ext));
+            return;
+        }
+        self.ext = ext;
+        self.command(cmd);
+        self.ext = ext::Ext::None;
+        self.prefetched_changes = None;
+        self.prefetched_selection = None;
+    }
+
+    /// Whether `cmd` reads at most a row or two and writes nothing, so `poll_light` may
+    /// run it. Asking may take those rows; the command then uses them.
+    fn light(&mut self, cmd: &Command<'static>) -> bool {
+        match &cmd.body {
+            CommandBody::Capability
+            | CommandBody::Logout
+            | CommandBody::Id { .. }
+            | CommandBody::Enable { .. }
+            | CommandBody::Namespace
+            | CommandBody::StartTLS
+            | CommandBody::Unselect => true,
+            // They apply what changed; applying much copies the message list.
+            CommandBody::Noop | CommandBody::Check | CommandBody::Idle => {
+                let Some(sel) = &self.selected else {
+                    return true;
+                };
+                match self.backend.changes(sel.id, sel.highest_modseq) {
+                    Ok(ch) if ch.changed.is_empty() && ch.expunged.is_empty() => {
+                        self.prefetched_changes = Some(ch);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            CommandBody::Select {
+                mailbox,
+                parameters,
+            }
+            | CommandBody::Examine {
+                mailbox,
+                parameters,
+            } if parameters.is_empty() && self.state == State::Authenticated => {
+                let Ok(name) = self.mailbox_name(mailbox) else {
+                    return true; // BAD
+                };
+                match self.backend.select_cached(&name) {
+                    Ok(Some(s)) => {
+                        self.prefetched_selection = Some((name, s));
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            _ => false,
         }
     }
 
@@ -1150,7 +1253,11 @@ impl<B: Backend> Session<B> {
             Ok(n) => n,
             Err(e) => return self.bad(tag, e),
         };
-        let (mb, msgs, keywords, first_unseen) = match self.backend.select(&name) {
+        let selection = match self.prefetched_selection.take() {
+            Some((n, s)) if n == name => Ok(s),
+            _ => self.backend.select(&name),
+        };
+        let (mb, msgs, keywords, first_unseen) = match selection {
             Ok(s) => (s.mailbox, s.messages, s.keywords, s.first_unseen),
             Err(e) => return self.backend_no(tag, e),
         };
@@ -2285,8 +2392,12 @@ impl<B: Backend> Session<B> {
     fn refresh(&mut self, allow_expunge: bool) {
         let Some(sel) = &self.selected else { return };
         let (id, since) = (sel.id, sel.highest_modseq);
-        let Ok(ch) = self.backend.changes(id, since) else {
-            return;
+        let ch = match self.prefetched_changes.take() {
+            Some(ch) => ch,
+            None => match self.backend.changes(id, since) {
+                Ok(ch) => ch,
+                Err(_) => return,
+            },
         };
         let Some(sel) = self.selected.as_mut() else {
             return;

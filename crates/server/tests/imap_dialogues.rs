@@ -4,12 +4,172 @@
 //! values like UIDVALIDITY). The store holds `bob@example.test` (password `secret`) with
 //! three messages in INBOX. Header lines `#! tls` / `#! no-plaintext` set the connection.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
-use yubin_imap::{Config, Event, Session};
+use yubin_imap::{BResult, Backend, Config, Event, Session};
 use yubin_server::guard::{Guard, Limits};
 use yubin_server::imap::StoreBackend;
-use yubin_store::{Directory, Flags, MailStore, SqliteStore, Store};
+use yubin_store::{
+    Changes, Copied, Directory, FlagOp, Flags, FlagsUpdate, MailStore, Mailbox, MailboxId,
+    MessageMeta, Selection, SortInfo, SqliteStore, Store, TextField,
+};
+
+thread_local! {
+    /// Set while the session runs in `poll_light`, where nothing may block.
+    static LIGHT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The server's backend, checking that `poll_light` only makes the calls it may: a
+/// store write, a body read or a search there would block an async worker thread.
+struct Watched(StoreBackend);
+
+impl Watched {
+    fn heavy(&self, call: &str) {
+        assert!(
+            !LIGHT.with(Cell::get),
+            "{call} called from poll_light: it may block"
+        );
+    }
+}
+
+impl Backend for Watched {
+    fn login(&mut self, user: &str, password: &str) -> BResult<bool> {
+        self.heavy("login");
+        self.0.login(user, password)
+    }
+    fn list(&mut self) -> BResult<Vec<Mailbox>> {
+        self.heavy("list");
+        self.0.list()
+    }
+    fn mailbox(&mut self, name: &str) -> BResult<Mailbox> {
+        self.heavy("mailbox");
+        self.0.mailbox(name)
+    }
+    fn select(&mut self, name: &str) -> BResult<Selection> {
+        self.heavy("select");
+        self.0.select(name)
+    }
+    fn select_cached(&mut self, name: &str) -> BResult<Option<Selection>> {
+        self.0.select_cached(name)
+    }
+    fn create(&mut self, name: &str) -> BResult<()> {
+        self.heavy("create");
+        self.0.create(name)
+    }
+    fn delete(&mut self, name: &str) -> BResult<()> {
+        self.heavy("delete");
+        self.0.delete(name)
+    }
+    fn rename(&mut self, from: &str, to: &str) -> BResult<()> {
+        self.heavy("rename");
+        self.0.rename(from, to)
+    }
+    fn subscribe(&mut self, name: &str, subscribed: bool) -> BResult<()> {
+        self.heavy("subscribe");
+        self.0.subscribe(name, subscribed)
+    }
+    fn messages(&mut self, mailbox: MailboxId) -> BResult<Arc<Vec<MessageMeta>>> {
+        self.heavy("messages");
+        self.0.messages(mailbox)
+    }
+    fn changes(&mut self, mailbox: MailboxId, since: u64) -> BResult<Changes> {
+        self.0.changes(mailbox, since)
+    }
+    fn read(&mut self, mailbox: MailboxId, uid: u32) -> BResult<Vec<u8>> {
+        self.heavy("read");
+        self.0.read(mailbox, uid)
+    }
+    fn read_many(&mut self, mailbox: MailboxId, uids: &[u32]) -> Vec<BResult<Vec<u8>>> {
+        self.heavy("read_many");
+        self.0.read_many(mailbox, uids)
+    }
+    fn store(
+        &mut self,
+        mailbox: MailboxId,
+        uids: &[u32],
+        op: FlagOp,
+        flags: &Flags,
+        unchanged_since: Option<u64>,
+    ) -> BResult<FlagsUpdate> {
+        self.heavy("store");
+        self.0.store(mailbox, uids, op, flags, unchanged_since)
+    }
+    fn expunge(&mut self, mailbox: MailboxId, uids: Option<&[u32]>) -> BResult<Vec<u32>> {
+        self.heavy("expunge");
+        self.0.expunge(mailbox, uids)
+    }
+    fn copy(
+        &mut self,
+        from: MailboxId,
+        uids: &[u32],
+        to: MailboxId,
+        remove: bool,
+    ) -> BResult<Copied> {
+        self.heavy("copy");
+        self.0.copy(from, uids, to, remove)
+    }
+    fn search_text(
+        &mut self,
+        mailbox: MailboxId,
+        field: TextField,
+        needle: &str,
+    ) -> BResult<Vec<u32>> {
+        self.heavy("search_text");
+        self.0.search_text(mailbox, field, needle)
+    }
+    fn sort_info(&mut self, mailbox: MailboxId) -> BResult<Vec<SortInfo>> {
+        self.heavy("sort_info");
+        self.0.sort_info(mailbox)
+    }
+    fn quota(&mut self) -> BResult<(u64, Option<u64>)> {
+        self.heavy("quota");
+        self.0.quota()
+    }
+    fn append(
+        &mut self,
+        mailbox: &str,
+        flags: &Flags,
+        internal_date: i64,
+        message: &[u8],
+    ) -> BResult<(u32, u32)> {
+        self.heavy("append");
+        self.0.append(mailbox, flags, internal_date, message)
+    }
+}
+
+/// One step as the server takes it: `poll_light` on the async thread, then `poll` where
+/// blocking is allowed if it asks for that. Also returns whether `poll` was needed.
+fn step(s: &mut Session<Watched>) -> (Event, bool) {
+    LIGHT.with(|l| l.set(true));
+    let ev = s.poll_light();
+    LIGHT.with(|l| l.set(false));
+    match ev {
+        Event::Blocking => (s.poll(), true),
+        ev => (ev, false),
+    }
+}
+
+fn guard() -> Arc<Guard> {
+    Arc::new(Guard::new(Limits {
+        max_failures_per_ip: 100,
+        max_failures_per_account: 100,
+        block_for: std::time::Duration::from_secs(60),
+        messages_per_hour: 100,
+        recipients_per_hour: 100,
+    }))
+}
+
+fn session(store: Arc<dyn Store>, tls: bool, plaintext_auth: bool) -> Session<Watched> {
+    let cfg = Config {
+        hostname: "mx.example.test".into(),
+        starttls: !tls,
+        plaintext_auth,
+        append_limit: 10_000,
+    };
+    let peer = "127.0.0.1:1".parse().unwrap();
+    Session::new(cfg, Watched(StoreBackend::new(store, guard(), peer)), tls)
+}
 
 fn store() -> (tempfile::TempDir, Arc<dyn Store>) {
     let dir = tempfile::tempdir().unwrap();
@@ -33,10 +193,10 @@ fn store() -> (tempfile::TempDir, Arc<dyn Store>) {
     (dir, Arc::new(s))
 }
 
-fn drain(s: &mut Session<StoreBackend>) -> (Vec<String>, Event) {
+fn drain(s: &mut Session<Watched>) -> (Vec<String>, Event) {
     let mut bytes = Vec::new();
     let ev = loop {
-        let ev = s.poll();
+        let (ev, _) = step(s);
         bytes.extend(s.take_output());
         if ev != Event::Flush {
             break ev;
@@ -52,21 +212,7 @@ fn drain(s: &mut Session<StoreBackend>) -> (Vec<String>, Event) {
 fn run(name: &str, script: &str) {
     let (_dir, store) = store();
     let tls = script.contains("#! tls");
-    let cfg = Config {
-        hostname: "mx.example.test".into(),
-        starttls: !tls,
-        plaintext_auth: !script.contains("#! no-plaintext"),
-        append_limit: 10_000,
-    };
-    let peer = "127.0.0.1:1".parse().unwrap();
-    let guard = std::sync::Arc::new(Guard::new(Limits {
-        max_failures_per_ip: 100,
-        max_failures_per_account: 100,
-        block_for: std::time::Duration::from_secs(60),
-        messages_per_hour: 100,
-        recipients_per_hour: 100,
-    }));
-    let mut s = Session::new(cfg, StoreBackend::new(store, guard, peer), tls);
+    let mut s = session(store, tls, !script.contains("#! no-plaintext"));
     let (mut got, _) = drain(&mut s);
     let mut want: Vec<(bool, String)> = Vec::new();
     let check = |got: &mut Vec<String>, want: &mut Vec<(bool, String)>, line: usize| {
@@ -132,28 +278,14 @@ fn long_fetch_is_flushed_in_pieces() {
             .deliver(blob, &[bob.id], "INBOX", &Flags::default(), 0)
             .unwrap();
     }
-    let guard = Arc::new(Guard::new(Limits {
-        max_failures_per_ip: 100,
-        max_failures_per_account: 100,
-        block_for: std::time::Duration::from_secs(60),
-        messages_per_hour: 100,
-        recipients_per_hour: 100,
-    }));
-    let cfg = Config {
-        hostname: "mx.example.test".into(),
-        starttls: false,
-        plaintext_auth: true,
-        append_limit: 10_000,
-    };
-    let backend = StoreBackend::new(store, guard, "127.0.0.1:1".parse().unwrap());
-    let mut s = Session::new(cfg, backend, true);
+    let mut s = session(store, true, true);
     drain(&mut s);
     s.push(b"a LOGIN bob@example.test secret\r\nb SELECT INBOX\r\n");
     drain(&mut s);
     s.push(b"c FETCH 1:* (BODY.PEEK[])\r\nd NOOP\r\n");
     let (mut flushes, mut out) = (0, Vec::new());
     loop {
-        let ev = s.poll();
+        let (ev, _) = step(&mut s);
         let piece = s.take_output();
         assert!(piece.len() < 512 * 1024, "a piece stays near the threshold");
         out.extend(piece);
@@ -174,4 +306,83 @@ fn long_fetch_is_flushed_in_pieces() {
         "{}",
         &text[c..]
     );
+}
+
+/// What `poll_light` answers itself and what it leaves for `poll`.
+#[test]
+fn cheap_commands_run_without_blocking() {
+    let (_dir, store) = store();
+    let mut s = session(store.clone(), true, true);
+    let say = |s: &mut Session<Watched>, cmd: &str| -> (String, bool) {
+        s.push(format!("{cmd}\r\n").as_bytes());
+        let mut blocked = false;
+        let mut out = Vec::new();
+        loop {
+            let (ev, b) = step(s);
+            blocked |= b;
+            out.extend(s.take_output());
+            if ev != Event::Flush {
+                return (String::from_utf8_lossy(&out).into_owned(), blocked);
+            }
+        }
+    };
+    drain(&mut s);
+    // A password hash may take long.
+    assert!(say(&mut s, "a LOGIN bob@example.test secret").1);
+    // The first SELECT loads the message list (unless another session did).
+    let (out, _) = say(&mut s, "b SELECT INBOX");
+    assert!(out.contains("* 3 EXISTS"), "{out}");
+    for cmd in [
+        "c NOOP",
+        "d SELECT INBOX",
+        "e EXAMINE INBOX",
+        "f CAPABILITY",
+        "g CHECK",
+    ] {
+        let (out, blocked) = say(&mut s, cmd);
+        assert!(!blocked, "{cmd} blocked: {out}");
+        assert!(out.contains(&format!("{} OK", &cmd[..1])), "{cmd}: {out}");
+    }
+    let (out, blocked) = say(&mut s, "h SELECT INBOX");
+    assert!(
+        !blocked
+            && out.contains("* 3 EXISTS")
+            && out.ends_with("h OK [READ-WRITE] SELECT completed\r\n"),
+        "{out}"
+    );
+    // Bodies, searches and writes go to `poll`.
+    for cmd in [
+        "i FETCH 1 (BODY.PEEK[])",
+        "j UID SEARCH BODY body",
+        "k STORE 1 +FLAGS (\\Seen)",
+        "l STATUS INBOX (MESSAGES)",
+    ] {
+        let (out, blocked) = say(&mut s, cmd);
+        assert!(blocked, "{cmd} ran in poll_light");
+        assert!(out.contains(&format!("{} OK", &cmd[..1])), "{cmd}: {out}");
+    }
+    // A change by someone else: NOOP applies it in `poll`, and reports it.
+    let bob = store.account("bob@example.test").unwrap();
+    let inbox = store.mailbox(bob.id, "INBOX").unwrap();
+    let flagged = Flags {
+        system: yubin_store::flags::FLAGGED,
+        keywords: vec![],
+    };
+    store
+        .store_flags(inbox.id, &[2], FlagOp::Add, &flagged, None)
+        .unwrap();
+    let (out, blocked) = say(&mut s, "m NOOP");
+    assert!(
+        blocked && out.contains("* 2 FETCH (UID 2 FLAGS (\\Flagged))"),
+        "{out}"
+    );
+    // Pipelined: the cheap commands before a heavy one are answered, the rest after it,
+    // in order.
+    let (out, blocked) = say(&mut s, "n NOOP\r\no FETCH 1 (UID BODY.PEEK[])\r\np NOOP");
+    let (n, o, p) = (
+        out.find("n OK").unwrap(),
+        out.find("o OK").unwrap(),
+        out.find("p OK").unwrap(),
+    );
+    assert!(blocked && n < o && o < p, "{out}");
 }

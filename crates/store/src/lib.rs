@@ -179,6 +179,12 @@ pub trait MailStore: Send + Sync {
 
     /// A mailbox with its messages, for SELECT/EXAMINE (no per-message work when cached).
     fn select(&self, account: AccountId, name: &str) -> Result<Selection>;
+    /// `select` if it needs no more than the mailbox's row (its message list is cached
+    /// and current); `Ok(None)` otherwise. Cheap enough for an async thread.
+    fn select_cached(&self, account: AccountId, name: &str) -> Result<Option<Selection>> {
+        let _ = (account, name);
+        Ok(None)
+    }
     /// All messages of a mailbox by ascending UID (shared: copy before changing it).
     fn messages(&self, mailbox: MailboxId) -> Result<std::sync::Arc<Vec<MessageMeta>>>;
     /// What changed after `since` (a MODSEQ).

@@ -248,6 +248,23 @@ impl SqliteStore {
         self.load_body(c, blob)?.ok_or(Error::NoSuchMessage(uid))
     }
 
+    /// The cached list, if it is what the mailbox row just read says is current (the
+    /// check `snapshot` would repeat with a second query).
+    fn current_snapshot(&self, mb: &Mailbox) -> Option<Snapshot> {
+        self.snapshots
+            .get(mb.id)
+            .filter(|s| s.uidvalidity == mb.uidvalidity && s.highest_modseq == mb.highest_modseq)
+    }
+
+    fn selection(mb: Mailbox, s: Snapshot) -> Selection {
+        Selection {
+            mailbox: Self::counted(mb, &s),
+            messages: s.msgs,
+            keywords: s.keywords.to_vec(),
+            first_unseen: s.first_unseen,
+        }
+    }
+
     /// Fill a mailbox's counts (and its UIDNEXT/HIGHESTMODSEQ, of the same moment).
     fn with_counts(&self, mb: Mailbox) -> Result<Mailbox> {
         let s = self.snapshot(mb.id)?;
@@ -559,20 +576,16 @@ impl MailStore for SqliteStore {
 
     fn select(&self, account: AccountId, name: &str) -> Result<Selection> {
         let mb = Self::mailbox_in(&self.reader(), account, name)?;
-        // The row just read says whether the cached list is current (the check
-        // `snapshot` would repeat with a second query).
-        let s = match self.snapshots.get(mb.id) {
-            Some(s) if s.uidvalidity == mb.uidvalidity && s.highest_modseq == mb.highest_modseq => {
-                s
-            }
-            _ => self.snapshot(mb.id)?,
+        let s = match self.current_snapshot(&mb) {
+            Some(s) => s,
+            None => self.snapshot(mb.id)?,
         };
-        Ok(Selection {
-            mailbox: Self::counted(mb, &s),
-            messages: s.msgs,
-            keywords: s.keywords.to_vec(),
-            first_unseen: s.first_unseen,
-        })
+        Ok(Self::selection(mb, s))
+    }
+
+    fn select_cached(&self, account: AccountId, name: &str) -> Result<Option<Selection>> {
+        let mb = Self::mailbox_in(&self.reader(), account, name)?;
+        Ok(self.current_snapshot(&mb).map(|s| Self::selection(mb, s)))
     }
 
     fn messages(&self, mailbox: MailboxId) -> Result<Arc<Vec<MessageMeta>>> {
