@@ -1,13 +1,17 @@
 //! `yubin-bench imap`: the IMAP load of the benchmark (bench/README.md), the same against
 //! yubin and against a reference server. A plain IMAP client over TCP is enough here (it
 //! only needs tagged commands and literals), and keeps the measured path free of library
-//! overhead that would differ between servers.
+//! overhead that would differ between servers. The IMAP client blocks (one thread per
+//! client): a round trip then costs it a write and a read, where an async client adds a
+//! failed read and an epoll wait — client cost that is in every row of both servers and
+//! pulls every ratio towards 1.
 
+use std::io::{BufRead, BufReader as StdBufReader, Read, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 #[derive(Parser)]
@@ -77,7 +81,7 @@ enum Cmd {
 }
 
 struct Client {
-    io: BufReader<TcpStream>,
+    io: StdBufReader<std::net::TcpStream>,
     tag: u64,
     /// The last `* n EXISTS` seen, so ranges stay inside the mailbox on every server.
     exists: u64,
@@ -89,44 +93,42 @@ struct Client {
 }
 
 impl Client {
-    async fn connect(addr: &str, user: &str, password: &str) -> Result<Client> {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connect {addr}"))?;
+    fn connect(addr: &str, user: &str, password: &str) -> Result<Client> {
+        let tcp = std::net::TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
         tcp.set_nodelay(true)?;
         let mut c = Client {
-            io: BufReader::with_capacity(64 * 1024, tcp),
+            io: StdBufReader::with_capacity(64 * 1024, tcp),
             tag: 0,
             exists: 0,
             line: Vec::with_capacity(1024),
             literal: Vec::new(),
         };
         let mut greeting = String::new();
-        c.io.read_line(&mut greeting).await?;
+        c.io.read_line(&mut greeting)?;
         if !greeting.starts_with("* OK") {
             bail!("unexpected greeting: {greeting}");
         }
-        c.run(&format!("LOGIN \"{user}\" \"{password}\"")).await?;
+        c.run(&format!("LOGIN \"{user}\" \"{password}\""))?;
         Ok(c)
     }
 
     /// Log in and select the account's mailbox.
-    async fn open(a: &Account) -> Result<Client> {
-        let mut c = Client::connect(&a.addr, &a.user, &a.password).await?;
-        c.run(&format!("SELECT \"{}\"", a.mailbox)).await?;
+    fn open(a: &Account) -> Result<Client> {
+        let mut c = Client::connect(&a.addr, &a.user, &a.password)?;
+        c.run(&format!("SELECT \"{}\"", a.mailbox))?;
         Ok(c)
     }
 
     /// Send a command and read to its tagged completion; returns the bytes received.
-    async fn run(&mut self, cmd: &str) -> Result<usize> {
+    fn run(&mut self, cmd: &str) -> Result<usize> {
         self.tag += 1;
         let tag = format!("b{}", self.tag);
         let line = format!("{tag} {cmd}\r\n");
-        self.io.get_mut().write_all(line.as_bytes()).await?;
+        self.io.get_mut().write_all(line.as_bytes())?;
         let mut total = 0;
         loop {
             self.line.clear();
-            let n = self.io.read_until(b'\n', &mut self.line).await?;
+            let n = self.io.read_until(b'\n', &mut self.line)?;
             if n == 0 {
                 bail!("connection closed during {cmd}");
             }
@@ -141,7 +143,7 @@ impl Client {
                     .parse::<usize>()
             {
                 self.literal.resize(len, 0);
-                self.io.read_exact(&mut self.literal[..len]).await?;
+                self.io.read_exact(&mut self.literal[..len])?;
                 total += len;
                 continue;
             }
@@ -177,7 +179,7 @@ const MAX_RUNS: usize = 101;
 const ROW_BUDGET: Duration = Duration::from_secs(1);
 
 /// Median time of `cmds` run in turn (one command per run).
-async fn median_of(c: &mut Client, cmds: &[String]) -> Result<(Duration, usize)> {
+fn median_of(c: &mut Client, cmds: &[String]) -> Result<(Duration, usize)> {
     let mut times = Vec::new();
     let mut bytes = 0;
     let start = Instant::now();
@@ -187,7 +189,7 @@ async fn median_of(c: &mut Client, cmds: &[String]) -> Result<(Duration, usize)>
         || times.len() % 2 == 0
     {
         let t = Instant::now();
-        bytes = c.run(&cmds[times.len() % cmds.len()]).await?;
+        bytes = c.run(&cmds[times.len() % cmds.len()])?;
         times.push(t.elapsed());
     }
     times.sort();
@@ -202,11 +204,11 @@ impl Rows {
     }
 }
 
-async fn timed(c: &mut Client, rows: &Rows, name: &str, cmd: &str) -> Result<()> {
+fn timed(c: &mut Client, rows: &Rows, name: &str, cmd: &str) -> Result<()> {
     if !rows.want(name) {
         return Ok(());
     }
-    let (t, bytes) = median_of(c, &[cmd.to_owned()]).await?;
+    let (t, bytes) = median_of(c, &[cmd.to_owned()])?;
     println!("{name}\t{} ms\t{bytes} bytes", ms(t));
     Ok(())
 }
@@ -222,41 +224,24 @@ impl Rng {
     }
 }
 
-/// The single-client rows, then the mixed load. The single-client rows run on a
-/// current-thread runtime: the client then answers its own wakeups on the thread that
-/// waits, so what it adds to each round trip (the same for both servers, but it pulls
-/// every ratio towards 1) is as small as it can be.
-async fn imap(
-    account: Account,
-    clients: usize,
-    seconds: u64,
-    needle: String,
-    rows: Rows,
-) -> Result<()> {
-    let (a, n) = (account.clone(), needle.clone());
-    let (exists, rows) = tokio::task::spawn_blocking(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(single_rows(a, n, &rows))
-            .map(|e| (e, rows))
-    })
-    .await??;
+/// The single-client rows, then the mixed load.
+fn imap(account: Account, clients: usize, seconds: u64, needle: String, rows: Rows) -> Result<()> {
+    let exists = single_rows(&account, &needle, &rows)?;
     if !rows.want("mixed") {
         return Ok(());
     }
-    mixed(account, clients, seconds, needle, exists).await
+    mixed(account, clients, seconds, needle, exists)
 }
 
 /// Each single-client row; returns the mailbox's message count.
-async fn single_rows(account: Account, needle: String, rows: &Rows) -> Result<u64> {
+fn single_rows(account: &Account, needle: &str, rows: &Rows) -> Result<u64> {
     let mailbox = &account.mailbox;
-    let mut c = Client::connect(&account.addr, &account.user, &account.password).await?;
+    let mut c = Client::connect(&account.addr, &account.user, &account.password)?;
     // The round trip every command pays: the floor under the SELECT row.
-    timed(&mut c, rows, "noop", "NOOP").await?;
+    timed(&mut c, rows, "noop", "NOOP")?;
     let select = format!("SELECT \"{mailbox}\"");
-    c.run(&select).await?;
-    timed(&mut c, rows, "select", &select).await?;
+    c.run(&select)?;
+    timed(&mut c, rows, "select", &select)?;
     let exists = c.exists;
     if exists == 0 {
         bail!("{mailbox} is empty: import messages first");
@@ -267,45 +252,41 @@ async fn single_rows(account: Account, needle: String, rows: &Rows) -> Result<u6
         rows,
         "fetch_flags_all",
         "FETCH 1:* (FLAGS UID RFC822.SIZE)",
-    )
-    .await?;
+    )?;
     timed(
         &mut c,
         rows,
         "fetch_1000_bodies",
         &format!("FETCH 1:{b} (BODY.PEEK[])"),
-    )
-    .await?;
+    )?;
     timed(
         &mut c,
         rows,
         "search_header",
         &format!("UID SEARCH HEADER SUBJECT \"{needle}\""),
-    )
-    .await?;
+    )?;
     timed(
         &mut c,
         rows,
         "search_body",
         &format!("UID SEARCH BODY \"{needle}\""),
-    )
-    .await?;
+    )?;
     // Setting and clearing in turn, so every run changes all 10,000 messages.
     let (set, clear) = (
         format!("STORE 1:{s} +FLAGS.SILENT (\\Flagged)"),
         format!("STORE 1:{s} -FLAGS.SILENT (\\Flagged)"),
     );
     if rows.want("store_10000") {
-        let (t, _) = median_of(&mut c, &[set, clear.clone()]).await?;
+        let (t, _) = median_of(&mut c, &[set, clear.clone()])?;
         println!("store_10000\t{} ms", ms(t));
-        c.run(&clear).await?;
+        c.run(&clear)?;
     }
-    c.run("LOGOUT").await.ok();
+    c.run("LOGOUT").ok();
     Ok(exists)
 }
 
 /// Many clients, each doing a random realistic command in turn.
-async fn mixed(
+fn mixed(
     account: Account,
     clients: usize,
     seconds: u64,
@@ -318,9 +299,9 @@ async fn mixed(
     let mut tasks = Vec::new();
     for k in 0..clients {
         let (account, needle) = (account.clone(), needle.clone());
-        tasks.push(tokio::spawn(async move {
+        tasks.push(std::thread::spawn(move || {
             let mut lat = Vec::new();
-            let mut c = Client::open(&account).await?;
+            let mut c = Client::open(&account)?;
             let mut rng = Rng(0x9E37_79B9 + k as u64 * 7919);
             while Instant::now() < deadline {
                 let n = rng.below(b) + 1;
@@ -334,16 +315,19 @@ async fn mixed(
                     _ => "NOOP".to_owned(),
                 };
                 let t = Instant::now();
-                c.run(&cmd).await?;
+                c.run(&cmd)?;
                 lat.push((t.elapsed(), kind));
             }
-            c.run("LOGOUT").await.ok();
+            c.run("LOGOUT").ok();
             anyhow::Ok(lat)
         }));
     }
     let mut all: Vec<(Duration, u64)> = Vec::new();
     for t in tasks {
-        all.extend(t.await??);
+        let lat = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+        all.extend(lat);
     }
     all.sort();
     // Per command kind on stderr: where the latency comes from (diagnosis only).
@@ -466,43 +450,50 @@ async fn pop3(addr: String, users: Vec<String>, password: String) -> Result<()> 
 }
 
 /// Log in, select, enter IDLE (RFC 2177) and return the connection, idling.
-async fn idler(account: &Account) -> Result<Client> {
-    let mut c = Client::open(account).await?;
-    c.io.get_mut().write_all(b"i IDLE\r\n").await?;
+fn idler(account: &Account) -> Result<Client> {
+    let mut c = Client::open(account)?;
+    c.io.get_mut().write_all(b"i IDLE\r\n")?;
     let mut l = String::new();
-    c.io.read_line(&mut l).await?;
+    c.io.read_line(&mut l)?;
     if !l.starts_with('+') {
         bail!("IDLE refused: {l}");
     }
     Ok(c)
 }
 
-async fn idle(account: Account, connections: usize, parallel: usize) -> Result<()> {
-    use std::sync::Arc;
-    let gate = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..connections {
-        let (account, gate) = (account.clone(), gate.clone());
-        tasks.spawn(async move {
-            let _permit = gate.acquire_owned().await?;
-            idler(&account).await
-        });
-    }
-    let mut held = Vec::with_capacity(connections);
+/// `parallel` threads open the connections; they are then held (no thread needed).
+fn idle(account: Account, connections: usize, parallel: usize) -> Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (next, done) = (AtomicUsize::new(0), AtomicUsize::new(0));
     let started = Instant::now();
-    while let Some(r) = tasks.join_next().await {
-        held.push(r??);
-        if held.len() % 1000 == 0 {
-            eprintln!("{} connections idle", held.len());
+    let held = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..parallel.clamp(1, connections.max(1)))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    while next.fetch_add(1, Ordering::Relaxed) < connections {
+                        mine.push(idler(&account)?);
+                        let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n % 1000 == 0 {
+                            eprintln!("{n} connections idle");
+                        }
+                    }
+                    anyhow::Ok(mine)
+                })
+            })
+            .collect();
+        let mut held = Vec::with_capacity(connections);
+        for w in workers {
+            held.extend(
+                w.join()
+                    .map_err(|_| anyhow::anyhow!("a connecting thread panicked"))??,
+            );
         }
-    }
+        anyhow::Ok(held)
+    })?;
     println!("ready\t{}\t{} ms", held.len(), ms(started.elapsed()));
     // Hold until the caller is done measuring.
-    tokio::task::spawn_blocking(|| {
-        use std::io::Read;
-        std::io::stdin().read_to_end(&mut Vec::new())
-    })
-    .await??;
+    std::io::stdin().read_to_end(&mut Vec::new())?;
     drop(held);
     Ok(())
 }
@@ -516,7 +507,7 @@ async fn main() -> Result<()> {
             seconds,
             needle,
             rows,
-        } => imap(account, clients, seconds, needle, Rows(rows)).await,
+        } => imap(account, clients, seconds, needle, Rows(rows)),
         Cmd::Pop3 {
             addr,
             users,
@@ -526,6 +517,6 @@ async fn main() -> Result<()> {
             account,
             connections,
             parallel,
-        } => idle(account, connections, parallel).await,
+        } => idle(account, connections, parallel),
     }
 }
