@@ -438,11 +438,48 @@ def settle(server, limit: float = 600) -> None:
     log(f"  still busy after {limit:.0f} s; timing anyway")
 
 
-def run_imap(bench: str, port: int, user: str, clients: int, seconds: int) -> dict:
+SINGLE_ROWS = "noop,select,fetch_flags_all,fetch_1000_bodies,search_header,search_body,store_10000"
+
+
+def set_affinity(pids, cpus) -> None:
+    """Every thread of every process in `pids` (processes they start later inherit it)."""
+    for p in pids:
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue  # exited meanwhile
+        for t in tids:
+            try:
+                os.sched_setaffinity(int(t), cpus)
+            except OSError:
+                pass
+
+
+def run_imap(bench: str, server, user: str, clients: int, seconds: int) -> dict:
+    """The single-client rows with the client and every server process on one CPU, then
+    the mixed load on all of them. On one CPU a round trip costs what the two programs do;
+    across CPUs it also pays a cross-CPU wakeup (~25 us each way on these VMs, more than
+    either server's SELECT), and whether a connection pays it is the scheduler's choice
+    per connection: it made the fast rows bimodal (0.02 or 0.05 ms NOOPs for both servers
+    in the same run). The same for both servers."""
+    everything = os.sched_getaffinity(0)
+    one = {max(everything)}
+    set_affinity(server.pids(), one)
+    try:
+        rows = yubin_bench_imap(bench, server.imap_port, user, ["--rows", SINGLE_ROWS],
+                                lambda: os.sched_setaffinity(0, one))
+    finally:
+        set_affinity(server.pids(), everything)
+    rows.update(yubin_bench_imap(bench, server.imap_port, user,
+                                 ["--rows", "mixed", "--clients", str(clients),
+                                  "--seconds", str(seconds)], None))
+    return rows
+
+
+def yubin_bench_imap(bench: str, port: int, user: str, args, preexec) -> dict:
     out = subprocess.run([bench, "imap", "--addr", f"127.0.0.1:{port}", "--user", user,
-                          "--password", PASSWORD, "--clients", str(clients),
-                          "--seconds", str(seconds), "--needle", NEEDLE],
-                         capture_output=True, text=True, timeout=3600)
+                          "--password", PASSWORD, "--needle", NEEDLE, *args],
+                         capture_output=True, text=True, timeout=3600, preexec_fn=preexec)
     if out.returncode != 0:
         raise SystemExit(f"yubin-bench imap against port {port} failed:\n{out.stderr}")
     rows = {}
@@ -574,7 +611,7 @@ def main() -> None:
                 log(f"IMAP against {name}")
                 warm_up(server.imap_port, user)
                 settle(server)
-                store.update(run_imap(str(bin_dir / "yubin-bench"), server.imap_port, user,
+                store.update(run_imap(str(bin_dir / "yubin-bench"), server, user,
                                       args.clients, args.seconds))
             if "imap" in areas and args.idle:
                 # A fresh process, so memory freed by the loads above is not reused here.
