@@ -172,6 +172,9 @@ pub struct Session<B: Backend> {
     /// used by that command (so it does not ask twice).
     prefetched_changes: Option<Changes>,
     prefetched_selection: Option<(String, yubin_model::Selection)>,
+    /// The FLAGS and PERMANENTFLAGS lines of the last SELECT, for its keywords and
+    /// read-only state: a re-SELECT usually sends them again unchanged.
+    flag_lines: Option<(Vec<String>, bool, Vec<u8>)>,
 }
 
 fn tag_of(frag: &Fragmentizer) -> Option<Tag<'static>> {
@@ -206,6 +209,37 @@ fn flag_list(f: &Flags) -> Vec<Flag<'static>> {
         }
     }
     out
+}
+
+/// The numbers a SELECT reports (RFC 9051 §6.3.2, RFC 7162 §3.1.2.1).
+struct SelectNumbers {
+    exists: u32,
+    /// `* 0 RECENT` (IMAP4rev1 only).
+    recent: bool,
+    unseen: Option<NonZeroU32>,
+    uidvalidity: NonZeroU32,
+    uid_next: NonZeroU32,
+    highest: NonZeroU64,
+}
+
+/// SELECT's untagged numbers, written directly: a client re-SELECTs often, and six trips
+/// through the general encoder were most of the command's own cost (its flag lines are
+/// cached per session). `select_numbers_match_the_codec` checks the bytes are the codec's.
+fn write_select_numbers(out: &mut Vec<u8>, n: SelectNumbers) {
+    use std::io::Write;
+    let _ = write!(out, "* {} EXISTS\r\n", n.exists);
+    if n.recent {
+        out.extend_from_slice(b"* 0 RECENT\r\n");
+    }
+    if let Some(u) = n.unseen {
+        let _ = write!(out, "* OK [UNSEEN {u}] First unseen\r\n");
+    }
+    let _ = write!(
+        out,
+        "* OK [UIDVALIDITY {}] UIDs valid\r\n* OK [UIDNEXT {}] Predicted next UID\r\n\
+         * OK [HIGHESTMODSEQ {}] Highest\r\n",
+        n.uidvalidity, n.uid_next, n.highest
+    );
 }
 
 /// `* n FETCH (...)` for the commonest FETCH, of UID, FLAGS, RFC822.SIZE and MODSEQ only,
@@ -428,6 +462,7 @@ impl<B: Backend> Session<B> {
             deferred: None,
             prefetched_changes: None,
             prefetched_selection: None,
+            flag_lines: None,
         };
         let caps = s.capabilities();
         // `text` falls back to a plain word if the configured host name is not valid text.
@@ -671,13 +706,6 @@ impl<B: Backend> Session<B> {
                     self.out.extend_from_slice(&data)
                 }
             }
-        }
-    }
-
-    /// `* OK [code] text`.
-    fn untagged_ok(&mut self, code: Code<'static>, text: &'static str) {
-        if let Ok(st) = Status::ok(None, Some(code), text) {
-            self.send(Response::Status(st));
         }
     }
 
@@ -1261,35 +1289,50 @@ impl<B: Backend> Session<B> {
             Ok(s) => (s.mailbox, s.messages, s.keywords, s.first_unseen),
             Err(e) => return self.backend_no(tag, e),
         };
-        let all = flag_list(&Flags {
-            system: flags::ANSWERED | flags::FLAGGED | flags::DELETED | flags::SEEN | flags::DRAFT,
-            keywords,
-        });
-        self.data(Data::Flags(all.clone()));
-        let perm: Vec<FlagPerm<'static>> = if read_only {
-            vec![]
-        } else {
-            all.into_iter()
-                .map(FlagPerm::Flag)
-                .chain([FlagPerm::Asterisk])
-                .collect()
-        };
-        self.send(Response::Status(
-            Status::ok(None, Some(Code::PermanentFlags(perm)), "Flags permitted").expect("valid"),
-        ));
-        self.data(Data::Exists(msgs.len() as u32));
-        // RFC 9051 removed \Recent and the RECENT response.
-        if !self.rev2 {
-            self.data(Data::Recent(0));
+        match &self.flag_lines {
+            Some((k, r, bytes)) if *k == keywords && *r == read_only => {
+                self.out.extend_from_slice(bytes)
+            }
+            _ => {
+                let start = self.out.len();
+                let key = keywords.clone();
+                let all = flag_list(&Flags {
+                    system: flags::ANSWERED
+                        | flags::FLAGGED
+                        | flags::DELETED
+                        | flags::SEEN
+                        | flags::DRAFT,
+                    keywords,
+                });
+                self.data(Data::Flags(all.clone()));
+                let perm: Vec<FlagPerm<'static>> = if read_only {
+                    vec![]
+                } else {
+                    all.into_iter()
+                        .map(FlagPerm::Flag)
+                        .chain([FlagPerm::Asterisk])
+                        .collect()
+                };
+                self.send(Response::Status(
+                    Status::ok(None, Some(Code::PermanentFlags(perm)), "Flags permitted")
+                        .expect("valid"),
+                ));
+                self.flag_lines = Some((key, read_only, self.out[start..].to_vec()));
+            }
         }
-        if let Some(i) = first_unseen {
-            self.untagged_ok(Code::Unseen(nz(i as u32 + 1)), "First unseen");
-        }
-        self.untagged_ok(Code::UidValidity(nz(mb.uidvalidity)), "UIDs valid");
-        self.untagged_ok(Code::UidNext(nz(mb.uid_next)), "Predicted next UID");
-        // RFC 7162 §3.1.2.1: HIGHESTMODSEQ in every SELECT/EXAMINE.
-        let highest = NonZeroU64::new(mb.highest_modseq).unwrap_or(NonZeroU64::MIN);
-        self.untagged_ok(Code::HighestModSeq(highest), "Highest");
+        write_select_numbers(
+            &mut self.out,
+            SelectNumbers {
+                exists: msgs.len() as u32,
+                // RFC 9051 removed \Recent and the RECENT response.
+                recent: !self.rev2,
+                unseen: first_unseen.map(|i| nz(i as u32 + 1)),
+                uidvalidity: nz(mb.uidvalidity),
+                uid_next: nz(mb.uid_next),
+                // RFC 7162 §3.1.2.1: HIGHESTMODSEQ in every SELECT/EXAMINE.
+                highest: NonZeroU64::new(mb.highest_modseq).unwrap_or(NonZeroU64::MIN),
+            },
+        );
         self.selected = Some(Selected {
             id: mb.id,
             read_only,
@@ -2454,6 +2497,55 @@ impl<B: Backend> Session<B> {
 #[cfg(test)]
 mod fast_fetch_tests {
     use super::*;
+
+    #[test]
+    fn select_numbers_match_the_codec() {
+        let big = NonZeroU64::new(u64::MAX).unwrap();
+        for (exists, recent, unseen, v, next, highest) in [
+            (0, true, None, 1, 1, NonZeroU64::MIN),
+            (
+                100_000,
+                false,
+                Some(nz(5)),
+                17,
+                100_001,
+                NonZeroU64::new(99).unwrap(),
+            ),
+            (u32::MAX, true, Some(nz(u32::MAX)), u32::MAX, u32::MAX, big),
+        ] {
+            let mut fast = Vec::new();
+            write_select_numbers(
+                &mut fast,
+                SelectNumbers {
+                    exists,
+                    recent,
+                    unseen,
+                    uidvalidity: nz(v),
+                    uid_next: nz(next),
+                    highest,
+                },
+            );
+            let mut codec = Vec::new();
+            let ok = |code, t| Response::Status(Status::ok(None, Some(code), t).unwrap());
+            let mut rs = vec![Response::Data(Data::Exists(exists))];
+            if recent {
+                rs.push(Response::Data(Data::Recent(0)));
+            }
+            if let Some(u) = unseen {
+                rs.push(ok(Code::Unseen(u), "First unseen"));
+            }
+            rs.push(ok(Code::UidValidity(nz(v)), "UIDs valid"));
+            rs.push(ok(Code::UidNext(nz(next)), "Predicted next UID"));
+            rs.push(ok(Code::HighestModSeq(highest), "Highest"));
+            for r in rs {
+                codec.extend(ResponseCodec::default().encode(&r).dump());
+            }
+            assert_eq!(
+                String::from_utf8_lossy(&fast),
+                String::from_utf8_lossy(&codec)
+            );
+        }
+    }
 
     #[test]
     fn fast_fetch_matches_the_codec() {

@@ -397,6 +397,14 @@ async fn run(
     let idle = Duration::from_secs(server.cfg.imap.idle_timeout);
     let mut changes = server.changes.subscribe();
     let mut shutdown = server.shutdown.clone();
+    // Made once per connection, not per command: each would register with the shared
+    // shutdown watch (a lock all connections take) and the timer wheel, then leave again.
+    let shutting_down = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    tokio::pin!(shutting_down);
+    let deadline = tokio::time::sleep(idle);
+    tokio::pin!(deadline);
     // Small: thousands of IDLE connections each hold one (large literals take several reads).
     let mut buf = vec![0u8; 16 * 1024];
     let mut deflate: Option<Deflate> = None;
@@ -432,16 +440,18 @@ async fn run(
             Event::NeedInput | Event::Idle => {
                 let idling = event == Event::Idle;
                 let selected = session.selected_mailbox();
+                // Later than before: tokio moves the deadline without touching the wheel.
+                deadline.as_mut().reset(tokio::time::Instant::now() + idle);
                 tokio::select! {
-                    r = tokio::time::timeout(idle, stream.read(&mut buf)) => match r {
-                        Err(_) => session.timeout(),
-                        Ok(Ok(0)) => return Ok(()),
-                        Ok(Ok(n)) => match deflate.as_mut() {
+                    r = stream.read(&mut buf) => match r {
+                        Ok(0) => return Ok(()),
+                        Ok(n) => match deflate.as_mut() {
                             Some(d) => session.push(&d.inflate(&buf[..n])?),
                             None => session.push(&buf[..n]),
                         },
-                        Ok(Err(e)) => return Err(e),
+                        Err(e) => return Err(e),
                     },
+                    () = &mut deadline => session.timeout(),
                     m = changes.recv(), if idling => {
                         // Lagged: some notifications were lost, so look anyway.
                         let relevant = match m {
@@ -452,7 +462,7 @@ async fn run(
                             tokio::task::block_in_place(|| session.changed());
                         }
                     }
-                    () = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                    () = &mut shutting_down => {
                         let _ = stream.write_all(b"* BYE Server shutting down\r\n").await;
                         return Ok(());
                     }
