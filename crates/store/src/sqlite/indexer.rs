@@ -15,7 +15,8 @@
 //!   but SEARCH reads it.
 //! - The indexer parses each body itself (from the database or its file): the SMTP session
 //!   only parses the header (SORT/THREAD keys), so a large body costs delivery no MIME
-//!   parse, and the indexer runs at a lower CPU priority.
+//!   parse, and the indexer runs at a lower CPU priority, after a burst of deliveries
+//!   rather than during it (at most `MAX_LAG` late).
 //! - A missing or stale `search.db` is rebuilt from every body (it holds nothing else).
 
 use std::collections::BTreeSet;
@@ -47,6 +48,14 @@ CREATE VIRTUAL TABLE search USING fts5(
 
 /// Pending rows applied per `search.db` transaction.
 const BATCH: usize = 256;
+
+/// Background indexing starts once deliveries pause this long, or once the oldest
+/// unindexed delivery waited `MAX_LAG`. Indexing is most of a large body's CPU (FTS5
+/// tokenizing; a third of the server's CPU while 256 KiB messages streamed in) and writes
+/// the index beside the deliveries' fsyncs. Waiting only moves that work: SEARCH catches
+/// the index up itself, so it never misses a message.
+const QUIET: Duration = Duration::from_millis(300);
+const MAX_LAG: Duration = Duration::from_secs(10);
 
 /// Open (creating or rebuilding when needed) `search.db`. Run before the store's threads
 /// start; queues every body for indexing when the index was (re)created.
@@ -143,6 +152,16 @@ impl Indexer {
                     match rx.recv_timeout(Duration::from_secs(30)) {
                         Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
                         Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                    // Wait for a pause in the deliveries (no kick for QUIET), at most
+                    // MAX_LAG: a burst then has the cores and the disk to itself.
+                    let first = std::time::Instant::now();
+                    loop {
+                        match rx.recv_timeout(QUIET) {
+                            Ok(()) if first.elapsed() < MAX_LAG => {}
+                            Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => break,
+                            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                        }
                     }
                     while rx.try_recv().is_ok() {}
                     let Some(ix) = weak.upgrade() else { return };
