@@ -3,7 +3,10 @@
 //! Implementation notes (the rules this module keeps):
 //! - Sans-IO: the host pushes bytes with [`Session::push`], calls [`Session::poll`] until it
 //!   says [`Event::NeedInput`] (or `Idle`), and writes [`Session::take_output`] each time.
-//!   Backend calls may block; the host runs `poll` where blocking is allowed.
+//!   Backend calls may block; the host runs `poll` where blocking is allowed. A host on an
+//!   async runtime calls [`Session::poll_light`] first: it runs only commands that read a
+//!   row or two and write nothing, and returns [`Event::Blocking`] before anything else
+//!   (the command waits, decoded, for the next `poll`).
 //! - Framing is imap-codec's `Fragmentizer`, bounded by `append_limit`; a synchronizing
 //!   literal over the limit is refused before the client sends it (RFC 7889 `[TOOBIG]`),
 //!   a LITERAL+ one is read and discarded (RFC 7888 §4).
