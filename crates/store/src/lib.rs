@@ -93,8 +93,10 @@ pub struct StagedBlob {
     pub(crate) size: u64,
     /// What the search index will hold for it, extracted while staging (off the writer).
     pub(crate) text: index::SearchText,
-    /// A small body, kept in the database instead of a file (written by the commit).
+    /// A small body, kept in the database (written by the commit).
     pub(crate) data: Option<Vec<u8>>,
+    /// A larger one: the pack it was appended to and where (sqlite/packs.rs).
+    pub(crate) packed: Option<(u64, u64)>,
 }
 
 impl StagedBlob {

@@ -25,6 +25,15 @@ fn blob_files(root: &std::path::Path) -> usize {
         .sum()
 }
 
+/// Bytes the pack files really occupy (holes excluded).
+fn pack_space(root: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(root.join("packs"))
+        .unwrap()
+        .map(|f| f.unwrap().metadata().unwrap().blocks() * 512)
+        .sum()
+}
+
 #[test]
 fn domains() {
     let (_d, s) = store();
@@ -264,24 +273,65 @@ fn concurrent_deliveries_get_unique_uids_and_survive_reopen() {
     assert_eq!(bodies(dir.path()), 0);
 }
 
+/// Large bodies share pack files; removing one leaves its neighbours whole, and a reader
+/// that still has the removed message's UID is told it is gone.
+#[test]
+fn packed_bodies_expunge_and_copy() {
+    let (d, s) = store();
+    s.add_domain("example.com").unwrap();
+    let a = s.add_account("a@example.com", "pw", false).unwrap().id;
+    let inbox = s.mailbox(a, "INBOX").unwrap().id;
+    let body =
+        |i: usize| format!("Subject: {i}\r\n\r\n{}\r\n", "b".repeat(70_000 + i)).into_bytes();
+    for i in 1..=5 {
+        let blob = s.stage(&[&body(i)]).unwrap();
+        s.deliver(blob, &[a], "INBOX", &Flags::default(), 0)
+            .unwrap();
+    }
+    assert_eq!(blob_files(d.path()), 0);
+    assert!(
+        pack_space(d.path()) >= 5 * 70_000,
+        "too large for the database"
+    );
+    let archive = s.mailbox(a, "Archive").unwrap().id;
+    s.copy(inbox, &[2], archive, false).unwrap();
+    let deleted = Flags::system(yubin_store::flags::DELETED);
+    s.store_flags(inbox, &[2, 3], yubin_store::FlagOp::Add, &deleted, None)
+        .unwrap();
+    assert_eq!(s.expunge(inbox, None).unwrap(), [2, 3]);
+    assert!(matches!(s.read(inbox, 3), Err(Error::NoSuchMessage(3))));
+    let many = s.read_many(inbox, &[1, 3, 4, 5]);
+    assert!(matches!(many[1], Err(Error::NoSuchMessage(3))));
+    for (r, i) in [(&many[0], 1), (&many[2], 4), (&many[3], 5)] {
+        assert_eq!(r.as_ref().unwrap(), &body(i));
+    }
+    // Body 2 still has its copy in Archive.
+    assert_eq!(s.read(archive, 1).unwrap(), body(2));
+    drop(s);
+    let s = SqliteStore::open(d.path()).unwrap();
+    assert_eq!(
+        s.sweep_orphans().unwrap(),
+        1,
+        "body 3's space freed at the next start"
+    );
+    assert_eq!(s.read(archive, 1).unwrap(), body(2));
+    assert_eq!(s.read(inbox, 4).unwrap(), body(4));
+    assert_eq!(s.sweep_orphans().unwrap(), 0);
+}
+
 #[test]
 fn failed_delivery_leaves_nothing_and_orphans_are_swept() {
     let (d, s) = store();
     s.add_domain("example.com").unwrap();
     let a = s.add_account("a@example.com", "pw", false).unwrap().id;
-    // Larger than what the database keeps: these bodies are files.
+    // Larger than what the database keeps: these bodies go to a pack.
     let big = |c: u8| vec![c; 100_000];
     let blob = s.stage(&[&big(b'x')]).unwrap();
-    assert_eq!(blob_files(d.path()), 1);
+    assert!(pack_space(d.path()) >= 100_000);
     assert!(matches!(
         s.deliver(blob, &[a], "NoSuchBox", &Flags::default(), 0),
         Err(Error::NoSuchMailbox(_))
     ));
-    assert_eq!(
-        blob_files(d.path()),
-        0,
-        "a failed delivery removes its body"
-    );
     let inbox = s.mailbox(a, "INBOX").unwrap().id;
     assert!(s.messages(inbox).unwrap().is_empty());
     // A body staged by a process that crashed before delivering.
@@ -289,15 +339,22 @@ fn failed_delivery_leaves_nothing_and_orphans_are_swept() {
     let kept = s.stage(&[&big(b'z')]).unwrap();
     s.deliver(kept, &[a], "INBOX", &Flags::default(), 0)
         .unwrap();
-    assert_eq!(blob_files(d.path()), 2);
-    assert_eq!(s.sweep_orphans().unwrap(), 1);
-    assert_eq!(blob_files(d.path()), 1);
+    let before = pack_space(d.path());
+    assert!(before >= 300_000, "{before}");
+    // The server's next start frees the failed delivery's body (its space was due to be
+    // given back after a grace period) and the orphan.
+    drop(s);
+    let s = SqliteStore::open(d.path()).unwrap();
+    assert_eq!(s.sweep_orphans().unwrap(), 1, "one gap freed");
+    let after = pack_space(d.path());
+    assert!(after + 190_000 < before, "{before} -> {after}");
     assert_eq!(s.read(inbox, 1).unwrap(), big(b'z'));
+    assert_eq!(blob_files(d.path()), 0);
     // A small one is kept in the database and read back the same.
     let small = s.stage(&[b"Subject: s\r\n", b"\r\nsmall\r\n"]).unwrap();
     s.deliver(small, &[a], "INBOX", &Flags::default(), 0)
         .unwrap();
-    assert_eq!((blob_files(d.path()), bodies(d.path())), (1, 2));
+    assert_eq!(bodies(d.path()), 2);
     assert_eq!(s.read(inbox, 2).unwrap(), b"Subject: s\r\n\r\nsmall\r\n");
     assert_eq!(s.sweep_orphans().unwrap(), 0);
 }
@@ -645,11 +702,40 @@ fn schema_1_is_upgraded() {
     }
     let inbox = s.mailbox(a, "INBOX").unwrap().id;
     drop(s);
-    // Back to what schema 1 looked like.
+    // Back to what schema 1 looked like: bodies in files, no packs.
     std::fs::remove_file(d.path().join("search.db")).unwrap();
     let db = rusqlite::Connection::open(d.path().join("yubin.db")).unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let mut st = db
+            .prepare("SELECT name, size, pack, off FROM blobs WHERE pack IS NOT NULL")
+            .unwrap();
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)? as u64,
+                ))
+            })
+            .unwrap();
+        for row in rows {
+            let (name, size, pack, off) = row.unwrap();
+            let f =
+                std::fs::File::open(d.path().join("packs").join(format!("{pack:016x}"))).unwrap();
+            let mut body = vec![0; size as usize];
+            f.read_exact_at(&mut body, off + 32).unwrap();
+            let file = d.path().join("blobs").join(&name[..2]).join(&name);
+            std::fs::write(file, body).unwrap();
+        }
+    }
+    std::fs::remove_dir_all(d.path().join("packs")).unwrap();
     db.execute_batch(
-        "DROP TABLE index_pending;
+        "DROP INDEX blobs_pack;
+         ALTER TABLE blobs DROP COLUMN pack;
+         ALTER TABLE blobs DROP COLUMN off;
+         DROP TABLE index_pending;
          DELETE FROM meta WHERE key IN ('mailbox_seq', 'blob_seq');
          DROP TRIGGER messages_added;
          DROP TRIGGER messages_removed;
@@ -677,11 +763,26 @@ fn schema_1_is_upgraded() {
         b"Subject: after upgrade\r\n\r\nfresh\r\n"
     );
     assert!(s.read(inbox, 1).unwrap().starts_with(b"Subject: old 0"));
+    // Old bodies stay in their files; new large ones go to packs; expunging an old one
+    // removes its file.
+    assert_eq!(blob_files(d.path()), 3);
+    let large = format!("Subject: big\r\n\r\n{}\r\n", "z".repeat(90_000));
+    let blob = s.stage(&[large.as_bytes()]).unwrap();
+    s.deliver(blob, &[a], "INBOX", &Flags::default(), 0)
+        .unwrap();
+    assert_eq!(s.read(inbox, 5).unwrap(), large.as_bytes());
+    assert!(pack_space(d.path()) >= 90_000);
+    let deleted = Flags::system(yubin_store::flags::DELETED);
+    s.store_flags(inbox, &[1], yubin_store::FlagOp::Add, &deleted, None)
+        .unwrap();
+    assert_eq!(s.expunge(inbox, None).unwrap(), [1]);
+    assert_eq!(blob_files(d.path()), 2);
+    assert!(s.read(inbox, 2).unwrap().starts_with(b"Subject: old 1"));
     let db = rusqlite::Connection::open(d.path().join("yubin.db")).unwrap();
     let v: i64 = db
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 2);
+    assert_eq!(v, 3);
     let total: u64 = s.messages(inbox).unwrap().iter().map(|m| m.size).sum();
     assert_eq!(
         s.usage(a).unwrap().0,

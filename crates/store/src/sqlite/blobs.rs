@@ -1,4 +1,5 @@
-//! Reading bodies: from the database (small ones) or their files.
+//! Reading bodies: from the database (small ones), pack files (packs.rs, larger ones) or,
+//! in data directories from before packs, one file per body.
 //!
 //! Implementation notes: a FETCH of 1,000 bodies opens 1,000 files, and a profile showed
 //! the kernel's path walk (`d_lookup`, one step per directory of `<data>/blobs/xx/name`) as
@@ -13,16 +14,20 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension};
 
+use super::packs::{Packed, Packs};
+use super::snapshot::blob_key;
 use crate::{Error, Result};
 
 pub(super) struct BlobDirs {
     #[cfg(target_os = "linux")]
     dirs: Vec<File>,
     root: std::path::PathBuf,
+    pub packs: Packs,
 }
 
 impl BlobDirs {
     pub fn open(root: &Path) -> io::Result<Self> {
+        let packs = Packs::open(root)?;
         #[cfg(target_os = "linux")]
         let dirs = (0..=255u8)
             .map(|i| File::open(root.join("blobs").join(format!("{i:02x}"))))
@@ -31,6 +36,7 @@ impl BlobDirs {
             #[cfg(target_os = "linux")]
             dirs,
             root: root.to_owned(),
+            packs,
         })
     }
 
@@ -83,17 +89,32 @@ impl BlobDirs {
     }
 
     /// A body by its id (`c` reads yubin.db): from the database when it is small, else
-    /// from its file; `None` when it is gone (removed since the caller looked it up). The
-    /// one body loader of FETCH, the queue and the indexer.
+    /// from its pack or file; `None` when it is gone (removed since the caller looked it
+    /// up). The one body loader of FETCH, the queue and the indexer.
     pub fn load(&self, c: &Connection, blob_id: i64) -> Result<Option<Vec<u8>>> {
-        let row: Option<(String, i64, Option<Vec<u8>>)> = c
-            .prepare_cached("SELECT name, size, data FROM blobs WHERE id = ?1")?
-            .query_row([blob_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        type Row = (String, i64, Option<Vec<u8>>, Option<i64>, Option<i64>);
+        let row: Option<Row> = c
+            .prepare_cached("SELECT name, size, data, pack, off FROM blobs WHERE id = ?1")?
+            .query_row([blob_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
             .optional()?;
         match row {
             None => Ok(None),
-            Some((_, _, Some(data))) => Ok(Some(data)),
-            Some((name, size, None)) => self.read_file(&name, size as u64),
+            Some((_, _, Some(data), _, _)) => Ok(Some(data)),
+            Some((name, size, None, Some(pack), Some(off))) => {
+                let at = Packed {
+                    pack: pack as u64,
+                    off: off as u64,
+                };
+                self.packs
+                    .read(at, &blob_key(&name), size as u64)
+                    .map_err(|e| {
+                        let path = self.packs.dir().join(super::packs::file_name(at.pack));
+                        Error::io("read", path, e)
+                    })
+            }
+            Some((name, size, None, _, _)) => self.read_file(&name, size as u64),
         }
     }
 }

@@ -2,16 +2,16 @@
 //! group-commits deliveries.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
+use super::blobs::BlobDirs;
 use super::indexer::Indexer;
 use super::snapshot::{BlobRef, Body, Snapshot, blob_key};
-use super::{Listeners, SqliteStore, canonical_mailbox, fsync_dir, now};
+use super::{DeadBody, Listeners, SqliteStore, canonical_mailbox, now};
 use crate::index;
 use crate::{
     AccountId, ChangeListener, Changes, Copied, Delivered, Error, FlagOp, Flags, FlagsUpdate,
@@ -60,7 +60,7 @@ const MESSAGE_COLUMNS: &str = "uid, size, internal_date, flags, keywords, modseq
 /// The same with `messages m` joined to `blobs bl`.
 const MESSAGE_BLOB_COLUMNS: &str =
     "m.uid, m.size, m.internal_date, m.flags, m.keywords, m.modseq, bl.id, bl.name,
-     bl.data IS NULL";
+     bl.data IS NULL AND bl.pack IS NULL";
 
 fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageMeta> {
     let keywords: String = r.get(4)?;
@@ -238,7 +238,7 @@ impl SqliteStore {
                     .read_file(&name, size)?
                     .ok_or(Error::NoSuchMessage(uid));
             }
-            Some(Body::Inline(id)) => id,
+            Some(Body::ById(id)) => id,
             None => c
                 .prepare_cached("SELECT blob_id FROM messages WHERE mailbox_id = ?1 AND uid = ?2")?
                 .query_row(params![mailbox, uid], |r| r.get(0))
@@ -315,7 +315,7 @@ impl SqliteStore {
 
     fn write_then_notify<T>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<(T, Vec<MailboxId>, Vec<String>)>,
+        f: impl FnOnce(&Transaction<'_>) -> Result<(T, Vec<MailboxId>, Vec<DeadBody>)>,
     ) -> Result<T> {
         let (value, touched, dead_blobs) = {
             let mut c = self.conn();
@@ -327,7 +327,7 @@ impl SqliteStore {
         if !dead_blobs.is_empty() {
             self.indexer.kick();
         }
-        self.remove_blob_files(&dead_blobs);
+        self.free_bodies(&dead_blobs);
         self.listeners.notify(&touched);
         Ok(value)
     }
@@ -344,8 +344,9 @@ impl SqliteStore {
         outbound: Option<Outbound>,
     ) -> Result<(Vec<Delivered>, Option<i64>)> {
         if accounts.is_empty() && outbound.is_none() {
-            if blob.data.is_none() {
-                let _ = fs::remove_file(Self::blob_path(&self.root, &blob.name));
+            if let Some((pack, off)) = blob.packed {
+                let size = blob.size;
+                self.free_bodies(&[DeadBody::Packed { pack, off, size }]);
             }
             return Err(Error::NoRecipients);
         }
@@ -384,37 +385,25 @@ impl MailStore for SqliteStore {
                 size: size as u64,
                 text: index::extract_envelope(&data),
                 data: Some(data),
+                packed: None,
             });
         }
-        let path = Self::blob_path(&self.root, &name);
-        let write = || -> std::io::Result<()> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)?;
-            for p in parts {
-                f.write_all(p)?;
-            }
-            f.sync_all()
+        let at = self
+            .blob_dirs
+            .packs
+            .append(&id, parts, size as u64)
+            .map_err(|e| Error::io("append to", self.blob_dirs.packs.dir(), e))?;
+        let text = match parts {
+            [one] => index::extract_envelope(one),
+            _ => index::extract_envelope(&parts.concat()),
         };
-        match write() {
-            Ok(()) => {
-                let text = match parts {
-                    [one] => index::extract_envelope(one),
-                    _ => index::extract_envelope(&parts.concat()),
-                };
-                Ok(StagedBlob {
-                    name,
-                    size: size as u64,
-                    text,
-                    data: None,
-                })
-            }
-            Err(e) => {
-                let _ = fs::remove_file(&path);
-                Err(Error::io("write", path, e))
-            }
-        }
+        Ok(StagedBlob {
+            name,
+            size: size as u64,
+            text,
+            data: None,
+            packed: Some((at.pack, at.off)),
+        })
     }
 
     fn deliver(
@@ -870,13 +859,31 @@ impl MailStore for SqliteStore {
     }
 
     fn sweep_orphans(&self) -> Result<usize> {
-        let known: HashSet<String> = {
+        let (known, live) = {
             let c = self.conn();
-            let mut st = c.prepare("SELECT name FROM blobs")?;
-            st.query_map([], |r| r.get(0))?
-                .collect::<std::result::Result<_, _>>()?
+            let known: HashSet<String> = c
+                .prepare("SELECT name FROM blobs WHERE data IS NULL AND pack IS NULL")?
+                .query_map([], |r| r.get(0))?
+                .collect::<std::result::Result<_, _>>()?;
+            let live: Vec<(u64, u64, u64)> = c
+                .prepare(
+                    "SELECT pack, off, size FROM blobs WHERE pack IS NOT NULL ORDER BY pack, off",
+                )?
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, i64>(1)? as u64,
+                        r.get::<_, i64>(2)? as u64,
+                    ))
+                })?
+                .collect::<std::result::Result<_, _>>()?;
+            (known, live)
         };
-        let mut removed = 0;
+        let packs = &self.blob_dirs.packs;
+        let mut removed = packs
+            .sweep(&live)
+            .map_err(|e| Error::io("clean up", packs.dir(), e))?;
+        // Files of data directories from before packs.
         let blobs = self.root.join("blobs");
         let dirs = fs::read_dir(&blobs).map_err(|e| Error::io("list", &blobs, e))?;
         for dir in dirs.flatten() {
@@ -975,7 +982,11 @@ fn store_system_flags(
 
 /// Delete messages and remember their UIDs as expunged at one new MODSEQ. Returns the names
 /// of bodies no longer referenced.
-fn remove_messages(tx: &Transaction<'_>, mailbox: MailboxId, uids: &[u32]) -> Result<Vec<String>> {
+fn remove_messages(
+    tx: &Transaction<'_>,
+    mailbox: MailboxId,
+    uids: &[u32],
+) -> Result<Vec<DeadBody>> {
     let modseq = SqliteStore::bump_modseq(tx, mailbox)?;
     let mut blob_ids = BTreeSet::new();
     for &uid in uids {
@@ -1068,6 +1079,7 @@ pub(super) fn writer_loop(
     rx: mpsc::Receiver<Job>,
     listeners: Arc<Listeners>,
     indexer: Arc<Indexer>,
+    bodies: Arc<BlobDirs>,
 ) {
     let mut cleared = 0;
     while let Ok(first) = rx.recv() {
@@ -1081,16 +1093,15 @@ pub(super) fn writer_loop(
         let results = commit_batch(&root, &mut conn, &batch, &indexer, &mut cleared);
         indexer.kick();
         let mut touched = BTreeSet::new();
+        let mut dead = Vec::new();
         for (job, result) in batch.into_iter().zip(results) {
             match &result {
                 Ok((d, _)) => touched.extend(d.iter().map(|d| d.mailbox)),
-                Err(_) if job.blob.data.is_none() => {
-                    let _ = fs::remove_file(SqliteStore::blob_path(&root, &job.blob.name));
-                }
-                Err(_) => {}
+                Err(_) => dead.extend(job.blob.packed.map(|(p, o)| (p, o, job.blob.size))),
             }
             let _ = job.reply.send(result);
         }
+        bodies.packs.release(dead);
         listeners.notify(&touched.into_iter().collect::<Vec<_>>());
     }
 }
@@ -1118,21 +1129,6 @@ fn commit_batch(
             })
             .collect()
     };
-    // The bodies' directory entries must be durable before rows point at them.
-    let dirs: BTreeSet<PathBuf> = batch
-        .iter()
-        .filter(|j| j.blob.data.is_none())
-        .filter_map(|j| {
-            SqliteStore::blob_path(root, &j.blob.name)
-                .parent()
-                .map(Path::to_owned)
-        })
-        .collect();
-    for d in &dirs {
-        if let Err(e) = fsync_dir(d) {
-            return shared_failure(&e);
-        }
-    }
     let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => return shared_failure(&e.into()),
@@ -1171,13 +1167,17 @@ fn apply(c: &Connection, job: &Job) -> Applied {
              WHERE key = 'blob_seq' RETURNING value",
         )?
         .query_row([], |r| r.get(0))?;
-    c.prepare_cached("INSERT INTO blobs(id, name, size, data) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![
-            blob_id,
-            job.blob.name,
-            job.blob.size as i64,
-            job.blob.data
-        ])?;
+    c.prepare_cached(
+        "INSERT INTO blobs(id, name, size, data, pack, off) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        blob_id,
+        job.blob.name,
+        job.blob.size as i64,
+        job.blob.data,
+        job.blob.packed.map(|p| p.0 as i64),
+        job.blob.packed.map(|p| p.1 as i64),
+    ])?;
     let t = &job.blob.text;
     // The full-text entry is built after the commit (indexer.rs).
     c.prepare_cached("INSERT INTO index_pending(blob_id) VALUES (?1)")?

@@ -2,18 +2,21 @@
 //!
 //! Layout of a data directory:
 //! - `yubin.db` (+ `-wal`, `-shm`): domains, accounts, aliases, mailboxes, message metadata.
-//! - `blobs/xx/<32 hex>`: message bodies, written once, fsynced, never modified.
+//! - `packs/<16 hex>`: message bodies over 64 KiB, appended and fsynced (packs.rs); smaller
+//!   ones are rows of yubin.db.
+//! - `blobs/xx/<32 hex>`: bodies of data directories from before packs, one file each.
 //! - `server.lock`: held (flock) by the one server process using this directory.
 //!
 //! Why SQLite: transactional, embedded, crash-safe with WAL, readable by the CLI while the
-//! server runs, and its FTS5 will back IMAP SEARCH. Why bodies outside it: they are large and
-//! immutable; files keep the database small and let FETCH stream a body without a copy.
+//! server runs. Why large bodies outside it: they are large and immutable; the single
+//! writer copying them into the WAL was slower than appending them to packs in parallel.
 //!
-//! Durability of one delivery: (1) the body file is written and fsynced by the caller's
-//! thread; (2) a single writer thread takes every delivery that is waiting, fsyncs the blob
-//! directories they touched, inserts all their rows in one transaction and commits (one WAL
-//! fsync for the whole batch: group commit); (3) only then does `deliver` return. A crash
-//! before (3) leaves at most an unreferenced body file, removed by `sweep_orphans`.
+//! Durability of one delivery: (1) a large body is appended to a pack and fdatasynced by
+//! the caller's thread (a small one travels with the job); (2) a single writer thread takes
+//! every delivery that is waiting, inserts all their rows in one transaction and commits
+//! (one WAL fsync for the whole batch: group commit); (3) only then does `deliver` return.
+//! A crash before (3) leaves at most unreferenced bytes at the end of a pack, cut by
+//! `sweep_orphans`.
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -32,11 +35,12 @@ use crate::{
 mod blobs;
 mod indexer;
 mod mail;
+mod packs;
 mod queue;
 mod snapshot;
 
 const DB_FILE: &str = "yubin.db";
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Upgrades from each older schema version, applied in order in one transaction.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -64,6 +68,13 @@ const MIGRATIONS: &[(i64, &str)] = &[
          CREATE TRIGGER messages_removed AFTER DELETE ON messages BEGIN
              UPDATE mailboxes SET octets = octets - OLD.size WHERE id = OLD.mailbox_id;
          END;",
+    ),
+    // 2 -> 3: new large bodies go to pack files (packs.rs); older ones stay in their files.
+    (
+        2,
+        "ALTER TABLE blobs ADD COLUMN pack INTEGER;
+         ALTER TABLE blobs ADD COLUMN off INTEGER;
+         CREATE INDEX blobs_pack ON blobs(pack, off) WHERE pack IS NOT NULL;",
     ),
 ];
 
@@ -106,8 +117,13 @@ CREATE TABLE blobs(
     name TEXT NOT NULL UNIQUE,
     size INTEGER NOT NULL,
     -- Small bodies live here (no file: no file creation and fsync per message, and the
-    -- WAL commit that records the delivery makes the body durable too); NULL: in the file.
-    data BLOB);
+    -- WAL commit that records the delivery makes the body durable too).
+    data BLOB,
+    -- Larger ones: their pack file's number and where their header starts (packs.rs).
+    -- Neither: the body is the file blobs/<first 2 of name>/<name> (before schema 3).
+    pack INTEGER,
+    off INTEGER);
+CREATE INDEX blobs_pack ON blobs(pack, off) WHERE pack IS NOT NULL;
 CREATE TABLE messages(
     mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
     uid INTEGER NOT NULL,
@@ -280,6 +296,15 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("fsync directory", dir, e))
 }
 
+/// A body whose row was deleted, to remove from disk once that is committed.
+#[derive(Debug)]
+pub(crate) enum DeadBody {
+    /// `blobs/xx/<name>` (data directories from before packs).
+    File(String),
+    /// A range of a pack, freed after a grace period (packs.rs).
+    Packed { pack: u64, off: u64, size: u64 },
+}
+
 pub(crate) fn is_constraint(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation)
 }
@@ -355,9 +380,10 @@ impl SqliteStore {
         let listeners = Arc::new(Listeners::default());
         let wlisteners = listeners.clone();
         let windexer = indexer.clone();
+        let wbodies = blob_dirs.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || mail::writer_loop(wroot, writer_conn, rx, wlisteners, windexer))
+            .spawn(move || mail::writer_loop(wroot, writer_conn, rx, wlisteners, windexer, wbodies))
             .map_err(|e| Error::io("start writer thread for", root, e))?;
         let search = root.join(indexer::SEARCH_FILE);
         let readers = (0..READERS)
@@ -447,13 +473,21 @@ impl SqliteStore {
         root.join("blobs").join(&name[..2]).join(name)
     }
 
-    pub(crate) fn remove_blob_files(&self, names: &[String]) {
-        for n in names {
-            let p = Self::blob_path(&self.root, n);
-            if let Err(e) = fs::remove_file(&p) {
-                tracing::warn!(path = %p.display(), error = %e, "could not remove message file");
+    /// Give back the space of bodies whose rows were just deleted.
+    pub(crate) fn free_bodies(&self, dead: &[DeadBody]) {
+        let mut packed = Vec::new();
+        for d in dead {
+            match d {
+                DeadBody::File(n) => {
+                    let p = Self::blob_path(&self.root, n);
+                    if let Err(e) = fs::remove_file(&p) {
+                        tracing::warn!(path = %p.display(), error = %e, "could not remove message file");
+                    }
+                }
+                DeadBody::Packed { pack, off, size } => packed.push((*pack, *off, *size)),
             }
         }
+        self.blob_dirs.packs.release(packed);
     }
 
     fn domain_id(c: &Connection, domain: &str) -> Result<Option<i64>> {
@@ -495,7 +529,7 @@ impl SqliteStore {
         tx: &rusqlite::Transaction<'_>,
         where_sql: &str,
         arg: i64,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<DeadBody>> {
         let blob_ids: Vec<i64> = {
             let mut st = tx.prepare(&format!(
                 "SELECT DISTINCT m.blob_id FROM messages m WHERE {where_sql}"
@@ -511,34 +545,44 @@ impl SqliteStore {
     }
 
     /// Delete the blob rows (and their index entries) no message refers to any more;
-    /// returns the names of those kept in files, to remove from disk after commit.
+    /// returns those kept outside the database, to remove from disk after commit.
     pub(crate) fn drop_unreferenced_blobs(
         tx: &rusqlite::Transaction<'_>,
         blob_ids: impl IntoIterator<Item = i64>,
-    ) -> Result<Vec<String>> {
-        let mut names = Vec::new();
+    ) -> Result<Vec<DeadBody>> {
+        let mut dead = Vec::new();
         let mut st = tx.prepare_cached(
             "DELETE FROM blobs WHERE id = ?1
              AND NOT EXISTS (SELECT 1 FROM messages WHERE blob_id = ?1)
              AND NOT EXISTS (SELECT 1 FROM queue WHERE blob_id = ?1)
-             RETURNING name, data IS NULL",
+             RETURNING name, data IS NULL, pack, off, size",
         )?;
         // The indexer drops the body's search.db entry after commit.
         let mut unindex = tx.prepare_cached("INSERT INTO index_pending(blob_id) VALUES (?1)")?;
         let mut unenvelope = tx.prepare_cached("DELETE FROM envelopes WHERE blob_id = ?1")?;
+        type Gone = (String, bool, Option<i64>, Option<i64>, i64);
         for id in blob_ids {
-            let gone: Option<(String, bool)> = st
-                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            let gone: Option<Gone> = st
+                .query_row([id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })
                 .optional()?;
-            if let Some((name, file)) = gone {
-                unindex.execute([id])?;
-                unenvelope.execute([id])?;
-                if file {
-                    names.push(name);
-                }
+            let Some((name, outside, pack, off, size)) = gone else {
+                continue;
+            };
+            unindex.execute([id])?;
+            unenvelope.execute([id])?;
+            match (outside, pack, off) {
+                (false, ..) => {}
+                (true, Some(pack), Some(off)) => dead.push(DeadBody::Packed {
+                    pack: pack as u64,
+                    off: off as u64,
+                    size: size as u64,
+                }),
+                (true, ..) => dead.push(DeadBody::File(name)),
             }
         }
-        Ok(names)
+        Ok(dead)
     }
 
     pub(crate) fn next_uidvalidity(tx: &rusqlite::Transaction<'_>) -> Result<u32> {
@@ -648,7 +692,7 @@ impl Directory for SqliteStore {
         tx.execute("DELETE FROM domains WHERE id = ?1", [id])?;
         tx.commit()?;
         drop(c);
-        self.remove_blob_files(&names);
+        self.free_bodies(&names);
         Ok(())
     }
 
@@ -799,7 +843,7 @@ impl Directory for SqliteStore {
         tx.execute("DELETE FROM accounts WHERE id = ?1", [acct.id])?;
         tx.commit()?;
         drop(c);
-        self.remove_blob_files(&names);
+        self.free_bodies(&names);
         Ok(())
     }
 

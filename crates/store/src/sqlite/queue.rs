@@ -102,7 +102,7 @@ impl Queue for SqliteStore {
             tx.commit()?;
             dead
         };
-        self.remove_blob_files(&dead);
+        self.free_bodies(&dead);
         Ok(())
     }
 
@@ -141,7 +141,7 @@ impl Queue for SqliteStore {
             tx.commit()?;
             (n, dead)
         };
-        self.remove_blob_files(&dead);
+        self.free_bodies(&dead);
         Ok(n)
     }
 }

@@ -9,9 +9,9 @@
 //!   "same contents".
 //! - Lists are `Arc`s: a session that selects a mailbox shares the cached list and copies it
 //!   only when it changes its own view.
-//! - Beside each message the list keeps the name of its body file, so FETCH reads a body
-//!   without asking SQLite (a (mailbox, UID) pair never changes body; mailbox ids are never
-//!   reused).
+//! - Beside each message the list keeps its body's id and, for a body in its own file (data
+//!   directories from before packs), the file's name, so FETCH reads such a body without
+//!   asking SQLite (a (mailbox, UID) pair never changes body; mailbox ids are never reused).
 //! - The cache is bounded by the number of messages it holds; the least recently used
 //!   mailboxes leave first.
 
@@ -60,8 +60,9 @@ pub(crate) struct BlobRef {
 /// What [`Snapshot::blob`] tells a reader.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Body {
-    /// In the database, `blobs.id`.
-    Inline(i64),
+    /// Found by its `blobs.id`: in the database or in a pack (a pack read needs the row's
+    /// offset anyway, and checks it against the header).
+    ById(i64),
     /// In this file, of this size.
     File(String, u64),
 }
@@ -155,7 +156,7 @@ impl Snapshot {
         let b = self.blobs.get(i)?;
         Some(match blob_name(&b.key) {
             Some(name) => Body::File(name, self.msgs[i].size),
-            None => Body::Inline(b.id),
+            None => Body::ById(b.id),
         })
     }
 }
@@ -277,7 +278,7 @@ mod tests {
         let s2 = Snapshot::new(1, 8, 9, out);
         assert_eq!((s2.unseen, s2.deleted, s2.size), (4, 0, 50));
         assert_eq!(s2.blob(6), Some(Body::File("06".repeat(16), 10)));
-        assert_eq!(s2.blob(7), Some(Body::Inline(7)));
+        assert_eq!(s2.blob(7), Some(Body::ById(7)));
         assert_eq!(s2.blob(3), None);
     }
 
