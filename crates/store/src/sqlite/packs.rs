@@ -10,6 +10,11 @@
 //!   interleave; how many packs are open follows how many deliveries run at once. A pack
 //!   is sealed at [`SEAL_AT`] bytes, after a failed write, and when the process stops:
 //!   packs from an earlier run are never appended to again, so their length is final.
+//! - Bodies are written with `O_DIRECT` where the filesystem allows it: from one reused,
+//!   aligned buffer per pack straight to the disk, each record padded to 4 KiB. Buffered
+//!   writes had to allocate and fill fresh page-cache pages for every body; on this
+//!   benchmark's VM that copy took up to 40% of the CPU once the guest's free memory had
+//!   been handed back to the host. Reads stay buffered.
 //! - Each body is preceded by a 32-byte header (magic, the blob's random name, its size),
 //!   and every read checks it: a read of a removed body (hole punched) or of a torn tail
 //!   finds zeros, not someone else's mail, and reports the body gone.
@@ -46,9 +51,16 @@ pub(crate) struct Packed {
     pub off: u64,
 }
 
+/// Where bodies written without the page cache start, and what their length is padded to.
+const ALIGN: usize = 4096;
+
 struct Open {
     id: u64,
     file: File,
+    /// The same file opened with `O_DIRECT`; `None` where the filesystem refuses it.
+    direct: Option<File>,
+    /// Reused for each body written through `direct` (which needs aligned memory).
+    buf: Vec<u8>,
     end: u64,
 }
 
@@ -106,6 +118,53 @@ pub(super) fn list(dir: &Path) -> io::Result<Vec<(u64, u64)>> {
     Ok(out)
 }
 
+impl Open {
+    /// Write one record at `off` and make it durable; returns the bytes it takes.
+    fn write(&mut self, off: u64, head: &[u8], parts: &[&[u8]], size: u64) -> io::Result<u64> {
+        let len = HEADER as usize + size as usize;
+        if let Some(direct) = &self.direct {
+            // Through O_DIRECT the disk reads the body from this buffer: no page cache
+            // page to allocate and fill per body (on this VM, newly used guest memory
+            // made that copy most of the CPU of a 256 KiB load), and no writeback.
+            let padded = len.next_multiple_of(ALIGN);
+            if self.buf.len() < padded + ALIGN {
+                self.buf = vec![0; padded + ALIGN];
+            }
+            let start = self.buf.as_ptr().align_offset(ALIGN);
+            let b = &mut self.buf[start..start + padded];
+            b[..head.len()].copy_from_slice(head);
+            let mut at = head.len();
+            for part in parts {
+                b[at..at + part.len()].copy_from_slice(part);
+                at += part.len();
+            }
+            b[at..].fill(0);
+            let written = direct.write_all_at(b, off);
+            if self.buf.len() > 4 << 20 {
+                self.buf = Vec::new();
+            }
+            match written {
+                Ok(()) => {
+                    // Also writes the inode: the file's length changed.
+                    self.file.sync_data()?;
+                    return Ok(padded as u64);
+                }
+                // Alignment this filesystem will not take: the page cache from now on.
+                Err(e) if e.kind() == io::ErrorKind::InvalidInput => self.direct = None,
+                Err(e) => return Err(e),
+            }
+        }
+        self.file.write_all_at(head, off)?;
+        let mut at = off + HEADER;
+        for part in parts {
+            self.file.write_all_at(part, at)?;
+            at += part.len() as u64;
+        }
+        self.file.sync_data()?;
+        Ok(len as u64)
+    }
+}
+
 impl Packs {
     /// Open (creating if needed) `<root>/packs`.
     pub fn open(root: &Path) -> io::Result<Self> {
@@ -156,7 +215,24 @@ impl Packs {
             .open(&path)?;
         file.sync_all()?;
         File::open(&self.dir)?.sync_all()?;
-        Ok(Open { id, file, end: 0 })
+        #[cfg(target_os = "linux")]
+        let direct = {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&path)
+                .ok()
+        };
+        #[cfg(not(target_os = "linux"))]
+        let direct = None;
+        Ok(Open {
+            id,
+            file,
+            direct,
+            buf: Vec::new(),
+            end: 0,
+        })
     }
 
     /// Append one body (the concatenation of `parts`, `size` bytes) and make it durable.
@@ -167,19 +243,9 @@ impl Packs {
             None => self.create()?,
         };
         let off = p.end;
-        let write = |p: &Open| -> io::Result<()> {
-            p.file.write_all_at(&header(key, size), off)?;
-            let mut at = off + HEADER;
-            for part in parts {
-                p.file.write_all_at(part, at)?;
-                at += part.len() as u64;
-            }
-            // The file's length changes, so this writes the inode as well as the data.
-            p.file.sync_data()
-        };
-        match write(&p) {
-            Ok(()) => {
-                p.end = off + HEADER + size;
+        match p.write(off, &header(key, size), parts, size) {
+            Ok(len) => {
+                p.end = off + len;
                 let id = p.id;
                 if p.end < SEAL_AT {
                     lock(&self.free).push(p);
@@ -285,7 +351,8 @@ impl Packs {
                 }
                 at = at.max(off + HEADER + size);
             }
-            if len > at {
+            // Up to the next 4 KiB is the last body's padding (O_DIRECT).
+            if len > at.next_multiple_of(ALIGN as u64) {
                 f.set_len(at)?;
                 f.sync_all()?;
                 changed += 1;
@@ -428,7 +495,7 @@ mod tests {
             .unwrap();
         let at_b = p.append(&[2; 16], &[&b], b.len() as u64).unwrap();
         assert_eq!(at_a.pack, at_b.pack, "one stager at a time shares one pack");
-        assert_eq!(at_b.off, HEADER + a.len() as u64);
+        assert!(at_b.off >= HEADER + a.len() as u64);
         assert_eq!(
             p.read(at_a, &[1; 16], a.len() as u64).unwrap(),
             Some(a.clone())
@@ -469,6 +536,34 @@ mod tests {
     }
 
     #[test]
+    fn direct_and_page_cache_writes_mix() {
+        let d = tempfile::tempdir().unwrap();
+        let p = Packs::open(d.path()).unwrap();
+        let a = body(b'a', 70_001);
+        let at_a = p.append(&[1; 16], &[&a], a.len() as u64).unwrap();
+        {
+            let mut free = lock(&p.free);
+            // (tmpfs before Linux 6.6 refuses O_DIRECT: then both writes use the cache.)
+            if free[0].direct.is_some() {
+                assert_eq!(free[0].end % ALIGN as u64, 0, "padded");
+            }
+            // As after a filesystem refused an O_DIRECT write.
+            free[0].direct = None;
+        }
+        let b = body(b'b', 70_003);
+        let at_b = p
+            .append(&[2; 16], &[&b[..3], &b[3..]], b.len() as u64)
+            .unwrap();
+        assert_eq!(at_b.pack, at_a.pack);
+        let c = body(b'c', 5);
+        let at_c = p.append(&[3; 16], &[&c], 5).unwrap();
+        assert_eq!(at_c.off, at_b.off + HEADER + b.len() as u64, "no padding");
+        assert_eq!(p.read(at_a, &[1; 16], a.len() as u64).unwrap(), Some(a));
+        assert_eq!(p.read(at_b, &[2; 16], b.len() as u64).unwrap(), Some(b));
+        assert_eq!(p.read(at_c, &[3; 16], 5).unwrap(), Some(c));
+    }
+
+    #[test]
     fn sweep_removes_cuts_and_frees() {
         let d = tempfile::tempdir().unwrap();
         let p = Packs::open(d.path()).unwrap();
@@ -492,7 +587,7 @@ mod tests {
             3,
             "a gap freed, the tail cut, a pack removed"
         );
-        assert_eq!(list(p.dir()).unwrap(), [(pack, recs[3].off)]);
+        assert_eq!(list(p.dir()).unwrap(), [(pack, recs[2].off + HEADER + n)]);
         assert!(
             allocated(&path) + 2 * n - 3 * 4096 < full,
             "body 1's space freed"
