@@ -25,6 +25,18 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Acknowledge what arrives next at once instead of after the delayed-ACK timer.
+    pub fn quickack(&self) {
+        #[cfg(target_os = "linux")]
+        let _ = match self {
+            Stream::Plain(s) => s.set_quickack(true),
+            Stream::Tls(s) => s.get_ref().0.set_quickack(true),
+            Stream::Upgrading => Ok(()),
+        };
+    }
+}
+
 fn gone() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "stream is being upgraded")
 }
