@@ -206,13 +206,21 @@ impl Packs {
 
     /// A new, empty pack whose directory entry is durable.
     fn create(&self) -> io::Result<Open> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let path = self.dir.join(file_name(id));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+        let (id, path, file) = loop {
+            let id = self.next.fetch_add(1, Ordering::Relaxed);
+            let path = self.dir.join(file_name(id));
+            match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(f) => break (id, path, f),
+                // Another process with this data directory open took the number.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        };
         file.sync_all()?;
         File::open(&self.dir)?.sync_all()?;
         #[cfg(target_os = "linux")]
@@ -634,5 +642,16 @@ mod tests {
         assert!(!again.is_current(used.last().unwrap().0));
         let at = again.append(&[9; 16], &[b"x"], 1).unwrap();
         assert!(at.pack > used.last().unwrap().0 && at.off == 0);
+        // A number taken meanwhile by another process is skipped.
+        let third = Packs::open(d.path()).unwrap();
+        let at3 = third.append(&[8; 16], &[b"y"], 1).unwrap();
+        assert_eq!(at3.pack, at.pack + 1);
+        lock(&again.free).clear(); // so `again` needs a new pack, numbered as at3's
+        let at4 = again.append(&[7; 16], &[b"z"], 1).unwrap();
+        assert!(at4.pack > at3.pack, "{at4:?} after {at3:?}");
+        assert_eq!(
+            again.read(at4, &[7; 16], 1).unwrap().as_deref(),
+            Some(&b"z"[..])
+        );
     }
 }
