@@ -13,7 +13,7 @@
 //! - Bodies are written with `O_DIRECT` where the filesystem allows it: from one reused,
 //!   aligned buffer per pack straight to the disk, each record padded to 4 KiB. Buffered
 //!   writes had to allocate and fill fresh page-cache pages for every body; on this
-//!   benchmark's VM that copy took up to 40% of the CPU once the guest's free memory had
+//!   benchmark's VM that copy took up to 43% of the CPU once the guest's free memory had
 //!   been handed back to the host. Reads stay buffered.
 //! - Each body is preceded by a 32-byte header (magic, the blob's random name, its size),
 //!   and every read checks it: a read of a removed body (hole punched) or of a torn tail
@@ -123,9 +123,8 @@ impl Open {
     fn write(&mut self, off: u64, head: &[u8], parts: &[&[u8]], size: u64) -> io::Result<u64> {
         let len = HEADER as usize + size as usize;
         if let Some(direct) = &self.direct {
-            // Through O_DIRECT the disk reads the body from this buffer: no page cache
-            // page to allocate and fill per body (on this VM, newly used guest memory
-            // made that copy most of the CPU of a 256 KiB load), and no writeback.
+            // Through O_DIRECT the disk reads the body from this buffer: no page-cache
+            // page to allocate and fill per body (see the notes above), no writeback.
             let padded = len.next_multiple_of(ALIGN);
             if self.buf.len() < padded + ALIGN {
                 self.buf = vec![0; padded + ALIGN];
@@ -149,7 +148,9 @@ impl Open {
                     self.file.sync_data()?;
                     return Ok(padded as u64);
                 }
-                // Alignment this filesystem will not take: the page cache from now on.
+                // Alignment this filesystem will not take (also for the unaligned rest of
+                // a short write): the whole record again through the page cache, and
+                // the page cache from now on.
                 Err(e) if e.kind() == io::ErrorKind::InvalidInput => self.direct = None,
                 Err(e) => return Err(e),
             }
