@@ -13,7 +13,7 @@
 //! - SEARCH first catches the index up ([`Indexer::catch_up`]), so results never miss a
 //!   delivered message. Between a commit and the next catch-up the index may lag; nothing
 //!   but SEARCH reads it.
-//! - The indexer parses each body itself (from the database or its file): the SMTP session
+//! - The indexer parses each body itself (from the database or its pack): the SMTP session
 //!   only parses the header (SORT/THREAD keys), so a large body costs delivery no MIME
 //!   parse, and the indexer runs at a lower CPU priority, after a burst of deliveries
 //!   rather than during it (at most `MAX_LAG` late).

@@ -21,9 +21,9 @@ use crate::{
 
 /// Largest number of deliveries committed in one transaction.
 const MAX_BATCH: usize = 512;
-/// Bodies up to this size are kept in the database, larger ones in files. Most mail is
-/// small: for it, one WAL commit per batch replaces a file creation and fsync per message.
-/// Past this, writing the body twice (WAL, then checkpoint) costs more than a file.
+/// Bodies up to this size are kept in the database, larger ones in packs. Most mail is
+/// small: for it, one WAL commit per batch replaces an append and fdatasync per message.
+/// Past this, writing the body twice (WAL, then checkpoint) costs more than a pack append.
 const INLINE_MAX: usize = 64 * 1024;
 
 pub(super) struct Job {

@@ -1,4 +1,5 @@
-//! The embedded backend: metadata in SQLite (WAL, `synchronous=FULL`), bodies in files.
+//! The embedded backend: metadata and small bodies in SQLite (WAL, `synchronous=FULL`),
+//! larger bodies in pack files.
 //!
 //! Layout of a data directory:
 //! - `yubin.db` (+ `-wal`, `-shm`): domains, accounts, aliases, mailboxes, message metadata.
@@ -458,8 +459,8 @@ impl SqliteStore {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A body by its id: from the database when it is small, else from its file; `None`
-    /// when it is gone (removed since the caller looked it up).
+    /// A body by its id: from the database when it is small, else from its pack or file;
+    /// `None` when it is gone (removed since the caller looked it up).
     pub(crate) fn load_body(&self, c: &Connection, blob_id: i64) -> Result<Option<Vec<u8>>> {
         self.blob_dirs.load(c, blob_id)
     }
