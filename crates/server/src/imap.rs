@@ -446,17 +446,17 @@ async fn run(
                     r = stream.read(&mut buf) => match r {
                         Ok(0) => return Ok(()),
                         Ok(n) => {
-                        // A full buffer means bulk data (an APPEND literal): acknowledge
-                        // at once, or a Nagle-ing client holds the literal's last
-                        // segment for our delayed ACK (see smtp.rs). Commands do not pay
-                        // the extra system call.
-                        if n == buf.len() {
-                            stream.quickack();
-                        }
-                        match deflate.as_mut() {
-                            Some(d) => session.push(&d.inflate(&buf[..n])?),
-                            None => session.push(&buf[..n]),
-                        }
+                            // A full buffer means bulk data (an APPEND literal): acknowledge
+                            // at once, or a Nagle-ing client holds the literal's last
+                            // segment for our delayed ACK (see smtp.rs). Commands do not
+                            // pay the extra system call.
+                            if n == buf.len() {
+                                stream.quickack();
+                            }
+                            match deflate.as_mut() {
+                                Some(d) => session.push(&d.inflate(&buf[..n])?),
+                                None => session.push(&buf[..n]),
+                            }
                         }
                         Err(e) => return Err(e),
                     },

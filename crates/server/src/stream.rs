@@ -23,9 +23,7 @@ impl Stream {
             _ => None,
         }
     }
-}
 
-impl Stream {
     /// Acknowledge what arrives next at once instead of after the delayed-ACK timer.
     pub fn quickack(&self) {
         #[cfg(target_os = "linux")]

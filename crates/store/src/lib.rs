@@ -96,7 +96,7 @@ pub struct StagedBlob {
     /// A small body, kept in the database (written by the commit).
     pub(crate) data: Option<Vec<u8>>,
     /// A larger one: the pack it was appended to and where (sqlite/packs.rs).
-    pub(crate) packed: Option<(u64, u64)>,
+    pub(crate) packed: Option<sqlite::packs::Packed>,
 }
 
 impl StagedBlob {

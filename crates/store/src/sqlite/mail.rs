@@ -344,9 +344,8 @@ impl SqliteStore {
         outbound: Option<Outbound>,
     ) -> Result<(Vec<Delivered>, Option<i64>)> {
         if accounts.is_empty() && outbound.is_none() {
-            if let Some((pack, off)) = blob.packed {
-                let size = blob.size;
-                self.free_bodies(&[DeadBody::Packed { pack, off, size }]);
+            if let Some(at) = blob.packed {
+                self.blob_dirs.packs.release([(at, blob.size)]);
             }
             return Err(Error::NoRecipients);
         }
@@ -402,7 +401,7 @@ impl MailStore for SqliteStore {
             size: size as u64,
             text,
             data: None,
-            packed: Some((at.pack, at.off)),
+            packed: Some(at),
         })
     }
 
@@ -1097,7 +1096,7 @@ pub(super) fn writer_loop(
         for (job, result) in batch.into_iter().zip(results) {
             match &result {
                 Ok((d, _)) => touched.extend(d.iter().map(|d| d.mailbox)),
-                Err(_) => dead.extend(job.blob.packed.map(|(p, o)| (p, o, job.blob.size))),
+                Err(_) => dead.extend(job.blob.packed.map(|at| (at, job.blob.size))),
             }
             let _ = job.reply.send(result);
         }
@@ -1175,8 +1174,8 @@ fn apply(c: &Connection, job: &Job) -> Applied {
         job.blob.name,
         job.blob.size as i64,
         job.blob.data,
-        job.blob.packed.map(|p| p.0 as i64),
-        job.blob.packed.map(|p| p.1 as i64),
+        job.blob.packed.map(|at| at.pack as i64),
+        job.blob.packed.map(|at| at.off as i64),
     ])?;
     let t = &job.blob.text;
     // The full-text entry is built after the commit (indexer.rs).

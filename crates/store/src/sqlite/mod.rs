@@ -36,7 +36,7 @@ use crate::{
 mod blobs;
 mod indexer;
 mod mail;
-mod packs;
+pub(crate) mod packs;
 mod queue;
 mod snapshot;
 
@@ -302,8 +302,8 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
 pub(crate) enum DeadBody {
     /// `blobs/xx/<name>` (data directories from before packs).
     File(String),
-    /// A range of a pack, freed after a grace period (packs.rs).
-    Packed { pack: u64, off: u64, size: u64 },
+    /// A body of `size` bytes in a pack, freed after a grace period (packs.rs).
+    Packed { at: packs::Packed, size: u64 },
 }
 
 pub(crate) fn is_constraint(e: &rusqlite::Error) -> bool {
@@ -485,7 +485,7 @@ impl SqliteStore {
                         tracing::warn!(path = %p.display(), error = %e, "could not remove message file");
                     }
                 }
-                DeadBody::Packed { pack, off, size } => packed.push((*pack, *off, *size)),
+                DeadBody::Packed { at, size } => packed.push((*at, *size)),
             }
         }
         self.blob_dirs.packs.release(packed);
@@ -576,8 +576,10 @@ impl SqliteStore {
             match (outside, pack, off) {
                 (false, ..) => {}
                 (true, Some(pack), Some(off)) => dead.push(DeadBody::Packed {
-                    pack: pack as u64,
-                    off: off as u64,
+                    at: packs::Packed {
+                        pack: pack as u64,
+                        off: off as u64,
+                    },
                     size: size as u64,
                 }),
                 (true, ..) => dead.push(DeadBody::File(name)),

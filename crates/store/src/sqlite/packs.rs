@@ -252,18 +252,14 @@ impl Packs {
             None => self.create()?,
         };
         let off = p.end;
-        match p.write(off, &header(key, size), parts, size) {
-            Ok(len) => {
-                p.end = off + len;
-                let id = p.id;
-                if p.end < SEAL_AT {
-                    lock(&self.free).push(p);
-                }
-                Ok(Packed { pack: id, off })
-            }
-            // Sealed: what this write left behind is freed by the next sweep.
-            Err(e) => Err(e),
+        // On an error `p` is dropped: the pack is sealed, and what the write left behind
+        // is freed by the next sweep.
+        p.end = off + p.write(off, &header(key, size), parts, size)?;
+        let at = Packed { pack: p.id, off };
+        if p.end < SEAL_AT {
+            lock(&self.free).push(p);
         }
+        Ok(at)
     }
 
     fn open_pack(&self, id: u64) -> io::Result<File> {
@@ -310,15 +306,15 @@ impl Packs {
         Ok((h == header(key, size)).then_some(buf))
     }
 
-    /// Free the ranges of bodies no longer referenced (`(pack, off, size)`), after
+    /// Free the ranges of bodies no longer referenced (where, and their size), after
     /// [`GRACE`].
-    pub fn release(&self, dead: impl IntoIterator<Item = (u64, u64, u64)>) {
+    pub fn release(&self, dead: impl IntoIterator<Item = (Packed, u64)>) {
         let now = Instant::now();
         let mut q = lock(&self.freeing.queue);
         let before = q.len();
         q.extend(
             dead.into_iter()
-                .map(|(pack, off, size)| (now, pack, off, HEADER + size)),
+                .map(|(at, size)| (now, at.pack, at.off, HEADER + size)),
         );
         if q.len() > before {
             self.freeing.wake.notify_one();
@@ -527,7 +523,7 @@ mod tests {
 
         let path = p.dir().join(file_name(at_a.pack));
         let before = allocated(&path);
-        p.release([(at_a.pack, at_a.off, a.len() as u64)]);
+        p.release([(at_a, a.len() as u64)]);
         // Still readable during the grace period.
         assert_eq!(
             p.read(at_a, &[1; 16], a.len() as u64).unwrap(),
