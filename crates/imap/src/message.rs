@@ -2,7 +2,6 @@
 //! text SEARCH looks at. MIME parsing is mail-parser's; this module only maps its parts
 //! (whose byte offsets are absolute in the raw message) onto IMAP's part numbering.
 
-use std::borrow::Cow;
 use std::num::NonZeroU32;
 
 use imap_codec::imap_types::body::{
@@ -12,7 +11,8 @@ use imap_codec::imap_types::body::{
 use imap_codec::imap_types::core::{AString, IString, Literal, NString, Vec1};
 use imap_codec::imap_types::envelope::{Address, Envelope};
 use imap_codec::imap_types::fetch::Section;
-use mail_parser::{HeaderName, HeaderValue, Message, MessageParser, MimeHeaders, PartType};
+use mail_parser::{HeaderName, HeaderValue, Message, MimeHeaders, PartType};
+use yubin_model::mime::{self, Mime};
 
 /// An IMAP string for any text: quoted when possible, else a literal. NUL bytes, which IMAP
 /// strings cannot carry (RFC 9051 §4.3), become `0x80` as Dovecot does.
@@ -53,10 +53,12 @@ pub fn literal(bytes: &[u8]) -> NString<'static> {
 pub struct UnknownCte;
 
 /// A message as FETCH sees it. The MIME parse happens on first need only: the commonest
-/// fetch, the whole message (BODY.PEEK[], RFC822), is answered from the raw bytes.
+/// fetch, the whole message (BODY.PEEK[], RFC822), is answered from the raw bytes. The
+/// parse is bounded (`yubin_model::mime`): the recursive walks below (BODYSTRUCTURE) go at
+/// most `MAX_DEPTH` deep.
 pub struct Parsed<'a> {
     pub raw: &'a [u8],
-    parsed: std::cell::OnceCell<Message<'a>>,
+    parsed: std::cell::OnceCell<Mime<'a>>,
 }
 
 impl<'a> Parsed<'a> {
@@ -68,28 +70,7 @@ impl<'a> Parsed<'a> {
     }
 
     fn msg(&self) -> &Message<'a> {
-        self.parsed.get_or_init(|| Self::parse(self.raw))
-    }
-
-    fn parse(raw: &'a [u8]) -> Message<'a> {
-        // mail-parser returns None only for empty input; an empty message is one empty part.
-        MessageParser::default()
-            .parse(raw)
-            .unwrap_or_else(|| Message {
-                parts: vec![mail_parser::MessagePart {
-                    headers: vec![],
-                    is_encoding_problem: false,
-                    body: PartType::Text(Cow::Borrowed("")),
-                    encoding: mail_parser::Encoding::None,
-                    offset_header: 0,
-                    offset_body: 0,
-                    offset_end: 0,
-                }],
-                html_body: vec![],
-                text_body: vec![],
-                attachments: vec![],
-                raw_message: Cow::Borrowed(raw),
-            })
+        self.parsed.get_or_init(|| mime::parse_or_empty(self.raw))
     }
 
     fn slice(&self, from: u32, to: u32) -> &'a [u8] {
@@ -599,6 +580,17 @@ fn structure(raw: &[u8], m: &Message<'_>, idx: usize, ext: bool) -> BodyStructur
         None if matches!(p.body, PartType::Message(_)) => ("MESSAGE".into(), "RFC822".into()),
         None => ("TEXT".into(), "PLAIN".into()),
     };
+    // A multipart or message/rfc822 part left opaque (past the parse bounds, or a nested
+    // message too deeply encoded) has no structure to show, and RFC 9051 §9's
+    // body-type-mpart and body-type-msg need one: describe its bytes as an attachment.
+    let (ctype, subtype) = if matches!(p.body, PartType::Binary(_))
+        && (ctype == "MULTIPART"
+            || (ctype == "MESSAGE" && matches!(subtype.as_str(), "RFC822" | "GLOBAL")))
+    {
+        ("APPLICATION".into(), "OCTET-STREAM".into())
+    } else {
+        (ctype, subtype)
+    };
     let mut parameter_list =
         params(header(m, idx, HeaderName::ContentType).map(|h| raw_bytes(raw, h)));
     let has_charset = parameter_list
@@ -763,6 +755,50 @@ mod tests {
             "{env}"
         );
         assert!(env.contains("((NIL NIL \"team\" NIL)(NIL NIL \"a\" \"x.de\")(NIL NIL \"b\" \"x.de\")(NIL NIL NIL NIL))"), "{env}");
+    }
+
+    #[test]
+    fn deep_nesting_is_bounded() {
+        // A small stack: BODYSTRUCTURE, its encoding and sections must not recurse per level.
+        std::thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn(|| {
+                let mut deep = Vec::new();
+                for _ in 0..10_000 {
+                    deep.extend_from_slice(b"Content-Type: message/rfc822\r\n\r\n");
+                }
+                deep.extend_from_slice(b"Subject: x\r\n\r\nx\r\n");
+                let mut multi = Vec::new();
+                for i in 0..3_000 {
+                    multi.extend_from_slice(
+                        format!("Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n")
+                            .as_bytes(),
+                    );
+                }
+                multi.extend_from_slice(b"\r\nleaf\r\n");
+                for raw in [deep, multi] {
+                    let p = Parsed::new(&raw);
+                    let bs = encode_item(MessageDataItem::BodyStructure(p.body_structure(true)));
+                    assert!(
+                        bs.contains("\"APPLICATION\" \"OCTET-STREAM\""),
+                        "{}",
+                        &bs[..200]
+                    );
+                    encode_item(MessageDataItem::Body(p.body_structure(false)));
+                    let path: Vec<u32> = vec![1; 5_000];
+                    p.section(Some(&Section::Part(part(&path))));
+                    p.section(Some(&Section::Header(Some(part(&path)))));
+                    let _ = p.binary(
+                        &path
+                            .iter()
+                            .map(|&n| NonZeroU32::new(n).unwrap())
+                            .collect::<Vec<_>>(),
+                    );
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     #[test]

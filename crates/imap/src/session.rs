@@ -321,15 +321,69 @@ fn datetime(unix: i64) -> Option<DateTime> {
 }
 
 /// LIST pattern matching (RFC 9051 §6.3.9): `*` matches anything, `%` anything but `/`.
+///
+/// A simulation of the pattern as an automaton over the name, not backtracking: the cost is
+/// at most (pattern length × name length), and the pattern is first cut to that which can
+/// match at all (runs of wildcards collapse; more literal bytes than the name has cannot
+/// match), so a peer's pattern of any size costs O(name²) per mailbox.
 fn matches_pattern(pattern: &[u8], name: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((b'*', rest)) => (0..=name.len()).any(|i| matches_pattern(rest, &name[i..])),
-        Some((b'%', rest)) => (0..=name.len())
-            .take_while(|&i| i == 0 || name[i - 1] != b'/')
-            .any(|i| matches_pattern(rest, &name[i..])),
-        Some((c, rest)) => name.first() == Some(c) && matches_pattern(rest, &name[1..]),
+    // Collapse runs of wildcards: `**` = `*`, and `*` absorbs `%` next to it.
+    let mut p: Vec<u8> = Vec::with_capacity(pattern.len().min(2 * name.len() + 2));
+    let mut literals = 0usize;
+    for &c in pattern {
+        match (c, p.last().copied()) {
+            (b'*', Some(b'*')) | (b'%', Some(b'*')) => {}
+            (b'*', Some(b'%')) => {
+                if let Some(last) = p.last_mut() {
+                    *last = b'*';
+                }
+            }
+            (b'%', Some(b'%')) => {}
+            (b'*' | b'%', _) => p.push(c),
+            _ => {
+                literals += 1;
+                if literals > name.len() {
+                    return false;
+                }
+                p.push(c);
+            }
+        }
     }
+    let n = p.len();
+    let closure = |set: &mut Vec<bool>| {
+        for j in 0..n {
+            if set[j] && matches!(p[j], b'*' | b'%') {
+                set[j + 1] = true;
+            }
+        }
+    };
+    let mut cur = vec![false; n + 1];
+    let mut next = vec![false; n + 1];
+    cur[0] = true;
+    closure(&mut cur);
+    for &c in name {
+        next.iter_mut().for_each(|x| *x = false);
+        let mut any = false;
+        for j in 0..n {
+            if !cur[j] {
+                continue;
+            }
+            match p[j] {
+                b'*' => next[j] = true,
+                b'%' if c != b'/' => next[j] = true,
+                b'%' => {}
+                lit if lit == c => next[j + 1] = true,
+                _ => {}
+            }
+            any = true;
+        }
+        if !any {
+            return false;
+        }
+        closure(&mut next);
+        std::mem::swap(&mut cur, &mut next);
+    }
+    cur[n]
 }
 
 /// STATUS items (RFC 9051 §6.3.11) by name; unknown names are skipped.
@@ -2603,5 +2657,33 @@ mod fast_fetch_tests {
             ]
         ));
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn list_patterns() {
+        let m = super::matches_pattern;
+        assert!(m(b"*", b"a/b"));
+        assert!(m(b"%", b"ab"));
+        assert!(!m(b"%", b"a/b"));
+        assert!(m(b"a/%", b"a/b"));
+        assert!(!m(b"a/%", b"a/b/c"));
+        assert!(m(b"a*c", b"abbbc"));
+        assert!(!m(b"a*c", b"abbbd"));
+        assert!(m(b"%/*", b"a/b/c"));
+        assert!(m(b"*%", b"a/b"));
+        assert!(m(b"%*", b"a/b"));
+        assert!(m(b"", b""));
+        assert!(!m(b"", b"a"));
+        assert!(m(b"INBOX", b"INBOX"));
+        // Hostile patterns answer at once (they took minutes, or overflowed the stack).
+        let stars = vec![b'*'; 100_000];
+        assert!(m(&stars, b"x"));
+        let mut name = vec![b'a'; 900];
+        name.push(b'c');
+        assert!(!m(b"*a*a*a*a*a*b", &name));
+        let mut p = b"*a".repeat(50_000);
+        p.push(b'b');
+        assert!(!m(&p, &name));
+        assert!(m(&b"*a".repeat(400), &name[..900]));
     }
 }

@@ -150,11 +150,16 @@ pub fn ordered_subject(msgs: &[SortInfo], hits: &[usize]) -> Vec<Thread> {
     let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
     let mut sorted = hits.to_vec();
     sorted.sort_by_key(|&i| (date(&msgs[i]), i));
+    // By subject through a map: a linear search per message was quadratic in the subjects.
+    let mut index: HashMap<String, usize> = HashMap::new();
     for i in sorted {
         let b = base_subject(&msgs[i].subject);
-        match groups.iter_mut().find(|g| g.0 == b) {
-            Some(g) => g.1.push(i),
-            None => groups.push((b, vec![i])),
+        match index.get(&b) {
+            Some(&g) => groups[g].1.push(i),
+            None => {
+                index.insert(b.clone(), groups.len());
+                groups.push((b, vec![i]));
+            }
         }
     }
     groups
@@ -176,7 +181,16 @@ pub fn ordered_subject(msgs: &[SortInfo], hits: &[usize]) -> Vec<Thread> {
         .collect()
 }
 
-/// THREAD=REFERENCES (RFC 5256 §2.2).
+/// References of one message taken into account (the last ones: the nearest ancestors).
+pub const MAX_REFERENCES: usize = 100;
+/// Longest parent chain walked to avoid a loop when linking two containers.
+const ANCESTOR_WALK: usize = 512;
+/// Deepest thread built; the messages below start threads of their own.
+pub const MAX_THREAD_DEPTH: usize = 200;
+
+/// THREAD=REFERENCES (RFC 5256 §2.2). Bounded against a peer's headers: at most
+/// MAX_REFERENCES references per message, ANCESTOR_WALK steps per link and
+/// MAX_THREAD_DEPTH levels, so the cost is linear in the messages and the recursion shallow.
 pub fn references(msgs: &[SortInfo], hits: &[usize]) -> Vec<Thread> {
     // Step 1: containers by message id, linked parent -> child.
     #[derive(Default)]
@@ -194,8 +208,9 @@ pub fn references(msgs: &[SortInfo], hits: &[usize]) -> Vec<Thread> {
         })
     };
     let is_ancestor = |cs: &Vec<C>, a: usize, mut b: usize| -> bool {
-        // Is `a` an ancestor of (or equal to) `b`?
-        loop {
+        // Is `a` an ancestor of (or equal to) `b`? A walk longer than ANCESTOR_WALK counts
+        // as yes (the link is not made), so a peer's chain costs at most that per link.
+        for _ in 0..ANCESTOR_WALK {
             if a == b {
                 return true;
             }
@@ -204,6 +219,7 @@ pub fn references(msgs: &[SortInfo], hits: &[usize]) -> Vec<Thread> {
                 None => return false,
             }
         }
+        true
     };
     for &i in hits {
         let m = &msgs[i];
@@ -219,7 +235,9 @@ pub fn references(msgs: &[SortInfo], hits: &[usize]) -> Vec<Thread> {
         }
         cs[me].msg = Some(i);
         let mut prev: Option<usize> = None;
-        for r in &m.references {
+        // The nearest MAX_REFERENCES ancestors: the list is the peer's, of any length.
+        let refs = &m.references[m.references.len().saturating_sub(MAX_REFERENCES)..];
+        for r in refs {
             let c = id_of(r, &mut cs);
             if let Some(p) = prev
                 && cs[c].parent.is_none()
@@ -239,6 +257,28 @@ pub fn references(msgs: &[SortInfo], hits: &[usize]) -> Vec<Thread> {
         {
             cs[me].parent = Some(p);
             cs[p].children.push(me);
+        }
+    }
+    // No thread deeper than MAX_THREAD_DEPTH: deeper containers start threads of their own,
+    // so that the recursive steps below (and the response's nesting) stay bounded.
+    let mut queue: std::collections::VecDeque<(usize, usize)> = (0..cs.len())
+        .filter(|&i| cs[i].parent.is_none())
+        .map(|i| (i, 0))
+        .collect();
+    let mut cut = Vec::new();
+    while let Some((i, d)) = queue.pop_front() {
+        for &c in &cs[i].children {
+            if d + 1 > MAX_THREAD_DEPTH {
+                cut.push(c);
+                queue.push_back((c, 0));
+            } else {
+                queue.push_back((c, d + 1));
+            }
+        }
+    }
+    for c in cut {
+        if let Some(p) = cs[c].parent.take() {
+            cs[p].children.retain(|&x| x != c);
         }
     }
     // Step 2: the root set; step 3/4 build trees, pruning empty dummies.
@@ -415,6 +455,39 @@ mod tests {
             wire(ordered_subject(&msgs, &hits)),
             "* THREAD (5)(1 (2)(3)(4))(6 7)\r\n"
         );
+    }
+
+    #[test]
+    fn hostile_references_are_bounded() {
+        // One message naming 20,000 ancestors, and a chain of 5,000 messages: both thread
+        // at once, on a small stack.
+        std::thread::Builder::new()
+            .stack_size(512 * 1024)
+            .spawn(|| {
+                let ids: Vec<String> = (0..20_000).map(|i| format!("r{i}")).collect();
+                let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+                let msgs = vec![m(1, "x", &refs, "s", 1)];
+                let t = references(&msgs, &[0]);
+                assert_eq!(wire(t), "* THREAD (1)\r\n");
+                let ids: Vec<String> = (0..5_000).map(|i| format!("c{i}")).collect();
+                let msgs: Vec<SortInfo> = (0..5_000usize)
+                    .map(|i| {
+                        let refs: Vec<&str> = ids[i.saturating_sub(3)..i]
+                            .iter()
+                            .map(String::as_str)
+                            .collect();
+                        m(i as u32 + 1, &ids[i], &refs, "chain", i as i64)
+                    })
+                    .collect();
+                let hits: Vec<usize> = (0..msgs.len()).collect();
+                let t = references(&msgs, &hits);
+                assert!(!t.is_empty());
+                let out = wire(t);
+                assert!(out.starts_with("* THREAD ((1 2 3 "), "{}", &out[..40]);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     #[test]

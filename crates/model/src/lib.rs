@@ -5,6 +5,7 @@
 pub type AccountId = i64;
 pub type MailboxId = i64;
 
+pub mod mime;
 pub mod sorted;
 
 /// System flags as bits (RFC 9051 §2.3.2); keywords are strings.

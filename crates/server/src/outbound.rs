@@ -514,19 +514,35 @@ async fn transaction(c: &mut Client, host: &str, job: &Job<'_>) -> Result<Vec<Ou
         .collect())
 }
 
-/// RFC 5321 §4.5.2: a line starting with `.` gets another; CRLF line ends throughout.
+/// RFC 5321 §4.5.2: a line starting with `.` gets another; CRLF line ends throughout. A
+/// bare CR ends a line as well as a bare LF does (RFC 5321 §2.3.8 forbids both): some
+/// receivers take `<CR>.<CR>` for the end of data, so leaving either would let a body
+/// smuggle a second message to the next hop.
 fn dot_stuff(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + 64);
     let mut start = true;
-    for (i, &b) in data.iter().enumerate() {
-        if start && b == b'.' {
-            out.push(b'.');
-        }
-        if b == b'\n' && (i == 0 || data[i - 1] != b'\r') {
-            out.push(b'\r');
+    let mut i = 0;
+    while let Some(&b) = data.get(i) {
+        i += 1;
+        match b {
+            b'\r' => {
+                if data.get(i) == Some(&b'\n') {
+                    i += 1;
+                }
+                out.extend_from_slice(b"\r\n");
+                start = true;
+                continue;
+            }
+            b'\n' => {
+                out.extend_from_slice(b"\r\n");
+                start = true;
+                continue;
+            }
+            b'.' if start => out.push(b'.'),
+            _ => {}
         }
         out.push(b);
-        start = b == b'\n';
+        start = false;
     }
     if !start {
         out.extend_from_slice(b"\r\n");
@@ -791,5 +807,11 @@ mod tests {
     fn dot_stuffing() {
         assert_eq!(super::dot_stuff(b".a\r\nb\n.\r\n"), b"..a\r\nb\r\n..\r\n");
         assert_eq!(super::dot_stuff(b"x"), b"x\r\n");
+        // A bare CR is a line end too: `<CR>.<CR><LF>` cannot end the data early.
+        assert_eq!(
+            super::dot_stuff(b"a\r.\r\nMAIL FROM:<x@y>\r\n"),
+            b"a\r\n..\r\nMAIL FROM:<x@y>\r\n"
+        );
+        assert_eq!(super::dot_stuff(b"a\r\r\n.\r"), b"a\r\n\r\n..\r\n");
     }
 }

@@ -5,6 +5,7 @@
 //! It knows nothing of sockets, TLS libraries, or storage, so every rule of RFC 5321 that it
 //! keeps is tested here without a network (see `tests/dialogues.rs`).
 
+mod data;
 mod reply;
 mod session;
 #[doc(hidden)]

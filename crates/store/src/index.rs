@@ -3,9 +3,12 @@
 //! the single writer only inserts rows.
 
 use mail_parser::{HeaderValue, MessageParser, PartType};
+use yubin_model::mime;
 
 /// Longest body text indexed per message; past it, SEARCH BODY finds nothing more.
 const MAX_BODY_TEXT: usize = 4 << 20;
+/// References kept per message for THREAD (the last ones; yubin-imap uses as many).
+const MAX_REFERENCES: usize = 100;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SearchText {
@@ -55,11 +58,14 @@ fn extract_parts(raw: &[u8], body: bool) -> SearchText {
         pop3_size: yubin_model::pop3_size(raw),
         ..SearchText::default()
     };
-    let parser = MessageParser::default();
+    // The whole message through the bounded parser (deep nesting is cut, and dropped
+    // without recursion); the header alone cannot nest.
     let parsed = if body {
-        parser.parse(raw)
+        mime::parse(raw)
     } else {
-        parser.parse_headers(raw)
+        MessageParser::default()
+            .parse_headers(raw)
+            .map(mime::Mime::headers)
     };
     let Some(msg) = parsed else {
         return t;
@@ -138,6 +144,9 @@ fn extract_parts(raw: &[u8], body: bool) -> SearchText {
         if t.sort.references.is_empty() {
             t.sort.references = in_reply_to;
         }
+        // THREAD uses the nearest ancestors only; a peer's list may be of any length.
+        let refs = &mut t.sort.references;
+        refs.drain(..refs.len().saturating_sub(MAX_REFERENCES));
     }
     for p in msg.parts.iter().filter(|_| body) {
         if t.body.len() >= MAX_BODY_TEXT {

@@ -52,6 +52,17 @@ pub struct Account {
     pub quota: Option<u64>,
 }
 
+/// One copy of a message that a background job could not process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unprocessable {
+    pub account: String,
+    pub mailbox: String,
+    pub mailbox_id: MailboxId,
+    pub uid: u32,
+    pub body: i64,
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Alias {
     /// `local@domain`, or `*@domain` for the domain's catch-all.
@@ -134,6 +145,12 @@ pub trait Directory: Send + Sync {
     /// Checks a password (argon2; slow by design). `None` when the address is unknown,
     /// disabled, or the password is wrong: callers must not tell these apart to the peer.
     fn authenticate(&self, address: &str, password: &str) -> Result<Option<Account>>;
+    /// A number that moves whenever an account is removed, disabled or given a new
+    /// password (by any process). May lag by a fraction of a second; cheap to ask often.
+    fn account_epoch(&self) -> Result<u64>;
+    /// What a session must still match to go on: `None` when the account is gone or
+    /// disabled; otherwise a value that changes with its password. Ids are never reused.
+    fn account_stamp(&self, id: AccountId) -> Result<Option<String>>;
 
     fn add_alias(&self, alias: &str, targets: &[String]) -> Result<()>;
     fn list_aliases(&self) -> Result<Vec<Alias>>;
@@ -225,6 +242,10 @@ pub trait MailStore: Send + Sync {
     /// Remove bodies left by deliveries that never committed (a crash between the two).
     /// Call only when no delivery is in flight (at start-up). Returns how many were removed.
     fn sweep_orphans(&self) -> Result<usize>;
+    /// Messages a background job (the indexer) could not process, with the reason.
+    fn unprocessable(&self) -> Result<Vec<Unprocessable>>;
+    /// Expunge every copy of an unprocessable message and forget its failure.
+    fn remove_unprocessable(&self, item: &Unprocessable) -> Result<()>;
     /// Be told about every committed change to any mailbox (IMAP IDLE, NOOP).
     fn on_change(&self, listener: ChangeListener);
 }

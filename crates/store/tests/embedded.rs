@@ -736,7 +736,7 @@ fn schema_1_is_upgraded() {
          ALTER TABLE blobs DROP COLUMN pack;
          ALTER TABLE blobs DROP COLUMN off;
          DROP TABLE index_pending;
-         DELETE FROM meta WHERE key IN ('mailbox_seq', 'blob_seq');
+         DELETE FROM meta WHERE key IN ('mailbox_seq', 'blob_seq', 'account_seq', 'account_epoch');
          DROP TRIGGER messages_added;
          DROP TRIGGER messages_removed;
          ALTER TABLE mailboxes DROP COLUMN octets;
@@ -782,7 +782,7 @@ fn schema_1_is_upgraded() {
     let v: i64 = db
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 3);
+    assert_eq!(v, 4);
     let total: u64 = s.messages(inbox).unwrap().iter().map(|m| m.size).sum();
     assert_eq!(
         s.usage(a).unwrap().0,
@@ -1017,4 +1017,56 @@ fn store_paths_agree() {
             s.mailbox(a, "Archive").unwrap().highest_modseq
         );
     }
+}
+
+#[test]
+fn account_ids_are_never_reused_and_changes_move_the_epoch() {
+    let (_d, s) = store();
+    s.add_domain("example.com").unwrap();
+    let eve = s.add_account("eve@example.com", "pw-eve-1", false).unwrap();
+    let stamp = s.account_stamp(eve.id).unwrap();
+    assert!(stamp.is_some());
+    let e0 = s.account_epoch().unwrap();
+    s.remove_account("eve@example.com").unwrap();
+    let frank = s
+        .add_account("frank@example.com", "pw-frank", false)
+        .unwrap();
+    assert!(
+        frank.id > eve.id,
+        "a removed account's id is not given to the next"
+    );
+    assert_eq!(s.account_stamp(eve.id).unwrap(), None);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let e1 = s.account_epoch().unwrap();
+    assert!(e1 > e0);
+    let before = s.account_stamp(frank.id).unwrap();
+    s.set_password("frank@example.com", "another-pw").unwrap();
+    assert_ne!(s.account_stamp(frank.id).unwrap(), before);
+    s.set_disabled("frank@example.com", true).unwrap();
+    assert_eq!(s.account_stamp(frank.id).unwrap(), None);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(s.account_epoch().unwrap() >= e1 + 2);
+}
+
+#[test]
+fn deeply_nested_message_is_stored_indexed_and_searchable() {
+    let (_d, s) = store();
+    s.add_domain("example.com").unwrap();
+    let a = s.add_account("a@example.com", "pw-a-123", false).unwrap();
+    let mut raw = b"Subject: deep\r\n".to_vec();
+    for _ in 0..50_000 {
+        raw.extend_from_slice(b"Content-Type: message/rfc822\r\n\r\n");
+    }
+    raw.extend_from_slice(b"Subject: core\r\n\r\nneedle\r\n");
+    let blob = s.stage(&[&raw]).unwrap();
+    s.deliver(blob, &[a.id], "INBOX", &Flags::default(), 0)
+        .unwrap();
+    let inbox = s.mailbox(a.id, "INBOX").unwrap().id;
+    // The indexer runs in its own (small-stacked) thread: SEARCH catches it up.
+    assert_eq!(
+        s.search_text(inbox, yubin_store::TextField::Subject, "deep")
+            .unwrap(),
+        [1]
+    );
+    assert!(s.unprocessable().unwrap().is_empty());
 }

@@ -163,6 +163,13 @@ enum MailCmd {
         #[arg(long, default_value = "INBOX")]
         mailbox: String,
     },
+    /// Messages the server could not process (not indexed for SEARCH): account, mailbox,
+    /// UID and why. Such a message is still stored and readable.
+    Unprocessable {
+        /// Expunge every listed message (after printing it).
+        #[arg(long)]
+        remove: bool,
+    },
 }
 
 fn main() {
@@ -472,6 +479,21 @@ fn mail_cmd(store: &SqliteStore, cmd: MailCmd) -> Result<()> {
             let mb = store.mailbox(a.id, &mailbox)?;
             let data = store.read(mb.id, uid)?;
             std::io::stdout().write_all(&data)?;
+        }
+        MailCmd::Unprocessable { remove } => {
+            let items = store.unprocessable()?;
+            if items.is_empty() {
+                println!("no unprocessable messages");
+            }
+            for u in &items {
+                println!("{}\t{}\t{}\t{}", u.account, u.mailbox, u.uid, u.reason);
+                if remove {
+                    store.remove_unprocessable(u)?;
+                }
+            }
+            if remove && !items.is_empty() {
+                println!("removed {} message(s)", items.len());
+            }
         }
     }
     Ok(())

@@ -130,6 +130,10 @@ impl Indexer {
     pub(super) fn start(root: &Path, blobs: Arc<BlobDirs>) -> Result<Arc<Self>> {
         let main = super::connect(&root.join(super::DB_FILE))?;
         let search = super::connect(&root.join(SEARCH_FILE))?;
+        // Bodies the indexer could not process, and why (`MailStore::unprocessable`).
+        search.execute_batch(
+            "CREATE TABLE IF NOT EXISTS failed(blob_id INTEGER PRIMARY KEY, reason TEXT NOT NULL)",
+        )?;
         let indexed_seq: i64 = search.query_row(
             "SELECT value FROM meta WHERE key = 'indexed_seq'",
             [],
@@ -233,7 +237,29 @@ impl Indexer {
                 let Some(raw) = self.blobs.load(&st.main, id)? else {
                     continue;
                 };
-                let text = index::extract(&raw);
+                // A message the indexer cannot handle must not stop it (it would be retried
+                // after every restart): its failure is recorded and indexing moves on.
+                // (Parsing is bounded, so this is a defence against bugs, not the design.)
+                let text = match std::panic::catch_unwind(|| index::extract(&raw)) {
+                    Ok(text) => text,
+                    Err(panic) => {
+                        let why = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "panic".into());
+                        tracing::error!(
+                            blob = id,
+                            reason = why,
+                            "message could not be indexed; skipped"
+                        );
+                        tx.prepare_cached(
+                            "INSERT OR REPLACE INTO failed(blob_id, reason) VALUES (?1, ?2)",
+                        )?
+                        .execute(params![id, why])?;
+                        continue;
+                    }
+                };
                 tx.prepare_cached(
                     "INSERT INTO search(rowid, headers, hfrom, hto, hcc, hbcc, subject, body)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -256,6 +282,27 @@ impl Indexer {
             tx.commit()?;
             self.done.fetch_max(last, Ordering::AcqRel);
         }
+    }
+}
+
+impl Indexer {
+    /// Bodies recorded as unprocessable: (blob id, reason).
+    pub(super) fn failed(&self) -> Result<Vec<(i64, String)>> {
+        let st = lock(&self.state);
+        let rows = st
+            .search
+            .prepare("SELECT blob_id, reason FROM failed ORDER BY blob_id")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Forget a recorded failure (its messages were removed).
+    pub(super) fn forget_failed(&self, blob_id: i64) -> Result<()> {
+        let st = lock(&self.state);
+        st.search
+            .execute("DELETE FROM failed WHERE blob_id = ?1", [blob_id])?;
+        Ok(())
     }
 }
 

@@ -857,6 +857,42 @@ impl MailStore for SqliteStore {
         Ok((used as u64, quota.map(|q| q as u64)))
     }
 
+    fn unprocessable(&self) -> Result<Vec<crate::Unprocessable>> {
+        let failed = self.indexer.failed()?;
+        let c = self.reader();
+        let mut out = Vec::new();
+        for (body, reason) in failed {
+            let mut st = c.prepare_cached(
+                "SELECT a.local || '@' || d.name, mb.name, mb.id, m.uid
+                 FROM messages m JOIN mailboxes mb ON mb.id = m.mailbox_id
+                 JOIN accounts a ON a.id = mb.account_id JOIN domains d ON d.id = a.domain_id
+                 WHERE m.blob_id = ?1 ORDER BY mb.id, m.uid",
+            )?;
+            let rows = st.query_map([body], |r| {
+                Ok(crate::Unprocessable {
+                    account: r.get(0)?,
+                    mailbox: r.get(1)?,
+                    mailbox_id: r.get(2)?,
+                    uid: r.get(3)?,
+                    body,
+                    reason: reason.clone(),
+                })
+            })?;
+            for r in rows {
+                out.push(r?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn remove_unprocessable(&self, item: &crate::Unprocessable) -> Result<()> {
+        self.expunge(item.mailbox_id, Some(&[item.uid]))?;
+        if self.unprocessable()?.iter().all(|u| u.body != item.body) {
+            self.indexer.forget_failed(item.body)?;
+        }
+        Ok(())
+    }
+
     fn sweep_orphans(&self) -> Result<usize> {
         let (known, live) = {
             let c = self.conn();

@@ -41,7 +41,10 @@ mod queue;
 mod snapshot;
 
 const DB_FILE: &str = "yubin.db";
-const SCHEMA_VERSION: i64 = 3;
+/// How long a read `account_epoch` is trusted: the delay before a removed, disabled or
+/// re-passworded account's sessions end.
+const EPOCH_TTL: std::time::Duration = std::time::Duration::from_millis(250);
+const SCHEMA_VERSION: i64 = 4;
 
 /// Upgrades from each older schema version, applied in order in one transaction.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -76,6 +79,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
         "ALTER TABLE blobs ADD COLUMN pack INTEGER;
          ALTER TABLE blobs ADD COLUMN off INTEGER;
          CREATE INDEX blobs_pack ON blobs(pack, off) WHERE pack IS NOT NULL;",
+    ),
+    // 3 -> 4: account ids are never reused (an open session of a removed account must not
+    // reach the next account's mail), and every change that must end sessions (removal,
+    // disabling, a new password) moves `account_epoch`, which sessions watch.
+    (
+        3,
+        "INSERT INTO meta(key, value) SELECT 'account_seq', coalesce(max(id), 0) FROM accounts;
+         INSERT INTO meta(key, value) VALUES ('account_epoch', 0);",
     ),
 ];
 
@@ -195,6 +206,8 @@ CREATE TABLE training(
     created INTEGER NOT NULL);
 INSERT INTO meta(key, value) VALUES ('uidvalidity', 0);
 INSERT INTO meta(key, value) VALUES ('mailbox_seq', 0);
+INSERT INTO meta(key, value) VALUES ('account_seq', 0);
+INSERT INTO meta(key, value) VALUES ('account_epoch', 0);
 INSERT INTO meta(key, value) VALUES ('blob_seq', 0);
 ";
 
@@ -268,6 +281,8 @@ pub struct SqliteStore {
     writer: mpsc::Sender<mail::Job>,
     listeners: Arc<Listeners>,
     indexer: Arc<indexer::Indexer>,
+    /// The last `account_epoch` read, and when.
+    account_epoch: Mutex<Option<(std::time::Instant, u64)>>,
     snapshots: snapshot::Snapshots,
     blob_dirs: Arc<blobs::BlobDirs>,
     heavy: Gate,
@@ -409,6 +424,7 @@ impl SqliteStore {
             writer: tx,
             listeners,
             indexer,
+            account_epoch: Mutex::new(None),
             snapshots: Default::default(),
             blob_dirs,
             heavy: Gate::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
@@ -610,6 +626,25 @@ impl SqliteStore {
         )?)
     }
 
+    pub(crate) fn next_account_id(tx: &rusqlite::Transaction<'_>) -> Result<i64> {
+        Ok(tx.query_row(
+            "UPDATE meta SET value = max(value, (SELECT coalesce(max(id), 0) FROM accounts)) + 1
+             WHERE key = 'account_seq' RETURNING value",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Sessions of existing accounts must look again: one was removed, disabled or given
+    /// a new password (in this transaction).
+    fn bump_account_epoch(c: &Connection) -> Result<()> {
+        c.execute(
+            "UPDATE meta SET value = value + 1 WHERE key = 'account_epoch'",
+            [],
+        )?;
+        Ok(())
+    }
+
     /// Find what one local part of a domain reaches: (account id, disabled) pairs.
     fn lookup_local(c: &Connection, domain_id: i64, local: &str) -> Result<Vec<(i64, bool)>> {
         let acct: Option<(i64, bool)> = c
@@ -731,15 +766,15 @@ impl Directory for SqliteStore {
             ));
         }
         let created = now();
+        let id = Self::next_account_id(&tx)?;
         match tx.execute(
-            "INSERT INTO accounts(domain_id, local, password, admin, created)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![domain_id, a.local, hash, admin, created],
+            "INSERT INTO accounts(id, domain_id, local, password, admin, created)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id, domain_id, a.local, hash, admin, created],
         ) {
             Err(e) if is_constraint(&e) => return Err(Error::AccountExists(a.to_string())),
             r => r?,
         };
-        let id = tx.last_insert_rowid();
         for (name, special) in DEFAULT_MAILBOXES {
             let uv = Self::next_uidvalidity(&tx)?;
             tx.execute(
@@ -805,22 +840,28 @@ impl Directory for SqliteStore {
 
     fn set_password(&self, address: &str, password: &str) -> Result<()> {
         let hash = password::hash(password)?;
-        let c = self.conn();
-        let (acct, _) = Self::account_row(&c, address)?;
-        c.execute(
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (acct, _) = Self::account_row(&tx, address)?;
+        tx.execute(
             "UPDATE accounts SET password = ?1 WHERE id = ?2",
             params![hash, acct.id],
         )?;
+        Self::bump_account_epoch(&tx)?;
+        tx.commit()?;
         Ok(())
     }
 
     fn set_disabled(&self, address: &str, disabled: bool) -> Result<()> {
-        let c = self.conn();
-        let (acct, _) = Self::account_row(&c, address)?;
-        c.execute(
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (acct, _) = Self::account_row(&tx, address)?;
+        tx.execute(
             "UPDATE accounts SET disabled = ?1 WHERE id = ?2",
             params![disabled, acct.id],
         )?;
+        Self::bump_account_epoch(&tx)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -844,10 +885,36 @@ impl Directory for SqliteStore {
             acct.id,
         )?;
         tx.execute("DELETE FROM accounts WHERE id = ?1", [acct.id])?;
+        Self::bump_account_epoch(&tx)?;
         tx.commit()?;
         drop(c);
         self.free_bodies(&names);
         Ok(())
+    }
+
+    fn account_epoch(&self) -> Result<u64> {
+        // Read at most every EPOCH_TTL: sessions ask before each command.
+        let mut cached = self.account_epoch.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, v)) = *cached
+            && at.elapsed() < EPOCH_TTL
+        {
+            return Ok(v);
+        }
+        let v: i64 = self.reader().query_row(
+            "SELECT value FROM meta WHERE key = 'account_epoch'",
+            [],
+            |r| r.get(0),
+        )?;
+        *cached = Some((std::time::Instant::now(), v as u64));
+        Ok(v as u64)
+    }
+
+    fn account_stamp(&self, id: AccountId) -> Result<Option<String>> {
+        Ok(self
+            .reader()
+            .prepare_cached("SELECT password FROM accounts WHERE id = ?1 AND disabled = 0")?
+            .query_row([id], |r| r.get(0))
+            .optional()?)
     }
 
     fn authenticate(&self, address: &str, password: &str) -> Result<Option<Account>> {
