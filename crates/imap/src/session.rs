@@ -156,6 +156,8 @@ pub struct Session<B: Backend> {
     /// A FETCH paused by [`Event::Flush`], resumed by the next [`Session::poll`].
     fetching: Option<FetchJob>,
     auth_failures: u32,
+    /// Bytes pushed since the last complete command (bounded: see `input_budget`).
+    pending: usize,
     /// RFC 7162: MODSEQ in FETCH responses, HIGHESTMODSEQ, once a client used CONDSTORE.
     condstore: bool,
     /// RFC 7162 §3.2: VANISHED instead of EXPUNGE, once enabled.
@@ -179,6 +181,12 @@ pub struct Session<B: Backend> {
     /// read-only state: a re-SELECT usually sends them again unchanged.
     flag_lines: Option<(Vec<String>, bool, Vec<u8>)>,
 }
+
+/// Largest literal accepted before login (user names and passwords; RFC 7888 §4's
+/// LITERAL- limit is the same size).
+const PREAUTH_LITERAL: u32 = 4096;
+/// Bytes one command may hold before login, literals included.
+const PREAUTH_INPUT: usize = 16 * 1024;
 
 fn tag_of(frag: &Fragmentizer) -> Option<Tag<'static>> {
     frag.decode_tag().map(IntoBoundedStatic::into_static)
@@ -510,6 +518,7 @@ impl<B: Backend> Session<B> {
             selected: None,
             fetching: None,
             auth_failures: 0,
+            pending: 0,
             condstore: false,
             qresync: false,
             compressed: false,
@@ -530,7 +539,46 @@ impl<B: Backend> Session<B> {
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
+        if matches!(self.mode, Mode::Closed) {
+            return;
+        }
+        self.pending = self.pending.saturating_add(bytes.len());
+        if self.pending > self.input_budget() {
+            // A command that never ends (a endless line, a literal past every limit) is
+            // not buffered: the connection ends.
+            self.send(Response::Status(
+                Status::bye(Some(Code::TooBig), "Command too long").expect("valid"),
+            ));
+            self.mode = Mode::Closed;
+            return;
+        }
         self.frag.enqueue_bytes(bytes);
+    }
+
+    /// Most bytes one command may hold in memory: a little before login (LOGIN and
+    /// AUTHENTICATE need no more; 200 strangers must not hold gigabytes), APPENDLIMIT and
+    /// some after.
+    fn input_budget(&self) -> usize {
+        match self.state {
+            State::NotAuthenticated => PREAUTH_INPUT,
+            State::Authenticated => (self.cfg.append_limit as usize).saturating_add(256 * 1024),
+        }
+    }
+
+    /// A command has begun arriving and is not complete yet (the host's deadline for it
+    /// keeps running: a slow peer cannot stretch one command by trickling bytes).
+    pub fn partial_input(&self) -> bool {
+        self.pending > 0
+    }
+
+    /// The backend (the host asks it which account is logged in).
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Logged in (the host gives unauthenticated connections less time).
+    pub fn is_authenticated(&self) -> bool {
+        matches!(self.state, State::Authenticated)
     }
 
     /// Bytes to send to the client now.
@@ -555,6 +603,7 @@ impl<B: Backend> Session<B> {
         self.cfg.starttls = false;
         // RFC 9051 §6.2.1: discard anything sent before the handshake.
         self.frag = Fragmentizer::new(self.cfg.append_limit.saturating_add(64 * 1024));
+        self.pending = 0;
         self.mode = Mode::Command;
     }
 
@@ -628,7 +677,11 @@ impl<B: Backend> Session<B> {
                 ..
             } = info
             {
-                if length > self.cfg.append_limit {
+                let limit = match self.state {
+                    State::NotAuthenticated => PREAUTH_LITERAL,
+                    State::Authenticated => self.cfg.append_limit,
+                };
+                if length > limit {
                     if mode == LiteralMode::Sync {
                         // The client waits for our go-ahead: refuse, and it sends nothing.
                         let tag = tag_of(&self.frag);
@@ -647,6 +700,7 @@ impl<B: Backend> Session<B> {
             if !self.frag.is_message_complete() {
                 continue;
             }
+            self.pending = 0;
             match std::mem::replace(&mut self.mode, Mode::Command) {
                 Mode::Command => self.command_message(),
                 Mode::AuthData(tag) => self.auth_data(tag),

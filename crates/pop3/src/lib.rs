@@ -179,6 +179,21 @@ impl<B: Backend> Session<B> {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Part of a command line is buffered (its deadline keeps running).
+    pub fn partial_input(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// The backend (the host asks it which account is logged in).
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Logged in (past the AUTHORIZATION state).
+    pub fn is_authenticated(&self) -> bool {
+        !matches!(self.state, State::Authorization { .. })
+    }
+
     pub fn take_output(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.out)
     }

@@ -30,6 +30,11 @@ pub struct StoreBackend {
 }
 
 impl StoreBackend {
+    /// The account logged in, if any.
+    pub fn account_id(&self) -> Option<AccountId> {
+        self.account
+    }
+
     pub fn new(store: Arc<dyn Store>, guard: Arc<crate::guard::Guard>, peer: SocketAddr) -> Self {
         StoreBackend {
             store,
@@ -408,7 +413,20 @@ async fn run(
     // Small: thousands of IDLE connections each hold one (large literals take several reads).
     let mut buf = vec![0u8; 16 * 1024];
     let mut deflate: Option<Deflate> = None;
+    let login_by = tokio::time::Instant::now() + crate::limits::LOGIN_DEADLINE;
+    let mut account = crate::limits::SessionAccount::default();
     loop {
+        // RFC 9051 §7.1.5: BYE when the server ends the session; here because the account
+        // was removed, disabled or given a new password since this session logged in.
+        if !account.still_valid(&*server.store, session.backend().account_id()) {
+            let bye = b"* BYE [UNAVAILABLE] Account no longer available\r\n";
+            match deflate.as_mut() {
+                Some(d) => write_out(&mut stream, &d.deflate(bye)?).await?,
+                None => write_out(&mut stream, bye).await?,
+            }
+            let _ = stream.shutdown().await;
+            return Ok(());
+        }
         // Cheap commands (NOOP, a re-SELECT, ...) run here; anything that may block on the
         // store (writes and their fsync, bodies, searches, password hashes) is handed off
         // the async worker. The hand-off costs a thread wakeup and a migration, which was
@@ -440,8 +458,16 @@ async fn run(
             Event::NeedInput | Event::Idle => {
                 let idling = event == Event::Idle;
                 let selected = session.selected_mailbox();
-                // Later than before: tokio moves the deadline without touching the wheel.
-                deadline.as_mut().reset(tokio::time::Instant::now() + idle);
+                // A deadline per command, not per read: a client trickling bytes cannot
+                // stretch one command. Later than before: tokio moves the deadline without
+                // touching the wheel. Before login, LOGIN_DEADLINE from the connect.
+                if !session.partial_input() {
+                    let mut until = tokio::time::Instant::now() + idle;
+                    if !session.is_authenticated() {
+                        until = until.min(login_by);
+                    }
+                    deadline.as_mut().reset(until);
+                }
                 tokio::select! {
                     r = stream.read(&mut buf) => match r {
                         Ok(0) => return Ok(()),

@@ -46,6 +46,8 @@ pub struct Server {
     pub guard: Arc<guard::Guard>,
     /// Every committed mailbox change, for IMAP IDLE.
     changes: tokio::sync::broadcast::Sender<yubin_store::MailboxId>,
+    /// Bytes of messages being received over SMTP, all sessions together.
+    pub inflight: Arc<std::sync::atomic::AtomicUsize>,
     /// Becomes true when the server starts shutting down.
     shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -322,6 +324,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
             recipients_per_hour: cfg.submission.recipients_per_hour,
         })),
         changes,
+        inflight: Arc::default(),
         cfg,
         store: Arc::new(store),
         tls: std::sync::RwLock::new(tls),

@@ -1,4 +1,94 @@
-//! Connection limits: in total and per remote IP address.
+//! Connection limits (in total and per remote IP address), deadlines, and the check that
+//! ends the sessions of a removed or disabled account.
+
+/// Time a connection has to log in (IMAP, POP3), whatever it sends meanwhile.
+pub const LOGIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+/// Time an SMTP client has to send a whole message after DATA/BDAT began (RFC 5321
+/// §4.5.3.2.6 asks for at least 3 minutes per block; this bounds the whole message).
+pub const DATA_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Bytes of messages in flight over SMTP, all sessions together, at most this or four
+/// largest messages, whichever is more; past it a session receiving a message gets 421
+/// 4.3.1 (its client retries later) instead of the server growing without bound.
+pub fn inflight_budget(max_message_size: usize) -> usize {
+    (512usize << 20).max(max_message_size.saturating_mul(4))
+}
+
+/// One session's share of the in-flight bytes; given back when dropped.
+pub struct InFlight {
+    total: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    held: usize,
+}
+
+impl InFlight {
+    pub fn new(total: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        InFlight { total, held: 0 }
+    }
+
+    /// This session now holds `now` bytes; returns the total of all sessions.
+    pub fn set(&mut self, now: usize) -> usize {
+        use std::sync::atomic::Ordering::AcqRel;
+        let total = if now >= self.held {
+            self.total.fetch_add(now - self.held, AcqRel) + (now - self.held)
+        } else {
+            self.total.fetch_sub(self.held - now, AcqRel) - (self.held - now)
+        };
+        self.held = now;
+        total
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.set(0);
+    }
+}
+
+/// The account a session logged in as, checked again before each command: a removed or
+/// disabled account, or one given a new password, ends its sessions (within the store's
+/// epoch TTL). Costs an atomic-cheap cached read per command; the account's row is read
+/// only when some account changed.
+#[derive(Default)]
+pub struct SessionAccount {
+    known: Option<(yubin_store::AccountId, String, u64)>,
+}
+
+impl SessionAccount {
+    /// False when the session of `id` must end now. `None` (not logged in) is always valid.
+    /// A store error keeps the session (a busy database must not log everyone out).
+    pub fn still_valid(
+        &mut self,
+        store: &dyn yubin_store::Store,
+        id: Option<yubin_store::AccountId>,
+    ) -> bool {
+        let Some(id) = id else {
+            self.known = None;
+            return true;
+        };
+        let Ok(epoch) = store.account_epoch() else {
+            return true;
+        };
+        match &mut self.known {
+            Some((known, _, seen)) if *known == id && *seen == epoch => true,
+            Some((known, stamp, seen)) if *known == id => match store.account_stamp(id) {
+                Ok(Some(now)) if now == *stamp => {
+                    *seen = epoch;
+                    true
+                }
+                Ok(_) => false,
+                Err(_) => true,
+            },
+            _ => match store.account_stamp(id) {
+                Ok(Some(stamp)) => {
+                    self.known = Some((id, stamp, epoch));
+                    true
+                }
+                Ok(None) => false,
+                Err(_) => true,
+            },
+        }
+    }
+}
 
 use std::collections::HashMap;
 use std::net::IpAddr;

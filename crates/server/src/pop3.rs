@@ -30,6 +30,11 @@ pub struct StoreMaildrop {
 }
 
 impl StoreMaildrop {
+    /// The account logged in, if any.
+    pub fn account_id(&self) -> Option<AccountId> {
+        self.account
+    }
+
     pub fn new(
         store: Arc<dyn Store>,
         guard: Arc<crate::guard::Guard>,
@@ -186,7 +191,16 @@ async fn run(
     let idle = Duration::from_secs(server.cfg.pop3.idle_timeout);
     let mut shutdown = server.shutdown.clone();
     let mut buf = vec![0u8; 16 * 1024];
+    let login_by = tokio::time::Instant::now() + crate::limits::LOGIN_DEADLINE;
+    let mut deadline = tokio::time::Instant::now() + idle;
+    let mut account = crate::limits::SessionAccount::default();
     loop {
+        if !account.still_valid(&*server.store, session.backend().account_id()) {
+            let _ = stream
+                .write_all(b"-ERR [AUTH] account no longer available\r\n")
+                .await;
+            return Ok(());
+        }
         let event = tokio::task::block_in_place(|| session.poll());
         let out = session.take_output();
         if !out.is_empty() {
@@ -208,8 +222,18 @@ async fn run(
                 session.tls_started();
             }
             Event::NeedInput => {
+                // A deadline per command, not per read: a peer trickling a byte at a time
+                // is cut off all the same; and a login within LOGIN_DEADLINE.
+                if !session.partial_input() {
+                    deadline = tokio::time::Instant::now() + idle;
+                }
+                let until = if session.is_authenticated() {
+                    deadline
+                } else {
+                    deadline.min(login_by)
+                };
                 tokio::select! {
-                    r = tokio::time::timeout(idle, stream.read(&mut buf)) => match r {
+                    r = tokio::time::timeout_at(until, stream.read(&mut buf)) => match r {
                         Err(_) => session.timeout(),
                         // Gone without QUIT: nothing is deleted (RFC 1939 §6).
                         Ok(Ok(0)) => return Ok(()),

@@ -87,7 +87,23 @@ impl Conn {
         let mut buf = vec![0u8; 64 * 1024];
         let mut shutdown = self.server.shutdown.clone();
         let mut draining = false;
+        let mut inflight = crate::limits::InFlight::new(self.server.inflight.clone());
+        let budget = crate::limits::inflight_budget(self.server.cfg.smtp.max_message_size);
+        let mut deadline = tokio::time::Instant::now() + idle;
+        let mut in_message = false;
+        let mut account = crate::limits::SessionAccount::default();
         loop {
+            // A submission session of an account removed, disabled or given a new password
+            // since its AUTH ends before it can send anything more.
+            if !account.still_valid(&*self.server.store, self.account.as_ref().map(|a| a.0)) {
+                info!("session ended: account no longer available");
+                self.out.clear();
+                self.out
+                    .extend_from_slice(b"421 4.7.0 Account no longer available\r\n");
+                self.flush().await?;
+                let _ = self.stream.shutdown().await;
+                return Ok(());
+            }
             match session.poll() {
                 Event::Reply(r) => {
                     if r.is_error() {
@@ -100,10 +116,12 @@ impl Conn {
                     session.rcpt_verdict(v);
                 }
                 Event::Deliver(msg) => {
+                    inflight.set(msg.data.len());
                     // Tell the client nothing until the message is durable.
                     self.flush().await?;
                     let outcome = self.deliver(msg).await;
                     session.delivery_result(outcome);
+                    inflight.set(session.buffered());
                 }
                 Event::StartTls => {
                     self.flush().await?;
@@ -134,7 +152,21 @@ impl Conn {
                     if draining && session.shutdown() {
                         continue;
                     }
-                    let read = tokio::time::timeout(idle, self.stream.read(&mut buf));
+                    // Deadlines per command line and per message, not per read: a client
+                    // trickling a byte at a time is cut off all the same.
+                    match session.receiving() {
+                        yubin_smtp::Receiving::Nothing => {
+                            in_message = false;
+                            deadline = tokio::time::Instant::now() + idle;
+                        }
+                        yubin_smtp::Receiving::Line => {}
+                        yubin_smtp::Receiving::Message if !in_message => {
+                            in_message = true;
+                            deadline = tokio::time::Instant::now() + crate::limits::DATA_DEADLINE;
+                        }
+                        yubin_smtp::Receiving::Message => {}
+                    }
+                    let read = tokio::time::timeout_at(deadline, self.stream.read(&mut buf));
                     let stop = async {
                         if draining {
                             std::future::pending::<()>().await
@@ -157,7 +189,12 @@ impl Conn {
                                 // message in eight of a 256 KiB load waited so. Re-armed
                                 // after every read, as the kernel clears it.
                                 self.stream.quickack();
-                                session.push(&buf[..n])
+                                session.push(&buf[..n]);
+                                if inflight.set(session.buffered()) > budget {
+                                    warn!("messages in flight over budget; session told to retry");
+                                    session.overloaded();
+                                    inflight.set(0);
+                                }
                             }
                             Ok(Err(e)) => return Err(e),
                         },
@@ -434,25 +471,58 @@ impl Conn {
             ));
         }
         let parsed = mail_parser::MessageParser::default().parse_headers(&msg.data);
-        let mut from: Vec<String> = Vec::new();
+        // RFC 5322 §3.6: exactly one From: field, and Sender: at most once. Every address
+        // in them must be the user's (RFC 6409 §6.1); a message without a From: address,
+        // or with a second From: that a reader might show instead, is refused. (Bare CR
+        // and LF, which could hide a field from this parse, were refused with the DATA.)
+        let mut senders: Vec<String> = Vec::new();
+        let mut from_fields = 0;
+        let mut sender_fields = 0;
         let mut has_date = false;
         let mut has_id = false;
         if let Some(p) = &parsed {
-            if let Some(list) = p.from() {
-                from = list
-                    .iter()
-                    .filter_map(|a| a.address.as_deref().map(str::to_owned))
-                    .collect();
+            for h in p
+                .parts
+                .first()
+                .map(|p| p.headers.as_slice())
+                .unwrap_or_default()
+            {
+                let is_from = h.name == mail_parser::HeaderName::From;
+                let is_sender = h.name == mail_parser::HeaderName::Sender;
+                from_fields += usize::from(is_from);
+                sender_fields += usize::from(is_sender);
+                if (is_from || is_sender)
+                    && let mail_parser::HeaderValue::Address(list) = &h.value
+                {
+                    senders.extend(
+                        list.iter()
+                            .map(|a| a.address.as_deref().unwrap_or("").to_owned()),
+                    );
+                } else if is_from || is_sender {
+                    // Not an address list at all: cannot be checked.
+                    senders.push(String::new());
+                }
             }
             has_date = p.date().is_some();
             has_id = p.message_id().is_some();
         }
+        if from_fields != 1 || sender_fields > 1 || senders.is_empty() {
+            info!(
+                user = me,
+                from_fields, sender_fields, "submission refused: not exactly one From:"
+            );
+            return Err(DeliveryOutcome::Forbidden(
+                "Message must have exactly one From: header with your address (RFC 5322 §3.6)"
+                    .into(),
+            ));
+        }
         let store = self.server.store.clone();
         let me_owned = me.to_owned();
-        let all_owned =
-            tokio::task::spawn_blocking(move || from.iter().all(|a| owns(&*store, &me_owned, a)))
-                .await
-                .unwrap_or(false);
+        let all_owned = tokio::task::spawn_blocking(move || {
+            senders.iter().all(|a| owns(&*store, &me_owned, a))
+        })
+        .await
+        .unwrap_or(false);
         if !all_owned {
             info!(user = me, "submission refused: From: not owned");
             return Err(DeliveryOutcome::Forbidden(
@@ -481,6 +551,13 @@ fn owns(store: &dyn yubin_store::Store, me: &str, addr: &str) -> bool {
     let Ok(a) = yubin_store::normalize_address(addr) else {
         return false;
     };
+    if a.to_string() == me {
+        return true;
+    }
+    // `alice+boss@` is alice's subaddress only if no account of that name exists.
+    if store.account(&a.to_string()).is_ok() {
+        return false;
+    }
     let base = a.local.split_once('+').map_or(a.local.as_str(), |(b, _)| b);
     let plain = format!("{base}@{}", a.domain);
     if plain == me {

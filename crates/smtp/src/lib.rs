@@ -13,4 +13,6 @@ pub mod testing;
 pub mod trace;
 
 pub use reply::{Esc, Reply};
-pub use session::{AuthOutcome, Config, DeliveryOutcome, Event, Message, RcptVerdict, Session};
+pub use session::{
+    AuthOutcome, Config, DeliveryOutcome, Event, Message, RcptVerdict, Receiving, Session,
+};

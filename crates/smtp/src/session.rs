@@ -87,6 +87,14 @@ pub enum Event {
     NeedInput,
 }
 
+/// See [`Session::receiving`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receiving {
+    Nothing,
+    Line,
+    Message,
+}
+
 /// The host's answer to [`Event::CheckRecipient`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RcptVerdict {
@@ -518,6 +526,30 @@ impl Session {
             Phase::Closed => true,
             _ => false,
         }
+    }
+
+    /// What the client is in the middle of, for the host's deadlines: a whole command
+    /// line, and a whole message, must arrive in bounded time however slowly it trickles.
+    pub fn receiving(&self) -> Receiving {
+        match self.phase {
+            Phase::Data(_) | Phase::Bdat(_) | Phase::Discard(..) => Receiving::Message,
+            Phase::SkipLine => Receiving::Line,
+            _ if self.pos < self.buf.len() => Receiving::Line,
+            _ => Receiving::Nothing,
+        }
+    }
+
+    /// The server has no room for more messages in flight: end the session with 421
+    /// (RFC 5321 §4.5.3.1.9 / RFC 3463 X.3.1 insufficient system storage); the client
+    /// retries later.
+    pub fn overloaded(&mut self) {
+        self.body = Vec::new();
+        self.out.push_back(r(
+            421,
+            (4, 3, 1),
+            format!("{} too busy, try again later", self.cfg.hostname),
+        ));
+        self.phase = Phase::Closed;
     }
 
     /// The client was idle for too long (RFC 5321 §4.5.3.2.7).
