@@ -1,13 +1,35 @@
 //! Abuse control shared by every protocol: failed logins per IP address and per account
 //! (growing delays, then a temporary block), and per-user sending rates.
 //!
-//! State lives in memory: a restart forgives, which is acceptable for throttling (the
-//! attacker gains one window) and keeps logins off the disk.
+//! Implementation notes:
+//! - State lives in memory: a restart forgives, which is acceptable for throttling (the
+//!   attacker gains one window) and keeps logins off the disk. Every map is bounded
+//!   (`MAX_ENTRIES`): when full, expired entries go first, then the oldest.
+//! - Accounts are keyed by their canonical address (`normalize_address`: trimmed,
+//!   lower-cased, trailing dot removed), the same form the directory looks up, so a
+//!   respelled name counts against the same account. Names that are no address at all
+//!   share one key per IP's budget, and are never stored or logged whole.
+//! - IPv6 peers are counted per /64 (one host usually holds a whole /64).
+//! - A login attempt is counted when it starts ([`Guard::begin`]), before argon2, so
+//!   parallel guesses cannot all pass the check before the first failure is recorded.
+//! - A success forgets only what that IP did against that account: logging into one's own
+//!   account does not wash another account's failures off the IP.
+//! - An account's block does not lock out its owner: an IP that logged into the account
+//!   successfully before (within `KNOWN_GOOD_FOR`) passes the account check; strangers
+//!   are blocked.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// Entries kept per map before eviction.
+const MAX_ENTRIES: usize = 100_000;
+/// How long a successful login makes an IP trusted for that account.
+const KNOWN_GOOD_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Longest user name written to the log.
+const LOG_NAME_MAX: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -21,9 +43,11 @@ pub struct Limits {
     pub recipients_per_hour: u32,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct Failures {
     count: u32,
+    /// Attempts started and not finished yet (counted as failures by the check).
+    pending: u32,
     last: Option<Instant>,
 }
 
@@ -34,10 +58,52 @@ struct Rate {
     recipients: u32,
 }
 
+/// An IPv4 address, or the /64 of an IPv6 address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IpKey(u128);
+
+impl From<IpAddr> for IpKey {
+    fn from(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => IpKey(u128::from(u32::from(v4))),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpKey(u128::from(u32::from(v4))),
+                None => IpKey((u128::from(v6) & !((1u128 << 64) - 1)) | (1 << 32)),
+            },
+        }
+    }
+}
+
+/// The key an account name is counted under: its canonical address, or one shared key
+/// for names that are not addresses (they cannot log in anyway).
+pub fn account_key(user: &str) -> String {
+    match yubin_store::normalize_address(user) {
+        Ok(a) => a.to_string(),
+        Err(_) => "\0invalid".into(),
+    }
+}
+
+/// A user name fit for the log: at most `LOG_NAME_MAX` characters, controls escaped.
+pub fn log_name(user: &str) -> String {
+    let mut out: String = user
+        .chars()
+        .take(LOG_NAME_MAX)
+        .flat_map(char::escape_debug)
+        .collect();
+    if user.chars().nth(LOG_NAME_MAX).is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
 pub struct Guard {
     limits: Limits,
-    by_ip: Mutex<HashMap<IpAddr, Failures>>,
+    by_ip: Mutex<HashMap<IpKey, Failures>>,
     by_account: Mutex<HashMap<String, Failures>>,
+    /// Failures of one IP against one account (forgotten together on success).
+    by_pair: Mutex<HashMap<(IpKey, String), u32>>,
+    /// IPs that logged into an account: not locked out by its block.
+    known_good: Mutex<HashMap<(IpKey, String), Instant>>,
     rates: Mutex<HashMap<String, Rate>>,
 }
 
@@ -48,8 +114,35 @@ pub enum Blocked {
     Account,
 }
 
+/// A login attempt under way: finish it with [`Guard::finish`].
+#[must_use]
+pub struct Attempt {
+    ip: IpKey,
+    account: String,
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Keep `map` under `MAX_ENTRIES`: drop what `expired` says, then the oldest by `age`.
+fn bound<K: Clone + Eq + Hash, V>(
+    map: &mut HashMap<K, V>,
+    expired: impl Fn(&V) -> bool,
+    age: impl Fn(&V) -> Option<Instant>,
+) {
+    if map.len() < MAX_ENTRIES {
+        return;
+    }
+    map.retain(|_, v| !expired(v));
+    if map.len() >= MAX_ENTRIES {
+        let mut ages: Vec<(Option<Instant>, K)> =
+            map.iter().map(|(k, v)| (age(v), k.clone())).collect();
+        ages.sort_by_key(|a| a.0);
+        for (_, k) in ages.into_iter().take(MAX_ENTRIES / 2) {
+            map.remove(&k);
+        }
+    }
 }
 
 impl Guard {
@@ -58,66 +151,103 @@ impl Guard {
             limits,
             by_ip: Mutex::default(),
             by_account: Mutex::default(),
+            by_pair: Mutex::default(),
+            known_good: Mutex::default(),
             rates: Mutex::default(),
         }
     }
 
-    fn blocked(f: Option<&Failures>, max: u32, block_for: Duration, now: Instant) -> bool {
-        f.is_some_and(|f| f.count >= max && f.last.is_some_and(|l| now - l < block_for))
+    fn stale(&self, f: &Failures, now: Instant) -> bool {
+        f.pending == 0
+            && f.last
+                .is_none_or(|l| now.saturating_duration_since(l) >= self.limits.block_for)
     }
 
-    /// May this login attempt go ahead?
-    pub fn check(&self, ip: IpAddr, account: &str, now: Instant) -> Result<(), Blocked> {
-        let account = account.to_lowercase();
-        if Self::blocked(
-            lock(&self.by_ip).get(&ip),
-            self.limits.max_failures_per_ip,
-            self.limits.block_for,
-            now,
-        ) {
+    /// Failures older than the block period are forgotten.
+    fn fresh(&self, f: &mut Failures, now: Instant) {
+        if f.last
+            .is_some_and(|l| now.saturating_duration_since(l) >= self.limits.block_for)
+        {
+            f.count = 0;
+            f.last = None;
+        }
+    }
+
+    /// Start a login attempt: refused when the IP (or, for an IP that never logged into
+    /// it, the account) has used up its failures, counting attempts still under way.
+    pub fn begin(&self, ip: IpAddr, user: &str, now: Instant) -> Result<Attempt, Blocked> {
+        let ip = IpKey::from(ip);
+        let account = account_key(user);
+        let known = lock(&self.known_good)
+            .get(&(ip, account.clone()))
+            .is_some_and(|t| now.saturating_duration_since(*t) < KNOWN_GOOD_FOR);
+        // Lock order: by_ip, then by_account (everywhere).
+        let mut ips = lock(&self.by_ip);
+        let mut accounts = lock(&self.by_account);
+        bound(&mut ips, |f| self.stale(f, now), |f| f.last);
+        bound(&mut accounts, |f| self.stale(f, now), |f| f.last);
+        let fi = ips.entry(ip).or_default();
+        self.fresh(fi, now);
+        if fi.count + fi.pending >= self.limits.max_failures_per_ip {
             return Err(Blocked::Ip);
         }
-        if Self::blocked(
-            lock(&self.by_account).get(&account),
-            self.limits.max_failures_per_account,
-            self.limits.block_for,
-            now,
-        ) {
+        let fa = accounts.entry(account.clone()).or_default();
+        self.fresh(fa, now);
+        if !known && fa.count + fa.pending >= self.limits.max_failures_per_account {
             return Err(Blocked::Account);
         }
-        Ok(())
+        fi.pending += 1;
+        fa.pending += 1;
+        Ok(Attempt { ip, account })
     }
 
-    /// Record the outcome; returns how long to wait before answering a failure (growing
+    /// The attempt could not be decided (the store failed): it does not count.
+    pub fn cancel(&self, attempt: Attempt) {
+        let mut ips = lock(&self.by_ip);
+        let mut accounts = lock(&self.by_account);
+        if let Some(f) = ips.get_mut(&attempt.ip) {
+            f.pending = f.pending.saturating_sub(1);
+        }
+        if let Some(f) = accounts.get_mut(&attempt.account) {
+            f.pending = f.pending.saturating_sub(1);
+        }
+    }
+
+    /// The attempt's outcome; returns how long to wait before answering a failure (growing
     /// with the failures from this IP, so guessing gets slower long before the block).
-    pub fn record(&self, ip: IpAddr, account: &str, success: bool, now: Instant) -> Duration {
-        let account = account.to_lowercase();
-        let reset = |f: &mut Failures| {
-            // Failures older than the block period are forgotten.
-            if f.last.is_some_and(|l| now - l >= self.limits.block_for) {
-                *f = Failures::default();
-            }
-        };
+    pub fn finish(&self, attempt: Attempt, success: bool, now: Instant) -> Duration {
+        let Attempt { ip, account } = attempt;
+        let mut ips = lock(&self.by_ip);
+        let mut accounts = lock(&self.by_account);
+        let fi = ips.entry(ip).or_default();
+        let fa = accounts.entry(account.clone()).or_default();
+        fi.pending = fi.pending.saturating_sub(1);
+        fa.pending = fa.pending.saturating_sub(1);
+        let mut pairs = lock(&self.by_pair);
         if success {
-            lock(&self.by_ip).remove(&ip);
-            lock(&self.by_account).remove(&account);
+            // Forget this IP's failures against this account only.
+            let mine = pairs.remove(&(ip, account.clone())).unwrap_or(0);
+            fi.count = fi.count.saturating_sub(mine);
+            fa.count = 0;
+            drop(pairs);
+            let mut good = lock(&self.known_good);
+            bound(
+                &mut good,
+                |t| now.saturating_duration_since(*t) >= KNOWN_GOOD_FOR,
+                |t| Some(*t),
+            );
+            good.insert((ip, account), now);
             return Duration::ZERO;
         }
-        let ip_count = {
-            let mut m = lock(&self.by_ip);
-            let f = m.entry(ip).or_default();
-            reset(f);
-            f.count += 1;
-            f.last = Some(now);
-            f.count
-        };
-        {
-            let mut m = lock(&self.by_account);
-            let f = m.entry(account).or_default();
-            reset(f);
-            f.count += 1;
-            f.last = Some(now);
-        }
+        self.fresh(fi, now);
+        self.fresh(fa, now);
+        fi.count += 1;
+        fi.last = Some(now);
+        fa.count += 1;
+        fa.last = Some(now);
+        let ip_count = fi.count;
+        bound(&mut pairs, |_| false, |_| None);
+        *pairs.entry((ip, account)).or_default() += 1;
         // 0.1 s, 0.2 s, 0.4 s ... at most 2 s.
         Duration::from_millis(100u64.saturating_mul(1 << ip_count.min(5).saturating_sub(1)))
             .min(Duration::from_secs(2))
@@ -161,33 +291,103 @@ mod tests {
         })
     }
 
+    fn fail(g: &Guard, ip: IpAddr, user: &str, t: Instant) -> Result<Duration, Blocked> {
+        let a = g.begin(ip, user, t)?;
+        Ok(g.finish(a, false, t))
+    }
+
     #[test]
     fn blocks_an_ip_then_forgives() {
         let g = guard();
         let (a, b): (IpAddr, IpAddr) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
         let t = Instant::now();
-        let d1 = g.record(a, "x@y", false, t);
-        let d2 = g.record(a, "x@y", false, t);
+        let d1 = fail(&g, a, "x@y", t).unwrap();
+        let d2 = fail(&g, a, "x@y", t).unwrap();
         assert!(d2 > d1, "delays grow");
-        g.record(a, "x@y", false, t);
-        assert_eq!(g.check(a, "other@y", t), Err(Blocked::Ip));
-        assert_eq!(g.check(b, "x@y", t), Ok(()), "another IP may still log in");
-        assert_eq!(g.check(a, "x@y", t + Duration::from_secs(61)), Ok(()));
+        fail(&g, a, "x@y", t).unwrap();
+        assert_eq!(g.begin(a, "other@y", t).err(), Some(Blocked::Ip));
+        assert!(g.begin(b, "x@y", t).is_ok(), "another IP may still log in");
+        assert!(g.begin(a, "x@y", t + Duration::from_secs(61)).is_ok());
     }
 
     #[test]
-    fn blocks_an_account_from_many_ips() {
+    fn blocks_an_account_from_many_ips_but_not_its_owner() {
         let g = guard();
         let t = Instant::now();
+        let owner: IpAddr = "127.0.0.9".parse().unwrap();
+        let ok = g.begin(owner, "boss@y", t).unwrap();
+        g.finish(ok, true, t);
         for i in 0..5u8 {
-            g.record(IpAddr::from([10, 0, 0, i]), "Boss@Y", false, t);
+            fail(&g, IpAddr::from([10, 0, 0, i]), "Boss@Y", t).unwrap();
         }
+        // Respelled: the same account.
         assert_eq!(
-            g.check("127.0.0.9".parse().unwrap(), "boss@y", t),
-            Err(Blocked::Account)
+            g.begin("10.1.0.1".parse().unwrap(), " boss@y. ", t).err(),
+            Some(Blocked::Account)
         );
-        g.record("127.0.0.9".parse().unwrap(), "boss@y", true, t);
-        assert_eq!(g.check("127.0.0.9".parse().unwrap(), "boss@y", t), Ok(()));
+        assert!(
+            g.begin(owner, "boss@y", t).is_ok(),
+            "the owner's IP still may"
+        );
+    }
+
+    #[test]
+    fn parallel_attempts_count_before_they_finish() {
+        let g = guard();
+        let t = Instant::now();
+        let ip: IpAddr = "127.0.0.5".parse().unwrap();
+        let started: Vec<_> = (0..10).filter_map(|_| g.begin(ip, "v@y", t).ok()).collect();
+        assert_eq!(
+            started.len(),
+            3,
+            "only max_failures_per_ip attempts at once"
+        );
+        for a in started {
+            g.finish(a, false, t);
+        }
+        assert!(g.begin(ip, "v@y", t).is_err());
+    }
+
+    #[test]
+    fn own_success_does_not_forgive_other_accounts_failures() {
+        let g = guard();
+        let t = Instant::now();
+        let ip: IpAddr = "127.0.0.6".parse().unwrap();
+        fail(&g, ip, "victim@y", t).unwrap();
+        fail(&g, ip, "victim@y", t).unwrap();
+        let mine = g.begin(ip, "me@y", t).unwrap();
+        g.finish(mine, true, t);
+        fail(&g, ip, "victim@y", t).unwrap();
+        assert_eq!(g.begin(ip, "victim@y", t).err(), Some(Blocked::Ip));
+    }
+
+    #[test]
+    fn ipv6_counts_per_64() {
+        let g = guard();
+        let t = Instant::now();
+        for i in 0..3u16 {
+            let ip: IpAddr = format!("2001:db8:1:2::{i:x}").parse().unwrap();
+            fail(&g, ip, "x@y", t).unwrap();
+        }
+        let other_host: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
+        assert_eq!(g.begin(other_host, "x@y", t).err(), Some(Blocked::Ip));
+        let other_net: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(g.begin(other_net, "x@y", t).is_ok());
+    }
+
+    #[test]
+    fn maps_stay_bounded_and_names_are_cut_in_logs() {
+        let g = guard();
+        let t = Instant::now();
+        for i in 0..(MAX_ENTRIES as u32 + 10) {
+            let _ = fail(&g, IpAddr::from(i.to_be_bytes()), &format!("u{i}@y"), t);
+        }
+        assert!(lock(&g.by_ip).len() <= MAX_ENTRIES);
+        assert!(lock(&g.by_account).len() <= MAX_ENTRIES);
+        assert!(lock(&g.by_pair).len() <= MAX_ENTRIES);
+        let long = "a".repeat(8 << 20);
+        assert_eq!(log_name(&long).len(), LOG_NAME_MAX + 3);
+        assert_eq!(account_key(&long), account_key("not an address"));
     }
 
     #[test]
@@ -223,22 +423,29 @@ pub fn login(
     proto: &str,
 ) -> Result<Option<yubin_store::Account>, LoginError> {
     let now = Instant::now();
-    if let Err(why) = guard.check(ip, user, now) {
-        tracing::info!(%ip, user, proto, ?why, "login refused: throttled");
-        return Err(LoginError::Throttled);
-    }
+    let attempt = match guard.begin(ip, user, now) {
+        Ok(a) => a,
+        Err(why) => {
+            tracing::info!(%ip, user = log_name(user), proto, ?why, "login refused: throttled");
+            return Err(LoginError::Throttled);
+        }
+    };
     match store.authenticate(user, password) {
         Ok(Some(a)) => {
-            guard.record(ip, user, true, now);
+            guard.finish(attempt, true, Instant::now());
             tracing::info!(%ip, user = a.address, proto, "login");
             Ok(Some(a))
         }
         Ok(None) => {
-            let delay = guard.record(ip, user, false, now);
-            tracing::info!(%ip, user, proto, "login failed");
+            let delay = guard.finish(attempt, false, Instant::now());
+            tracing::info!(%ip, user = log_name(user), proto, "login failed");
             std::thread::sleep(delay);
             Ok(None)
         }
-        Err(e) => Err(LoginError::Store(e)),
+        Err(e) => {
+            // Not the user's fault: the attempt does not count.
+            guard.cancel(attempt);
+            Err(LoginError::Store(e))
+        }
     }
 }

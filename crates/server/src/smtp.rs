@@ -112,7 +112,7 @@ impl Conn {
                     r.write_to(&mut self.out)
                 }
                 Event::CheckRecipient(addr) => {
-                    let v = self.check_recipient(&addr).await;
+                    let v = self.check_recipient(&addr, session.declared_size()).await;
                     session.rcpt_verdict(v);
                 }
                 Event::Deliver(msg) => {
@@ -292,7 +292,7 @@ impl Conn {
             .unwrap_or(false)
     }
 
-    async fn check_recipient(&mut self, addr: &str) -> RcptVerdict {
+    async fn check_recipient(&mut self, addr: &str, size: usize) -> RcptVerdict {
         let store = self.server.store.clone();
         let lookup = addr.to_owned();
         let resolved = tokio::task::spawn_blocking(move || {
@@ -305,12 +305,13 @@ impl Conn {
             } else {
                 store.resolve(&lookup)?
             };
-            // An account at its storage limit takes no more mail for now.
+            // An account at its storage limit, or that the declared message (RFC 1870
+            // SIZE) would take past it, takes no more mail for now.
             let mut full = false;
             if let Resolved::Accounts(ids) = &resolved {
                 for &id in ids {
                     if let (used, Some(limit)) = store.usage(id)? {
-                        full |= used >= limit;
+                        full |= used >= limit || used.saturating_add(size as u64) > limit;
                     }
                 }
             }
@@ -369,6 +370,25 @@ impl Conn {
             if let Some(ids) = self.accepted.get(&r.to_lowercase()) {
                 accounts.extend(ids);
             }
+        }
+        // The quota again with the real size (a client need not declare SIZE): the message
+        // is deferred whole rather than stored past a recipient's limit.
+        let over = {
+            let (store, ids, size) = (self.server.store.clone(), accounts.clone(), msg.data.len());
+            tokio::task::spawn_blocking(move || {
+                ids.iter().any(|&id| {
+                    matches!(store.usage(id), Ok((used, Some(limit))) if used.saturating_add(size as u64) > limit)
+                })
+            })
+            .await
+            .unwrap_or(false)
+        };
+        if over {
+            info!(
+                size = msg.data.len(),
+                "deferred: a recipient's mailbox is full"
+            );
+            return DeliveryOutcome::MailboxFull;
         }
         let id = new_id();
         let now = unix_now();

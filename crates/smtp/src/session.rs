@@ -135,6 +135,8 @@ pub enum DeliveryOutcome {
     Rejected(String),
     /// Refused by policy (RFC 6409 §6.1: the From: header is not the user's): 553 5.7.1.
     Forbidden(String),
+    /// A recipient has no room for it now: 452 4.2.2 (RFC 3463 §3.3), the client retries.
+    MailboxFull,
 }
 
 /// One received message and its envelope.
@@ -183,6 +185,8 @@ struct Envelope {
     smtputf8: bool,
     /// BDAT chunks have been received: DATA is no longer allowed (RFC 3030 §3).
     bdat: bool,
+    /// The SIZE the client declared at MAIL (RFC 1870), 0 when none.
+    size: usize,
 }
 
 enum Phase {
@@ -437,6 +441,7 @@ impl Session {
             DeliveryOutcome::TempFail(why) => r(451, (4, 3, 0), why),
             DeliveryOutcome::Rejected(why) => r(554, (5, 6, 0), why),
             DeliveryOutcome::Forbidden(why) => r(553, (5, 7, 1), why),
+            DeliveryOutcome::MailboxFull => r(452, (4, 2, 2), "Mailbox full, try again later"),
         };
         self.out.push_back(reply);
     }
@@ -483,6 +488,12 @@ impl Session {
                 ),
             ));
         }
+    }
+
+    /// The message size the client declared with MAIL FROM SIZE= (RFC 1870 §6.2), or 0:
+    /// the host checks a recipient's quota with it at RCPT.
+    pub fn declared_size(&self) -> usize {
+        self.envelope.as_ref().map_or(0, |e| e.size)
     }
 
     /// The account this session authenticated as.
@@ -881,6 +892,7 @@ impl Session {
             rcpt_to: Vec::new(),
             smtputf8,
             bdat: false,
+            size: from.size,
         };
         self.body.clear();
         if self.authenticated.is_some() {

@@ -173,6 +173,13 @@ enum MailCmd {
 }
 
 fn main() {
+    // Everything yubin creates (the data directory, databases, packs, keys, certificates)
+    // is for its own user only: it holds password hashes and everyone's mail.
+    #[cfg(unix)]
+    // SAFETY: umask only sets the process's file creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("yubin: error: {e:#}");

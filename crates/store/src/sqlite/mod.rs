@@ -334,6 +334,19 @@ pub(crate) fn canonical_mailbox(name: &str) -> &str {
     }
 }
 
+/// The data directory is its owner's only (password hashes, everyone's mail): whatever
+/// the umask made of its files, nobody else can reach them through it. Data directories
+/// made before this rule are closed the same way when opened.
+fn make_private(root: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io("restrict permissions of", root, e))?;
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     pub fn is_initialized(root: &Path) -> bool {
         root.join(DB_FILE).exists()
@@ -342,6 +355,7 @@ impl SqliteStore {
     /// Create the data directory (if needed) and open it.
     pub fn create(root: &Path) -> Result<Self> {
         fs::create_dir_all(root.join("blobs")).map_err(|e| Error::io("create", root, e))?;
+        make_private(root)?;
         for i in 0..=255u8 {
             let d = root.join("blobs").join(format!("{i:02x}"));
             fs::create_dir_all(&d).map_err(|e| Error::io("create", d, e))?;
@@ -356,6 +370,7 @@ impl SqliteStore {
         if !Self::is_initialized(root) {
             return Err(Error::NotInitialized(root.to_owned()));
         }
+        make_private(root)?;
         Self::open_inner(root, false)
     }
 
