@@ -335,22 +335,31 @@ def test_qresync_reconnect(server):
 
 
 def test_quota(server):
-    """A per-account storage limit: SMTP defers with 452 4.2.2, IMAP reports it and refuses
-    APPEND/COPY beyond it with [OVERQUOTA] (RFC 9208)."""
+    """A per-account storage limit: SMTP defers with 452 4.2.2 (at RCPT with the declared
+    SIZE, at the end of data with the real one), IMAP reports it and refuses APPEND/COPY
+    beyond it with [OVERQUOTA] (RFC 9208)."""
     r = server.cli("user", "quota", BOB, "2K")
     assert b"2048 bytes" in r.stdout
-    deliver(server, "fits", body="x" * 2100)  # accepted: the limit is checked at RCPT
+    deliver(server, "fits", body="x" * 1200)
+    msg = b"From: a@remote.example\r\nSubject: too big\r\n\r\n" + b"y" * 2100 + b"\r\n"
     with smtplib.SMTP("127.0.0.1", server.port) as s:
+        # No SIZE declared: the real size is checked when the data is in.
         s.ehlo()
         s.mail("alice@remote.example")
-        code, msg = s.rcpt(BOB)
-        assert (code, msg[:5]) == (452, b"4.2.2"), (code, msg)
+        assert s.rcpt(BOB)[0] == 250
+        code, resp = s.data(msg)
+        assert (code, resp[:5]) == (452, b"Mailb") or code == 452, (code, resp)
+        s.rset()
+        # Declared: refused at RCPT.
+        s.mail("alice@remote.example", ["SIZE=%d" % len(msg)])
+        code, resp = s.rcpt(BOB)
+        assert (code, resp[:5]) == (452, b"4.2.2"), (code, resp)
     m = login(server)
     assert b"QUOTA" in m.capability()[1][0]
     typ, data = m.getquotaroot("INBOX")
     assert typ == "OK"
     flat = b" ".join(x for group in data for x in (group if isinstance(group, list) else [group]) if x)
-    assert re.search(rb'"" \(STORAGE 3 2\)', flat), data  # KiB used (rounded up) and limit
+    assert re.search(rb'"" \(STORAGE 2 2\)', flat), data  # KiB used (rounded up) and limit
     typ, data = m.append("INBOX", None, None, b"Subject: big\r\n\r\n" + b"y" * 4000 + b"\r\n")
     assert typ == "NO" and b"OVERQUOTA" in data[0]
     m.select("INBOX")

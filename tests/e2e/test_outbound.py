@@ -115,9 +115,9 @@ def test_temporary_refusal_retry_and_kill_9_with_a_full_queue(make_server, dns):
     a.start()
     b.start()
     # B answers 452 4.2.2 (mailbox full) for a while: A must retry, then deliver.
-    b.cli("user", "quota", "carol@b.test", "1")
     with smtplib.SMTP(B_IP, b.port) as s:
         s.sendmail("x@elsewhere.test", ["carol@b.test"], b"Subject: fill\r\n\r\nfill the quota\r\n")
+    b.cli("user", "quota", "carol@b.test", "1")
 
     def send(to, subject):
         with smtplib.SMTP(A_IP, a.submission_port, timeout=30) as s:

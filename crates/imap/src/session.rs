@@ -555,13 +555,13 @@ impl<B: Backend> Session<B> {
         self.frag.enqueue_bytes(bytes);
     }
 
-    /// Most bytes one command may hold in memory: a little before login (LOGIN and
-    /// AUTHENTICATE need no more; 200 strangers must not hold gigabytes), APPENDLIMIT and
-    /// some after.
+    /// Most bytes one command may send before login (LOGIN and AUTHENTICATE need no
+    /// more; 200 strangers must not hold gigabytes). After login the fragmentizer keeps at
+    /// most APPENDLIMIT + 64 KiB of a command and drops the rest, so nothing more is needed.
     fn input_budget(&self) -> usize {
         match self.state {
             State::NotAuthenticated => PREAUTH_INPUT,
-            State::Authenticated => (self.cfg.append_limit as usize).saturating_add(256 * 1024),
+            State::Authenticated => usize::MAX,
         }
     }
 

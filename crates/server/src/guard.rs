@@ -112,6 +112,9 @@ pub struct Guard {
 pub enum Blocked {
     Ip,
     Account,
+    /// Not blocked, but as many attempts as the budget has left are under way: wait for
+    /// them (a parallel wave of guesses is checked one budget at a time).
+    Busy,
 }
 
 /// A login attempt under way: finish it with [`Guard::finish`].
@@ -188,13 +191,19 @@ impl Guard {
         bound(&mut accounts, |f| self.stale(f, now), |f| f.last);
         let fi = ips.entry(ip).or_default();
         self.fresh(fi, now);
-        if fi.count + fi.pending >= self.limits.max_failures_per_ip {
+        if fi.count >= self.limits.max_failures_per_ip {
             return Err(Blocked::Ip);
+        }
+        if fi.count + fi.pending >= self.limits.max_failures_per_ip {
+            return Err(Blocked::Busy);
         }
         let fa = accounts.entry(account.clone()).or_default();
         self.fresh(fa, now);
-        if !known && fa.count + fa.pending >= self.limits.max_failures_per_account {
+        if !known && fa.count >= self.limits.max_failures_per_account {
             return Err(Blocked::Account);
+        }
+        if !known && fa.count + fa.pending >= self.limits.max_failures_per_account {
+            return Err(Blocked::Busy);
         }
         fi.pending += 1;
         fa.pending += 1;
@@ -345,7 +354,7 @@ mod tests {
         for a in started {
             g.finish(a, false, t);
         }
-        assert!(g.begin(ip, "v@y", t).is_err());
+        assert_eq!(g.begin(ip, "v@y", t).err(), Some(Blocked::Ip));
     }
 
     #[test]
@@ -402,6 +411,9 @@ mod tests {
     }
 }
 
+/// Longest a login waits for other attempts from its IP (or on its account) to finish.
+const BUSY_WAIT: Duration = Duration::from_secs(10);
+
 /// Why a login did not succeed.
 #[derive(Debug)]
 pub enum LoginError {
@@ -422,12 +434,18 @@ pub fn login(
     password: &str,
     proto: &str,
 ) -> Result<Option<yubin_store::Account>, LoginError> {
-    let now = Instant::now();
-    let attempt = match guard.begin(ip, user, now) {
-        Ok(a) => a,
-        Err(why) => {
-            tracing::info!(%ip, user = log_name(user), proto, ?why, "login refused: throttled");
-            return Err(LoginError::Throttled);
+    let start = Instant::now();
+    let attempt = loop {
+        match guard.begin(ip, user, Instant::now()) {
+            Ok(a) => break a,
+            // Others' attempts are being checked: this one waits its turn (bounded).
+            Err(Blocked::Busy) if start.elapsed() < BUSY_WAIT => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(why) => {
+                tracing::info!(%ip, user = log_name(user), proto, ?why, "login refused: throttled");
+                return Err(LoginError::Throttled);
+            }
         }
     };
     match store.authenticate(user, password) {

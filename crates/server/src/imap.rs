@@ -435,10 +435,15 @@ async fn run(
         if event == Event::Blocking {
             event = tokio::task::block_in_place(|| session.poll());
         }
+        // Right after a LOGIN too: the session's account is recorded as it is now.
+        let valid = account.still_valid(&*server.store, session.backend().account_id());
         let out = session.take_output();
         match deflate.as_mut() {
             Some(d) if !out.is_empty() => write_out(&mut stream, &d.deflate(&out)?).await?,
             _ => write_out(&mut stream, &out).await?,
+        }
+        if !valid {
+            continue; // the check at the top ends the session
         }
         match event {
             Event::Close => {

@@ -175,3 +175,23 @@ mod tests {
         assert!(l.acquire(a).is_ok());
     }
 }
+
+#[cfg(test)]
+mod inflight_tests {
+    use super::*;
+
+    #[test]
+    fn shares_add_up_and_are_given_back() {
+        let total = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut a = InFlight::new(total.clone());
+        let mut b = InFlight::new(total.clone());
+        assert_eq!(a.set(100), 100);
+        assert_eq!(b.set(50), 150);
+        assert_eq!(a.set(10), 60);
+        drop(a);
+        assert_eq!(total.load(std::sync::atomic::Ordering::Acquire), 50);
+        b.set(0);
+        assert_eq!(total.load(std::sync::atomic::Ordering::Acquire), 0);
+        assert!(inflight_budget(50 << 20) >= 200 << 20);
+    }
+}

@@ -202,6 +202,10 @@ async fn run(
             return Ok(());
         }
         let event = tokio::task::block_in_place(|| session.poll());
+        // Right after a login too: the session's account is recorded as it is now.
+        if !account.still_valid(&*server.store, session.backend().account_id()) {
+            continue; // the check at the top ends the session
+        }
         let out = session.take_output();
         if !out.is_empty() {
             let w = async {
