@@ -7,6 +7,8 @@
 
 mod backend;
 mod ext;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod message;
 mod mutf7;
 mod search;

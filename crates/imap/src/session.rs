@@ -334,7 +334,7 @@ fn datetime(unix: i64) -> Option<DateTime> {
 /// at most (pattern length × name length), and the pattern is first cut to that which can
 /// match at all (runs of wildcards collapse; more literal bytes than the name has cannot
 /// match), so a peer's pattern of any size costs O(name²) per mailbox.
-fn matches_pattern(pattern: &[u8], name: &[u8]) -> bool {
+pub(crate) fn matches_pattern(pattern: &[u8], name: &[u8]) -> bool {
     // Collapse runs of wildcards: `**` = `*`, and `*` absorbs `%` next to it.
     let mut p: Vec<u8> = Vec::with_capacity(pattern.len().min(2 * name.len() + 2));
     let mut literals = 0usize;

@@ -89,7 +89,13 @@ pub fn parse(raw: &[u8]) -> Option<Mime<'_>> {
     if boundary_lines(raw) > MAX_BOUNDARY_LINES {
         return opaque(raw);
     }
-    let mut msg = MessageParser::default().parse(raw)?;
+    // mail-parser has debug assertions on malformed nesting (seen on generated input):
+    // whatever it does on a peer's bytes, a panic here becomes an opaque message.
+    let parsed = std::panic::catch_unwind(|| MessageParser::default().parse(raw));
+    let mut msg = match parsed {
+        Ok(m) => m?,
+        Err(_) => return opaque(raw),
+    };
     let truncated = bound(&mut msg);
     Some(Mime { msg, truncated })
 }
@@ -118,7 +124,9 @@ pub fn parse_or_empty(raw: &[u8]) -> Mime<'_> {
 
 /// The header of a message and its body as one opaque part.
 fn opaque(raw: &[u8]) -> Option<Mime<'_>> {
-    let mut msg = MessageParser::default().parse_headers(raw)?;
+    let mut msg = std::panic::catch_unwind(|| MessageParser::default().parse_headers(raw))
+        .ok()
+        .flatten()?;
     let body = header_end(raw);
     if let Some(p) = msg.parts.first_mut() {
         p.offset_body = body as u32;

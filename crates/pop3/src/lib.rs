@@ -570,5 +570,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+#[doc(hidden)]
+pub mod testing;
 #[cfg(test)]
 mod tests;
