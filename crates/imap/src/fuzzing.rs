@@ -193,7 +193,7 @@ pub fn generate_threads(data: &[u8]) -> Vec<SortInfo> {
             .collect();
         msgs.push(SortInfo {
             uid: i as u32 + 1,
-            message_id: if c % 5 == 0 {
+            message_id: if c.is_multiple_of(5) {
                 String::new()
             } else {
                 format!("<m{}@x>", (i * (a % 3 + 1)) % (a % 50 + 2))
