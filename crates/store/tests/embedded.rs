@@ -1070,3 +1070,80 @@ fn deeply_nested_message_is_stored_indexed_and_searchable() {
     );
     assert!(s.unprocessable().unwrap().is_empty());
 }
+
+/// A full disk: deliveries fail (temporarily), but flagging and expunging still work, and
+/// once space is back deliveries resume. Needs a small file system of its own: a tmpfs
+/// mounted for the test (skipped where mounting is not allowed).
+#[test]
+fn full_disk_still_lets_users_delete_mail() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=40m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(mnt.clone());
+    let root = mnt.join("data");
+    let s = SqliteStore::create(&root).unwrap();
+    s.add_domain("example.com").unwrap();
+    let a = s.add_account("a@example.com", "pw-a-123", false).unwrap();
+    let inbox = s.mailbox(a.id, "INBOX").unwrap().id;
+    let body = vec![b'x'; 1 << 20];
+    let mut stored = 0;
+    let full = loop {
+        let r = s
+            .stage(&[b"Subject: big\r\n\r\n", &body])
+            .and_then(|blob| s.deliver(blob, &[a.id], "INBOX", &Flags::default(), 0));
+        match r {
+            Ok(_) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(stored < 100, "the disk never filled");
+    };
+    assert!(stored > 5, "{full}");
+    // Take every byte left, so that SQLite itself has no room for its next write.
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(mnt.join("filler")).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let uids: Vec<u32> = s.messages(inbox).unwrap().iter().map(|m| m.uid).collect();
+    let deleted = Flags::system(yubin_store::flags::DELETED);
+    s.store_flags(inbox, &uids, yubin_store::FlagOp::Add, &deleted, None)
+        .expect("flagging works on a full disk");
+    assert_eq!(
+        s.expunge(inbox, None).expect("expunge works").len(),
+        uids.len()
+    );
+    assert!(
+        !root.join("reserve").exists(),
+        "the reserve was given up for it"
+    );
+    assert!(s.stage(&[b"Subject: no room\r\n\r\nx\r\n"]).is_err());
+    // Space comes back (bodies released after their grace period), and with it delivery.
+    let mut ok = false;
+    for _ in 0..60 {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        if let Ok(blob) = s.stage(&[b"Subject: again\r\n\r\nsmall\r\n"]) {
+            s.deliver(blob, &[a.id], "INBOX", &Flags::default(), 0)
+                .unwrap();
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "deliveries resume once there is space");
+}

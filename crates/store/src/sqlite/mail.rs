@@ -315,14 +315,20 @@ impl SqliteStore {
 
     fn write_then_notify<T>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<(T, Vec<MailboxId>, Vec<DeadBody>)>,
+        f: impl Fn(&Transaction<'_>) -> Result<(T, Vec<MailboxId>, Vec<DeadBody>)>,
     ) -> Result<T> {
-        let (value, touched, dead_blobs) = {
+        let attempt = || -> Result<(T, Vec<MailboxId>, Vec<DeadBody>)> {
             let mut c = self.conn();
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let out = f(&tx)?;
             tx.commit()?;
-            out
+            Ok(out)
+        };
+        // A full disk must not stop a user from flagging and expunging mail: the reserve
+        // makes room for this write (reserve.rs).
+        let (value, touched, dead_blobs) = match attempt() {
+            Err(e) if super::reserve::is_disk_full(&e) && self.reserve.release() => attempt()?,
+            r => r?,
         };
         if !dead_blobs.is_empty() {
             self.indexer.kick();
@@ -366,6 +372,8 @@ impl SqliteStore {
 
 impl MailStore for SqliteStore {
     fn stage(&self, parts: &[&[u8]]) -> Result<StagedBlob> {
+        // No new mail while the space kept for deleting mail is used up.
+        self.reserve.check_delivery()?;
         let mut id = [0u8; 16];
         getrandom::fill(&mut id).map_err(|e| {
             Error::io(

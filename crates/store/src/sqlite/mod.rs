@@ -38,6 +38,7 @@ mod indexer;
 mod mail;
 pub(crate) mod packs;
 mod queue;
+mod reserve;
 mod snapshot;
 
 const DB_FILE: &str = "yubin.db";
@@ -283,6 +284,8 @@ pub struct SqliteStore {
     indexer: Arc<indexer::Indexer>,
     /// The last `account_epoch` read, and when.
     account_epoch: Mutex<Option<(std::time::Instant, u64)>>,
+    /// Disk space kept back so that mail can be deleted on a full disk.
+    reserve: reserve::Reserve,
     snapshots: snapshot::Snapshots,
     blob_dirs: Arc<blobs::BlobDirs>,
     heavy: Gate,
@@ -440,6 +443,7 @@ impl SqliteStore {
             listeners,
             indexer,
             account_epoch: Mutex::new(None),
+            reserve: reserve::Reserve::open(root),
             snapshots: Default::default(),
             blob_dirs,
             heavy: Gate::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
