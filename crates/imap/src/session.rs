@@ -686,9 +686,23 @@ impl<B: Backend> Session<B> {
                         // The client waits for our go-ahead: refuse, and it sends nothing.
                         let tag = tag_of(&self.frag);
                         self.frag.skip_message();
-                        self.tagged_no(tag, Some(Code::TooBig), "Literal exceeds APPENDLIMIT");
+                        let why = match self.state {
+                            State::NotAuthenticated => "Literal too large before login",
+                            State::Authenticated => "Literal exceeds APPENDLIMIT",
+                        };
+                        self.tagged_no(tag, Some(Code::TooBig), why);
+                    } else if matches!(self.state, State::NotAuthenticated) {
+                        // RFC 7888 §4: a LITERAL+ too big for us; before login nobody is
+                        // owed the bandwidth of reading it: the connection ends.
+                        self.send(Response::Status(
+                            Status::bye(Some(Code::TooBig), "Literal too large before login")
+                                .expect("valid"),
+                        ));
+                        self.mode = Mode::Closed;
+                        return Event::Close;
                     }
-                    // LITERAL+ data comes anyway; the fragmentizer reads and drops it.
+                    // After login, LITERAL+ data comes anyway; the fragmentizer reads and
+                    // drops it (past its limit), and the command fails.
                 } else if mode == LiteralMode::Sync {
                     self.send(Response::CommandContinuationRequest(
                         CommandContinuationRequest::basic(None, "Ready for literal data")
