@@ -63,3 +63,47 @@ fn random_input_never_breaks_the_session() {
         exercise(cfg, &input, || rng.below(80) + 1);
     }
 }
+
+/// SASL (RFC 4954 AUTH PLAIN / LOGIN) with random and hostile responses: huge base64,
+/// NULs, cancels, endless continuation lines. The fuzz target `sasl` runs the same.
+#[test]
+fn random_sasl_exchanges_never_break_the_session() {
+    const SASL: &[&[u8]] = &[
+        b"EHLO c\r\n",
+        b"AUTH PLAIN\r\n",
+        b"AUTH LOGIN\r\n",
+        b"AUTH PLAIN AGJvYgBzZWNyZXQ=\r\n",
+        b"AUTH LOGIN Ym9i\r\n",
+        b"AUTH CRAM-MD5\r\n",
+        b"AGJvYgBzZWNyZXQ=\r\n",
+        b"Ym9i\r\n",
+        b"c2VjcmV0\r\n",
+        b"AAAA\r\n",
+        b"====\r\n",
+        b"*\r\n",
+        b"\r\n",
+        b"MAIL FROM:<bob@example.com>\r\n",
+    ];
+    let mut rng = Rng(0xC2B2_AE3D_27D4_EB4F);
+    for case in 0..2000 {
+        let mut input = b"EHLO c\r\n".to_vec();
+        for _ in 0..rng.below(20) {
+            match rng.below(6) {
+                0 => {
+                    let n = rng.below(300);
+                    input.extend((0..n).map(|_| rng.next_u64() as u8));
+                }
+                // A base64 line far over the line limit.
+                1 if case % 9 == 0 => input.extend(std::iter::repeat_n(b'Q', 20_000)),
+                _ => input.extend_from_slice(SASL[rng.below(SASL.len())]),
+            }
+        }
+        let cfg = Config {
+            auth: true,
+            auth_requires_tls: case % 2 == 0,
+            submission: case % 3 == 0,
+            ..Config::default()
+        };
+        exercise(cfg, &input, || rng.below(80) + 1);
+    }
+}
