@@ -42,6 +42,15 @@ def still_serving(server):
         assert s.recv(100).startswith(b"+OK")
 
 
+def survives(server):
+    """Still serving others now, and after a restart (nothing the attack left behind
+    stops the server from starting)."""
+    still_serving(server)
+    server.stop()
+    server.start()
+    still_serving(server)
+
+
 class Raw:
     """A line-oriented client on a raw socket, optionally from another loopback address."""
 
@@ -104,10 +113,7 @@ def test_deeply_nested_mime_does_not_crash_indexer_or_fetch(server):
     typ, data = m.fetch("1", "(BODYSTRUCTURE)")
     assert b'"APPLICATION" "OCTET-STREAM"' in data[0], "past the depth bound, parts are opaque"
     m.logout()
-    still_serving(server)
-    server.stop()
-    server.start()
-    still_serving(server)
+    survives(server)
     assert b"no unprocessable messages" in server.cli("mail", "unprocessable").stdout
 
 
@@ -130,7 +136,7 @@ def test_thread_with_huge_references_and_hostile_list_patterns(server):
     assert typ == "OK"
     assert time.monotonic() - t < 20, "pattern matching is not exponential"
     m.logout()
-    still_serving(server)
+    survives(server)
 
 
 def test_sessions_of_removed_or_disabled_accounts_end(server):
@@ -168,7 +174,7 @@ def test_sessions_of_removed_or_disabled_accounts_end(server):
         b.noop()
         b.noop()
     server.cli("user", "passwd", BOB, "--password-stdin", input=PASSWORD + "\n")
-    still_serving(server)
+    survives(server)
 
 
 def submit(server, raw: bytes, user=BOB, frm=BOB):
@@ -202,7 +208,7 @@ def test_from_spoofing_and_smuggling_are_refused(server):
         submit(server, b"From: bob+boss@example.test\r\n\r\nx\r\n")
     assert submit(server, b"From: bob+news@example.test\r\n\r\nx\r\n") == {}
     assert submit(server, b"From: Bob <bob@example.test>\r\n\r\nfine\r\n") == {}
-    still_serving(server)
+    survives(server)
 
 
 def test_data_framing(server):
@@ -219,6 +225,7 @@ def test_data_framing(server):
     assert lines[-1].startswith(b"554 5.6.0"), lines
     c.close()
     assert server.cat(BOB, 2).endswith(b"\r\n.X\r\n"), "the first line is unstuffed too"
+    survives(server)
 
 
 def test_memory_of_strangers_is_bounded(server):
@@ -267,7 +274,7 @@ def test_memory_of_strangers_is_bounded(server):
                 pass
     for c in smtps:
         c.close()
-    still_serving(server)
+    survives(server)
 
 
 def test_login_throttle_canonical_and_not_locking_out_the_owner(server):
@@ -289,6 +296,7 @@ def test_login_throttle_canonical_and_not_locking_out_the_owner(server):
     c.close()
     # The owner's IP still gets in.
     imap(server, CAROL).logout()
+    survives(server)
 
 
 def test_parallel_guesses_are_counted_before_they_are_checked(server):
@@ -315,6 +323,7 @@ def test_parallel_guesses_are_counted_before_they_are_checked(server):
     refused = [r for r in results if b"UNAVAILABLE" in r]
     assert len(checked) <= 10, (len(checked), results[:5])  # max_failures_per_ip
     assert len(refused) >= 30, results[:5]
+    survives(server)
 
 
 def test_slow_peers_hit_whole_command_deadlines(make_server):
@@ -341,7 +350,7 @@ def test_slow_peers_hit_whole_command_deadlines(make_server):
         assert closed, port
         assert time.monotonic() - t < 8, port
         c.close()
-    still_serving(server)
+    survives(server)
 
 
 def test_data_directory_is_private(server):
@@ -349,3 +358,24 @@ def test_data_directory_is_private(server):
     assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
     for p in data.iterdir():
         assert stat.S_IMODE(os.stat(p).st_mode) & 0o077 == 0, p
+
+
+def test_stressed_listener_shortens_deadlines(make_server):
+    """With most connection slots taken, a silent client gets 10 s, not idle_timeout
+    (Postfix's stress mode), so idle peers cannot hold the last slots."""
+    server = make_server(smtp={"max_connections": 5, "idle_timeout": 300}).start()
+    held = []
+    for i in range(4):
+        c = Raw(server.port, src=f"127.0.7.{i + 1}")
+        assert c.line().startswith(b"220")
+        held.append(c)
+    c = Raw(server.port, src="127.0.7.9", timeout=40)
+    assert c.line().startswith(b"220")
+    t = time.monotonic()
+    line = c.line()  # the server closes it
+    assert b"421" in line or line == b"", line
+    assert time.monotonic() - t < 30
+    for h in held:
+        h.close()
+    c.close()
+    survives(server)

@@ -181,7 +181,8 @@ impl<B: Backend> Session<B> {
 
     /// Part of a command line is buffered (its deadline keeps running).
     pub fn partial_input(&self) -> bool {
-        !self.buf.is_empty()
+        // A too-long line being skipped is still one command: its deadline runs on.
+        !self.buf.is_empty() || self.skipping
     }
 
     /// The backend (the host asks it which account is logged in).

@@ -467,9 +467,14 @@ async fn run(
                 // stretch one command. Later than before: tokio moves the deadline without
                 // touching the wheel. Before login, LOGIN_DEADLINE from the connect.
                 if !session.partial_input() {
-                    let mut until = tokio::time::Instant::now() + idle;
+                    let now = tokio::time::Instant::now();
+                    let mut until = now + idle;
                     if !session.is_authenticated() {
                         until = until.min(login_by);
+                        // Under stress, strangers get 10 s per command.
+                        if server.imap_limits.stressed() {
+                            until = until.min(now + crate::limits::STRESSED_DEADLINE);
+                        }
                     }
                     deadline.as_mut().reset(until);
                 }

@@ -1,6 +1,9 @@
 //! Connection limits (in total and per remote IP address), deadlines, and the check that
 //! ends the sessions of a removed or disabled account.
 
+/// Deadline of a command (and of a login) while the listener is stressed.
+pub const STRESSED_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Time a connection has to log in (IMAP, POP3), whatever it sends meanwhile.
 pub const LOGIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
 /// Time an SMTP client has to send a whole message after DATA/BDAT began (RFC 5321
@@ -97,13 +100,14 @@ use std::sync::{Arc, Mutex};
 pub struct ConnLimiter {
     max_total: usize,
     max_per_ip: usize,
-    state: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    /// Open connections in total and per IP (IPv6: per /64, as one host holds a /64).
+    state: Mutex<(usize, HashMap<crate::guard::IpKey, usize>)>,
 }
 
 /// Held for a connection's life; releases its slot when dropped.
 pub struct ConnSlot {
     limiter: Arc<ConnLimiter>,
-    ip: IpAddr,
+    ip: crate::guard::IpKey,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -121,12 +125,19 @@ impl ConnLimiter {
         })
     }
 
+    /// Four fifths of the slots are taken: deadlines shrink (as Postfix's stress mode), so
+    /// slow or silent peers cannot hold the rest.
+    pub fn stressed(&self) -> bool {
+        self.active().saturating_mul(5) >= self.max_total.saturating_mul(4)
+    }
+
     /// Connections open now.
     pub fn active(&self) -> usize {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).0
     }
 
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, Refused> {
+        let ip = crate::guard::IpKey::from(ip);
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if st.0 >= self.max_total {
             return Err(Refused::Total);
@@ -173,6 +184,22 @@ mod tests {
         assert_eq!(l.acquire(b).err(), Some(Refused::Total));
         drop(s1);
         assert!(l.acquire(a).is_ok());
+    }
+
+    #[test]
+    fn ipv6_per_64_and_stress() {
+        let l = ConnLimiter::new(5, 2);
+        let _a = l.acquire("2001:db8::1".parse().unwrap()).unwrap();
+        let _b = l.acquire("2001:db8::2:3".parse().unwrap()).unwrap();
+        assert_eq!(
+            l.acquire("2001:db8::ffff:1".parse().unwrap()).err(),
+            Some(Refused::PerIp),
+            "one /64 is one host"
+        );
+        assert!(!l.stressed());
+        let _c = l.acquire("2001:db8:0:1::1".parse().unwrap()).unwrap();
+        let _d = l.acquire("10.0.0.1".parse().unwrap()).unwrap();
+        assert!(l.stressed(), "4 of 5 slots taken");
     }
 }
 

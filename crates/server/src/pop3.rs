@@ -233,6 +233,11 @@ async fn run(
                 }
                 let until = if session.is_authenticated() {
                     deadline
+                } else if server.pop3_limits.stressed() {
+                    // Under stress, strangers get 10 s per command.
+                    deadline
+                        .min(login_by)
+                        .min(tokio::time::Instant::now() + crate::limits::STRESSED_DEADLINE)
                 } else {
                     deadline.min(login_by)
                 };

@@ -157,6 +157,12 @@ impl Conn {
                     match session.receiving() {
                         yubin_smtp::Receiving::Nothing => {
                             in_message = false;
+                            // Under stress (most connection slots taken), 10 s per command.
+                            let idle = if self.server.smtp_limits.stressed() {
+                                idle.min(crate::limits::STRESSED_DEADLINE)
+                            } else {
+                                idle
+                            };
                             deadline = tokio::time::Instant::now() + idle;
                         }
                         yubin_smtp::Receiving::Line => {}
