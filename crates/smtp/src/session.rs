@@ -544,6 +544,8 @@ impl Session {
     pub fn receiving(&self) -> Receiving {
         match self.phase {
             Phase::Data(_) | Phase::Bdat(_) | Phase::Discard(..) => Receiving::Message,
+            // Between the chunks of one BDAT message: still the same message's deadline.
+            _ if self.envelope.as_ref().is_some_and(|e| e.bdat) => Receiving::Message,
             Phase::SkipLine => Receiving::Line,
             _ if self.pos < self.buf.len() => Receiving::Line,
             _ => Receiving::Nothing,
