@@ -153,7 +153,11 @@ def test_sessions_of_removed_or_disabled_accounts_end(server):
         typ, data = eve.fetch("1", "(BODY.PEEK[])")
         assert b"secret" not in repr(data).encode()
         eve.list()
-    # Disabled: IMAP and submission sessions end too.
+    # Disabled: IMAP, POP3 and submission sessions end too.
+    import poplib
+    p = poplib.POP3("127.0.0.1", server.pop3_port, timeout=30)
+    p.user(CAROL)
+    p.pass_(PASSWORD)
     c = imap(server, CAROL)
     c.select("INBOX")
     sub = smtplib.SMTP("127.0.0.1", server.submission_port, timeout=30)
@@ -165,6 +169,9 @@ def test_sessions_of_removed_or_disabled_accounts_end(server):
         c.noop()
     code, _ = sub.docmd("MAIL FROM:<%s>" % CAROL)
     assert code == 421, code
+    with pytest.raises((poplib.error_proto, OSError)):
+        p.stat()
+        p.stat()
     server.cli("user", "enable", CAROL)
     # A new password ends the old sessions as well.
     b = imap(server, BOB)

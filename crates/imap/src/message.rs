@@ -263,7 +263,8 @@ fn header_fields(
     names: &[AString<'_>],
     not: bool,
 ) -> Vec<u8> {
-    let wanted: Vec<String> = names
+    // A set: the client may name thousands of fields, the message hold thousands of lines.
+    let wanted: std::collections::HashSet<String> = names
         .iter()
         .map(|n| String::from_utf8_lossy(n.as_ref()).to_ascii_lowercase())
         .collect();
