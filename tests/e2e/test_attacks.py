@@ -117,6 +117,25 @@ def test_deeply_nested_mime_does_not_crash_indexer_or_fetch(server):
     assert b"no unprocessable messages" in server.cli("mail", "unprocessable").stdout
 
 
+def test_a_million_header_fields_cost_no_gigabytes(server):
+    base = rss_peak_kib(server)
+    raw = b"From: a@remote.example\r\nSubject: fields\r\n" + b"a:\r\n" * 5_000_000 + b"\r\nbody\r\n"
+    assert smtp_send(server, raw) == {}
+    m = imap(server)
+    m.select("INBOX")
+    typ, data = m.search(None, "SUBJECT", "fields")
+    assert typ == "OK" and data[0] == b"1", data
+    for item in ("BODYSTRUCTURE", "ENVELOPE", "BODY.PEEK[HEADER.FIELDS (SUBJECT)]"):
+        assert m.fetch("1", f"({item})")[0] == "OK"
+    m.logout()
+    assert rss_peak_kib(server) - base < 300 * 1024, "20 MB of fields, parsed, would be gigabytes"
+    # Submission cannot check a header that long: refused.
+    with pytest.raises(smtplib.SMTPDataError) as e:
+        submit(server, b"From: bob@example.test\r\n" + b"a:\r\n" * 20_000 + b"\r\nx\r\n")
+    assert e.value.smtp_code == 554
+    survives(server)
+
+
 def test_thread_with_huge_references_and_hostile_list_patterns(server):
     refs = " ".join(f"<r{i}@x>" for i in range(20_000))
     raw = f"From: a@remote.example\r\nSubject: t\r\nMessage-ID: <me@x>\r\nReferences: {refs}\r\n\r\nx\r\n"

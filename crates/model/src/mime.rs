@@ -29,6 +29,14 @@ pub const MAX_DEPTH: usize = 100;
 pub const MAX_PARTS: usize = 10_000;
 /// Lines starting with `--` (boundary candidates) above which a message is not split.
 pub const MAX_BOUNDARY_LINES: usize = 4 * MAX_PARTS;
+/// Short lines that look like header fields (a `:` near the start) above which a message
+/// is not split: mail-parser keeps ~100 bytes per field, so 4-byte fields would make a
+/// 50 MiB message a gigabyte of tree.
+pub const MAX_FIELD_LINES: usize = 100_000;
+/// The top-level header read by [`parse_header`]: at most this many lines...
+pub const MAX_HEADER_LINES: usize = 10_000;
+/// ...and bytes.
+pub const MAX_HEADER_BYTES: usize = 1 << 20;
 
 /// A parsed message whose structure is at most [`MAX_DEPTH`] deep and holds at most
 /// [`MAX_PARTS`] reachable parts.
@@ -86,7 +94,7 @@ fn dispose(mut stack: Vec<Message<'_>>) {
 /// Parse a whole message within the bounds. `None` only for input without any header or
 /// body (mail-parser's rule), which callers treat as an empty message.
 pub fn parse(raw: &[u8]) -> Option<Mime<'_>> {
-    if boundary_lines(raw) > MAX_BOUNDARY_LINES {
+    if boundary_lines(raw) > MAX_BOUNDARY_LINES || field_lines(raw) > MAX_FIELD_LINES {
         return opaque(raw);
     }
     // mail-parser has debug assertions on malformed nesting (seen on generated input):
@@ -122,11 +130,48 @@ pub fn parse_or_empty(raw: &[u8]) -> Mime<'_> {
     })
 }
 
-/// The header of a message and its body as one opaque part.
-fn opaque(raw: &[u8]) -> Option<Mime<'_>> {
-    let mut msg = std::panic::catch_unwind(|| MessageParser::default().parse_headers(raw))
+/// The top-level header of a message, at most [`MAX_HEADER_LINES`] lines and
+/// [`MAX_HEADER_BYTES`] bytes of it (`complete` says whether that was all of it).
+pub fn parse_header(raw: &[u8]) -> Option<(Message<'_>, bool)> {
+    let end = header_end(raw);
+    let (cut, complete) = header_cut(raw, end);
+    let head = raw.get(..cut).unwrap_or(raw);
+    let msg = std::panic::catch_unwind(|| MessageParser::default().parse_headers(head))
         .ok()
         .flatten()?;
+    Some((msg, complete))
+}
+
+/// Where a bounded read of the header (ending at `end`) stops, and whether it is whole.
+fn header_cut(raw: &[u8], end: usize) -> (usize, bool) {
+    let head = raw.get(..end).unwrap_or(raw);
+    let limit = head.len().min(MAX_HEADER_BYTES);
+    match memchr::memchr_iter(b'\n', head).nth(MAX_HEADER_LINES - 1) {
+        Some(i) if i + 1 < end => ((i + 1).min(limit), false),
+        _ => (limit, limit == end),
+    }
+}
+
+/// Short lines with a `:` near their start (what header fields look like).
+fn field_lines(raw: &[u8]) -> usize {
+    let mut n = 0;
+    let mut start = 0;
+    for i in memchr::memchr_iter(b'\n', raw) {
+        let line = raw.get(start..i).unwrap_or_default();
+        if line.len() <= 64 && line.iter().take(32).any(|&b| b == b':') {
+            n += 1;
+            if n > MAX_FIELD_LINES {
+                break;
+            }
+        }
+        start = i + 1;
+    }
+    n
+}
+
+/// The header of a message (bounded as [`parse_header`]) and its body as one opaque part.
+fn opaque(raw: &[u8]) -> Option<Mime<'_>> {
+    let (mut msg, _) = parse_header(raw)?;
     let body = header_end(raw);
     if let Some(p) = msg.parts.first_mut() {
         p.offset_body = body as u32;
@@ -348,6 +393,28 @@ mod tests {
         assert_eq!(m.parts.len(), 1);
         assert_eq!(m.parts[0].offset_body as usize, header_end(&raw));
         assert_eq!(m.subject(), Some("s"));
+    }
+
+    #[test]
+    fn many_header_fields_are_bounded() {
+        let mut raw = b"From: a@b.c\r\nSubject: s\r\n".to_vec();
+        for _ in 0..(MAX_FIELD_LINES + 1) {
+            raw.extend_from_slice(b"a:\r\n");
+        }
+        raw.extend_from_slice(b"\r\nbody\r\n");
+        let m = parse(&raw).unwrap();
+        assert!(m.truncated);
+        assert_eq!(m.parts.len(), 1);
+        assert!(m.parts[0].headers.len() <= MAX_HEADER_LINES);
+        assert_eq!(m.subject(), Some("s"));
+        let (h, complete) = parse_header(&raw).unwrap();
+        assert!(!complete);
+        assert!(h.parts[0].headers.len() <= MAX_HEADER_LINES);
+        let (h, complete) = parse_header(b"Subject: x\r\n\r\nbody").unwrap();
+        assert!(complete);
+        assert_eq!(h.subject(), Some("x"));
+        let (_, complete) = parse_header(b"Subject: x").unwrap();
+        assert!(complete, "a message that is all header");
     }
 
     #[test]

@@ -739,8 +739,8 @@ fn prepare(ob: &Outbox, data: Vec<u8>, mail_from: &str) -> Vec<u8> {
         None => data.clone(),
     };
     // The signing domain is the From: domain (DMARC alignment), else the envelope's.
-    let from_domain = mail_parser::MessageParser::default()
-        .parse_headers(&body)
+    let from_domain = yubin_model::mime::parse_header(&body)
+        .map(|(m, _)| m)
         .and_then(|m| {
             m.from()
                 .and_then(|a| a.first())

@@ -496,7 +496,20 @@ impl Conn {
                 "4.7.1 Sending rate limit reached, try again later".into(),
             ));
         }
-        let parsed = mail_parser::MessageParser::default().parse_headers(&msg.data);
+        // Bounded (a header of a million fields would be a gigabyte parsed); a header past
+        // the bound cannot be checked whole, so it is refused.
+        let parsed = match yubin_model::mime::parse_header(&msg.data) {
+            Some((_, false)) => {
+                info!(user = me, "submission refused: header too large");
+                return Err(DeliveryOutcome::Rejected(format!(
+                    "Message header too large (at most {} lines, {} bytes)",
+                    yubin_model::mime::MAX_HEADER_LINES,
+                    yubin_model::mime::MAX_HEADER_BYTES
+                )));
+            }
+            Some((m, true)) => Some(m),
+            None => None,
+        };
         // RFC 5322 §3.6: exactly one From: field, and Sender: at most once. Every address
         // in them must be the user's (RFC 6409 §6.1); a message without a From: address,
         // or with a second From: that a reader might show instead, is refused. (Bare CR

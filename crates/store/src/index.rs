@@ -2,7 +2,7 @@
 //! decoded text of its body parts. Extracted with mail-parser when the body is staged, so
 //! the single writer only inserts rows.
 
-use mail_parser::{HeaderValue, MessageParser, PartType};
+use mail_parser::{HeaderValue, PartType};
 use yubin_model::mime;
 
 /// Longest body text indexed per message; past it, SEARCH BODY finds nothing more.
@@ -63,9 +63,7 @@ fn extract_parts(raw: &[u8], body: bool) -> SearchText {
     let parsed = if body {
         mime::parse(raw)
     } else {
-        MessageParser::default()
-            .parse_headers(raw)
-            .map(mime::Mime::headers)
+        mime::parse_header(raw).map(|(m, _)| mime::Mime::headers(m))
     };
     let Some(msg) = parsed else {
         return t;
