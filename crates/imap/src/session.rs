@@ -576,6 +576,13 @@ impl<B: Backend> Session<B> {
         &self.backend
     }
 
+    /// Bytes of the command being received that this session holds (an APPEND literal
+    /// on its way): the host's budget for bodies in flight counts them.
+    pub fn held_bytes(&self) -> usize {
+        self.pending
+            .min((self.cfg.append_limit as usize).saturating_add(64 * 1024))
+    }
+
     /// Logged in (the host gives unauthenticated connections less time).
     pub fn is_authenticated(&self) -> bool {
         matches!(self.state, State::Authenticated)

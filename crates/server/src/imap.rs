@@ -415,6 +415,15 @@ async fn run(
     let mut deflate: Option<Deflate> = None;
     let login_by = tokio::time::Instant::now() + crate::limits::LOGIN_DEADLINE;
     let mut account = crate::limits::SessionAccount::default();
+    // APPEND literals on their way count against the bodies-in-flight budget SMTP uses.
+    let mut inflight = crate::limits::InFlight::new(server.inflight.clone());
+    let budget = crate::limits::inflight_budget(
+        server
+            .cfg
+            .smtp
+            .max_message_size
+            .max(server.cfg.imap.append_limit as usize),
+    );
     loop {
         // RFC 9051 §7.1.5: BYE when the server ends the session; here because the account
         // was removed, disabled or given a new password since this session logged in.
@@ -437,6 +446,7 @@ async fn run(
         }
         // Right after a LOGIN too: the session's account is recorded as it is now.
         let valid = account.still_valid(&*server.store, session.backend().account_id());
+        inflight.set(session.held_bytes());
         let out = session.take_output();
         match deflate.as_mut() {
             Some(d) if !out.is_empty() => write_out(&mut stream, &d.deflate(&out)?).await?,
@@ -492,6 +502,15 @@ async fn run(
                             match deflate.as_mut() {
                                 Some(d) => session.push(&d.inflate(&buf[..n])?),
                                 None => session.push(&buf[..n]),
+                            }
+                            if inflight.set(session.held_bytes()) > budget {
+                                warn!("bodies in flight over budget; session ended");
+                                let bye = b"* BYE [UNAVAILABLE] Server too busy, try again later\r\n";
+                                match deflate.as_mut() {
+                                    Some(d) => write_out(&mut stream, &d.deflate(bye)?).await?,
+                                    None => write_out(&mut stream, bye).await?,
+                                }
+                                return Ok(());
                             }
                         }
                         Err(e) => return Err(e),

@@ -31,6 +31,10 @@ impl InFlight {
     /// This session now holds `now` bytes; returns the total of all sessions.
     pub fn set(&mut self, now: usize) -> usize {
         use std::sync::atomic::Ordering::AcqRel;
+        if now == self.held {
+            // The common case (a command with no body): no write to the shared counter.
+            return self.total.load(std::sync::atomic::Ordering::Acquire);
+        }
         let total = if now >= self.held {
             self.total.fetch_add(now - self.held, AcqRel) + (now - self.held)
         } else {
