@@ -105,6 +105,8 @@ pub struct Guard {
     /// IPs that logged into an account: not locked out by its block.
     known_good: Mutex<HashMap<(IpKey, String), Instant>>,
     rates: Mutex<HashMap<String, Rate>>,
+    /// Signalled when an attempt finishes: logins waiting on `Blocked::Busy` look again.
+    finished: (Mutex<u64>, std::sync::Condvar),
 }
 
 /// Why a login may not even be tried now.
@@ -157,7 +159,24 @@ impl Guard {
             by_pair: Mutex::default(),
             known_good: Mutex::default(),
             rates: Mutex::default(),
+            finished: (Mutex::new(0), std::sync::Condvar::new()),
         }
+    }
+
+    fn signal_finished(&self) {
+        *lock(&self.finished.0) += 1;
+        self.finished.1.notify_all();
+    }
+
+    /// How many attempts have finished so far (for [`Guard::wait_finished`]).
+    fn finished_count(&self) -> u64 {
+        *lock(&self.finished.0)
+    }
+
+    /// Wait (at most `max`) until an attempt finishes after `count` had.
+    fn wait_finished(&self, count: u64, max: Duration) {
+        let n = lock(&self.finished.0);
+        let _ = self.finished.1.wait_timeout_while(n, max, |n| *n == count);
     }
 
     fn stale(&self, f: &Failures, now: Instant) -> bool {
@@ -220,11 +239,19 @@ impl Guard {
         if let Some(f) = accounts.get_mut(&attempt.account) {
             f.pending = f.pending.saturating_sub(1);
         }
+        drop((ips, accounts));
+        self.signal_finished();
     }
 
     /// The attempt's outcome; returns how long to wait before answering a failure (growing
     /// with the failures from this IP, so guessing gets slower long before the block).
     pub fn finish(&self, attempt: Attempt, success: bool, now: Instant) -> Duration {
+        let delay = self.finish_inner(attempt, success, now);
+        self.signal_finished();
+        delay
+    }
+
+    fn finish_inner(&self, attempt: Attempt, success: bool, now: Instant) -> Duration {
         let Attempt { ip, account } = attempt;
         let mut ips = lock(&self.by_ip);
         let mut accounts = lock(&self.by_account);
@@ -436,11 +463,12 @@ pub fn login(
 ) -> Result<Option<yubin_store::Account>, LoginError> {
     let start = Instant::now();
     let attempt = loop {
+        let seen = guard.finished_count();
         match guard.begin(ip, user, Instant::now()) {
             Ok(a) => break a,
             // Others' attempts are being checked: this one waits its turn (bounded).
             Err(Blocked::Busy) if start.elapsed() < BUSY_WAIT => {
-                std::thread::sleep(Duration::from_millis(10))
+                guard.wait_finished(seen, Duration::from_millis(100))
             }
             Err(why) => {
                 tracing::info!(%ip, user = log_name(user), proto, ?why, "login refused: throttled");
