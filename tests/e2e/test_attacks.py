@@ -172,6 +172,19 @@ def test_sessions_of_removed_or_disabled_accounts_end(server):
         typ, data = eve.fetch("1", "(BODY.PEEK[])")
         assert b"secret" not in repr(data).encode()
         eve.list()
+    # A session waiting in IDLE ends as well, without sending anything.
+    server.add_user(f"idler@{DOMAIN}")
+    r = Raw(server.imap_port, timeout=10)
+    r.line()
+    r.send(b'a LOGIN idler@example.test "%s"\r\n' % PASSWORD.encode())
+    assert r.until(b"a")[-1].startswith(b"a OK")
+    r.send(b"b SELECT INBOX\r\n")
+    assert r.until(b"b")[-1].startswith(b"b OK")
+    r.send(b"c IDLE\r\n")
+    assert r.line().startswith(b"+")
+    server.cli("user", "remove", f"idler@{DOMAIN}")
+    assert r.line().startswith(b"* BYE"), "IDLE session of a removed account ended"
+    r.close()
     # Disabled: IMAP, POP3 and submission sessions end too.
     import poplib
     p = poplib.POP3("127.0.0.1", server.pop3_port, timeout=30)

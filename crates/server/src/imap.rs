@@ -401,6 +401,7 @@ async fn run(
 ) -> std::io::Result<()> {
     let idle = Duration::from_secs(server.cfg.imap.idle_timeout);
     let mut changes = server.changes.subscribe();
+    let mut epoch = server.account_epoch.clone();
     let mut shutdown = server.shutdown.clone();
     // Made once per connection, not per command: each would register with the shared
     // shutdown watch (a lock all connections take) and the timer wheel, then leave again.
@@ -516,6 +517,9 @@ async fn run(
                         Err(e) => return Err(e),
                     },
                     () = &mut deadline => session.timeout(),
+                    // Some account changed: the check at the top ends this session if
+                    // it was this one's.
+                    Ok(()) = epoch.changed(), if idling => {}
                     m = changes.recv(), if idling => {
                         // Lagged: some notifications were lost, so look anyway.
                         let relevant = match m {

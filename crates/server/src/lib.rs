@@ -48,6 +48,9 @@ pub struct Server {
     changes: tokio::sync::broadcast::Sender<yubin_store::MailboxId>,
     /// Bytes of messages being received over SMTP, all sessions together.
     pub inflight: Arc<std::sync::atomic::AtomicUsize>,
+    /// The store's `account_epoch`, watched by one task: sessions waiting in IDLE wake when
+    /// it moves, to end at once if their account was removed or disabled.
+    pub account_epoch: tokio::sync::watch::Receiver<u64>,
     /// Becomes true when the server starts shutting down.
     shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -309,7 +312,9 @@ pub async fn serve(cfg: Config) -> Result<()> {
     store.on_change(Box::new(move |m| {
         let _ = notify.send(m);
     }));
+    let (epoch_tx, epoch_rx) = tokio::sync::watch::channel(store.account_epoch().unwrap_or(0));
     let server = Arc::new(Server {
+        account_epoch: epoch_rx,
         shutdown: stop_rx,
         smtp_limits: ConnLimiter::new(cfg.smtp.max_connections, cfg.smtp.max_connections_per_ip),
         imap_limits: ConnLimiter::new(cfg.imap.max_connections, cfg.imap.max_connections_per_ip),
@@ -329,6 +334,22 @@ pub async fn serve(cfg: Config) -> Result<()> {
         store: Arc::new(store),
         tls: std::sync::RwLock::new(tls),
     });
+    // One reader of the account epoch for every idle session (a changed account ends its
+    // sessions; busy sessions look before each command themselves).
+    {
+        let store = server.store.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                if let Ok(e) = store.account_epoch() {
+                    epoch_tx.send_if_modified(|v| std::mem::replace(v, e) != e);
+                }
+                if epoch_tx.is_closed() {
+                    return;
+                }
+            }
+        });
+    }
     // The outbound queue runner.
     let outbox = outbound::Outbox {
         store: server.store.clone(),
