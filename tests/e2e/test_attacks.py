@@ -418,3 +418,58 @@ def test_stressed_listener_shortens_deadlines(make_server):
         h.close()
     c.close()
     survives(server)
+
+
+def test_full_disk_lets_users_expunge_and_defers_new_mail(tmp_path):
+    """On a full disk SMTP answers 4xx (the sender keeps the mail), IMAP STORE and EXPUNGE
+    still work (the reserve makes room), and mail flows again once space is back."""
+    import subprocess
+
+    from conftest import Yubin
+
+    d = tmp_path / "srv"
+    d.mkdir()
+    (d / "data").mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(d / "data")]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    y = Yubin(d, smtp={"max_message_size": 25 * 1024 * 1024})
+    try:
+        y.cli("init", "--domain", DOMAIN)
+        y.add_user(BOB)
+        y.add_user(CAROL)
+        y.start()
+        big = b"From: a@remote.example\r\nSubject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 2048
+        refused = None
+        for _ in range(60):
+            try:
+                smtp_send(y, big)
+            except smtplib.SMTPException as e:
+                refused = e
+                break
+        assert isinstance(refused, smtplib.SMTPDataError) and 400 <= refused.smtp_code < 500, refused
+        with open(d / "data" / "filler", "wb") as f:  # every byte left
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        m = imap(y)
+        m.select("INBOX")
+        assert m.store("1:*", "+FLAGS", "(\\Deleted)")[0] == "OK"
+        assert m.expunge()[0] == "OK"
+        m.logout()
+        assert "released the reserve" in y.log_text(), "the expunge needed the reserve"
+        os.remove(d / "data" / "filler")
+        deadline = time.monotonic() + 40
+        while True:  # bodies are given back after their grace period
+            try:
+                smtp_send(y, b"From: a@remote.example\r\nSubject: again\r\n\r\nsmall\r\n")
+                break
+            except smtplib.SMTPException:
+                assert time.monotonic() < deadline, "mail flows again once space is back"
+                time.sleep(1)
+        still_serving(y)
+    finally:
+        y.stop()
+        subprocess.run(["umount", "-l", str(d / "data")])
