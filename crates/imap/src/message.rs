@@ -569,8 +569,11 @@ fn structure(raw: &[u8], m: &Message<'_>, idx: usize, ext: bool) -> BodyStructur
             Err(_) => empty_text(),
         };
     }
-    let body_bytes =
-        &raw[(p.offset_body as usize).min(raw.len())..(p.offset_end as usize).min(raw.len())];
+    // Offsets come from the parse of a peer's bytes: clamp, and never a reversed range.
+    let start = (p.offset_body as usize).min(raw.len());
+    let body_bytes = raw
+        .get(start..(p.offset_end as usize).clamp(start, raw.len()))
+        .unwrap_or_default();
     let (ctype, subtype) = match ct {
         Some(c) => (
             c.c_type.to_uppercase(),
