@@ -152,19 +152,37 @@ fn header_cut(raw: &[u8], end: usize) -> (usize, bool) {
     }
 }
 
-/// Short lines with a `:` near their start (what header fields look like).
+/// Lines in header sections, as a parser will see them (over-counting rather than under):
+/// the message's own header, every header after a `--` line (a part's, if that line is a
+/// boundary), and the header of a message/rfc822 body. Body lines are not counted, so a
+/// long log file attached as text costs nothing here.
 fn field_lines(raw: &[u8]) -> usize {
     let mut n = 0;
     let mut start = 0;
+    let mut in_header = true;
+    let mut nested = false; // this header announced a message/rfc822 (or global) body
     for i in memchr::memchr_iter(b'\n', raw) {
         let line = raw.get(start..i).unwrap_or_default();
-        if line.len() <= 64 && line.iter().take(32).any(|&b| b == b':') {
+        start = i + 1;
+        if in_header {
+            if line.is_empty() || line == b"\r" {
+                // The body starts, unless it is itself a message with a header.
+                in_header = std::mem::take(&mut nested);
+                continue;
+            }
             n += 1;
             if n > MAX_FIELD_LINES {
                 break;
             }
+            if !nested && line.len() < 1024 {
+                let lower = line.to_ascii_lowercase();
+                nested = memchr::memmem::find(&lower, b"message/rfc822").is_some()
+                    || memchr::memmem::find(&lower, b"message/global").is_some();
+            }
+        } else if line.starts_with(b"--") {
+            in_header = true;
+            nested = false;
         }
-        start = i + 1;
     }
     n
 }
@@ -415,6 +433,25 @@ mod tests {
         assert_eq!(h.subject(), Some("x"));
         let (_, complete) = parse_header(b"Subject: x").unwrap();
         assert!(complete, "a message that is all header");
+    }
+
+    #[test]
+    fn body_lines_are_not_header_fields() {
+        // A log of 200,000 short lines with colons, attached as text: still split.
+        let mut raw = b"Subject: log\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n".to_vec();
+        for i in 0..200_000 {
+            raw.extend_from_slice(format!("12:00:{i:02} ok\r\n").as_bytes());
+        }
+        raw.extend_from_slice(b"--b--\r\n");
+        assert!(field_lines(&raw) < 10);
+        let m = parse(&raw).unwrap();
+        assert!(!m.truncated);
+        // Fields in the header of a nested message count.
+        let mut nested = b"Content-Type: message/rfc822\r\n\r\n".to_vec();
+        for _ in 0..(MAX_FIELD_LINES + 1) {
+            nested.extend_from_slice(b"a:\r\n");
+        }
+        assert!(field_lines(&nested) > MAX_FIELD_LINES);
     }
 
     #[test]
