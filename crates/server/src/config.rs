@@ -284,6 +284,40 @@ impl Config {
         )
     }
 
+    /// `serve --dev`: every service on loopback, at 10000 + its standard port (SMTP 10025,
+    /// IMAP 10143/10993, POP3 10110/10995, submission 10587/10465), so an ordinary user can
+    /// try yubin without root. Loopback counts as a protected path, so plain-text logins
+    /// work there as on a real server's loopback.
+    pub fn dev_listen(&mut self) {
+        let lo = |port: u16| vec![SocketAddr::from(([127, 0, 0, 1], 10_000 + port))];
+        self.listen = Listen {
+            smtp: lo(25),
+            submission: lo(587),
+            submissions: lo(465),
+            imap: lo(143),
+            imaps: lo(993),
+            pop3: lo(110),
+            pop3s: lo(995),
+        };
+    }
+
+    /// Every address the server would listen on, with its service's name.
+    pub fn listen_addrs(&self) -> Vec<(&'static str, SocketAddr)> {
+        let l = &self.listen;
+        [
+            ("smtp", &l.smtp),
+            ("submission", &l.submission),
+            ("submissions", &l.submissions),
+            ("imap", &l.imap),
+            ("imaps", &l.imaps),
+            ("pop3", &l.pop3),
+            ("pop3s", &l.pop3s),
+        ]
+        .into_iter()
+        .flat_map(|(name, addrs)| addrs.iter().map(move |&a| (name, a)))
+        .collect()
+    }
+
     pub fn tls_dir(&self) -> PathBuf {
         self.data_dir.join("tls")
     }

@@ -116,6 +116,57 @@ pub struct FirstRun {
     pub generated_cert: Option<PathBuf>,
 }
 
+/// The config `serve` would use: the file's, or (before the first run) the one the first
+/// run would write. `dev` applies `--dev`.
+pub fn planned_config(config_path: &Path, dev: bool) -> Result<Config> {
+    let mut cfg = if config_path.exists() {
+        Config::load(config_path)?
+    } else {
+        Config::parse(&Config::first_run_text(&config::system_hostname()))?
+    };
+    if dev {
+        cfg.dev_listen();
+    }
+    Ok(cfg)
+}
+
+/// Try every listening address once (and let go): run before the first run writes
+/// anything, so a port that cannot be had (not root, already in use) is reported with
+/// nothing left behind.
+pub fn check_listen(cfg: &Config) -> Result<()> {
+    for (proto, addr) in cfg.listen_addrs() {
+        if let Err(e) = bind(addr) {
+            listen_error(proto, addr, e)?;
+        }
+    }
+    Ok(())
+}
+
+/// What to do when `addr` cannot be bound: skip an IPv6 wildcard on a host without IPv6,
+/// else an error that says what to change.
+fn listen_error(proto: &str, addr: SocketAddr, e: std::io::Error) -> Result<()> {
+    if addr.is_ipv6()
+        && addr.ip().is_unspecified()
+        && matches!(e.raw_os_error(), Some(97) | Some(99))
+    {
+        // EAFNOSUPPORT / EADDRNOTAVAIL: this host has no IPv6.
+        warn!(%addr, proto, "IPv6 is not available on this host; skipping");
+        return Ok(());
+    }
+    let hint = match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            "ports below 1024 need root or CAP_NET_BIND_SERVICE; to try yubin as an ordinary \
+             user, run `yubin serve --dev` (loopback, ports 10000 + the standard ones)"
+        }
+        std::io::ErrorKind::AddrInUse => "another program already uses it",
+        _ => "check the address",
+    };
+    bail!(
+        "cannot listen for {proto} on {addr}: {e} ({hint}); or change [listen] {proto} in the \
+         config file, or set `{proto} = []` to disable it"
+    )
+}
+
 /// Make sure a config file and an initialized data directory exist. On the first run this
 /// writes the config, a self-signed certificate, the first domain and an admin account.
 /// Returns the loaded config and, when anything was created, what was.
@@ -204,27 +255,7 @@ fn bind_all(proto: &str, addrs: &[SocketAddr]) -> Result<Vec<TcpListener>> {
     for &addr in addrs {
         match bind(addr) {
             Ok(l) => out.push(TcpListener::from_std(l)?),
-            Err(e)
-                if addr.is_ipv6()
-                    && addr.ip().is_unspecified()
-                    && matches!(e.raw_os_error(), Some(97) | Some(99)) =>
-            {
-                // EAFNOSUPPORT / EADDRNOTAVAIL: this host has no IPv6.
-                warn!(%addr, proto, "IPv6 is not available on this host; skipping");
-            }
-            Err(e) => {
-                let hint = match e.kind() {
-                    std::io::ErrorKind::PermissionDenied => {
-                        "ports below 1024 need root or CAP_NET_BIND_SERVICE"
-                    }
-                    std::io::ErrorKind::AddrInUse => "another program already uses it",
-                    _ => "check the address",
-                };
-                bail!(
-                    "cannot listen for {proto} on {addr}: {e} ({hint}); change [listen] {proto} \
-                     in the config file, or set `{proto} = []` to disable it"
-                );
-            }
+            Err(e) => listen_error(proto, addr, e)?,
         }
     }
     Ok(out)
@@ -406,7 +437,6 @@ pub async fn serve(cfg: Config) -> Result<()> {
         for l in listeners {
             let addr = l.local_addr()?;
             info!(%addr, proto = proto.name(), "listening");
-            eprintln!("yubin: {} listening on {addr}", proto.name());
             acceptors.push(tokio::spawn(accept(server.clone(), l, proto)));
         }
     }

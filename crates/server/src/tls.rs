@@ -27,6 +27,14 @@ pub fn generate_self_signed(dir: &Path, names: &[String]) -> Result<()> {
     let key_pair = rcgen::KeyPair::generate().context("cannot generate a TLS key")?;
     let mut params = rcgen::CertificateParams::new(names.to_vec())
         .context("invalid name for the self-signed certificate")?;
+    // Clients that connect by address (127.0.0.1, the LAN address) check it against the
+    // certificate's IP SANs (RFC 6125 §1.7.2): name them all.
+    for ip in local_addresses() {
+        let san = rcgen::SanType::IpAddress(ip);
+        if !params.subject_alt_names.contains(&san) {
+            params.subject_alt_names.push(san);
+        }
+    }
     if let Some(first) = names.first() {
         params
             .distinguished_name
@@ -42,6 +50,67 @@ pub fn generate_self_signed(dir: &Path, names: &[String]) -> Result<()> {
     std::fs::write(&cert_path, cert.pem())
         .with_context(|| format!("cannot write {}", cert_path.display()))?;
     Ok(())
+}
+
+/// Loopback and this machine's interface addresses (IPv6 link-local ones excluded: they
+/// need a scope a certificate cannot name).
+pub fn local_addresses() -> Vec<std::net::IpAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let mut out = vec![
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ];
+    #[cfg(target_os = "linux")]
+    // SAFETY: getifaddrs fills a list we only read and then free with freeifaddrs; each
+    // sockaddr is read as the type its family says.
+    unsafe {
+        let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut list) == 0 {
+            let mut cur = list;
+            while !cur.is_null() {
+                let a = (*cur).ifa_addr;
+                if !a.is_null() {
+                    let ip = match i32::from((*a).sa_family) {
+                        libc::AF_INET => {
+                            let sin = &*(a as *const libc::sockaddr_in);
+                            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                                sin.sin_addr.s_addr,
+                            ))))
+                        }
+                        libc::AF_INET6 => {
+                            let sin6 = &*(a as *const libc::sockaddr_in6);
+                            let v6 = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                            (!v6.is_unicast_link_local()).then_some(IpAddr::V6(v6))
+                        }
+                        _ => None,
+                    };
+                    if let Some(ip) = ip
+                        && !out.contains(&ip)
+                    {
+                        out.push(ip);
+                    }
+                }
+                cur = (*cur).ifa_next;
+            }
+            libc::freeifaddrs(list);
+        }
+    }
+    out
+}
+
+/// SHA-256 fingerprint of the first certificate in a PEM file, as `AB:CD:...`, for the
+/// user to compare with what a client shows.
+pub fn fingerprint(cert: &Path) -> Option<String> {
+    let der = CertificateDer::pem_file_iter(cert).ok()?.next()?.ok()?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, der.as_ref());
+    Some(
+        digest
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":"),
+    )
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<()> {

@@ -34,6 +34,10 @@ enum Command {
         /// First domain to host (default: the host name); added if missing.
         #[arg(long)]
         domain: Option<String>,
+        /// Try yubin without root: listen on 127.0.0.1 only, at 10000 + each standard port
+        /// (SMTP 10025, IMAP 10143/10993, POP3 10110/10995, submission 10587/10465).
+        #[arg(long)]
+        dev: bool,
     },
     /// Create config, data directory, certificate, first domain and admin without serving.
     Init {
@@ -201,11 +205,22 @@ fn init_logging(level: &str) {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve { domain } => {
-            let (cfg, first) = yubin_server::init(&cli.config, domain.as_deref())?;
+        Command::Serve { domain, dev } => {
+            // Every port first: nothing is written if the server could not listen anyway.
+            yubin_server::check_listen(&yubin_server::planned_config(&cli.config, dev)?)?;
+            let (mut cfg, first) = yubin_server::init(&cli.config, domain.as_deref())?;
+            if dev {
+                cfg.dev_listen();
+            }
             init_logging(&cfg.log.level);
             if let Some(f) = first {
                 print_first_run(&f, &cfg);
+            }
+            if dev {
+                println!(
+                    "yubin: --dev: listening on 127.0.0.1 only: SMTP 10025, submission 10587 \
+                     and 10465, IMAP 10143 and 10993, POP3 10110 and 10995"
+                );
             }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -242,11 +257,27 @@ fn print_first_run(f: &FirstRun, cfg: &Config) {
     println!("  data:         {}", f.data_dir.display());
     if let Some(c) = &f.generated_cert {
         println!(
-            "  certificate:  {} (self-signed; set [tls] for your own)",
+            "  certificate:  {} (self-signed, for this host's name, localhost and its addresses)",
             c.display()
+        );
+        if let Some(fp) = yubin_server::tls::fingerprint(c) {
+            println!("  SHA-256:      {fp}");
+        }
+        println!(
+            "                clients warn until they trust it: compare this fingerprint, or import the file;"
+        );
+        println!(
+            "                for a real one, set `cert` and `key` under [tls] in the config (e.g. Let's Encrypt)"
         );
     }
     println!("  domain:       {}", f.domain);
+    if !f.domain.contains('.') {
+        println!(
+            "  warning:      {:?} has no dot: no other server can send mail to it. Add your real \n\
+             \x20               domain with `yubin domain add example.com` (or start with --domain).",
+            f.domain
+        );
+    }
     println!("  admin login:  {}", f.admin);
     println!("  password:     {}", f.password);
     println!(
