@@ -162,7 +162,7 @@ def test_sessions_of_removed_or_disabled_accounts_end(server):
     server.add_user(f"eve@{DOMAIN}")
     eve = imap(server, f"eve@{DOMAIN}")
     eve.select("INBOX")
-    server.cli("user", "remove", f"eve@{DOMAIN}")
+    server.cli("user", "remove", f"eve@{DOMAIN}", "--yes")
     server.add_user(f"frank@{DOMAIN}")
     smtp_send(server, b"From: a@remote.example\r\nSubject: for frank only\r\n\r\nsecret\r\n", to=f"frank@{DOMAIN}")
     time.sleep(0.5)
@@ -182,7 +182,7 @@ def test_sessions_of_removed_or_disabled_accounts_end(server):
     assert r.until(b"b")[-1].startswith(b"b OK")
     r.send(b"c IDLE\r\n")
     assert r.line().startswith(b"+")
-    server.cli("user", "remove", f"idler@{DOMAIN}")
+    server.cli("user", "remove", f"idler@{DOMAIN}", "--yes")
     assert r.line().startswith(b"* BYE"), "IDLE session of a removed account ended"
     r.close()
     # Disabled: IMAP, POP3 and submission sessions end too.

@@ -246,8 +246,16 @@ def test_management_while_running(server):
     assert "new.example\t1 account(s)" in server.cli("domain", "list").stdout.decode()
     r = server.cli("domain", "remove", "new.example", check=False)
     assert r.returncode == 1 and b"--force" in r.stderr
-    server.cli("user", "passwd", "x@new.example", "--password-stdin", input="other\n")
-    server.cli("user", "remove", "x@new.example")
+    r = server.cli("user", "passwd", "x@new.example", "--password-stdin", input="other\n", check=False)
+    assert r.returncode == 1 and b"too short" in r.stderr, "weak passwords are refused"
+    for weak in ("password123", "1234567890", "x" * 12):
+        r = server.cli("user", "passwd", "x@new.example", "--password-stdin", input=weak + "\n", check=False)
+        assert r.returncode == 1, weak
+    server.cli("user", "passwd", "x@new.example", "--password-stdin", input="other long passphrase\n")
+    r = server.cli("user", "remove", "x@new.example", check=False)
+    assert r.returncode == 1 and b"--yes" in r.stderr, "removal asks first"
+    assert "x@new.example" in server.cli("user", "list").stdout.decode()
+    server.cli("user", "remove", "x@new.example", "--yes")
     server.cli("domain", "remove", "new.example")
     with smtp(server) as s:
         code, msg = s.ehlo()
@@ -255,7 +263,7 @@ def test_management_while_running(server):
         assert s.rcpt("x@new.example")[0] == 550
     users = server.cli("user", "list").stdout.decode()
     assert f"admin@{DOMAIN}\tadmin" in users and "x@new.example" not in users
-    r = server.cli("user", "add", "y@nowhere.example", "--password-stdin", input="pw\n", check=False)
+    r = server.cli("user", "add", "y@nowhere.example", "--password-stdin", input="a long passphrase\n", check=False)
     assert r.returncode == 1 and b"yubin domain add nowhere.example" in r.stderr
     r = server.cli("user", "add", "z@example.test", check=False)
     assert r.returncode == 1 and b"--password-stdin" in r.stderr

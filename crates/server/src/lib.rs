@@ -134,6 +134,13 @@ pub fn planned_config(config_path: &Path, dev: bool) -> Result<Config> {
 /// anything, so a port that cannot be had (not root, already in use) is reported with
 /// nothing left behind.
 pub fn check_listen(cfg: &Config) -> Result<()> {
+    // Another server on this data directory holds these ports too: say that, not "in use".
+    let lock = cfg.data_dir.join("server.lock");
+    if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&lock)
+        && let Err(std::fs::TryLockError::WouldBlock) = f.try_lock()
+    {
+        return Err(yubin_store::Error::Locked(cfg.data_dir.clone()).into());
+    }
     for (proto, addr) in cfg.listen_addrs() {
         if let Err(e) = bind(addr) {
             listen_error(proto, addr, e)?;

@@ -67,26 +67,42 @@ enum QueueCmd {
     /// Queued recipients: id, recipient, attempts, next attempt, last error.
     List,
     /// A queued message exactly as it will be sent.
-    Show { id: i64 },
+    Show {
+        /// The message's queue id (first column of `queue list`).
+        id: i64,
+    },
     /// Try a message (or, without an id, everything) now.
-    Retry { id: Option<i64> },
+    Retry {
+        /// The message's queue id; all messages when left out.
+        id: Option<i64>,
+    },
     /// Try everything now (the same as `retry` without an id).
     Flush,
     /// Drop a message from the queue without delivering it (no bounce is sent).
-    Delete { id: i64 },
+    Delete {
+        /// The message's queue id (first column of `queue list`).
+        id: i64,
+    },
 }
 
 #[derive(Subcommand)]
 enum DomainCmd {
     /// Start receiving mail for a domain.
-    Add { name: String },
+    Add {
+        /// The domain, e.g. example.com (its MX record must point at this server).
+        name: String,
+    },
     /// List domains and how many accounts each has.
     List,
     /// Create the domain's DKIM key (if it has none) and print the DNS records to publish:
     /// DKIM, and SPF and DMARC suggestions.
-    Dkim { name: String },
+    Dkim {
+        /// A domain hosted here.
+        name: String,
+    },
     /// Stop hosting a domain.
     Remove {
+        /// A domain hosted here.
         name: String,
         /// Also remove its accounts and all their mail.
         #[arg(long)]
@@ -98,6 +114,7 @@ enum DomainCmd {
 enum UserCmd {
     /// Create an account with the standard folders.
     Add {
+        /// The account's address, e.g. alice@example.com (its domain must be hosted here).
         address: String,
         /// Read the password from the first line of standard input.
         #[arg(long, conflicts_with = "password")]
@@ -115,29 +132,51 @@ enum UserCmd {
         #[arg(long)]
         domain: Option<String>,
     },
-    /// Change an account's password.
+    /// Change an account's password (its open sessions end).
     Passwd {
+        /// The account's address.
         address: String,
+        /// Read the new password from the first line of standard input.
         #[arg(long, conflicts_with = "password")]
         password_stdin: bool,
+        /// The new password itself (visible to other users of this machine).
         #[arg(long)]
         password: Option<String>,
     },
-    /// Refuse logins and incoming mail (550 5.2.1); stored mail is kept.
-    Disable { address: String },
+    /// Refuse logins and incoming mail (550 5.2.1); stored mail is kept; open sessions end.
+    Disable {
+        /// The account's address.
+        address: String,
+    },
     /// Undo `disable`.
-    Enable { address: String },
+    Enable {
+        /// The account's address.
+        address: String,
+    },
     /// Limit an account's storage, e.g. `2G`, `500M`; `none` removes the limit.
-    Quota { address: String, limit: String },
-    /// Delete an account and all its mail.
-    Remove { address: String },
+    Quota {
+        /// The account's address.
+        address: String,
+        /// Bytes, with K, M, G or T (powers of 1024), or `none`.
+        limit: String,
+    },
+    /// Delete an account and all its mail (asks first unless --yes).
+    Remove {
+        /// The account's address.
+        address: String,
+        /// Do not ask: needed when standard input is not a terminal.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand)]
 enum AliasCmd {
     /// Deliver mail for ALIAS to the accounts TARGETS; `*@domain` is the domain's catch-all.
     Add {
+        /// The alias address, or `*@domain` for the domain's catch-all.
         alias: String,
+        /// Accounts that receive its mail.
         #[arg(required = true)]
         targets: Vec<String>,
     },
@@ -145,7 +184,9 @@ enum AliasCmd {
     List,
     /// Remove an alias, or only one of its targets.
     Remove {
+        /// The alias address.
         alias: String,
+        /// Remove only this target (the alias stays for the others).
         target: Option<String>,
     },
 }
@@ -153,17 +194,25 @@ enum AliasCmd {
 #[derive(Subcommand)]
 enum MailCmd {
     /// List an account's mailboxes.
-    Mailboxes { address: String },
+    Mailboxes {
+        /// The account's address.
+        address: String,
+    },
     /// List the messages in a mailbox: UID, size, date received, flags.
     List {
+        /// The account's address.
         address: String,
+        /// The mailbox, e.g. INBOX, Sent, Archive/2026.
         #[arg(long, default_value = "INBOX")]
         mailbox: String,
     },
     /// Write one message, exactly as stored, to standard output.
     Cat {
+        /// The account's address.
         address: String,
+        /// The message's UID (first column of `mail list`).
         uid: u32,
+        /// The mailbox, e.g. INBOX, Sent, Archive/2026.
         #[arg(long, default_value = "INBOX")]
         mailbox: String,
     },
@@ -330,6 +379,119 @@ fn open(config: &Path) -> Result<SqliteStore> {
     Ok(SqliteStore::open(&cfg.data_dir)?)
 }
 
+/// Shortest password `user add` and `user passwd` accept (NIST SP 800-63B asks for at
+/// least 8; mail passwords are guessed over the network all day).
+const MIN_PASSWORD_CHARS: usize = 10;
+
+/// Frequently used passwords of at least MIN_PASSWORD_CHARS (shorter ones fail anyway),
+/// from the public breach lists' top entries.
+const COMMON_PASSWORDS: &[&str] = &[
+    "1234567890",
+    "0987654321",
+    "1111111111",
+    "0000000000",
+    "123456789a",
+    "a123456789",
+    "1234567890a",
+    "12345678910",
+    "123123123123",
+    "qwertyuiop",
+    "qwertyuiop123",
+    "qwerty1234",
+    "qwerty12345",
+    "qwerty123456",
+    "1q2w3e4r5t",
+    "1q2w3e4r5t6y",
+    "1qaz2wsx3edc",
+    "zaq12wsxcde3",
+    "zaq1zaq1zaq1",
+    "qazwsxedcrfv",
+    "asdfghjkl1",
+    "asdfghjkl;",
+    "asdfghjkl123",
+    "zxcvbnm123",
+    "abcdefghij",
+    "abcd123456",
+    "abc1234567",
+    "password12",
+    "password123",
+    "password1234",
+    "password12345",
+    "passw0rd123",
+    "p@ssw0rd123",
+    "p@ssword123",
+    "password1!",
+    "password123!",
+    "mypassword",
+    "mypassword1",
+    "iloveyou123",
+    "iloveyou12",
+    "princess123",
+    "football123",
+    "baseball123",
+    "superman123",
+    "sunshine123",
+    "trustno1234",
+    "letmein123",
+    "welcome123",
+    "welcome1234",
+    "welcome2024",
+    "welcome2025",
+    "welcome2026",
+    "changeme123",
+    "changeme12",
+    "administrator",
+    "administrator1",
+    "admin12345",
+    "admin123456",
+    "adminadmin",
+    "rootroot12",
+    "secret1234",
+    "secret12345",
+    "summer2024",
+    "summer2025",
+    "summer2026",
+    "winter2024",
+    "winter2025",
+    "winter2026",
+    "spring2025",
+    "spring2026",
+    "autumn2025",
+    "football1",
+    "michael123",
+    "charlie123",
+    "jennifer123",
+    "1234512345",
+    "1122334455",
+    "5555555555",
+    "9999999999",
+    "7777777777",
+    "aaaaaaaaaa",
+];
+
+/// A password good enough for an account that the whole network can try to log into.
+fn check_password(password: &str, address: &str) -> Result<()> {
+    let lower = password.to_lowercase();
+    let chars = password.chars().count();
+    if chars < MIN_PASSWORD_CHARS {
+        bail!(
+            "the password is too short: use at least {MIN_PASSWORD_CHARS} characters (a few random words work well)"
+        );
+    }
+    let first = lower.chars().next();
+    if lower.chars().all(|c| Some(c) == first) || lower.chars().all(|c| c.is_ascii_digit()) {
+        bail!("the password is too easy to guess (one repeated character, or only digits)");
+    }
+    if COMMON_PASSWORDS.contains(&lower.as_str()) {
+        bail!("that password is on every list of common passwords; choose another");
+    }
+    let local = address.split('@').next().unwrap_or("").to_lowercase();
+    if local.chars().count() >= 3 && lower.contains(&local) {
+        bail!("the password contains the account's name; choose another");
+    }
+    Ok(())
+}
+
 fn read_password(stdin: bool, given: Option<String>) -> Result<String> {
     if let Some(p) = given {
         return Ok(p);
@@ -406,6 +568,7 @@ fn user_cmd(store: &SqliteStore, cmd: UserCmd) -> Result<()> {
             admin,
         } => {
             let pw = read_password(password_stdin, password)?;
+            check_password(&pw, &address)?;
             let a = store.add_account(&address, &pw, admin)?;
             println!("account {} created", a.address);
         }
@@ -432,6 +595,7 @@ fn user_cmd(store: &SqliteStore, cmd: UserCmd) -> Result<()> {
         } => {
             store.account(&address)?;
             let pw = read_password(password_stdin, password)?;
+            check_password(&pw, &address)?;
             store.set_password(&address, &pw)?;
             println!("password of {address} changed");
         }
@@ -451,7 +615,28 @@ fn user_cmd(store: &SqliteStore, cmd: UserCmd) -> Result<()> {
             store.set_disabled(&address, false)?;
             println!("account {address} enabled");
         }
-        UserCmd::Remove { address } => {
+        UserCmd::Remove { address, yes } => {
+            let a = store.account(&address)?;
+            if !yes {
+                if !std::io::stdin().is_terminal() {
+                    bail!(
+                        "this deletes {} and all its mail for good; pass --yes to confirm",
+                        a.address
+                    );
+                }
+                let (mut used, _) = store.usage(a.id)?;
+                used = used.div_ceil(1024);
+                print!(
+                    "Delete {} and all its mail ({used} KiB) for good? Type the address to confirm: ",
+                    a.address
+                );
+                std::io::stdout().flush()?;
+                let mut line = String::new();
+                std::io::stdin().lock().read_line(&mut line)?;
+                if !line.trim().eq_ignore_ascii_case(&a.address) {
+                    bail!("not confirmed; nothing was removed");
+                }
+            }
             store.remove_account(&address)?;
             println!("account {address} and its mail removed");
         }
