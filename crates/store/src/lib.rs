@@ -140,8 +140,17 @@ pub trait Directory: Send + Sync {
     fn set_disabled(&self, address: &str, disabled: bool) -> Result<()>;
     /// Limit the bytes an account may store; `None` removes the limit.
     fn set_quota(&self, address: &str, bytes: Option<u64>) -> Result<()>;
-    /// Removes the account, its mailboxes, messages and alias targets.
+    /// Takes the account away (its address is free again, logins and mail to it refused,
+    /// open sessions end) but keeps its mail until [`Directory::purge_account`]; undone by
+    /// [`Directory::restore_account`].
     fn remove_account(&self, address: &str) -> Result<()>;
+    /// Removed accounts kept for restoring: their addresses, oldest first.
+    fn removed_accounts(&self) -> Result<Vec<String>>;
+    /// Gives a removed account back under its address (which must be free).
+    fn restore_account(&self, address: &str) -> Result<Account>;
+    /// Deletes removed accounts with this address for good: mailboxes, messages, alias
+    /// targets. Returns how many.
+    fn purge_account(&self, address: &str) -> Result<usize>;
     /// Checks a password (argon2; slow by design). `None` when the address is unknown,
     /// disabled, or the password is wrong: callers must not tell these apart to the peer.
     fn authenticate(&self, address: &str, password: &str) -> Result<Option<Account>>;

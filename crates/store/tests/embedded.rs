@@ -261,8 +261,14 @@ fn concurrent_deliveries_get_unique_uids_and_survive_reopen() {
     let after = s.list_mailboxes(a).unwrap();
     assert_eq!(before[0].uidvalidity, after[0].uidvalidity);
     assert_eq!(after[0].uid_next, 322);
-    // Removing one account keeps the bodies the other still references.
+    // Removing one account (and purging it) keeps the bodies the other still references.
     s.remove_account("a@example.com").unwrap();
+    assert_eq!(
+        bodies(dir.path()),
+        321,
+        "a removed account's mail is kept until purged"
+    );
+    assert_eq!(s.purge_account("a@example.com").unwrap(), 1);
     assert_eq!(bodies(dir.path()), 320);
     let inbox_b = s.mailbox(b, "INBOX").unwrap().id;
     assert_eq!(
@@ -270,6 +276,7 @@ fn concurrent_deliveries_get_unique_uids_and_survive_reopen() {
         s.messages(inbox_b).unwrap()[0].size
     );
     s.remove_account("b@example.com").unwrap();
+    s.purge_account("b@example.com").unwrap();
     assert_eq!(bodies(dir.path()), 0);
 }
 
@@ -1146,4 +1153,70 @@ fn full_disk_still_lets_users_delete_mail() {
         }
     }
     assert!(ok, "deliveries resume once there is space");
+}
+
+#[test]
+fn removed_accounts_keep_their_mail_until_purged() {
+    let (_d, s) = store();
+    s.add_domain("example.com").unwrap();
+    let eve = s
+        .add_account("eve@example.com", "pw-eve-12345", false)
+        .unwrap();
+    let blob = s.stage(&[b"Subject: kept\r\n\r\nx\r\n"]).unwrap();
+    s.deliver(blob, &[eve.id], "INBOX", &Flags::default(), 0)
+        .unwrap();
+    s.remove_account("eve@example.com").unwrap();
+    assert!(matches!(
+        s.account("eve@example.com"),
+        Err(Error::NoSuchAccount(_))
+    ));
+    assert_eq!(s.resolve("eve@example.com").unwrap(), Resolved::Unknown);
+    assert!(
+        s.authenticate("eve@example.com", "pw-eve-12345")
+            .unwrap()
+            .is_none()
+    );
+    assert!(s.list_accounts(None).unwrap().is_empty());
+    assert_eq!(s.list_domains().unwrap()[0].accounts, 0);
+    let removed = s.removed_accounts().unwrap();
+    assert_eq!(removed.len(), 1);
+    assert!(
+        removed[0].starts_with("eve@example.com\tremoved "),
+        "{removed:?}"
+    );
+    // The address is free meanwhile; restoring needs it back.
+    let other = s
+        .add_account("eve@example.com", "pw-other-123", false)
+        .unwrap();
+    assert!(matches!(
+        s.restore_account("eve@example.com"),
+        Err(Error::AccountExists(_))
+    ));
+    s.remove_account("eve@example.com").unwrap();
+    assert_eq!(s.removed_accounts().unwrap().len(), 2);
+    // The newest removed one comes back (here the second eve); purge takes the rest.
+    let back = s.restore_account("eve@example.com").unwrap();
+    assert_eq!(back.id, other.id);
+    s.remove_account("eve@example.com").unwrap();
+    assert_eq!(s.purge_account("eve@example.com").unwrap(), 2);
+    assert!(s.removed_accounts().unwrap().is_empty());
+    assert_eq!(s.purge_account("eve@example.com").unwrap(), 0);
+    // A restored account has its mail.
+    let frank = s
+        .add_account("frank@example.com", "pw-frank-123", false)
+        .unwrap();
+    let blob = s.stage(&[b"Subject: franks\r\n\r\nx\r\n"]).unwrap();
+    s.deliver(blob, &[frank.id], "INBOX", &Flags::default(), 0)
+        .unwrap();
+    s.remove_account("frank@example.com").unwrap();
+    let f = s.restore_account("frank@example.com").unwrap();
+    assert_eq!(f.id, frank.id);
+    assert!(!f.disabled);
+    let inbox = s.mailbox(f.id, "INBOX").unwrap();
+    assert_eq!(inbox.messages, 1);
+    assert!(
+        s.authenticate("frank@example.com", "pw-frank-123")
+            .unwrap()
+            .is_some()
+    );
 }

@@ -160,9 +160,25 @@ enum UserCmd {
         /// Bytes, with K, M, G or T (powers of 1024), or `none`.
         limit: String,
     },
-    /// Delete an account and all its mail (asks first unless --yes).
+    /// Take an account away (asks first unless --yes): logins and mail to it stop at
+    /// once, its open sessions end; its mail is kept until `purge` (`restore` undoes it).
     Remove {
         /// The account's address.
+        address: String,
+        /// Do not ask: needed when standard input is not a terminal.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Removed accounts still kept (restorable): address and when it was removed.
+    Removed,
+    /// Give a removed account back, with its mail, under its address.
+    Restore {
+        /// The address the account had.
+        address: String,
+    },
+    /// Delete removed accounts with this address and all their mail, for good.
+    Purge {
+        /// The address the account had.
         address: String,
         /// Do not ask: needed when standard input is not a terminal.
         #[arg(long)]
@@ -377,6 +393,21 @@ fn open(config: &Path) -> Result<SqliteStore> {
     }
     let cfg = Config::load(config)?;
     Ok(SqliteStore::open(&cfg.data_dir)?)
+}
+
+/// Ask on the terminal; the user confirms by typing `expected` (an address).
+fn confirm(question: &str, expected: &str) -> Result<()> {
+    if !std::io::stdin().is_terminal() {
+        bail!("{question} Pass --yes to confirm (standard input is not a terminal)");
+    }
+    print!("{question} Type the address to confirm: ");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if !line.trim().eq_ignore_ascii_case(expected.trim()) {
+        bail!("not confirmed; nothing changed");
+    }
+    Ok(())
 }
 
 /// Shortest password `user add` and `user passwd` accept (NIST SP 800-63B asks for at
@@ -618,27 +649,41 @@ fn user_cmd(store: &SqliteStore, cmd: UserCmd) -> Result<()> {
         UserCmd::Remove { address, yes } => {
             let a = store.account(&address)?;
             if !yes {
-                if !std::io::stdin().is_terminal() {
-                    bail!(
-                        "this deletes {} and all its mail for good; pass --yes to confirm",
+                confirm(
+                    &format!(
+                        "Remove {} (logins and mail to it stop now; its mail is kept until `yubin user purge`)?",
                         a.address
-                    );
-                }
-                let (mut used, _) = store.usage(a.id)?;
-                used = used.div_ceil(1024);
-                print!(
-                    "Delete {} and all its mail ({used} KiB) for good? Type the address to confirm: ",
-                    a.address
-                );
-                std::io::stdout().flush()?;
-                let mut line = String::new();
-                std::io::stdin().lock().read_line(&mut line)?;
-                if !line.trim().eq_ignore_ascii_case(&a.address) {
-                    bail!("not confirmed; nothing was removed");
-                }
+                    ),
+                    &a.address,
+                )?;
             }
             store.remove_account(&address)?;
-            println!("account {address} and its mail removed");
+            println!(
+                "account {} removed; its mail is kept: `yubin user restore {0}` gives it back, \
+                 `yubin user purge {0}` deletes it for good",
+                a.address
+            );
+        }
+        UserCmd::Removed => {
+            for r in store.removed_accounts()? {
+                println!("{r}");
+            }
+        }
+        UserCmd::Restore { address } => {
+            let a = store.restore_account(&address)?;
+            println!("account {} restored with its mail", a.address);
+        }
+        UserCmd::Purge { address, yes } => {
+            if !yes {
+                confirm(
+                    &format!("Delete the removed account {address} and all its mail for good?"),
+                    &address,
+                )?;
+            }
+            match store.purge_account(&address)? {
+                0 => bail!("no removed account {address}; see `yubin user removed`"),
+                n => println!("{n} removed account(s) {address} deleted with their mail"),
+            }
         }
     }
     Ok(())

@@ -337,6 +337,15 @@ pub(crate) fn canonical_mailbox(name: &str) -> &str {
     }
 }
 
+/// A removed account's stored local part, `NUL <unix time>:<id>:<local>` (the id keeps two
+/// removals of one address apart): (time, local).
+fn removed_local(stored: &str) -> Option<(i64, &str)> {
+    let rest = stored.strip_prefix('\0')?;
+    let (when, rest) = rest.split_once(':')?;
+    let (_id, local) = rest.split_once(':')?;
+    Some((when.parse().ok()?, local))
+}
+
 /// The data directory is its owner's only (password hashes, everyone's mail): whatever
 /// the umask made of its files, nobody else can reach them through it. Data directories
 /// made before this rule are closed the same way when opened.
@@ -664,6 +673,23 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Removed accounts that had address `a`: (id, stored local part), oldest first.
+    fn removed_ids(c: &Connection, a: &crate::Address) -> Result<Vec<(i64, String)>> {
+        let mut st = c.prepare(
+            "SELECT a.id, a.local FROM accounts a JOIN domains d ON d.id = a.domain_id
+             WHERE d.name = ?1 AND a.local LIKE char(0) || '%' ORDER BY a.id",
+        )?;
+        let rows = st
+            .query_map([&a.domain], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(rows
+            .into_iter()
+            .filter(|(_, local)| removed_local(local).is_some_and(|(_, l)| l == a.local))
+            .collect())
+    }
+
     /// Find what one local part of a domain reaches: (account id, disabled) pairs.
     fn lookup_local(c: &Connection, domain_id: i64, local: &str) -> Result<Vec<(i64, bool)>> {
         let acct: Option<(i64, bool)> = c
@@ -714,6 +740,7 @@ impl Directory for SqliteStore {
         let c = self.conn();
         let mut st = c.prepare(
             "SELECT d.name, count(a.id) FROM domains d LEFT JOIN accounts a ON a.domain_id = d.id
+                 AND a.local NOT LIKE char(0) || '%'
              GROUP BY d.id ORDER BY d.name",
         )?;
         let rows = st
@@ -733,7 +760,7 @@ impl Directory for SqliteStore {
         let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let id = Self::domain_id(&tx, &name)?.ok_or_else(|| Error::NoSuchDomain(name.clone()))?;
         let n: i64 = tx.query_row(
-            "SELECT count(*) FROM accounts WHERE domain_id = ?1",
+            "SELECT count(*) FROM accounts WHERE domain_id = ?1 AND local NOT LIKE char(0) || '%'",
             [id],
             |r| r.get(0),
         )?;
@@ -840,7 +867,8 @@ impl Directory for SqliteStore {
         let mut st = c.prepare(
             "SELECT a.id, a.local || '@' || d.name, a.disabled, a.admin, a.created, a.quota
              FROM accounts a JOIN domains d ON d.id = a.domain_id
-             WHERE ?1 IS NULL OR d.name = ?1 ORDER BY d.name, a.local",
+             WHERE (?1 IS NULL OR d.name = ?1) AND a.local NOT LIKE char(0) || '%'
+             ORDER BY d.name, a.local",
         )?;
         let rows = st
             .query_map([domain], |r| {
@@ -898,17 +926,84 @@ impl Directory for SqliteStore {
         let mut c = self.conn();
         let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (acct, _) = Self::account_row(&tx, address)?;
-        let names = Self::release_messages(
-            &tx,
-            "m.mailbox_id IN (SELECT id FROM mailboxes WHERE account_id = ?1)",
-            acct.id,
+        // Kept under a local part no address can spell (a NUL, which normalize_address
+        // refuses): the address is free, nothing reaches the account (aliases to it answer
+        // "disabled"), its mail stays until purged.
+        tx.execute(
+            "UPDATE accounts SET local = char(0) || ?2 || ':' || id || ':' || local, disabled = 1
+             WHERE id = ?1",
+            params![acct.id, now()],
         )?;
-        tx.execute("DELETE FROM accounts WHERE id = ?1", [acct.id])?;
         Self::bump_account_epoch(&tx)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn removed_accounts(&self) -> Result<Vec<String>> {
+        let c = self.conn();
+        let mut st = c.prepare(
+            "SELECT a.local, d.name FROM accounts a JOIN domains d ON d.id = a.domain_id
+             WHERE a.local LIKE char(0) || '%' ORDER BY a.id",
+        )?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(local, domain)| {
+                removed_local(&local).map(|(when, l)| format!("{l}@{domain}\tremoved {when}"))
+            })
+            .collect())
+    }
+
+    fn restore_account(&self, address: &str) -> Result<Account> {
+        let a = normalize_address(address)?;
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let ids = Self::removed_ids(&tx, &a)?;
+        let Some(&(id, _)) = ids.last() else {
+            return Err(Error::NoSuchAccount(a.to_string()));
+        };
+        let alias: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM aliases al JOIN domains d ON d.id = al.domain_id
+             WHERE d.name = ?1 AND al.local = ?2)",
+            params![a.domain, a.local],
+            |r| r.get(0),
+        )?;
+        if Self::account_row(&tx, address).is_ok() || alias {
+            return Err(Error::AccountExists(a.to_string()));
+        }
+        match tx.execute(
+            "UPDATE accounts SET local = ?2, disabled = 0 WHERE id = ?1",
+            params![id, a.local],
+        ) {
+            Err(e) if is_constraint(&e) => return Err(Error::AccountExists(a.to_string())),
+            r => r?,
+        };
+        Self::bump_account_epoch(&tx)?;
+        let (acct, _) = Self::account_row(&tx, address)?;
+        tx.commit()?;
+        Ok(acct)
+    }
+
+    fn purge_account(&self, address: &str) -> Result<usize> {
+        let a = normalize_address(address)?;
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let ids = Self::removed_ids(&tx, &a)?;
+        let mut names = Vec::new();
+        for &(id, _) in &ids {
+            names.extend(Self::release_messages(
+                &tx,
+                "m.mailbox_id IN (SELECT id FROM mailboxes WHERE account_id = ?1)",
+                id,
+            )?);
+            tx.execute("DELETE FROM accounts WHERE id = ?1", [id])?;
+        }
         tx.commit()?;
         drop(c);
         self.free_bodies(&names);
-        Ok(())
+        Ok(ids.len())
     }
 
     fn account_epoch(&self) -> Result<u64> {
