@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DOMAIN = "bench.test"
 USER = f"bench@{DOMAIN}"
-PASSWORD = "bench-password"
+PASSWORD = "load-test-passphrase"
 DOVECOT_USER = "yubintest"  # an unprivileged account for the mail files (.ci/install-deps)
 NEEDLE = "benchmark"
 
