@@ -1074,7 +1074,18 @@ impl<B: Backend> Session<B> {
                 parameters,
             } => self.select(&tag, &mailbox, true, &parameters),
             CommandBody::Create { mailbox } => {
-                self.simple(&tag, &mailbox, |b, n| b.create(n), "CREATE")
+                // RFC 3501 §6.3.3 / RFC 9051 §6.3.4: a trailing separator only declares
+                // that children will follow; a server that needs no such declaration
+                // ignores it.
+                self.simple(
+                    &tag,
+                    &mailbox,
+                    |b, n| match n.strip_suffix('/').filter(|n| !n.is_empty()) {
+                        Some(parent) => b.create(parent),
+                        None => b.create(n),
+                    },
+                    "CREATE",
+                )
             }
             CommandBody::Delete { mailbox } => {
                 if self.is_selected_name(&mailbox) {
