@@ -426,3 +426,21 @@ def test_uidvalidity_uids_and_modseq_survive_restart(server):
     uv2, nxt2, hm2 = map(int, re.search(rb"UIDVALIDITY (\d+) UIDNEXT (\d+) HIGHESTMODSEQ (\d+)", after).groups())
     assert (uv2, nxt2) == (uv, nxt + 1) and hm2 > hm
     m.logout()
+
+
+def test_search_sent_compares_the_date_as_written(server):
+    """RFC 3501 §6.4.4: SENTON/SENTBEFORE/SENTSINCE use the date in the Date: header,
+    disregarding time and timezone. 01:00 +0200 on the 25th is 23:00 UTC on the 24th."""
+    deliver(server, "east")
+    msg = (b"From: a@remote.example\r\nSubject: zone\r\nDate: Sun, 25 Mar 2007 01:00:00 +0200\r\n"
+           b"\r\nx\r\n")
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as s:
+        s.sendmail("alice@remote.example", [BOB], msg)
+    m = login(server)
+    m.select("INBOX")
+    typ, data = m.search(None, "SENTON", "25-Mar-2007")
+    assert typ == "OK" and data[0] == b"2", data
+    assert m.search(None, "SENTON", "24-Mar-2007")[1][0] == b""
+    assert m.search(None, "SENTBEFORE", "26-Mar-2007")[1][0] == b"2"
+    assert m.search(None, "SENTSINCE", "25-Mar-2007")[1][0].split() == [b"1", b"2"]
+    m.logout()

@@ -20,6 +20,7 @@ pub struct Context<'a> {
     /// UIDs (ascending) matching each text key, answered by the backend's index beforehand.
     pub text_hits: &'a [(TextField, String, Vec<u32>)],
     /// Date header of each UID (from the store's sort keys), when a SENT* key needs it.
+    /// The day each message's Date header names (days since 1970-01-01), by UID.
     pub sent: &'a HashMap<u32, i64>,
 }
 
@@ -175,9 +176,9 @@ fn eval(key: &SearchKey<'_>, ctx: &Context<'_>, idx: usize, lazy: &mut Lazy<'_>)
         SearchKey::Before(d) => day(m.internal_date) < date_day(d),
         SearchKey::On(d) => day(m.internal_date) == date_day(d),
         SearchKey::Since(d) => day(m.internal_date) >= date_day(d),
-        SearchKey::SentBefore(d) => ctx.sent.get(&m.uid).is_some_and(|&t| day(t) < date_day(d)),
-        SearchKey::SentOn(d) => ctx.sent.get(&m.uid).is_some_and(|&t| day(t) == date_day(d)),
-        SearchKey::SentSince(d) => ctx.sent.get(&m.uid).is_some_and(|&t| day(t) >= date_day(d)),
+        SearchKey::SentBefore(d) => ctx.sent.get(&m.uid).is_some_and(|&s| s < date_day(d)),
+        SearchKey::SentOn(d) => ctx.sent.get(&m.uid).is_some_and(|&s| s == date_day(d)),
+        SearchKey::SentSince(d) => ctx.sent.get(&m.uid).is_some_and(|&s| s >= date_day(d)),
         SearchKey::From(s) => hit(ctx, TextField::From, s, m.uid),
         SearchKey::To(s) => hit(ctx, TextField::To, s, m.uid),
         SearchKey::Cc(s) => hit(ctx, TextField::Cc, s, m.uid),

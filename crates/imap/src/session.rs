@@ -2379,9 +2379,11 @@ impl<B: Backend> Session<B> {
         }
         let mut sent = std::collections::HashMap::new();
         if criteria.iter().any(search::uses_sent) {
+            // RFC 3501 §6.4.4: the day written in the Date header, its zone disregarded
+            // (the UTC day for messages stored before that day was kept).
             for i in self.backend.sort_info(id)? {
-                if let Some(t) = i.sent {
-                    sent.insert(i.uid, t);
+                if let Some(d) = i.sent_day.or(i.sent.map(|t| t.div_euclid(86_400))) {
+                    sent.insert(i.uid, d);
                 }
             }
         }

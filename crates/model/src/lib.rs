@@ -168,6 +168,10 @@ pub struct SortInfo {
     pub internal_date: i64,
     /// The Date header, when it parses.
     pub sent: Option<i64>,
+    /// The day the Date header names, as written (its own time zone), in days since
+    /// 1970-01-01: what SEARCH SENTON/SENTBEFORE/SENTSINCE compare (RFC 3501 §6.4.4).
+    /// `None` for messages stored before it was kept (SEARCH then uses the UTC day).
+    pub sent_day: Option<i64>,
     /// Decoded Subject.
     pub subject: String,
     /// Local part of the first From/To/Cc address, lower-cased (RFC 5256 §3).
@@ -180,6 +184,17 @@ pub struct SortInfo {
     pub message_id: String,
     /// References, else In-Reply-To: message ids, oldest first.
     pub references: Vec<String>,
+}
+
+/// Days since 1970-01-01 of a civil (proleptic Gregorian) date; H. Hinnant's algorithm.
+pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// The size of a message as POP3 transmits it (RFC 1939 §3, §11): every line ending in
@@ -259,5 +274,16 @@ mod pop3_size_tests {
         for c in cases {
             assert_eq!(super::pop3_size(c), super::pop3_size_bytewise(c), "{c:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod civil_tests {
+    #[test]
+    fn days_from_civil() {
+        assert_eq!(super::days_from_civil(1970, 1, 1), 0);
+        assert_eq!(super::days_from_civil(2007, 3, 25), 13_597);
+        assert_eq!(super::days_from_civil(2000, 2, 29), 11_016);
+        assert_eq!(super::days_from_civil(1969, 12, 31), -1);
     }
 }

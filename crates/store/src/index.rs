@@ -109,7 +109,20 @@ fn extract_parts(raw: &[u8], body: bool) -> SearchText {
                 "message-id" => t.sort.message_id = ids(&h.value).join(" "),
                 "references" => t.sort.references = ids(&h.value),
                 "in-reply-to" => in_reply_to = ids(&h.value),
-                "date" => t.sort.sent = h.value.as_datetime().map(|d| d.to_timestamp()),
+                "date" => {
+                    let d = h.value.as_datetime();
+                    t.sort.sent = d.map(|d| d.to_timestamp());
+                    // RFC 3501 §6.4.4: SENT* compare the date as written, zone disregarded.
+                    t.sort.sent_day = d
+                        .filter(|d| (1..=12).contains(&d.month) && (1..=31).contains(&d.day))
+                        .map(|d| {
+                            yubin_model::days_from_civil(
+                                i64::from(d.year),
+                                u32::from(d.month),
+                                u32::from(d.day),
+                            )
+                        });
+                }
                 _ => {}
             }
             if !body {

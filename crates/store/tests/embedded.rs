@@ -744,6 +744,7 @@ fn schema_1_is_upgraded() {
          ALTER TABLE blobs DROP COLUMN off;
          DROP TABLE index_pending;
          DELETE FROM meta WHERE key IN ('mailbox_seq', 'blob_seq', 'account_seq', 'account_epoch');
+         ALTER TABLE envelopes DROP COLUMN sent_day;
          DROP TRIGGER messages_added;
          DROP TRIGGER messages_removed;
          ALTER TABLE mailboxes DROP COLUMN octets;
@@ -789,7 +790,7 @@ fn schema_1_is_upgraded() {
     let v: i64 = db
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 4);
+    assert_eq!(v, 5);
     let total: u64 = s.messages(inbox).unwrap().iter().map(|m| m.size).sum();
     assert_eq!(
         s.usage(a).unwrap().0,

@@ -814,7 +814,8 @@ impl MailStore for SqliteStore {
         let c = self.reader();
         let mut st = c.prepare_cached(
             "SELECT m.uid, m.size, m.internal_date, e.sent, e.subject, e.from_addr,
-                    e.from_display, e.to_addr, e.to_display, e.cc_addr, e.message_id, e.refs
+                    e.from_display, e.to_addr, e.to_display, e.cc_addr, e.message_id, e.refs,
+                    e.sent_day
              FROM messages m LEFT JOIN envelopes e ON e.blob_id = m.blob_id
              WHERE m.mailbox_id = ?1 ORDER BY m.uid",
         )?;
@@ -834,6 +835,7 @@ impl MailStore for SqliteStore {
                     cc: text(9)?,
                     message_id: text(10)?,
                     references: text(11)?.split_whitespace().map(str::to_owned).collect(),
+                    sent_day: r.get(12)?,
                 })
             })?
             .collect::<std::result::Result<_, _>>()?;
@@ -1228,8 +1230,8 @@ fn apply(c: &Connection, job: &Job) -> Applied {
     let e = &t.sort;
     c.prepare_cached(
         "INSERT INTO envelopes(blob_id, sent, subject, from_addr, from_display, to_addr,
-                               to_display, cc_addr, message_id, refs, pop3_size)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                               to_display, cc_addr, message_id, refs, pop3_size, sent_day)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
     .execute(params![
         blob_id,
@@ -1242,7 +1244,8 @@ fn apply(c: &Connection, job: &Job) -> Applied {
         e.cc,
         e.message_id,
         e.references.join(" "),
-        t.pop3_size as i64
+        t.pop3_size as i64,
+        e.sent_day
     ])?;
     let mut seen = BTreeSet::new();
     let mut out = Vec::with_capacity(job.accounts.len());

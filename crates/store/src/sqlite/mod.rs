@@ -45,7 +45,7 @@ const DB_FILE: &str = "yubin.db";
 /// How long a read `account_epoch` is trusted: the delay before a removed, disabled or
 /// re-passworded account's sessions end.
 const EPOCH_TTL: std::time::Duration = std::time::Duration::from_millis(250);
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Upgrades from each older schema version, applied in order in one transaction.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -89,6 +89,9 @@ const MIGRATIONS: &[(i64, &str)] = &[
         "INSERT INTO meta(key, value) SELECT 'account_seq', coalesce(max(id), 0) FROM accounts;
          INSERT INTO meta(key, value) VALUES ('account_epoch', 0);",
     ),
+    // 4 -> 5: the Date header's day as written, for SEARCH SENT* (RFC 3501 §6.4.4). Older
+    // rows keep NULL and are searched by their UTC day.
+    (4, "ALTER TABLE envelopes ADD COLUMN sent_day INTEGER;"),
 ];
 
 const SCHEMA: &str = "
@@ -180,7 +183,9 @@ CREATE TABLE envelopes(
     message_id TEXT NOT NULL,
     refs TEXT NOT NULL,
     -- Size as POP3 sends it (CRLF, dot-stuffed), for STAT/LIST.
-    pop3_size INTEGER NOT NULL);
+    pop3_size INTEGER NOT NULL,
+    -- The Date header's day as written (days since 1970-01-01), for SEARCH SENT*.
+    sent_day INTEGER);
 -- The outbound queue: one row per accepted message, one per remote recipient.
 CREATE TABLE queue(
     id INTEGER PRIMARY KEY,
