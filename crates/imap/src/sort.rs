@@ -16,56 +16,99 @@ use imap_codec::imap_types::extensions::thread::Thread;
 use yubin_model::SortInfo;
 
 /// RFC 5256 §2.1 base subject: no `Re:`/`Fwd:`/`[tag]` prefixes, `(fwd)` trailers or
-/// extra whitespace; upper-cased for comparison.
+/// extra whitespace; upper-cased for comparison. Linear in the subject (a peer's header may
+/// hold a megabyte of `Re: `): every step only moves the ends of one slice inward.
 pub fn base_subject(s: &str) -> String {
-    let mut s: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    loop {
-        let before = s.clone();
-        // (2) trailers
-        while let Some(t) = s.strip_suffix("(fwd)").or_else(|| s.strip_suffix("(FWD)")) {
-            s = t.trim_end().to_owned();
+    // (1) Runs of whitespace become one space.
+    let mut norm = String::with_capacity(s.len());
+    for w in s.split_whitespace() {
+        if !norm.is_empty() {
+            norm.push(' ');
         }
-        // (3)/(4) leading blobs and re/fw/fwd
+        norm.push_str(w);
+    }
+    let mut t: &str = &norm;
+    loop {
+        // (2) Trailers: `(fwd)` and whitespace, any case.
         loop {
-            let lower = s.to_ascii_lowercase();
-            let mut rest = None;
-            for p in ["re", "fwd", "fw"] {
-                if let Some(r) = lower.strip_prefix(p) {
-                    let mut r = r.trim_start();
-                    if r.starts_with('[')
-                        && let Some(end) = r.find(']')
-                    {
-                        r = r[end + 1..].trim_start();
-                    }
-                    if let Some(r) = r.strip_prefix(':') {
-                        rest = Some(s.len() - r.len());
-                        break;
-                    }
-                }
-            }
-            if rest.is_none()
-                && lower.starts_with('[')
-                && let Some(end) = s.find(']')
-            {
-                let r = s[end + 1..].trim_start();
-                if !r.is_empty() {
-                    rest = Some(s.len() - r.len());
-                }
-            }
-            match rest {
-                Some(i) => s = s[i..].trim_start().to_owned(),
+            t = t.trim_end();
+            match strip_suffix_ci(t, "(fwd)") {
+                Some(r) => t = r,
                 None => break,
             }
         }
-        // (6) [fwd: ...]
-        if s.to_ascii_lowercase().starts_with("[fwd:") && s.ends_with(']') {
-            s = s[5..s.len() - 1].trim().to_owned();
+        // (3)-(5) Leaders: `*subj-blob subj-refwd`, and a blob with text after it.
+        loop {
+            t = t.trim_start();
+            let mut rest = t;
+            let mut last_blob = None;
+            while let Some(r) = strip_blob(rest) {
+                last_blob = Some(rest);
+                rest = r;
+            }
+            if let Some(r) = strip_refwd(rest) {
+                t = r;
+                continue;
+            }
+            match last_blob {
+                // Blobs with nothing after them: the last one stays (§2.1 step 4).
+                Some(b) if rest.trim().is_empty() => {
+                    t = b;
+                    break;
+                }
+                Some(_) => t = rest,
+                None => break,
+            }
         }
-        if s == before {
-            break;
+        // (6) `[fwd: ...]` wrapped around the rest: unwrap and start over.
+        if t.len() >= 6
+            && starts_with_ci(t, "[fwd:")
+            && t.ends_with(']')
+            && let Some(inner) = t.get(5..t.len() - 1)
+        {
+            t = inner;
+            continue;
         }
+        break;
     }
-    s.to_ascii_uppercase()
+    t.trim().to_ascii_uppercase()
+}
+
+fn starts_with_ci(s: &str, p: &str) -> bool {
+    s.as_bytes()
+        .get(..p.len())
+        .is_some_and(|h| h.eq_ignore_ascii_case(p.as_bytes()))
+}
+
+fn strip_suffix_ci<'a>(s: &'a str, p: &str) -> Option<&'a str> {
+    let at = s.len().checked_sub(p.len())?;
+    let tail = s.as_bytes().get(at..)?;
+    (tail.eq_ignore_ascii_case(p.as_bytes()))
+        .then(|| s.get(..at))
+        .flatten()
+}
+
+/// `subj-blob = "[" *BLOBCHAR "]" *WSP` (BLOBCHAR: anything but `[` and `]`): the rest.
+fn strip_blob(s: &str) -> Option<&str> {
+    let inner = s.strip_prefix('[')?;
+    let end = inner.find(['[', ']'])?;
+    inner.get(end..)?.strip_prefix(']').map(str::trim_start)
+}
+
+/// `subj-refwd = ("re" / ("fw" ["d"])) *WSP [subj-blob] ":"`: the rest.
+fn strip_refwd(s: &str) -> Option<&str> {
+    let r = if starts_with_ci(s, "re") {
+        s.get(2..)?
+    } else if starts_with_ci(s, "fwd") {
+        s.get(3..)?
+    } else if starts_with_ci(s, "fw") {
+        s.get(2..)?
+    } else {
+        return None;
+    };
+    let r = r.trim_start();
+    let r = strip_blob(r).unwrap_or(r);
+    r.strip_prefix(':')
 }
 
 /// The subject was a reply or forward (its base subject lost a prefix or trailer).
@@ -414,9 +457,28 @@ mod tests {
             ("Re[2]: x", "X"),
             ("[only]", "[ONLY]"),
             ("", ""),
+            // The cases of an IMAP conformance suite (issue 16 item 5).
+            ("[foo] Fwd: [bar] Re: fw: b (fWd)  (fwd)", "B"),
+            ("re: [fwd: [fwd: re: [fwd: babylon]]]", "BABYLON"),
+            ("[a] [b]", "[B]"),
+            ("Fw: [x] y", "Y"),
+            ("Re:", ""),
+            ("refrigerator", "REFRIGERATOR"),
+            ("Re: fwd", "FWD"),
         ] {
             assert_eq!(base_subject(s), b, "{s:?}");
         }
+        // A megabyte of prefixes, blobs or wrappers: linear, not quadratic.
+        let t = std::time::Instant::now();
+        for hostile in [
+            "Re: ".repeat(250_000),
+            "[a]".repeat(300_000) + "x",
+            "[fwd: ".repeat(100_000) + "x" + &"]".repeat(100_000),
+            "x (fwd)".repeat(100_000),
+        ] {
+            base_subject(&hostile);
+        }
+        assert!(t.elapsed() < std::time::Duration::from_secs(10));
     }
 
     fn m(uid: u32, id: &str, refs: &[&str], subject: &str, sent: i64) -> SortInfo {
