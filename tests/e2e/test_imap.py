@@ -220,7 +220,8 @@ def test_idle_is_woken_by_smtp_delivery(server):
     f = sock.makefile("rb")
     assert f.readline().startswith(b"+ ")
     start = time.monotonic()
-    threading.Thread(target=deliver, args=(server, "wake up")).start()
+    sender = threading.Thread(target=deliver, args=(server, "wake up"))
+    sender.start()
     sock.settimeout(5)
     line = f.readline()
     elapsed = time.monotonic() - start
@@ -228,6 +229,7 @@ def test_idle_is_woken_by_smtp_delivery(server):
     assert elapsed < 1.0, f"IDLE took {elapsed:.2f}s to report new mail"
     sock.sendall(b"DONE\r\n")
     assert f.readline().startswith(tag + b" OK")
+    sender.join()  # its QUIT must not meet the server's shutdown at the end of the test
 
 
 def test_curl_imap_urls(server):

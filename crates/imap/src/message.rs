@@ -129,13 +129,20 @@ impl<'a> Parsed<'a> {
                 let Some((m, i)) = find_part(self.msg(), &part.0) else {
                     return Vec::new();
                 };
-                let PartType::Message(inner) = &m.parts[i].body else {
+                let Some(outer) = m.parts.get(i) else {
                     return Vec::new();
                 };
-                let p = &inner.parts[0];
+                let PartType::Message(inner) = &outer.body else {
+                    return Vec::new();
+                };
+                let Some(p) = inner.parts.first() else {
+                    return Vec::new();
+                };
                 match section {
                     Some(Section::Header(_)) => self.slice(p.offset_header, p.offset_body).to_vec(),
-                    Some(Section::Text(_)) => self.slice(p.offset_body, p.offset_end).to_vec(),
+                    // RFC 3501 §6.4.5: the text of an embedded message is everything after its
+                    // header, to the end of the part: a multipart's epilogue included.
+                    Some(Section::Text(_)) => self.slice(p.offset_body, outer.offset_end).to_vec(),
                     Some(Section::HeaderFields(_, names)) => {
                         header_fields(self.raw, inner, 0, names.as_ref(), false)
                     }
@@ -720,6 +727,19 @@ mod tests {
             p.section(Some(&Section::HeaderFields(None, names))),
             b"Subject: =?utf-8?q?h=C3=A9llo?=\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn text_of_an_embedded_multipart_keeps_its_epilogue() {
+        let raw = b"Content-Type: multipart/mixed; boundary=X\r\n\r\n--X\r\nContent-Type: message/rfc822\r\n\r\nSubject: in\r\nContent-Type: multipart/alternative; boundary=Y\r\n\r\n--Y\r\n\r\na\r\n--Y--\r\nepilogue\r\n--X--\r\n";
+        let p = Parsed::new(raw);
+        let text = p.section(Some(&Section::Text(Some(part(&[1])))));
+        assert!(
+            text.ends_with(b"--Y--\r\nepilogue"),
+            "{}",
+            String::from_utf8_lossy(&text)
+        );
+        assert!(text.starts_with(b"--Y\r\n"));
     }
 
     #[test]
