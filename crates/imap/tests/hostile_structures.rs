@@ -7,23 +7,7 @@ use yubin_imap::fuzzing::{
     fetch_everything, generate_message, generate_threads, list_matches, list_matches_reference,
 };
 
-/// xorshift64*: deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
+use yubin_model::testing::Rng;
 
 /// On a thread with a small stack, as the server's blocking threads have (2 MiB).
 fn small_stack(f: impl FnOnce() + Send + 'static) {

@@ -7,6 +7,8 @@ pub type MailboxId = i64;
 
 pub mod mime;
 pub mod sorted;
+#[doc(hidden)]
+pub mod testing;
 
 /// System flags as bits (RFC 9051 §2.3.2); keywords are strings.
 pub mod flags {

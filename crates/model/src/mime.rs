@@ -306,7 +306,8 @@ fn message_at<'m, 'a>(root: &'m mut Message<'a>, path: &[usize]) -> Option<&'m m
 }
 
 /// Depth of the structure below `m` (0 for a single part), computed without recursion.
-pub fn depth(m: &Message<'_>) -> usize {
+#[cfg(test)]
+fn depth(m: &Message<'_>) -> usize {
     let mut max = 0;
     let mut stack = vec![(m, 0usize, 0usize)];
     let mut visits = 0usize;

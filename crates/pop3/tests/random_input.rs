@@ -34,19 +34,7 @@ const FRAGMENTS: &[&[u8]] = &[
     b" ",
 ];
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use yubin_model::testing::Rng;
 
 #[test]
 fn random_input_never_breaks_the_session() {
@@ -55,7 +43,7 @@ fn random_input_never_breaks_the_session() {
         let mut input = Vec::new();
         for _ in 0..rng.below(30) {
             match rng.below(8) {
-                0 => input.extend((0..rng.below(300)).map(|_| rng.next() as u8)),
+                0 => input.extend((0..rng.below(300)).map(|_| rng.next_u64() as u8)),
                 // A long line, and a long run of one command.
                 1 if round % 7 == 0 => input.extend(std::iter::repeat_n(b'A', 100_000)),
                 2 if round % 5 == 0 => {

@@ -428,7 +428,11 @@ async fn run(
     loop {
         // RFC 9051 §7.1.5: BYE when the server ends the session; here because the account
         // was removed, disabled or given a new password since this session logged in.
-        if !account.still_valid(&*server.store, session.backend().account_id()) {
+        if !account.still_valid(
+            &*server.store,
+            *epoch.borrow(),
+            session.backend().account_id(),
+        ) {
             let bye = b"* BYE [UNAVAILABLE] Account no longer available\r\n";
             match deflate.as_mut() {
                 Some(d) => write_out(&mut stream, &d.deflate(bye)?).await?,
@@ -446,7 +450,11 @@ async fn run(
             event = tokio::task::block_in_place(|| session.poll());
         }
         // Right after a LOGIN too: the session's account is recorded as it is now.
-        let valid = account.still_valid(&*server.store, session.backend().account_id());
+        let valid = account.still_valid(
+            &*server.store,
+            *epoch.borrow(),
+            session.backend().account_id(),
+        );
         inflight.set(session.held_bytes());
         let out = session.take_output();
         match deflate.as_mut() {

@@ -48,8 +48,9 @@ pub struct Server {
     changes: tokio::sync::broadcast::Sender<yubin_store::MailboxId>,
     /// Bytes of messages being received over SMTP, all sessions together.
     pub inflight: Arc<std::sync::atomic::AtomicUsize>,
-    /// The store's `account_epoch`, watched by one task: sessions waiting in IDLE wake when
-    /// it moves, to end at once if their account was removed or disabled.
+    /// The store's `account_epoch`, read by one task every 250 ms: sessions compare it before
+    /// each command (and IDLE sessions wake when it moves) to end at once if their account
+    /// was removed, disabled or given a new password.
     pub account_epoch: tokio::sync::watch::Receiver<u64>,
     /// Becomes true when the server starts shutting down.
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -378,7 +379,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
         let store = server.store.clone();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
                 if let Ok(e) = store.account_epoch() {
                     epoch_tx.send_if_modified(|v| std::mem::replace(v, e) != e);
                 }

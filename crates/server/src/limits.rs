@@ -52,9 +52,9 @@ impl Drop for InFlight {
 }
 
 /// The account a session logged in as, checked again before each command: a removed or
-/// disabled account, or one given a new password, ends its sessions (within the store's
-/// epoch TTL). Costs an atomic-cheap cached read per command; the account's row is read
-/// only when some account changed.
+/// disabled account, or one given a new password, ends its sessions (within the period of
+/// the task that reads the store's epoch, `Server::account_epoch`). Costs a comparison per
+/// command; the account's row is read only when some account changed.
 #[derive(Default)]
 pub struct SessionAccount {
     known: Option<(yubin_store::AccountId, String, u64)>,
@@ -66,13 +66,11 @@ impl SessionAccount {
     pub fn still_valid(
         &mut self,
         store: &dyn yubin_store::Store,
+        epoch: u64,
         id: Option<yubin_store::AccountId>,
     ) -> bool {
         let Some(id) = id else {
             self.known = None;
-            return true;
-        };
-        let Ok(epoch) = store.account_epoch() else {
             return true;
         };
         match &mut self.known {

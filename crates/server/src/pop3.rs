@@ -195,7 +195,11 @@ async fn run(
     let mut deadline = tokio::time::Instant::now() + idle;
     let mut account = crate::limits::SessionAccount::default();
     loop {
-        if !account.still_valid(&*server.store, session.backend().account_id()) {
+        if !account.still_valid(
+            &*server.store,
+            *server.account_epoch.borrow(),
+            session.backend().account_id(),
+        ) {
             let _ = stream
                 .write_all(b"-ERR [AUTH] account no longer available\r\n")
                 .await;
@@ -203,7 +207,11 @@ async fn run(
         }
         let event = tokio::task::block_in_place(|| session.poll());
         // Right after a login too: the session's account is recorded as it is now.
-        if !account.still_valid(&*server.store, session.backend().account_id()) {
+        if !account.still_valid(
+            &*server.store,
+            *server.account_epoch.borrow(),
+            session.backend().account_id(),
+        ) {
             continue; // the check at the top ends the session
         }
         let out = session.take_output();

@@ -95,7 +95,11 @@ impl Conn {
         loop {
             // A submission session of an account removed, disabled or given a new password
             // since its AUTH ends before it can send anything more.
-            if !account.still_valid(&*self.server.store, self.account.as_ref().map(|a| a.0)) {
+            if !account.still_valid(
+                &*self.server.store,
+                *self.server.account_epoch.borrow(),
+                self.account.as_ref().map(|a| a.0),
+            ) {
                 info!("session ended: account no longer available");
                 self.out.clear();
                 self.out

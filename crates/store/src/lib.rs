@@ -155,7 +155,8 @@ pub trait Directory: Send + Sync {
     /// disabled, or the password is wrong: callers must not tell these apart to the peer.
     fn authenticate(&self, address: &str, password: &str) -> Result<Option<Account>>;
     /// A number that moves whenever an account is removed, disabled or given a new
-    /// password (by any process). May lag by a fraction of a second; cheap to ask often.
+    /// password (by any process). One database read: the server asks a few times a second
+    /// and hands the value to its sessions.
     fn account_epoch(&self) -> Result<u64>;
     /// What a session must still match to go on: `None` when the account is gone or
     /// disabled; otherwise a value that changes with its password. Ids are never reused.

@@ -42,9 +42,6 @@ mod reserve;
 mod snapshot;
 
 const DB_FILE: &str = "yubin.db";
-/// How long a read `account_epoch` is trusted: the delay before a removed, disabled or
-/// re-passworded account's sessions end.
-const EPOCH_TTL: std::time::Duration = std::time::Duration::from_millis(250);
 const SCHEMA_VERSION: i64 = 5;
 
 /// Upgrades from each older schema version, applied in order in one transaction.
@@ -287,8 +284,6 @@ pub struct SqliteStore {
     writer: mpsc::Sender<mail::Job>,
     listeners: Arc<Listeners>,
     indexer: Arc<indexer::Indexer>,
-    /// The last `account_epoch` read, and when.
-    account_epoch: Mutex<Option<(std::time::Instant, u64)>>,
     /// Disk space kept back so that mail can be deleted on a full disk.
     reserve: reserve::Reserve,
     snapshots: snapshot::Snapshots,
@@ -456,7 +451,6 @@ impl SqliteStore {
             writer: tx,
             listeners,
             indexer,
-            account_epoch: Mutex::new(None),
             reserve: reserve::Reserve::open(root),
             snapshots: Default::default(),
             blob_dirs,
@@ -651,19 +645,22 @@ impl SqliteStore {
     /// A mailbox id never used before, even by a mailbox since removed: caches keyed by
     /// mailbox id (snapshot.rs) can never confuse an old mailbox with a new one.
     pub(crate) fn next_mailbox_id(tx: &rusqlite::Transaction<'_>) -> Result<i64> {
-        Ok(tx.query_row(
-            "UPDATE meta SET value = max(value, (SELECT coalesce(max(id), 0) FROM mailboxes)) + 1
-             WHERE key = 'mailbox_seq' RETURNING value",
-            [],
-            |r| r.get(0),
-        )?)
+        Self::next_id(tx, "mailbox_seq", "mailboxes")
     }
 
     pub(crate) fn next_account_id(tx: &rusqlite::Transaction<'_>) -> Result<i64> {
+        Self::next_id(tx, "account_seq", "accounts")
+    }
+
+    /// The next id from counter `key` of `meta`: never one `table` has used (ids are never
+    /// reused), and above any row made before the counter existed.
+    fn next_id(tx: &rusqlite::Transaction<'_>, key: &str, table: &str) -> Result<i64> {
         Ok(tx.query_row(
-            "UPDATE meta SET value = max(value, (SELECT coalesce(max(id), 0) FROM accounts)) + 1
-             WHERE key = 'account_seq' RETURNING value",
-            [],
+            &format!(
+                "UPDATE meta SET value = max(value, (SELECT coalesce(max(id), 0) FROM {table})) + 1
+                 WHERE key = ?1 RETURNING value"
+            ),
+            [key],
             |r| r.get(0),
         )?)
     }
@@ -1012,19 +1009,11 @@ impl Directory for SqliteStore {
     }
 
     fn account_epoch(&self) -> Result<u64> {
-        // Read at most every EPOCH_TTL: sessions ask before each command.
-        let mut cached = self.account_epoch.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((at, v)) = *cached
-            && at.elapsed() < EPOCH_TTL
-        {
-            return Ok(v);
-        }
         let v: i64 = self.reader().query_row(
             "SELECT value FROM meta WHERE key = 'account_epoch'",
             [],
             |r| r.get(0),
         )?;
-        *cached = Some((std::time::Instant::now(), v as u64));
         Ok(v as u64)
     }
 
