@@ -40,6 +40,12 @@ pub trait Backend: Send {
         let _ = name;
         Ok(None)
     }
+    /// RFC 3501 §2.3.2: the first UID that is `\Recent` for this session; with `claim`,
+    /// the UIDs below `uid_next` stop being recent for every other session.
+    fn recent(&mut self, mailbox: MailboxId, uid_next: u32, claim: bool) -> BResult<u32> {
+        let _ = (mailbox, claim);
+        Ok(uid_next)
+    }
     fn create(&mut self, name: &str) -> BResult<()>;
     fn delete(&mut self, name: &str) -> BResult<()>;
     fn rename(&mut self, from: &str, to: &str) -> BResult<()>;

@@ -22,6 +22,8 @@ pub struct Context<'a> {
     /// Date header of each UID (from the store's sort keys), when a SENT* key needs it.
     /// The day each message's Date header names (days since 1970-01-01), by UID.
     pub sent: &'a HashMap<u32, i64>,
+    /// UIDs (ascending) that are `\Recent` in this session.
+    pub recent: &'a [u32],
 }
 
 /// Whether any key needs the Date header (SENTBEFORE/SENTON/SENTSINCE).
@@ -165,10 +167,10 @@ fn eval(key: &SearchKey<'_>, ctx: &Context<'_>, idx: usize, lazy: &mut Lazy<'_>)
         SearchKey::Unflagged => !sys(flags::FLAGGED),
         SearchKey::Seen => sys(flags::SEEN),
         SearchKey::Unseen => !sys(flags::SEEN),
-        // yubin does not keep \Recent (removed in IMAP4rev2): no message is recent.
-        SearchKey::Recent => false,
-        SearchKey::New => false,
-        SearchKey::Old => true,
+        // RFC 3501 §6.4.4: NEW is RECENT UNSEEN, OLD is NOT RECENT.
+        SearchKey::Recent => ctx.recent.binary_search(&m.uid).is_ok(),
+        SearchKey::New => ctx.recent.binary_search(&m.uid).is_ok() && !sys(flags::SEEN),
+        SearchKey::Old => ctx.recent.binary_search(&m.uid).is_err(),
         SearchKey::Keyword(k) => m.flags.has_keyword(k.as_ref()),
         SearchKey::Unkeyword(k) => !m.flags.has_keyword(k.as_ref()),
         SearchKey::Larger(n) => m.size > u64::from(*n),

@@ -140,6 +140,11 @@ struct Selected {
     uid_next: u32,
     /// Expunged by others while EXPUNGE responses were not allowed.
     pending_expunge: Vec<u32>,
+    /// UIDs (ascending) that are `\Recent` in this session (RFC 3501 §2.3.2).
+    recent: Vec<u32>,
+    /// Keywords the client was told of in FLAGS (RFC 3501 §7.2.6: before any FETCH
+    /// shows one).
+    keywords: Vec<String>,
 }
 
 const MAX_AUTH_FAILURES: u32 = 3;
@@ -225,8 +230,8 @@ fn flag_list(f: &Flags) -> Vec<Flag<'static>> {
 /// The numbers a SELECT reports (RFC 9051 §6.3.2, RFC 7162 §3.1.2.1).
 struct SelectNumbers {
     exists: u32,
-    /// `* 0 RECENT` (IMAP4rev1 only).
-    recent: bool,
+    /// `* n RECENT` (IMAP4rev1 only).
+    recent: Option<u32>,
     unseen: Option<NonZeroU32>,
     uidvalidity: NonZeroU32,
     uid_next: NonZeroU32,
@@ -239,8 +244,8 @@ struct SelectNumbers {
 fn write_select_numbers(out: &mut Vec<u8>, n: SelectNumbers) {
     use std::io::Write;
     let _ = write!(out, "* {} EXISTS\r\n", n.exists);
-    if n.recent {
-        out.extend_from_slice(b"* 0 RECENT\r\n");
+    if let Some(r) = n.recent {
+        let _ = write!(out, "* {r} RECENT\r\n");
     }
     if let Some(u) = n.unseen {
         let _ = write!(out, "* OK [UNSEEN {u}] First unseen\r\n");
@@ -400,7 +405,7 @@ fn status_items(mb: &yubin_model::Mailbox, names: &[String]) -> Vec<StatusDataIt
         .iter()
         .filter_map(|n| match n.to_ascii_uppercase().as_str() {
             "MESSAGES" => Some(StatusDataItem::Messages(mb.messages as u32)),
-            "RECENT" => Some(StatusDataItem::Recent(0)),
+            "RECENT" => Some(StatusDataItem::Recent(mb.recent as u32)),
             "UIDNEXT" => Some(StatusDataItem::UidNext(nz(mb.uid_next))),
             "UIDVALIDITY" => Some(StatusDataItem::UidValidity(nz(mb.uidvalidity))),
             "UNSEEN" => Some(StatusDataItem::Unseen(mb.unseen as u32)),
@@ -1432,43 +1437,28 @@ impl<B: Backend> Session<B> {
             Ok(s) => (s.mailbox, s.messages, s.keywords, s.first_unseen),
             Err(e) => return self.backend_no(tag, e),
         };
-        match &self.flag_lines {
-            Some((k, r, bytes)) if *k == keywords && *r == read_only => {
-                self.out.extend_from_slice(bytes)
-            }
-            _ => {
-                let start = self.out.len();
-                let key = keywords.clone();
-                let all = flag_list(&Flags {
-                    system: flags::ANSWERED
-                        | flags::FLAGGED
-                        | flags::DELETED
-                        | flags::SEEN
-                        | flags::DRAFT,
-                    keywords,
-                });
-                self.data(Data::Flags(all.clone()));
-                let perm: Vec<FlagPerm<'static>> = if read_only {
-                    vec![]
-                } else {
-                    all.into_iter()
-                        .map(FlagPerm::Flag)
-                        .chain([FlagPerm::Asterisk])
-                        .collect()
-                };
-                self.send(Response::Status(
-                    Status::ok(None, Some(Code::PermanentFlags(perm)), "Flags permitted")
-                        .expect("valid"),
-                ));
-                self.flag_lines = Some((key, read_only, self.out[start..].to_vec()));
-            }
-        }
+        self.flag_lines(&keywords, read_only);
+        let first_recent = if self.rev2 {
+            mb.uid_next
+        } else {
+            // EXAMINE looks without taking (RFC 3501 §6.3.2).
+            self.backend
+                .recent(mb.id, mb.uid_next, !read_only)
+                .unwrap_or(mb.uid_next)
+        };
+        let at = msgs.partition_point(|m| m.uid < first_recent);
+        let recent: Vec<u32> = msgs
+            .get(at..)
+            .unwrap_or(&[])
+            .iter()
+            .map(|m| m.uid)
+            .collect();
         write_select_numbers(
             &mut self.out,
             SelectNumbers {
                 exists: msgs.len() as u32,
                 // RFC 9051 removed \Recent and the RECENT response.
-                recent: !self.rev2,
+                recent: (!self.rev2).then_some(recent.len() as u32),
                 unseen: first_unseen.map(|i| nz(i as u32 + 1)),
                 uidvalidity: nz(mb.uidvalidity),
                 uid_next: nz(mb.uid_next),
@@ -1483,6 +1473,8 @@ impl<B: Backend> Session<B> {
             highest_modseq: mb.highest_modseq,
             uid_next: mb.uid_next,
             pending_expunge: Vec::new(),
+            recent,
+            keywords,
         });
         if let Some((uidvalidity, since, known)) = resync
             && uidvalidity == mb.uidvalidity
@@ -1495,6 +1487,78 @@ impl<B: Backend> Session<B> {
             (Code::ReadWrite, "SELECT completed")
         };
         self.ok(tag, Some(code), what);
+    }
+
+    /// `* FLAGS` and `* OK [PERMANENTFLAGS]` for these keywords (RFC 3501 §7.2.6), from
+    /// the copy of the last ones sent when they are the same (a client re-SELECTs often).
+    fn flag_lines(&mut self, keywords: &[String], read_only: bool) {
+        if let Some((k, r, bytes)) = &self.flag_lines
+            && k.as_slice() == keywords
+            && *r == read_only
+        {
+            self.out.extend_from_slice(bytes);
+            return;
+        }
+        let start = self.out.len();
+        let all = flag_list(&Flags {
+            system: flags::ANSWERED | flags::FLAGGED | flags::DELETED | flags::SEEN | flags::DRAFT,
+            keywords: keywords.to_vec(),
+        });
+        self.data(Data::Flags(all.clone()));
+        let perm: Vec<FlagPerm<'static>> = if read_only {
+            vec![]
+        } else {
+            all.into_iter()
+                .map(FlagPerm::Flag)
+                .chain([FlagPerm::Asterisk])
+                .collect()
+        };
+        self.send(Response::Status(
+            Status::ok(None, Some(Code::PermanentFlags(perm)), "Flags permitted").expect("valid"),
+        ));
+        let bytes = self.out.get(start..).unwrap_or_default().to_vec();
+        self.flag_lines = Some((keywords.to_vec(), read_only, bytes));
+    }
+
+    /// Tell the client of keywords it has not seen in FLAGS yet, before a FETCH shows them
+    /// (RFC 3501 §7.2.6, RFC 9051 §7.3.5: another session, or this one, used a new one).
+    fn announce_keywords<'a>(&mut self, used: impl IntoIterator<Item = &'a Flags>) {
+        let Some(sel) = &self.selected else { return };
+        let mut new: Vec<String> = Vec::new();
+        for f in used {
+            for k in &f.keywords {
+                let known = |list: &[String]| list.iter().any(|x| x.eq_ignore_ascii_case(k));
+                if !known(&sel.keywords) && !known(&new) {
+                    new.push(k.clone());
+                }
+            }
+        }
+        if new.is_empty() {
+            return;
+        }
+        let read_only = sel.read_only;
+        let mut all = sel.keywords.clone();
+        all.extend(new);
+        self.flag_lines(&all, read_only);
+        if let Some(sel) = self.selected.as_mut() {
+            sel.keywords = all;
+        }
+    }
+
+    /// FLAGS of a message as FETCH shows it: `\Recent` too, where it is (IMAP4rev1).
+    fn fetch_flags(&self, m: &MessageMeta) -> Vec<FlagFetch<'static>> {
+        let mut out: Vec<FlagFetch<'static>> = flag_list(&m.flags)
+            .into_iter()
+            .map(FlagFetch::Flag)
+            .collect();
+        if self
+            .selected
+            .as_ref()
+            .is_some_and(|s| s.recent.binary_search(&m.uid).is_ok())
+        {
+            out.push(FlagFetch::Recent);
+        }
+        out
     }
 
     fn list(
@@ -1730,6 +1794,9 @@ impl<B: Backend> Session<B> {
         uid: bool,
         modifiers: &[FetchModifier],
     ) {
+        // Others' changes first (no EXPUNGE during FETCH, RFC 3501 §7.4.1): FLAGS shows
+        // what is stored now, and a new keyword is announced before it (RFC 3501 §7.2.6).
+        self.refresh(false);
         let Some(mut targets) = self.targets(set, uid) else {
             return self.bad(tag, "Invalid sequence number");
         };
@@ -2000,12 +2067,11 @@ impl<B: Backend> Session<B> {
             }
             // RFC 9051 §6.4.5: FLAGS goes out when asked, and when \Seen was just set.
             if names.contains(&MessageDataItemName::Flags) || seen_added {
-                out.push(MessageDataItem::Flags(
-                    flag_list(&flags_now)
-                        .into_iter()
-                        .map(FlagFetch::Flag)
-                        .collect(),
-                ));
+                let shown = MessageMeta {
+                    flags: flags_now,
+                    ..meta.clone()
+                };
+                out.push(MessageDataItem::Flags(self.fetch_flags(&shown)));
             }
             if origins.is_empty() {
                 if !write_simple_fetch(&mut self.out, idx as u32 + 1, &out)
@@ -2056,6 +2122,7 @@ impl<B: Backend> Session<B> {
             Ok(u) => u,
             Err(e) => return self.backend_no(tag, e),
         };
+        self.announce_keywords(up.messages.iter().map(|m| &m.flags));
         for m in up.messages {
             let Some(sel) = self.selected.as_mut() else {
                 break;
@@ -2066,12 +2133,7 @@ impl<B: Backend> Session<B> {
             Arc::make_mut(&mut sel.msgs)[i] = m.clone();
             // RFC 7162 §3.1.3: messages that failed UNCHANGEDSINCE get no FETCH here.
             if response == StoreResponse::Answer && !up.modified.contains(&m.uid) {
-                let mut items = vec![MessageDataItem::Flags(
-                    flag_list(&m.flags)
-                        .into_iter()
-                        .map(FlagFetch::Flag)
-                        .collect(),
-                )];
+                let mut items = vec![MessageDataItem::Flags(self.fetch_flags(&m))];
                 if uid {
                     items.push(MessageDataItem::Uid(nz(m.uid)));
                 }
@@ -2198,6 +2260,9 @@ impl<B: Backend> Session<B> {
                     Arc::make_mut(&mut sel.msgs).remove(i);
                     seqs.push(i as u32 + 1);
                 }
+                if let Ok(i) = sel.recent.binary_search(u) {
+                    sel.recent.remove(i);
+                }
             }
         }
         if self.qresync {
@@ -2312,12 +2377,7 @@ impl<B: Backend> Session<B> {
     fn flags_items(&self, m: &MessageMeta) -> Vec<MessageDataItem<'static>> {
         let mut items = vec![
             MessageDataItem::Uid(nz(m.uid)),
-            MessageDataItem::Flags(
-                flag_list(&m.flags)
-                    .into_iter()
-                    .map(FlagFetch::Flag)
-                    .collect(),
-            ),
+            MessageDataItem::Flags(self.fetch_flags(m)),
         ];
         if self.condstore {
             items.push(MessageDataItem::ModSeq(
@@ -2399,6 +2459,10 @@ impl<B: Backend> Session<B> {
             msgs: &msgs,
             text_hits: &text_hits,
             sent: &sent,
+            recent: &self
+                .selected
+                .as_ref()
+                .map_or(Vec::new(), |s| s.recent.clone()),
         };
         let mut hits = Vec::new();
         for (i, m) in msgs.iter().enumerate() {
@@ -2587,6 +2651,7 @@ impl<B: Backend> Session<B> {
                 Err(_) => return,
             },
         };
+        self.announce_keywords(ch.changed.iter().map(|m| &m.flags));
         let Some(sel) = self.selected.as_mut() else {
             return;
         };
@@ -2614,8 +2679,29 @@ impl<B: Backend> Session<B> {
                 Err(_) => {}
             }
         }
+        let first_new = sel.uid_next;
         sel.uid_next = sel.uid_next.max(ch.uid_next);
         sel.highest_modseq = ch.highest_modseq;
+        let (id, uid_next, read_only) = (sel.id, sel.uid_next, sel.read_only);
+        if new > 0 && !self.rev2 {
+            // RFC 3501 §2.3.2: new mail is recent in the first session to see it.
+            let first = self
+                .backend
+                .recent(id, uid_next, !read_only)
+                .unwrap_or(uid_next)
+                .max(first_new);
+            if let Some(sel) = self.selected.as_mut() {
+                let at = sel.msgs.partition_point(|m| m.uid < first);
+                let fresh: Vec<u32> = sel
+                    .msgs
+                    .get(at..)
+                    .unwrap_or(&[])
+                    .iter()
+                    .map(|m| m.uid)
+                    .collect();
+                sel.recent.extend(fresh);
+            }
+        }
         self.remove_from_view(&expunged);
         let Some(sel) = &self.selected else { return };
         let mut fetches = Vec::new();
@@ -2635,6 +2721,10 @@ impl<B: Backend> Session<B> {
         }
         if new > 0 {
             self.data(Data::Exists(exists));
+            if !self.rev2 {
+                let recent = self.selected.as_ref().map_or(0, |s| s.recent.len() as u32);
+                self.data(Data::Recent(recent));
+            }
         }
     }
 }
@@ -2647,16 +2737,23 @@ mod fast_fetch_tests {
     fn select_numbers_match_the_codec() {
         let big = NonZeroU64::new(u64::MAX).unwrap();
         for (exists, recent, unseen, v, next, highest) in [
-            (0, true, None, 1, 1, NonZeroU64::MIN),
+            (0, Some(0), None, 1, 1, NonZeroU64::MIN),
             (
                 100_000,
-                false,
+                None,
                 Some(nz(5)),
                 17,
                 100_001,
                 NonZeroU64::new(99).unwrap(),
             ),
-            (u32::MAX, true, Some(nz(u32::MAX)), u32::MAX, u32::MAX, big),
+            (
+                u32::MAX,
+                Some(7),
+                Some(nz(u32::MAX)),
+                u32::MAX,
+                u32::MAX,
+                big,
+            ),
         ] {
             let mut fast = Vec::new();
             write_select_numbers(
@@ -2673,8 +2770,8 @@ mod fast_fetch_tests {
             let mut codec = Vec::new();
             let ok = |code, t| Response::Status(Status::ok(None, Some(code), t).unwrap());
             let mut rs = vec![Response::Data(Data::Exists(exists))];
-            if recent {
-                rs.push(Response::Data(Data::Recent(0)));
+            if let Some(r) = recent {
+                rs.push(Response::Data(Data::Recent(r)));
             }
             if let Some(u) = unseen {
                 rs.push(ok(Code::Unseen(u), "First unseen"));

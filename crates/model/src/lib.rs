@@ -33,6 +33,8 @@ pub struct Mailbox {
     pub messages: u64,
     /// Messages without `\Seen`.
     pub unseen: u64,
+    /// Messages no session has been given as `\Recent` yet (RFC 3501 STATUS RECENT).
+    pub recent: u64,
     /// Messages with `\Deleted` (RFC 9051 STATUS DELETED).
     pub deleted: u64,
     /// Total octets of its messages (RFC 8438 STATUS SIZE, quotas).

@@ -147,6 +147,11 @@ impl Backend for StoreBackend {
         Ok(s)
     }
 
+    fn recent(&mut self, mailbox: MailboxId, uid_next: u32, claim: bool) -> BResult<u32> {
+        self.own(mailbox)?;
+        self.store.recent(mailbox, uid_next, claim).map_err(err)
+    }
+
     fn create(&mut self, name: &str) -> BResult<()> {
         self.store
             .create_mailbox(self.account()?, name)

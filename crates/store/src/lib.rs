@@ -214,6 +214,13 @@ pub trait MailStore: Send + Sync {
         let _ = (account, name);
         Ok(None)
     }
+    /// RFC 3501 §2.3.2: the first UID of `mailbox` that is `\Recent` for the caller. With
+    /// `claim` (a read-write SELECT, or a session seeing new mail), the UIDs below
+    /// `uid_next` stop being recent for anyone else.
+    fn recent(&self, mailbox: MailboxId, uid_next: u32, claim: bool) -> Result<u32> {
+        let _ = (mailbox, claim);
+        Ok(uid_next)
+    }
     /// All messages of a mailbox by ascending UID (shared: copy before changing it).
     fn messages(&self, mailbox: MailboxId) -> Result<std::sync::Arc<Vec<MessageMeta>>>;
     /// What changed after `since` (a MODSEQ).

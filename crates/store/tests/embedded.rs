@@ -745,6 +745,7 @@ fn schema_1_is_upgraded() {
          DROP TABLE index_pending;
          DELETE FROM meta WHERE key IN ('mailbox_seq', 'blob_seq', 'account_seq', 'account_epoch');
          ALTER TABLE envelopes DROP COLUMN sent_day;
+         ALTER TABLE mailboxes DROP COLUMN recent_uid;
          DROP TRIGGER messages_added;
          DROP TRIGGER messages_removed;
          ALTER TABLE mailboxes DROP COLUMN octets;
@@ -760,6 +761,8 @@ fn schema_1_is_upgraded() {
         s.search_text(inbox, TextField::Body, "word1x").unwrap(),
         [2]
     );
+    // Mail from before the upgrade is not \Recent (schema 6).
+    assert_eq!(s.recent(inbox, 4, false).unwrap(), 4);
     let blob = s
         .stage(&[b"Subject: after upgrade\r\n\r\nfresh\r\n"])
         .unwrap();
@@ -790,7 +793,7 @@ fn schema_1_is_upgraded() {
     let v: i64 = db
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 5);
+    assert_eq!(v, 6);
     let total: u64 = s.messages(inbox).unwrap().iter().map(|m| m.size).sum();
     assert_eq!(
         s.usage(a).unwrap().0,
@@ -1220,4 +1223,44 @@ fn removed_accounts_keep_their_mail_until_purged() {
             .unwrap()
             .is_some()
     );
+}
+
+/// RFC 3501 §2.3.2: each message is \Recent for one claimer; claims outlive a restart once
+/// any later write has carried them to disk.
+#[test]
+fn recent_is_claimed_once_and_kept() {
+    let (d, s) = store();
+    s.add_domain("example.com").unwrap();
+    let a = s.add_account("a@example.com", "pw", false).unwrap().id;
+    for _ in 0..3 {
+        let blob = s.stage(&[b"Subject: r\r\n\r\nx\r\n"]).unwrap();
+        s.deliver(blob, &[a], "INBOX", &Flags::default(), 0)
+            .unwrap();
+    }
+    let inbox = s.mailbox(a, "INBOX").unwrap();
+    assert_eq!(inbox.recent, 3);
+    // Looking takes nothing; the first claim gets all three, the next none.
+    assert_eq!(s.recent(inbox.id, 4, false).unwrap(), 1);
+    assert_eq!(s.recent(inbox.id, 4, true).unwrap(), 1);
+    assert_eq!(s.recent(inbox.id, 4, true).unwrap(), 4);
+    assert_eq!(s.mailbox(a, "INBOX").unwrap().recent, 0);
+    // A claim made with an older UIDNEXT does not undo a newer one.
+    assert_eq!(s.recent(inbox.id, 2, true).unwrap(), 4);
+    let blob = s.stage(&[b"Subject: r\r\n\r\nx\r\n"]).unwrap();
+    s.deliver(blob, &[a], "INBOX", &Flags::default(), 0)
+        .unwrap();
+    assert_eq!(s.mailbox(a, "INBOX").unwrap().recent, 1);
+    // Written with the next transaction (a flag change), so a restart keeps it.
+    s.store_flags(
+        inbox.id,
+        &[1],
+        yubin_store::FlagOp::Add,
+        &Flags::system(1),
+        None,
+    )
+    .unwrap();
+    drop(s);
+    let s = SqliteStore::open(d.path()).unwrap();
+    assert_eq!(s.recent(inbox.id, 5, false).unwrap(), 4);
+    assert_eq!(s.mailbox(a, "INBOX").unwrap().recent, 1);
 }

@@ -51,6 +51,7 @@ fn mailbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Mailbox> {
         subscribed: r.get(6)?,
         messages: 0,
         unseen: 0,
+        recent: 0,
         size: 0,
         deleted: 0,
     })
@@ -256,9 +257,9 @@ impl SqliteStore {
             .filter(|s| s.uidvalidity == mb.uidvalidity && s.highest_modseq == mb.highest_modseq)
     }
 
-    fn selection(mb: Mailbox, s: Snapshot) -> Selection {
+    fn selection(&self, mb: Mailbox, s: Snapshot) -> Selection {
         Selection {
-            mailbox: Self::counted(mb, &s),
+            mailbox: self.counted(mb, &s),
             messages: s.msgs,
             keywords: s.keywords.to_vec(),
             first_unseen: s.first_unseen,
@@ -268,10 +269,14 @@ impl SqliteStore {
     /// Fill a mailbox's counts (and its UIDNEXT/HIGHESTMODSEQ, of the same moment).
     fn with_counts(&self, mb: Mailbox) -> Result<Mailbox> {
         let s = self.snapshot(mb.id)?;
-        Ok(Self::counted(mb, &s))
+        Ok(self.counted(mb, &s))
     }
 
-    fn counted(mut mb: Mailbox, s: &Snapshot) -> Mailbox {
+    fn counted(&self, mut mb: Mailbox, s: &Snapshot) -> Mailbox {
+        if let Ok(first) = self.first_recent(mb.id) {
+            let seen = s.msgs.partition_point(|m| m.uid < first);
+            mb.recent = (s.msgs.len() - seen) as u64;
+        }
         mb.uid_next = s.uid_next;
         mb.highest_modseq = s.highest_modseq;
         mb.messages = s.msgs.len() as u64;
@@ -313,6 +318,50 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// The first UID not yet given as `\Recent` (memory first, then the mailbox's row).
+    fn first_recent(&self, mailbox: MailboxId) -> Result<u32> {
+        if let Some(&f) = self.recent_claims().first.get(&mailbox) {
+            return Ok(f);
+        }
+        let stored: u32 = self
+            .reader()
+            .prepare_cached("SELECT recent_uid FROM mailboxes WHERE id = ?1")?
+            .query_row([mailbox], |r| r.get(0))
+            .optional()?
+            .unwrap_or(1);
+        Ok(*self.recent_claims().first.entry(mailbox).or_insert(stored))
+    }
+
+    fn recent_claims(&self) -> std::sync::MutexGuard<'_, super::RecentClaims> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Write the claims made since the last transaction into this one.
+    fn write_recent(&self, tx: &Transaction<'_>) -> Result<Vec<(MailboxId, u32)>> {
+        let claims: Vec<(MailboxId, u32)> = self
+            .recent_claims()
+            .unwritten
+            .iter()
+            .map(|(&m, &u)| (m, u))
+            .collect();
+        for (m, u) in &claims {
+            tx.prepare_cached(
+                "UPDATE mailboxes SET recent_uid = max(recent_uid, ?2) WHERE id = ?1",
+            )?
+            .execute(params![m, u])?;
+        }
+        Ok(claims)
+    }
+
+    fn recent_written(&self, claims: &[(MailboxId, u32)]) {
+        let mut r = self.recent_claims();
+        for (m, u) in claims {
+            if r.unwritten.get(m) == Some(u) {
+                r.unwritten.remove(m);
+            }
+        }
+    }
+
     fn write_then_notify<T>(
         &self,
         f: impl Fn(&Transaction<'_>) -> Result<(T, Vec<MailboxId>, Vec<DeadBody>)>,
@@ -321,7 +370,9 @@ impl SqliteStore {
             let mut c = self.conn();
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let out = f(&tx)?;
+            let claims = self.write_recent(&tx)?;
             tx.commit()?;
+            self.recent_written(&claims);
             Ok(out)
         };
         // A full disk must not stop a user from flagging and expunging mail: the reserve
@@ -576,12 +627,28 @@ impl MailStore for SqliteStore {
             Some(s) => s,
             None => self.snapshot(mb.id)?,
         };
-        Ok(Self::selection(mb, s))
+        Ok(self.selection(mb, s))
     }
 
     fn select_cached(&self, account: AccountId, name: &str) -> Result<Option<Selection>> {
         let mb = Self::mailbox_in(&self.reader(), account, name)?;
-        Ok(self.current_snapshot(&mb).map(|s| Self::selection(mb, s)))
+        Ok(self.current_snapshot(&mb).map(|s| self.selection(mb, s)))
+    }
+
+    fn recent(&self, mailbox: MailboxId, uid_next: u32, claim: bool) -> Result<u32> {
+        let first = self.first_recent(mailbox)?;
+        if claim && uid_next > first {
+            let mut r = self.recent_claims();
+            // Another session may have claimed in between: the higher claim stands.
+            let now = r.first.entry(mailbox).or_insert(first);
+            let mine = *now;
+            if uid_next > *now {
+                *now = uid_next;
+                r.unwritten.insert(mailbox, uid_next);
+            }
+            return Ok(mine);
+        }
+        Ok(first)
     }
 
     fn messages(&self, mailbox: MailboxId) -> Result<Arc<Vec<MessageMeta>>> {

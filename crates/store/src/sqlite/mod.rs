@@ -42,7 +42,7 @@ mod reserve;
 mod snapshot;
 
 const DB_FILE: &str = "yubin.db";
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 /// Upgrades from each older schema version, applied in order in one transaction.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -89,6 +89,13 @@ const MIGRATIONS: &[(i64, &str)] = &[
     // 4 -> 5: the Date header's day as written, for SEARCH SENT* (RFC 3501 §6.4.4). Older
     // rows keep NULL and are searched by their UTC day.
     (4, "ALTER TABLE envelopes ADD COLUMN sent_day INTEGER;"),
+    // 5 -> 6: the first UID no session has seen as \Recent yet (RFC 3501 §2.3.2); what is
+    // there at the upgrade counts as seen.
+    (
+        5,
+        "ALTER TABLE mailboxes ADD COLUMN recent_uid INTEGER NOT NULL DEFAULT 1;
+         UPDATE mailboxes SET recent_uid = uid_next;",
+    ),
 ];
 
 const SCHEMA: &str = "
@@ -124,6 +131,9 @@ CREATE TABLE mailboxes(
     subscribed INTEGER NOT NULL DEFAULT 1,
     -- Sum of its messages' sizes, kept by the triggers below (quota checks on every RCPT).
     octets INTEGER NOT NULL DEFAULT 0,
+    -- The first UID no session has been given as recent (RFC 3501 §2.3.2); kept in memory
+    -- (SqliteStore::recent) and written with the next transaction.
+    recent_uid INTEGER NOT NULL DEFAULT 1,
     UNIQUE(account_id, name));
 CREATE TABLE blobs(
     id INTEGER PRIMARY KEY,
@@ -290,6 +300,16 @@ pub struct SqliteStore {
     blob_dirs: Arc<blobs::BlobDirs>,
     heavy: Gate,
     lock: Option<File>,
+    /// \Recent claims (first unclaimed UID by mailbox) and those not yet written: a SELECT
+    /// must not wait for an fsync to claim. Losing the newest claims in a crash only makes
+    /// those messages recent once more.
+    pub(crate) recent: Mutex<RecentClaims>,
+}
+
+#[derive(Default)]
+pub(crate) struct RecentClaims {
+    pub first: std::collections::HashMap<MailboxId, u32>,
+    pub unwritten: std::collections::HashMap<MailboxId, u32>,
 }
 
 pub(crate) fn now() -> i64 {
@@ -456,6 +476,7 @@ impl SqliteStore {
             blob_dirs,
             heavy: Gate::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
             lock: None,
+            recent: Default::default(),
         })
     }
 
