@@ -66,6 +66,7 @@ pub struct Imap {
     pub plaintext_auth: bool,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    pub max_connections_per_account: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -105,6 +106,7 @@ pub struct Auth {
     pub max_failures_per_ip: u32,
     pub max_failures_per_account: u32,
     pub block_minutes: u64,
+    pub default_domain: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -174,7 +176,8 @@ impl Default for Imap {
             idle_timeout: 1800,
             plaintext_auth: false,
             max_connections: 5000,
-            max_connections_per_ip: 50,
+            max_connections_per_ip: 1000,
+            max_connections_per_account: 100,
         }
     }
 }
@@ -185,7 +188,7 @@ impl Default for Pop3 {
             idle_timeout: 600,
             plaintext_auth: false,
             max_connections: 2000,
-            max_connections_per_ip: 20,
+            max_connections_per_ip: 200,
         }
     }
 }
@@ -219,9 +222,10 @@ impl Default for Auth {
     fn default() -> Self {
         Auth {
             trust_loopback: true,
-            max_failures_per_ip: 10,
+            max_failures_per_ip: 20,
             max_failures_per_account: 20,
             block_minutes: 15,
+            default_domain: None,
         }
     }
 }
@@ -345,7 +349,9 @@ mod tests {
                     !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
                 })
                 && l.contains('=');
-            let skip = l.contains("letsencrypt") || l.starts_with("#hostname");
+            let skip = l.contains("letsencrypt")
+                || l.starts_with("#hostname")
+                || l.starts_with("#default_domain");
             if is_key && !skip {
                 uncommented.push_str(&l[1..]);
             } else {

@@ -14,15 +14,22 @@
 //!   parallel guesses cannot all pass the check before the first failure is recorded.
 //! - A success forgets only what that IP did against that account: logging into one's own
 //!   account does not wash another account's failures off the IP.
-//! - An account's block does not lock out its owner: an IP that logged into the account
-//!   successfully before (within `KNOWN_GOOD_FOR`) passes the account check; strangers
-//!   are blocked.
+//! - A block does not lock out an account's owner: an IP that logged into the account
+//!   successfully before (within `KNOWN_GOOD_FOR`) passes the IP's and the account's
+//!   blocks for that account (everyone behind an office's NAT keeps working while one
+//!   machine there guesses), limited only by its own failures against that account.
+//! - A correct password seen within the hour is answered from [`LoginCache`] without
+//!   argon2; the attempt still passes `begin`/`finish` like any other.
+//! - A bare user name (`alice`) means `alice@` the configured default domain, if any
+//!   (Dovecot's `auth_default_realm`).
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::login_cache::LoginCache;
 
 /// Entries kept per map before eviction.
 const MAX_ENTRIES: usize = 100_000;
@@ -41,6 +48,8 @@ pub struct Limits {
     /// Messages and recipients one user may submit per hour.
     pub messages_per_hour: u32,
     pub recipients_per_hour: u32,
+    /// The domain of a login name given without one.
+    pub default_domain: Option<String>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -107,6 +116,7 @@ pub struct Guard {
     rates: Mutex<HashMap<String, Rate>>,
     /// Signalled when an attempt finishes: logins waiting on `Blocked::Busy` look again.
     finished: (Mutex<u64>, std::sync::Condvar),
+    cache: LoginCache,
 }
 
 /// Why a login may not even be tried now.
@@ -160,6 +170,17 @@ impl Guard {
             known_good: Mutex::default(),
             rates: Mutex::default(),
             finished: (Mutex::new(0), std::sync::Condvar::new()),
+            cache: LoginCache::default(),
+        }
+    }
+
+    /// The name a login is looked up under: `user@default_domain` for a bare `user`.
+    pub fn qualify<'a>(&self, user: &'a str) -> std::borrow::Cow<'a, str> {
+        match &self.limits.default_domain {
+            Some(d) if !user.contains('@') && !user.trim().is_empty() => {
+                format!("{}@{d}", user.trim()).into()
+            }
+            _ => user.into(),
         }
     }
 
@@ -200,21 +221,29 @@ impl Guard {
     pub fn begin(&self, ip: IpAddr, user: &str, now: Instant) -> Result<Attempt, Blocked> {
         let ip = IpKey::from(ip);
         let account = account_key(user);
-        let known = lock(&self.known_good)
-            .get(&(ip, account.clone()))
-            .is_some_and(|t| now.saturating_duration_since(*t) < KNOWN_GOOD_FOR);
-        // Lock order: by_ip, then by_account (everywhere).
+        // Lock order: by_ip, then by_account, then by_pair (everywhere).
         let mut ips = lock(&self.by_ip);
         let mut accounts = lock(&self.by_account);
+        // Known, unless it used up its own failures against this account (then the IP's
+        // and the account's blocks apply, which expire).
+        let good = lock(&self.known_good)
+            .get(&(ip, account.clone()))
+            .is_some_and(|t| now.saturating_duration_since(*t) < KNOWN_GOOD_FOR);
+        let known = good
+            && lock(&self.by_pair)
+                .get(&(ip, account.clone()))
+                .is_none_or(|&n| n < self.limits.max_failures_per_ip);
         bound(&mut ips, |f| self.stale(f, now), |f| f.last);
         bound(&mut accounts, |f| self.stale(f, now), |f| f.last);
         let fi = ips.entry(ip).or_default();
         self.fresh(fi, now);
-        if fi.count >= self.limits.max_failures_per_ip {
-            return Err(Blocked::Ip);
-        }
-        if fi.count + fi.pending >= self.limits.max_failures_per_ip {
-            return Err(Blocked::Busy);
+        if !known {
+            if fi.count >= self.limits.max_failures_per_ip {
+                return Err(Blocked::Ip);
+            }
+            if fi.count + fi.pending >= self.limits.max_failures_per_ip {
+                return Err(Blocked::Busy);
+            }
         }
         let fa = accounts.entry(account.clone()).or_default();
         self.fresh(fa, now);
@@ -324,6 +353,7 @@ mod tests {
             block_for: Duration::from_secs(60),
             messages_per_hour: 2,
             recipients_per_hour: 3,
+            default_domain: Some("example.com".into()),
         })
     }
 
@@ -398,6 +428,69 @@ mod tests {
     }
 
     #[test]
+    fn nat_neighbours_who_logged_in_before_pass_the_ip_block() {
+        let g = guard();
+        let t = Instant::now();
+        let office: IpAddr = "192.0.2.1".parse().unwrap();
+        let ok = g.begin(office, "alice@y", t).unwrap();
+        g.finish(ok, true, t);
+        for _ in 0..3 {
+            fail(&g, office, "guess@y", t).unwrap();
+        }
+        assert_eq!(g.begin(office, "bob@y", t).err(), Some(Blocked::Ip));
+        let again = g.begin(office, "alice@y", t).unwrap();
+        g.finish(again, true, t);
+        // Alice's own failures still count, against her alone; then the IP's block applies
+        // to her too, and expires with it.
+        for _ in 0..3 {
+            fail(&g, office, "alice@y", t).unwrap();
+        }
+        assert_eq!(g.begin(office, "alice@y", t).err(), Some(Blocked::Ip));
+        assert!(
+            g.begin(office, "alice@y", t + Duration::from_secs(61))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn bare_names_get_the_default_domain() {
+        let g = guard();
+        assert_eq!(g.qualify("alice"), "alice@example.com");
+        assert_eq!(g.qualify(" alice "), "alice@example.com");
+        assert_eq!(g.qualify("alice@other.org"), "alice@other.org");
+        assert_eq!(g.qualify(""), "");
+        let mut l = g.limits.clone();
+        l.default_domain = None;
+        assert_eq!(Guard::new(l).qualify("alice"), "alice");
+    }
+
+    /// A repeated login is answered from the cache (no second entry, still right), and a
+    /// new password is needed at once after a change.
+    #[test]
+    fn logins_are_cached_until_the_password_changes() {
+        use yubin_store::{Directory, SqliteStore};
+        let d = tempfile::tempdir().unwrap();
+        let s = SqliteStore::create(d.path()).unwrap();
+        s.add_domain("example.com").unwrap();
+        s.add_account("alice@example.com", "first-passphrase", false)
+            .unwrap();
+        let g = guard();
+        let ip: IpAddr = "127.0.0.7".parse().unwrap();
+        let go = |user: &str, pw: &str| login(&s, &g, ip, user, pw, "test").unwrap();
+        assert!(go("alice", "first-passphrase").is_some());
+        assert_eq!(g.cache.len(), 1);
+        assert!(go("Alice@Example.com", "first-passphrase").is_some());
+        assert_eq!(g.cache.len(), 1, "the same account, however spelled");
+        assert!(go("alice", "wrong-passphrase").is_none());
+        s.set_password("alice@example.com", "second-passphrase")
+            .unwrap();
+        assert!(go("alice", "first-passphrase").is_none());
+        assert!(go("alice", "second-passphrase").is_some());
+        s.set_disabled("alice@example.com", true).unwrap();
+        assert!(go("alice", "second-passphrase").is_none());
+    }
+
+    #[test]
     fn ipv6_counts_per_64() {
         let g = guard();
         let t = Instant::now();
@@ -462,6 +555,7 @@ pub fn login(
     proto: &str,
 ) -> Result<Option<yubin_store::Account>, LoginError> {
     let start = Instant::now();
+    let user = &*guard.qualify(user);
     let attempt = loop {
         let seen = guard.finished_count();
         match guard.begin(ip, user, Instant::now()) {
@@ -476,9 +570,18 @@ pub fn login(
             }
         }
     };
-    match store.authenticate(user, password) {
-        Ok(Some(a)) => {
+    let key = account_key(user);
+    if let Some(a) = guard.cache.get(store, &key, password, Instant::now()) {
+        guard.finish(attempt, true, Instant::now());
+        tracing::info!(%ip, user = a.address, proto, cached = true, "login");
+        return Ok(Some(a));
+    }
+    match store.authenticate_stamped(user, password) {
+        Ok(Some((a, stamp))) => {
             guard.finish(attempt, true, Instant::now());
+            guard
+                .cache
+                .put(&key, password, a.clone(), stamp, Instant::now());
             tracing::info!(%ip, user = a.address, proto, "login");
             Ok(Some(a))
         }

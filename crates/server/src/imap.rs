@@ -27,6 +27,9 @@ pub struct StoreBackend {
     peer: SocketAddr,
     /// Mailbox ids known to belong to the account (reloaded on a miss).
     owned: std::collections::HashSet<MailboxId>,
+    /// Sessions per account, when limited; the slot is held while logged in.
+    per_account: Option<Arc<crate::limits::AccountSessions>>,
+    slot: Option<crate::limits::AccountSlot>,
 }
 
 impl StoreBackend {
@@ -42,7 +45,15 @@ impl StoreBackend {
             account: None,
             peer,
             owned: Default::default(),
+            per_account: None,
+            slot: None,
         }
+    }
+
+    /// Refuse a login beyond this many sessions of one account.
+    pub fn limit_sessions(mut self, per_account: Arc<crate::limits::AccountSessions>) -> Self {
+        self.per_account = Some(per_account);
+        self
     }
 
     fn account(&self) -> BResult<AccountId> {
@@ -109,6 +120,16 @@ impl Backend for StoreBackend {
             "imap",
         ) {
             Ok(Some(a)) => {
+                if let Some(limit) = &self.per_account {
+                    match limit.acquire(a.id) {
+                        Some(slot) => self.slot = Some(slot),
+                        None => {
+                            return Err(BackendError::Failed(
+                                "too many connections for this account, close some".into(),
+                            ));
+                        }
+                    }
+                }
                 self.account = Some(a.id);
                 Ok(true)
             }
@@ -305,7 +326,8 @@ pub async fn handle(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, impli
     };
     let session = Session::new(
         cfg,
-        StoreBackend::new(server.store.clone(), server.guard.clone(), peer),
+        StoreBackend::new(server.store.clone(), server.guard.clone(), peer)
+            .limit_sessions(server.imap_accounts.clone()),
         implicit_tls,
     );
     match run(&server, stream, session).await {
@@ -601,6 +623,7 @@ pub mod testing {
             block_for: Duration::ZERO,
             messages_per_hour: u32::MAX,
             recipients_per_hour: u32::MAX,
+            default_domain: None,
         }));
         let mut s = Session::new(cfg, StoreBackend::new(store, guard, peer), false);
         if login {

@@ -6,6 +6,7 @@ pub mod dkim;
 pub mod guard;
 pub mod imap;
 mod limits;
+pub mod login_cache;
 mod outbound;
 pub mod pop3;
 mod smtp;
@@ -37,6 +38,7 @@ pub struct Server {
     tls: std::sync::RwLock<Option<TlsAcceptor>>,
     smtp_limits: Arc<ConnLimiter>,
     imap_limits: Arc<ConnLimiter>,
+    imap_accounts: Arc<limits::AccountSessions>,
     pop3_limits: Arc<ConnLimiter>,
     /// Accounts with an open POP3 session.
     pop3_locks: pop3::Locks,
@@ -357,6 +359,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
         shutdown: stop_rx,
         smtp_limits: ConnLimiter::new(cfg.smtp.max_connections, cfg.smtp.max_connections_per_ip),
         imap_limits: ConnLimiter::new(cfg.imap.max_connections, cfg.imap.max_connections_per_ip),
+        imap_accounts: limits::AccountSessions::new(cfg.imap.max_connections_per_account),
         pop3_limits: ConnLimiter::new(cfg.pop3.max_connections, cfg.pop3.max_connections_per_ip),
         pop3_locks: Default::default(),
         queue_wake: Arc::new(tokio::sync::Notify::new()),
@@ -366,6 +369,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
             block_for: std::time::Duration::from_secs(cfg.auth.block_minutes * 60),
             messages_per_hour: cfg.submission.messages_per_hour,
             recipients_per_hour: cfg.submission.recipients_per_hour,
+            default_domain: cfg.auth.default_domain.clone(),
         })),
         changes,
         inflight: Arc::default(),

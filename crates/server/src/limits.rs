@@ -170,9 +170,67 @@ impl Drop for ConnSlot {
     }
 }
 
+/// Sessions logged into each account (IMAP: a client with many folders opens several
+/// connections; a runaway one must not take every slot of its IP).
+pub struct AccountSessions {
+    max: usize,
+    counts: Mutex<HashMap<yubin_store::AccountId, usize>>,
+}
+
+/// Held while a session is logged in; gives its place back when dropped.
+pub struct AccountSlot {
+    of: Arc<AccountSessions>,
+    account: yubin_store::AccountId,
+}
+
+impl AccountSessions {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(AccountSessions {
+            max,
+            counts: Mutex::default(),
+        })
+    }
+
+    pub fn acquire(self: &Arc<Self>, account: yubin_store::AccountId) -> Option<AccountSlot> {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = c.entry(account).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(AccountSlot {
+            of: self.clone(),
+            account,
+        })
+    }
+}
+
+impl Drop for AccountSlot {
+    fn drop(&mut self) {
+        let mut c = self.of.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = c.get_mut(&self.account) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.remove(&self.account);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sessions_per_account() {
+        let l = AccountSessions::new(2);
+        let a = l.acquire(1).unwrap();
+        let _b = l.acquire(1).unwrap();
+        assert!(l.acquire(1).is_none());
+        let _c = l.acquire(2).unwrap();
+        drop(a);
+        assert!(l.acquire(1).is_some());
+    }
 
     #[test]
     fn limits_and_release() {

@@ -161,6 +161,7 @@ fn guard() -> Arc<Guard> {
         block_for: std::time::Duration::from_secs(60),
         messages_per_hour: 100,
         recipients_per_hour: 100,
+        default_domain: None,
     }))
 }
 

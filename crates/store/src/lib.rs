@@ -154,6 +154,20 @@ pub trait Directory: Send + Sync {
     /// Checks a password (argon2; slow by design). `None` when the address is unknown,
     /// disabled, or the password is wrong: callers must not tell these apart to the peer.
     fn authenticate(&self, address: &str, password: &str) -> Result<Option<Account>>;
+    /// [`Directory::authenticate`], with the stamp ([`Directory::account_stamp`]) of the
+    /// password it was checked against: a login cache keyed on it can tell it is stale.
+    fn authenticate_stamped(
+        &self,
+        address: &str,
+        password: &str,
+    ) -> Result<Option<(Account, String)>> {
+        // A backend that can, reads both at once; this reads the stamp after (a password
+        // changed between the two would be cached against the new stamp).
+        let Some(a) = self.authenticate(address, password)? else {
+            return Ok(None);
+        };
+        Ok(self.account_stamp(a.id)?.map(|s| (a, s)))
+    }
     /// A number that moves whenever an account is removed, disabled or given a new
     /// password (by any process). One database read: the server asks a few times a second
     /// and hands the value to its sessions.

@@ -1047,6 +1047,16 @@ impl Directory for SqliteStore {
     }
 
     fn authenticate(&self, address: &str, password: &str) -> Result<Option<Account>> {
+        Ok(self
+            .authenticate_stamped(address, password)?
+            .map(|(a, _)| a))
+    }
+
+    fn authenticate_stamped(
+        &self,
+        address: &str,
+        password: &str,
+    ) -> Result<Option<(Account, String)>> {
         let found = match Self::account_row(&self.reader(), address) {
             Ok(row) => Some(row),
             Err(Error::NoSuchAccount(_) | Error::InvalidAddress(..) | Error::InvalidDomain(..)) => {
@@ -1056,8 +1066,9 @@ impl Directory for SqliteStore {
         };
         match found {
             Some((acct, hash)) => {
+                // The stamp is the hash itself (what `account_stamp` reads).
                 let ok = password::verify(password, &hash);
-                Ok((ok && !acct.disabled).then_some(acct))
+                Ok((ok && !acct.disabled).then_some((acct, hash)))
             }
             None => {
                 // Spend the same time as a real check, so timing does not reveal accounts.
