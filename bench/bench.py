@@ -26,6 +26,9 @@ USER = f"bench@{DOMAIN}"
 PASSWORD = "load-test-passphrase"
 DOVECOT_USER = "yubintest"  # an unprivileged account for the mail files (.ci/install-deps)
 NEEDLE = "benchmark"
+STRESS_USER = f"stress@{DOMAIN}"  # yubin's stress account (argon2id, as every yubin account)
+STRESS_HASHED = f"stress-hashed@{DOMAIN}"  # Dovecot: SHA512-CRYPT from a passwd-file
+STRESS_PLAIN = f"stress-plain@{DOMAIN}"  # Dovecot: the static passdb's plain password
 
 
 def log(msg: str) -> None:
@@ -137,6 +140,7 @@ class Yubin:
             # internet, as the Dovecot side has none.
             "[smtp]\nmax_connections_per_ip = 1000\n"
             "[imap]\nmax_connections = 20000\nmax_connections_per_ip = 20000\n"
+            "max_connections_per_account = 20000\n"
             "[pop3]\nmax_connections_per_ip = 1000\n"
         )
         self.proc: subprocess.Popen | None = None
@@ -190,6 +194,13 @@ auth_mechanisms = plain login
 mail_location = maildir:~/Maildir
 # Durability equal to yubin's: every change reaches the disk before the reply.
 mail_fsync = always
+# The stress rows' "hashed" user has a SHA512-CRYPT hash (how most Dovecot installs store
+# passwords) and no auth cache (Dovecot's default); everyone else is the static passdb's
+# plain password, the most favourable case.
+passdb {{
+  driver = passwd-file
+  args = {self.dir}/users
+}}
 passdb {{
   driver = static
   args = password={PASSWORD}
@@ -224,6 +235,9 @@ protocol imap {{
   mail_max_userip_connections = 20000
 }}
 """)
+        hashed = subprocess.run(["/usr/bin/doveadm", "pw", "-s", "SHA512-CRYPT", "-p", PASSWORD],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        (self.dir / "users").write_text(f"{STRESS_HASHED}:{hashed}\n")
         self.proc: subprocess.Popen | None = None
 
     def import_files(self, user: str, msgs) -> None:
@@ -503,6 +517,45 @@ def yubin_bench_imap(bench: str, port: int, user: str, args, preexec) -> dict:
     return rows
 
 
+STRESS_CLIENTS = (10, 50)
+
+
+def run_stress(bench: str, port: int, user: str, clients: int, seconds: int) -> dict:
+    """imaptest-style stress (`yubin-bench stress`): each client loops LOGIN, SELECT,
+    FETCH, STORE of flags and keywords, APPEND, EXPUNGE, LOGOUT on one shared mailbox and
+    checks every reply; commands/s, LOGIN p50 and the protocol errors it found."""
+    out = subprocess.run([bench, "stress", "--addr", f"127.0.0.1:{port}", "--user", user,
+                          "--password", PASSWORD, "--clients", str(clients),
+                          "--seconds", str(seconds)],
+                         capture_output=True, text=True, timeout=3600)
+    if out.returncode != 0:
+        raise SystemExit(f"yubin-bench stress against port {port} failed:\n{out.stderr}")
+    if out.stderr.strip():
+        log(out.stderr.strip())
+    f = out.stdout.strip().split("\t")
+    return {"": float(f[1].split()[0]), "_login_p50": float(f[3].split()[1]),
+            "_errors": float(f[5].split()[1])}
+
+
+def stress_table(ours: dict, plain: dict, hashed: dict) -> str:
+    lines = ["### Login-heavy stress (every client logs in for each round)", "",
+             "| row | yubin | Dovecot, plain passwords | Dovecot, SHA512-CRYPT | "
+             "yubin / Dovecot plain | better is |", "|---|---:|---:|---:|---:|---|"]
+    for clients in STRESS_CLIENTS:
+        for suffix, unit, bigger in (("", "cmd/s", True), ("_login_p50", "ms", False),
+                                     ("_errors", "errors", False)):
+            name = f"stress_{clients}{suffix}"
+            if name not in ours:
+                continue
+            a, b, c = ours[name], plain.get(name), hashed.get(name)
+            fmt = (lambda v: "" if v is None else f"{v:.0f} {unit}") if bigger or unit == "errors" \
+                else (lambda v: "" if v is None else f"{v:.3g} {unit}")
+            ratio = "n/a" if b is None else f"{a / b:.2f}" if b else "-"
+            lines.append(f"| {name} | {fmt(a)} | {fmt(b)} | {fmt(c)} | {ratio} | "
+                         f"{'higher' if bigger else 'lower'} |")
+    return "\n".join(lines)
+
+
 def pop3_fetch_all(bench: str, port: int, users) -> float:
     """One POP3 session per user, in parallel, each RETR every message of its own maildrop
     (RFC 1939 §8 locks a maildrop to one session); messages/second. The client is
@@ -569,18 +622,22 @@ def main() -> None:
                     help="times each SMTP row runs per server, alternating; the median counts")
     ap.add_argument("--bin-dir", default=str(ROOT / "target" / "release"),
                     help="where yubin and yubin-bench are (built by bench/run)")
-    ap.add_argument("--only", default="imap,pop3,smtp",
-                    help="comma-separated areas to run (imap, pop3, smtp); the table says which")
+    ap.add_argument("--only", default="imap,stress,pop3,smtp",
+                    help="comma-separated areas to run (imap, stress, pop3, smtp); the table "
+                         "says which")
+    ap.add_argument("--stress-seconds", type=int, default=20,
+                    help="seconds of each login-heavy stress row (10 and 50 clients)")
     ap.add_argument("--out", help="Markdown result file (default bench/results/<date>.md)")
     args = ap.parse_args()
     if args.smoke:
         args.messages, args.clients, args.seconds, args.pop3_clients, args.pop3_messages = 60, 3, 1, 2, 10
         args.idle = 20
         args.smtp_small, args.smtp_large, args.smtp_rounds = 20, 4, 1
+        args.stress_seconds = 1
 
     areas = set(args.only.split(","))
-    if areas - {"imap", "pop3", "smtp"}:
-        ap.error("--only takes imap, pop3 and smtp")
+    if areas - {"imap", "stress", "pop3", "smtp"}:
+        ap.error("--only takes imap, stress, pop3 and smtp")
     if "imap" not in areas:
         args.messages = 0
     if "pop3" not in areas:
@@ -597,13 +654,13 @@ def main() -> None:
     pf = Postfix(base) if have_source and os.geteuid() == 0 else None
     if not have_source:
         log("smtp-source (Debian postfix) is missing: no SMTP rows")
-    ours, theirs = {}, {}
+    ours, theirs, hashed = {}, {}, {}
     try:
         log(f"generating {args.messages} messages of {args.size} bytes")
         msgs = [message(i, args.size) for i in range(1, args.messages + 1)]
         pop_users = [f"pop{k}@{DOMAIN}" for k in range(args.pop3_clients)]
         pop_msgs = [message(i, args.size) for i in range(1, args.pop3_messages + 1)]
-        y.start([USER, f"smtp@{DOMAIN}", *pop_users])
+        y.start([USER, f"smtp@{DOMAIN}", STRESS_USER, *pop_users])
         if msgs:
             log("importing into yubin over SMTP (10 sessions)")
             ours["smtp_import"] = smtp_import(y.smtp_port, msgs, 10)
@@ -612,6 +669,8 @@ def main() -> None:
             smtp_import(y.smtp_port, pop_msgs, 10, pop_users)
         if d:
             log("importing into Dovecot (Maildir files)")
+            d.import_files(STRESS_PLAIN, [])
+            d.import_files(STRESS_HASHED, [])
             d.import_files(USER, msgs)
             for u in pop_users:
                 d.import_files(u, pop_msgs)
@@ -633,6 +692,20 @@ def main() -> None:
                 log(f"IMAP {args.idle} idle connections against {name}")
                 store["idle_rss"] = idle_memory(str(bin_dir / "yubin-bench"), server, user,
                                                 args.idle)
+            if "stress" in areas:
+                accounts = [(STRESS_USER, store)] if server is y else [
+                    (STRESS_PLAIN, store), (STRESS_HASHED, hashed)]
+                for clients in STRESS_CLIENTS:
+                    for account, into in accounts:
+                        settle(server)
+                        log(f"stress, {clients} clients logging in all the time, against "
+                            f"{name} as {account}")
+                        r = run_stress(str(bin_dir / "yubin-bench"), server.imap_port, account,
+                                       clients, args.stress_seconds)
+                        for k, v in r.items():
+                            into[f"stress_{clients}{k}"] = v
+                        log(f"  {r['']:.0f} cmd/s, LOGIN p50 {r['_login_p50']} ms, "
+                            f"{r['_errors']:.0f} protocol errors")
             if "pop3" in areas:
                 log(f"POP3 against {name}")
                 store["pop3"] = pop3_fetch_all(str(bin_dir / "yubin-bench"), server.pop3_port,
@@ -681,7 +754,8 @@ def main() -> None:
         "is in the mailbox.", "",
         "Reference: Dovecot (Maildir, mail_fsync=always) for IMAP and POP3; Postfix delivering "
         "into Dovecot's Maildir with virtual(8) for SMTP.", "",
-        table(ours, theirs, "yubin vs reference"), ""])
+        table(ours, theirs, "yubin vs reference"), "",
+        stress_table(ours, theirs, hashed) if "stress" in areas else "", ""])
     print(report)
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / (
         datetime.date.today().isoformat() + ".md")

@@ -12,7 +12,9 @@ import time
 
 import pytest
 
-from conftest import DOMAIN, PASSWORD
+import os
+
+from conftest import DOMAIN, PASSWORD, YUBIN
 
 BOB = f"bob@{DOMAIN}"
 
@@ -446,3 +448,67 @@ def test_search_sent_compares_the_date_as_written(server):
     assert m.search(None, "SENTBEFORE", "26-Mar-2007")[1][0] == b"2"
     assert m.search(None, "SENTSINCE", "25-Mar-2007")[1][0].split() == [b"1", b"2"]
     m.logout()
+
+
+def untagged(m: imaplib.IMAP4, kind: str) -> list:
+    """And forget them: imaplib keeps untagged responses until asked."""
+    return m.untagged_responses.pop(kind, [])
+
+
+def test_recent_and_new_keywords_across_sessions(server):
+    """RFC 3501 §2.3.2: \\Recent belongs to the first session that selects the mailbox;
+    §7.2.6: a keyword another session adds is announced in FLAGS before a FETCH shows it."""
+    for i in range(3):
+        deliver(server, f"recent {i}")
+    a, b = login(server), login(server)
+    assert b.status("INBOX", "(RECENT)")[1][0].endswith(b"(RECENT 3)")
+    a.select("INBOX")
+    assert untagged(a, "RECENT") == [b"3"]
+    assert a.search(None, "RECENT")[1] == [b"1 2 3"]
+    assert b"\\Recent" in a.fetch("1", "(FLAGS)")[1][0]
+    b.select("INBOX")
+    assert untagged(b, "RECENT") == [b"0"]
+    assert b.search(None, "OLD")[1] == [b"1 2 3"]
+    # A adds a new keyword; B must hear FLAGS first, then the FETCH that shows it.
+    a.store("2", "+FLAGS", "($Project)")
+    untagged(b, "FLAGS")
+    typ, data = b.noop()
+    flags = untagged(b, "FLAGS")
+    assert flags and b"$Project" in flags[-1], flags
+    fetches = untagged(b, "FETCH")
+    assert any(b"$Project" in f for f in fetches), fetches
+    # New mail while both have it selected: recent in one session only.
+    deliver(server, "recent 3")
+    time.sleep(0.3)
+    a.noop()
+    b.noop()
+    hits = [m.search(None, "RECENT")[1][0].split() for m in (a, b)]
+    assert sorted(len([h for h in x if h == b"4"]) for x in hits) == [0, 1], hits
+    for m in (a, b):
+        m.logout()
+
+
+def test_stress_clients_find_no_protocol_errors(server):
+    """yubin-bench stress (bench/): clients loop LOGIN, SELECT, FETCH, STORE of flags and
+    keywords, APPEND, EXPUNGE, LOGOUT on one mailbox and check every reply (EXISTS and
+    EXPUNGE numbers, keywords announced in FLAGS first, tagged OK)."""
+    bench = os.path.join(os.path.dirname(YUBIN), "yubin-bench")
+    out = subprocess.run([bench, "stress", "--addr", f"127.0.0.1:{server.imap_port}",
+                          "--user", BOB, "--password", PASSWORD, "--clients", "8",
+                          "--seconds", "4"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    fields = out.stdout.strip().split("\t")
+    assert fields[0] == "stress" and float(fields[1].split()[0]) > 0, out.stdout
+    assert fields[5] == "errors 0", out.stdout + out.stderr
+    assert "cached = true" in server.log_text() or "cached=true" in server.log_text()
+
+
+def test_bare_user_names_with_a_default_domain(make_server):
+    y = make_server(extra=f'[auth]\ndefault_domain = "{DOMAIN}"\n').start()
+    m = imaplib.IMAP4("127.0.0.1", y.imap_port, timeout=30)
+    m.login("bob", PASSWORD)
+    m.logout()
+    # Without one, a bare name is no account.
+    m = imaplib.IMAP4("127.0.0.1", make_server().start().imap_port, timeout=30)
+    with pytest.raises(imaplib.IMAP4.error):
+        m.login("bob", PASSWORD)

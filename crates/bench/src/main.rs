@@ -14,6 +14,8 @@ use clap::{Parser, Subcommand};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+mod stress;
+
 #[derive(Parser)]
 #[command(name = "yubin-bench", about = "Load generators for yubin's benchmarks")]
 struct Cli {
@@ -66,6 +68,16 @@ enum Cmd {
         users: Vec<String>,
         #[arg(long)]
         password: String,
+    },
+    /// imaptest-like stress: clients loop LOGIN, SELECT, FETCH, STORE flags and keywords,
+    /// APPEND, EXPUNGE, LOGOUT on one mailbox, checking every reply (see stress.rs).
+    Stress {
+        #[command(flatten)]
+        account: Account,
+        #[arg(long, default_value_t = 10)]
+        clients: usize,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
     },
     /// Open many connections that log in, select a mailbox and IDLE; print `ready N` and
     /// hold them until stdin closes (the caller measures the server's memory meanwhile).
@@ -518,5 +530,10 @@ async fn main() -> Result<()> {
             connections,
             parallel,
         } => idle(account, connections, parallel),
+        Cmd::Stress {
+            account,
+            clients,
+            seconds,
+        } => stress::stress(account, clients, seconds),
     }
 }

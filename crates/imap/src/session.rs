@@ -2655,7 +2655,7 @@ impl<B: Backend> Session<B> {
         let Some(sel) = self.selected.as_mut() else {
             return;
         };
-        sel.pending_expunge.extend(ch.expunged);
+        sel.pending_expunge.extend(ch.expunged.iter().copied());
         let mut expunged = Vec::new();
         if allow_expunge {
             expunged = std::mem::take(&mut sel.pending_expunge);
@@ -2663,8 +2663,12 @@ impl<B: Backend> Session<B> {
             expunged.dedup();
         }
         let mut flag_updates = Vec::new();
-        let mut new = 0;
+        let mut fresh = Vec::new();
         for m in ch.changed {
+            // Gone again already: never shown, never announced.
+            if ch.expunged.binary_search(&m.uid).is_ok() {
+                continue;
+            }
             match sel.msgs.binary_search_by_key(&m.uid, |x| x.uid) {
                 Ok(i) => {
                     if sel.msgs[i].flags != m.flags {
@@ -2672,16 +2676,20 @@ impl<B: Backend> Session<B> {
                     }
                     Arc::make_mut(&mut sel.msgs)[i] = m;
                 }
-                Err(_) if m.uid >= sel.uid_next => {
-                    Arc::make_mut(&mut sel.msgs).push(m);
-                    new += 1;
-                }
+                Err(_) if m.uid >= sel.uid_next => fresh.push(m),
                 Err(_) => {}
             }
         }
+        let new = fresh.len();
         let first_new = sel.uid_next;
         sel.uid_next = sel.uid_next.max(ch.uid_next);
         sel.highest_modseq = ch.highest_modseq;
+        // EXPUNGE numbers are those of the view the client has: before new messages join.
+        self.remove_from_view(&expunged);
+        let Some(sel) = self.selected.as_mut() else {
+            return;
+        };
+        Arc::make_mut(&mut sel.msgs).extend(fresh);
         let (id, uid_next, read_only) = (sel.id, sel.uid_next, sel.read_only);
         if new > 0 && !self.rev2 {
             // RFC 3501 §2.3.2: new mail is recent in the first session to see it.
@@ -2702,7 +2710,6 @@ impl<B: Backend> Session<B> {
                 sel.recent.extend(fresh);
             }
         }
-        self.remove_from_view(&expunged);
         let Some(sel) = &self.selected else { return };
         let mut fetches = Vec::new();
         for u in flag_updates {

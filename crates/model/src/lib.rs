@@ -201,39 +201,34 @@ pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// The size of a message as POP3 transmits it (RFC 1939 §3, §11): every line ending in
-/// CRLF and lines that start with `.` dot-stuffed, without the final `.` line. Kept by the
-/// store so that STAT and LIST never read message files.
+/// The size POP3 LIST and STAT report (RFC 1939 §5): the message as RETR delivers it once
+/// the client has undone the dot-stuffing — every line ending in CRLF, a final CRLF added
+/// when missing — as Dovecot and the other common servers count it (clients compare it
+/// with what they receive). Kept by the store so that STAT and LIST never read messages.
 pub fn pop3_size(msg: &[u8]) -> u64 {
-    // Mail that came over SMTP has only CRLF line ends: then the wire form adds only the
-    // dot-stuffing and, maybe, a final CRLF, which memchr counts at memory speed (this
-    // runs for every delivered message, 256 KiB ones too).
+    // Mail that came over SMTP has only CRLF line ends: then the size is its length (and,
+    // maybe, a final CRLF), found by memchr at memory speed (this runs for every
+    // delivered message, 256 KiB ones too).
     let crlf = memchr::memmem::find_iter(msg, b"\r\n").count();
     if memchr::memchr_iter(b'\r', msg).count() == crlf
         && memchr::memchr_iter(b'\n', msg).count() == crlf
     {
-        let dots = memchr::memmem::find_iter(msg, b"\r\n.").count()
-            + usize::from(msg.first() == Some(&b'.'));
         let tail = if msg.is_empty() || msg.ends_with(b"\r\n") {
             0
         } else {
             2
         };
-        return (msg.len() + dots + tail) as u64;
+        return (msg.len() + tail) as u64;
     }
     pop3_size_bytewise(msg)
 }
 
-/// The same, byte by byte: for bare CR or LF line ends.
+/// The same, byte by byte: for bare CR or LF line ends (each becomes CRLF).
 fn pop3_size_bytewise(msg: &[u8]) -> u64 {
     let mut size = 0u64;
     let mut at_line_start = true;
     let mut i = 0;
-    while i < msg.len() {
-        let c = msg[i];
-        if at_line_start && c == b'.' {
-            size += 1;
-        }
+    while let Some(&c) = msg.get(i) {
         match c {
             b'\r' if msg.get(i + 1) == Some(&b'\n') => {
                 size += 2;

@@ -511,9 +511,12 @@ impl<B: Backend> Session<B> {
             Ok(r) => r,
             Err(e) => return self.backend_err(e),
         };
-        // The wire form only ever adds bytes (CR or LF completed, dot-stuffing, a final
-        // CRLF): when its known size equals the stored size, the stored bytes are it.
-        let wire = if size == raw.len() as u64 {
+        // The known size is the stored bytes' when every line ends in CRLF (and the last
+        // too); then, without a line starting with `.`, the stored bytes are the wire form.
+        let wire = if size == raw.len() as u64
+            && raw.first() != Some(&b'.')
+            && find(&raw, b"\r\n.").is_none()
+        {
             raw
         } else {
             wire_form(&raw)

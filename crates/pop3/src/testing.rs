@@ -36,7 +36,7 @@ impl Backend for Mem {
                 .iter()
                 .map(|(uid, m)| Entry {
                     uid: *uid,
-                    size: wire_form(m).len() as u64,
+                    size: yubin_model::pop3_size(m),
                 })
                 .collect(),
         ))

@@ -34,7 +34,7 @@ impl Backend for Mem {
             msgs.iter()
                 .map(|(uid, m)| Entry {
                     uid: *uid,
-                    size: wire_form(m).len() as u64,
+                    size: yubin_model::pop3_size(m),
                 })
                 .collect(),
         ))
@@ -93,7 +93,7 @@ fn logged_in(m: Mem) -> Session<Mem> {
     let mut s = Session::new(cfg(), m, false);
     let (out, _) = talk(&mut s, "USER bob\r\nPASS secret pw\r\n");
     assert!(
-        out.ends_with("+OK maildrop has 3 messages (102 octets)\r\n"),
+        out.ends_with("+OK maildrop has 3 messages (101 octets)\r\n"),
         "{out}"
     );
     s
@@ -123,16 +123,21 @@ fn greeting_capa_and_authorization_state() {
 #[test]
 fn transaction_commands() {
     let mut s = logged_in(mem());
-    // Octet counts are those of the wire form: CRLF, and the dot-stuffed line.
+    // Octet counts are what RETR delivers once the client undid the dot-stuffing (CRLF
+    // line ends, no stuffing), as Dovecot counts; RETR itself stuffs the `.` line.
     let (out, _) = talk(&mut s, "STAT\r\nLIST\r\nLIST 2\r\nUIDL\r\nUIDL 3\r\n");
     assert_eq!(
         out,
-        "+OK 3 102\r\n+OK 3 messages\r\n1 51\r\n2 30\r\n3 21\r\n.\r\n+OK 2 30\r\n+OK 3 messages\r\n1 7.3\r\n2 7.5\r\n3 7.9\r\n.\r\n+OK 3 7.9\r\n"
+        "+OK 3 101\r\n+OK 3 messages\r\n1 50\r\n2 30\r\n3 21\r\n.\r\n+OK 2 30\r\n+OK 3 messages\r\n1 7.3\r\n2 7.5\r\n3 7.9\r\n.\r\n+OK 3 7.9\r\n"
     );
     let (out, _) = talk(&mut s, "RETR 1\r\n");
     let body = "Subject: one\r\n\r\nline 1\r\n..starts with dot\r\nline 3\r\n";
-    assert_eq!(out, format!("+OK 51 octets\r\n{body}.\r\n"));
-    assert_eq!(body.len(), 51, "LIST size equals the bytes RETR sends");
+    assert_eq!(out, format!("+OK 50 octets\r\n{body}.\r\n"));
+    assert_eq!(
+        body.len(),
+        51,
+        "the wire has one byte of stuffing beyond LIST's 50"
+    );
     let (out, _) = talk(&mut s, "RETR 2\r\nRETR 3\r\n");
     assert!(
         out.contains("Subject: two\r\n\r\nbare LF body\r\n.\r\n"),
@@ -168,7 +173,7 @@ fn deletions_happen_only_at_quit() {
     let (out, _) = talk(&mut s, "RSET\r\nSTAT\r\nDELE 2\r\n");
     assert_eq!(
         out,
-        "+OK maildrop has 3 messages\r\n+OK 3 102\r\n+OK message 2 deleted\r\n"
+        "+OK maildrop has 3 messages\r\n+OK 3 101\r\n+OK message 2 deleted\r\n"
     );
     // A dropped connection (no QUIT) deletes nothing.
     drop(s);
@@ -198,7 +203,7 @@ fn one_session_per_maildrop() {
     drop(_first);
     let (out, _) = talk(&mut second, "USER bob\r\nPASS secret pw\r\n");
     assert!(
-        out.ends_with("+OK maildrop has 3 messages (102 octets)\r\n"),
+        out.ends_with("+OK maildrop has 3 messages (101 octets)\r\n"),
         "{out}"
     );
 }
@@ -213,7 +218,7 @@ fn sasl_plain_and_stls() {
     );
     // base64("\0bob\0secret pw")
     let (out, _) = talk(&mut s, "AGJvYgBzZWNyZXQgcHc=\r\n");
-    assert_eq!(out, "+OK maildrop has 3 messages (102 octets)\r\n");
+    assert_eq!(out, "+OK maildrop has 3 messages (101 octets)\r\n");
 
     let mut s = Session::new(cfg(), mem(), false);
     let (out, _) = talk(&mut s, "AUTH PLAIN AGJvYgB3cm9uZw==\r\nAUTH PLAIN\r\n*\r\n");
@@ -258,17 +263,26 @@ fn long_lines_and_garbage() {
 
 #[test]
 fn wire_form_rules() {
+    // What LIST says (the store's size) is what the client holds after undoing the
+    // dot-stuffing of RETR (RFC 1939 §3), as Dovecot counts.
+    let unstuffed = |w: &[u8]| -> u64 {
+        let mut n = 0u64;
+        let mut start = true;
+        for &b in w {
+            if !(start && b == b'.') {
+                n += 1;
+            }
+            start = b == b'\n';
+        }
+        n
+    };
     for m in mem().msgs.lock().unwrap().iter() {
-        // The store's size (what LIST says) is the length of what RETR sends.
-        assert_eq!(wire_form(&m.1).len() as u64, yubin_model::pop3_size(&m.1));
+        assert_eq!(unstuffed(&wire_form(&m.1)), yubin_model::pop3_size(&m.1));
     }
     for m in [&b""[..], b".", b"\r", b"a\rb", b"..\n.\r\n", b"x\r\n."] {
-        assert_eq!(
-            wire_form(m).len() as u64,
-            yubin_model::pop3_size(m),
-            "{m:?}"
-        );
+        assert_eq!(unstuffed(&wire_form(m)), yubin_model::pop3_size(m), "{m:?}");
     }
+    assert_eq!(yubin_model::pop3_size(b"a\r\n.b\r\n"), 7);
     assert_eq!(wire_form(b"a\r\n.b\r\n"), b"a\r\n..b\r\n");
     assert_eq!(wire_form(b".\n"), b"..\r\n");
     assert_eq!(wire_form(b"x"), b"x\r\n");

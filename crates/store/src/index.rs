@@ -191,7 +191,7 @@ mod tests {
         assert!(t.body.contains("Schöne Grüße"));
         assert!(t.headers.contains("X-Tag: blue"));
         assert_eq!(super::extract(b""), super::SearchText::default());
-        assert_eq!(super::extract(b".x\n").pop3_size, 5);
+        assert_eq!(super::extract(b".x\n").pop3_size, 4);
         let raw = b"Subject: hi\r\nMessage-ID: <a@b>\r\n\r\nbody text\r\n";
         let e = super::extract_envelope(raw);
         let full = super::extract(raw);

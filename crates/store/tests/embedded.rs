@@ -761,8 +761,14 @@ fn schema_1_is_upgraded() {
         s.search_text(inbox, TextField::Body, "word1x").unwrap(),
         [2]
     );
-    // Mail from before the upgrade is not \Recent (schema 6).
+    // Mail from before the upgrade is not \Recent (schema 6); its POP3 sizes are counted
+    // again (without the dot-stuffing), once.
     assert_eq!(s.recent(inbox, 4, false).unwrap(), 4);
+    let sizes = s.pop3_sizes(inbox).unwrap();
+    for (uid, size) in &sizes {
+        assert_eq!(*size, yubin_model::pop3_size(&s.read(inbox, *uid).unwrap()));
+    }
+    assert_eq!(s.pop3_sizes(inbox).unwrap(), sizes);
     let blob = s
         .stage(&[b"Subject: after upgrade\r\n\r\nfresh\r\n"])
         .unwrap();

@@ -656,7 +656,11 @@ impl MailStore for SqliteStore {
     }
 
     fn changes(&self, mailbox: MailboxId, since: u64) -> Result<Changes> {
-        let c = self.reader();
+        let mut guard = self.reader();
+        // One read transaction: the three reads see the same commit. Apart, a message
+        // expunged between them was both "changed" (new) and "expunged", and a session
+        // sent an EXPUNGE for a message it had never announced.
+        let c = guard.transaction()?;
         let (highest_modseq, uid_next): (i64, u32) = c
             .prepare_cached("SELECT highest_modseq, uid_next FROM mailboxes WHERE id = ?1")?
             .query_row([mailbox], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -910,16 +914,35 @@ impl MailStore for SqliteStore {
     }
 
     fn pop3_sizes(&self, mailbox: MailboxId) -> Result<Vec<(u32, u64)>> {
-        let c = self.reader();
-        let mut st = c.prepare_cached(
-            "SELECT m.uid, coalesce(e.pop3_size, m.size) FROM messages m
-             LEFT JOIN envelopes e ON e.blob_id = m.blob_id
-             WHERE m.mailbox_id = ?1 ORDER BY m.uid",
-        )?;
-        let rows = st
-            .query_map([mailbox], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
-            .collect::<std::result::Result<_, _>>()?;
-        Ok(rows)
+        let mut rows: Vec<(u32, i64, i64)> = {
+            let c = self.reader();
+            let mut st = c.prepare_cached(
+                "SELECT m.uid, coalesce(e.pop3_size, m.size), m.blob_id FROM messages m
+                 LEFT JOIN envelopes e ON e.blob_id = m.blob_id
+                 WHERE m.mailbox_id = ?1 ORDER BY m.uid",
+            )?;
+            st.query_map([mailbox], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<std::result::Result<_, _>>()?
+        };
+        // Rows from before schema 6 counted the dot-stuffing: count them again, once.
+        let mut fixed = Vec::new();
+        for (uid, size, blob) in rows.iter_mut().filter(|r| r.1 < 0) {
+            *size = yubin_model::pop3_size(&self.read(mailbox, *uid)?) as i64;
+            fixed.push((*blob, *size));
+        }
+        if !fixed.is_empty() {
+            let mut c = self.conn();
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for (blob, size) in &fixed {
+                tx.prepare_cached("UPDATE envelopes SET pop3_size = ?2 WHERE blob_id = ?1")?
+                    .execute(params![blob, size])?;
+            }
+            tx.commit()?;
+        }
+        Ok(rows
+            .into_iter()
+            .map(|(uid, size, _)| (uid, size.max(0) as u64))
+            .collect())
     }
 
     fn usage(&self, account: AccountId) -> Result<(u64, Option<u64>)> {

@@ -94,7 +94,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         5,
         "ALTER TABLE mailboxes ADD COLUMN recent_uid INTEGER NOT NULL DEFAULT 1;
-         UPDATE mailboxes SET recent_uid = uid_next;",
+         UPDATE mailboxes SET recent_uid = uid_next;
+         UPDATE envelopes SET pop3_size = -1;",
     ),
 ];
 
@@ -189,7 +190,8 @@ CREATE TABLE envelopes(
     cc_addr TEXT NOT NULL,
     message_id TEXT NOT NULL,
     refs TEXT NOT NULL,
-    -- Size as POP3 sends it (CRLF, dot-stuffed), for STAT/LIST.
+    -- Size as POP3 LIST gives it (CRLF, not dot-stuffed: yubin_model::pop3_size); -1 for
+    -- rows from before schema 6, counted again when first listed.
     pop3_size INTEGER NOT NULL,
     -- The Date header's day as written (days since 1970-01-01), for SEARCH SENT*.
     sent_day INTEGER);
