@@ -132,13 +132,11 @@ impl Conn {
                     self.exists
                 )),
             },
-            [_, n, b"RECENT"] => {
-                if number(n).is_none_or(|n| n > self.exists) {
-                    self.error(format!(
-                        "{cmd}: RECENT above EXISTS {}: {text}",
-                        self.exists
-                    ));
-                }
+            [_, n, b"RECENT"] if number(n).is_none_or(|n| n > self.exists) => {
+                self.error(format!(
+                    "{cmd}: RECENT above EXISTS {}: {text}",
+                    self.exists
+                ));
             }
             [_, n, b"EXPUNGE"] => match number(n) {
                 Some(n) if n >= 1 && n <= self.exists => self.exists -= 1,
