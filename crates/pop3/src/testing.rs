@@ -1,7 +1,7 @@
 //! For the fuzz target `pop3_session` and the seeded random test: an in-memory maildrop
 //! and a driver that checks the session never panics or stalls.
 
-use crate::{BResult, Backend, BackendError, Config, Entry, Event, Session, wire_form};
+use crate::{BResult, Backend, BackendError, Config, Entry, Event, Session};
 
 /// Three messages (one empty, one with dot lines, one with bare LF); user `bob`,
 /// password `secret pw`.
