@@ -1051,12 +1051,12 @@ impl<B: Backend> Session<B> {
                         self.rev2 = true;
                         enabled.push(c);
                     } else if name == "CONDSTORE" && !self.condstore {
-                        self.condstore = true;
+                        self.enable_condstore();
                         enabled.push(c);
                     } else if name == "QRESYNC" && !self.qresync {
                         // RFC 7162 §3.2.3: QRESYNC implies CONDSTORE.
                         self.qresync = true;
-                        self.condstore = true;
+                        self.enable_condstore();
                         enabled.push(c);
                     }
                 }
@@ -1489,6 +1489,21 @@ impl<B: Backend> Session<B> {
         self.ok(tag, Some(code), what);
     }
 
+    /// RFC 7162 §3.1: the first CONDSTORE-enabling command other than SELECT/EXAMINE,
+    /// with a mailbox selected, is answered with its HIGHESTMODSEQ too.
+    fn enable_condstore(&mut self) {
+        if self.condstore {
+            return;
+        }
+        self.condstore = true;
+        if let Some(sel) = &self.selected {
+            let h = NonZeroU64::new(sel.highest_modseq).unwrap_or(NonZeroU64::MIN);
+            self.send(Response::Status(
+                Status::ok(None, Some(Code::HighestModSeq(h)), "Highest").expect("valid"),
+            ));
+        }
+    }
+
     /// `* FLAGS` and `* OK [PERMANENTFLAGS]` for these keywords (RFC 3501 §7.2.6), from
     /// the copy of the last ones sent when they are the same (a client re-SELECTs often).
     fn flag_lines(&mut self, keywords: &[String], read_only: bool) {
@@ -1816,7 +1831,7 @@ impl<B: Backend> Session<B> {
             );
         }
         if let Some(since) = changed_since {
-            self.condstore = true;
+            self.enable_condstore();
             if let Some(sel) = &self.selected {
                 targets.retain(|&i| sel.msgs[i].modseq > since);
             }
@@ -1837,7 +1852,7 @@ impl<B: Backend> Session<B> {
             names.insert(0, MessageDataItemName::Uid);
         }
         if names.contains(&MessageDataItemName::ModSeq) {
-            self.condstore = true;
+            self.enable_condstore();
         }
         // RFC 7162 §3.1.4.1: CHANGEDSINCE implies MODSEQ.
         if (changed_since.is_some() || self.condstore)
@@ -2102,7 +2117,7 @@ impl<B: Backend> Session<B> {
             return self.bad(tag, "Invalid sequence number");
         };
         if unchanged_since.is_some() {
-            self.condstore = true;
+            self.enable_condstore();
         }
         let Some(f) = to_flags(flags) else {
             return self.bad(tag, "Invalid flag");
@@ -2487,12 +2502,21 @@ impl<B: Backend> Session<B> {
             Ok(h) => h,
             Err(e) => return self.backend_no(tag, e),
         };
-        // RFC 7162 §3.1.5: a search with MODSEQ reports the highest MODSEQ of the matches.
+        // RFC 7162 §3.1.5: a search with MODSEQ reports the highest MODSEQ of the matches;
+        // with ESEARCH MIN and/or MAX alone, of those one or two messages (RFC 4731 §3.2).
         let uses_modseq = criteria.iter().any(search::uses_modseq);
         let top = if uses_modseq {
-            self.condstore = true;
+            self.enable_condstore();
             let sel = self.selected.as_ref();
-            hits.iter()
+            let reported: Vec<usize> = match &self.ext {
+                ext::Ext::Search(r) if (r.min || r.max) && !r.all && !r.count => {
+                    let ends = [r.min.then(|| hits.first()), r.max.then(|| hits.last())];
+                    ends.into_iter().flatten().flatten().copied().collect()
+                }
+                _ => hits.clone(),
+            };
+            reported
+                .iter()
                 .filter_map(|&i| sel.and_then(|s| s.msgs.get(i)).map(|m| m.modseq))
                 .max()
                 .and_then(NonZeroU64::new)
