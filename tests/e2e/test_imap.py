@@ -229,6 +229,7 @@ def test_idle_is_woken_by_smtp_delivery(server):
     elapsed = time.monotonic() - start
     assert line == b"* 1 EXISTS\r\n", line
     assert elapsed < 1.0, f"IDLE took {elapsed:.2f}s to report new mail"
+    assert f.readline() == b"* 1 RECENT\r\n"  # RFC 3501 §7.3.2: new mail is recent here
     sock.sendall(b"DONE\r\n")
     assert f.readline().startswith(tag + b" OK")
     sender.join()  # its QUIT must not meet the server's shutdown at the end of the test

@@ -50,6 +50,8 @@ pub trait Backend: Send {
     fn delete(&mut self, name: &str) -> BResult<()>;
     fn rename(&mut self, from: &str, to: &str) -> BResult<()>;
     fn subscribe(&mut self, name: &str, subscribed: bool) -> BResult<()>;
+    /// Every subscribed name, whether or not a mailbox has it (RFC 3501 §6.3.6).
+    fn subscriptions(&mut self) -> BResult<Vec<String>>;
     /// Shared with other sessions: copy before changing.
     fn messages(&mut self, mailbox: MailboxId) -> BResult<std::sync::Arc<Vec<MessageMeta>>>;
     fn changes(&mut self, mailbox: MailboxId, since: u64) -> BResult<Changes>;

@@ -22,6 +22,10 @@ pub struct ListOptions {
     pub return_children: bool,
     /// RFC 5819 LIST-STATUS items, upper-cased.
     pub return_status: Option<Vec<String>>,
+    /// RFC 5258 §3: RECURSIVEMATCH (with SUBSCRIBED: CHILDINFO for hidden subscriptions).
+    pub recursive: bool,
+    /// RFC 5258 §3: `LIST "" (p1 p2 ...)`; empty for one pattern.
+    pub patterns: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -139,10 +143,15 @@ pub fn extract(msg: &[u8]) -> (Cow<'_, [u8]>, Ext) {
             match w.to_ascii_uppercase().as_str() {
                 "SUBSCRIBED" => opts.select_subscribed = true,
                 "SPECIAL-USE" => opts.select_special_use = true,
-                // RECURSIVEMATCH only refines SUBSCRIBED; REMOTE has no meaning here.
-                "RECURSIVEMATCH" | "REMOTE" => {}
+                "RECURSIVEMATCH" => opts.recursive = true,
+                // No remote mailboxes here (RFC 2193).
+                "REMOTE" => {}
                 _ => return none,
             }
+        }
+        // RFC 5258 §3: RECURSIVEMATCH alone is a BAD command (the decoder says so).
+        if opts.recursive && !opts.select_subscribed {
+            return none;
         }
         body = after.strip_prefix(b" ").unwrap_or(after);
         extended = true;
@@ -186,6 +195,40 @@ pub fn extract(msg: &[u8]) -> (Cow<'_, [u8]>, Ext) {
         body = &body[..line_start + i];
         extended = true;
     }
+    // A list of patterns after the reference: the first goes to the decoder, all here.
+    let mut owned_body;
+    if let Some((reference, after)) = token(body)
+        && let Some(list) = after.strip_prefix(b" (")
+    {
+        let mut rest = list;
+        let mut patterns = Vec::new();
+        loop {
+            rest = rest.strip_prefix(b" ").unwrap_or(rest);
+            if let Some(r) = rest.strip_prefix(b")") {
+                rest = r;
+                break;
+            }
+            let Some((p, r)) = token(rest) else {
+                return none;
+            };
+            patterns.push(p);
+            rest = r;
+        }
+        if patterns.is_empty() || !rest.iter().all(|b| b.is_ascii_whitespace()) {
+            return none;
+        }
+        let _ = reference;
+        owned_body = body
+            .get(..body.len() - after.len())
+            .unwrap_or(body)
+            .to_vec();
+        owned_body.extend_from_slice(b" ");
+        owned_body.extend_from_slice(&quote(&patterns[0]));
+        owned_body.extend_from_slice(rest);
+        opts.patterns = patterns;
+        body = &owned_body;
+        extended = true;
+    }
     if !extended {
         return none;
     }
@@ -195,6 +238,54 @@ pub fn extract(msg: &[u8]) -> (Cow<'_, [u8]>, Ext) {
     out.extend_from_slice(body);
     out.extend_from_slice(tail);
     (Cow::Owned(out), Ext::List(opts))
+}
+
+/// One atom or quoted string at the start of `s` (its text, and the rest after it).
+/// Literals are not taken here: the command then goes to the decoder as it is.
+fn token(s: &[u8]) -> Option<(String, &[u8])> {
+    if let Some(q) = s.strip_prefix(b"\"") {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while let Some(&b) = q.get(i) {
+            match b {
+                b'\\' => {
+                    out.push(*q.get(i + 1)?);
+                    i += 2;
+                }
+                b'"' => return Some((String::from_utf8(out).ok()?, q.get(i + 1..)?)),
+                b'\r' | b'\n' => return None,
+                _ => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        return None;
+    }
+    let end = s
+        .iter()
+        .position(|&b| matches!(b, b' ' | b'(' | b')' | b'"' | b'{' | b'\r' | b'\n'))
+        .unwrap_or(s.len());
+    if end == 0 {
+        return None;
+    }
+    Some((
+        String::from_utf8(s.get(..end)?.to_vec()).ok()?,
+        s.get(end..)?,
+    ))
+}
+
+/// `s` as a quoted string.
+fn quote(s: &str) -> Vec<u8> {
+    let mut out = vec![b'"'];
+    for b in s.bytes() {
+        if b == b'"' || b == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
+    out
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -223,6 +314,21 @@ mod tests {
         let (c, e) = extract(b"a SEARCH ALL\r\n");
         assert_eq!((&*c, e), (&b"a SEARCH ALL\r\n"[..], Ext::None));
         assert_eq!(extract(b"a SEARCH RETURN (SAVE) ALL\r\n").1, Ext::None);
+    }
+
+    #[test]
+    fn several_list_patterns() {
+        let (cmd, e) = extract(b"t LIST \"\" (INBOX \"a b\" %/x)\r\n");
+        assert_eq!(&*cmd, b"t LIST \"\" \"INBOX\"\r\n");
+        let Ext::List(o) = e else { panic!() };
+        assert_eq!(o.patterns, ["INBOX", "a b", "%/x"]);
+        let (_, e) = extract(b"t LIST (SUBSCRIBED RECURSIVEMATCH) ref (a) RETURN (CHILDREN)\r\n");
+        assert!(
+            matches!(e, Ext::List(o) if o.recursive && o.patterns == ["a"] && o.return_children)
+        );
+        // RECURSIVEMATCH alone, or an unclosed list: left to the decoder (BAD).
+        assert_eq!(extract(b"t LIST (RECURSIVEMATCH) \"\" %\r\n").1, Ext::None);
+        assert_eq!(extract(b"t LIST \"\" (a b\r\n").1, Ext::None);
     }
 
     #[test]

@@ -1592,7 +1592,8 @@ impl<B: Backend> Session<B> {
             ListMailbox::String(s) => String::from_utf8_lossy(s.as_ref()).into_owned(),
         };
         let delimiter = QuotedChar::try_from('/').ok();
-        if pattern.is_empty() {
+        let several = matches!(&self.ext, ext::Ext::List(o) if o.patterns.len() > 1);
+        if pattern.is_empty() && !several {
             // RFC 9051 §6.3.9: an empty pattern asks for the hierarchy delimiter.
             self.data(Data::List {
                 items: vec![FlagNameAttribute::Noselect],
@@ -1601,8 +1602,6 @@ impl<B: Backend> Session<B> {
             });
             return self.ok(tag, None, "LIST completed");
         }
-        let full = format!("{reference}{pattern}");
-        let full = mutf7::decode(&full).unwrap_or(full);
         let boxes = match self.backend.list() {
             Ok(b) => b,
             Err(e) => return self.backend_no(tag, e),
@@ -1611,60 +1610,143 @@ impl<B: Backend> Session<B> {
             ext::Ext::List(o) => o.clone(),
             _ => ext::ListOptions::default(),
         };
-        for mb in &boxes {
-            if (lsub || opts.select_subscribed) && !mb.subscribed {
-                continue;
-            }
-            if opts.select_special_use && mb.special_use.is_none() {
-                continue;
-            }
-            let hit = if mb.name == "INBOX" {
-                matches_pattern(full.to_ascii_uppercase().as_bytes(), b"INBOX")
-            } else {
-                matches_pattern(full.as_bytes(), mb.name.as_bytes())
-            };
-            if !hit {
-                continue;
-            }
-            let prefix = format!("{}/", mb.name);
-            let children = boxes.iter().any(|b| b.name.starts_with(&prefix));
-            let mut items = vec![FlagNameAttribute::from(
-                Atom::try_from(if children {
-                    "HasChildren"
+        // RFC 5258 §3: several patterns, `LIST "" (p1 p2)`; a name is listed once.
+        let patterns: Vec<String> = if opts.patterns.is_empty() {
+            vec![pattern]
+        } else {
+            opts.patterns.clone()
+        };
+        let fulls: Vec<String> = patterns
+            .iter()
+            .map(|p| {
+                let full = format!("{reference}{p}");
+                mutf7::decode(&full).unwrap_or(full)
+            })
+            .collect();
+        let matches = |name: &str| {
+            fulls.iter().any(|full| {
+                if name == "INBOX" {
+                    matches_pattern(full.to_ascii_uppercase().as_bytes(), b"INBOX")
                 } else {
-                    "HasNoChildren"
-                })
-                .expect("valid atom"),
-            )];
-            if let Some(su) = &mb.special_use
-                && let Ok(a) = Atom::try_from(su.trim_start_matches('\\').to_owned())
-            {
-                items.push(FlagNameAttribute::from(a));
+                    matches_pattern(full.as_bytes(), name.as_bytes())
+                }
+            })
+        };
+        let subscribed_only = lsub || opts.select_subscribed;
+        let subs: std::collections::BTreeSet<String> = if subscribed_only {
+            match self.backend.subscriptions() {
+                Ok(s) => s.into_iter().collect(),
+                Err(e) => return self.backend_no(tag, e),
             }
-            // RFC 5258 §3.1/§3.2: \Subscribed when asked for, by selection or return option.
-            if (opts.select_subscribed || opts.return_subscribed)
-                && mb.subscribed
-                && let Ok(a) = Atom::try_from("Subscribed")
-            {
-                items.push(FlagNameAttribute::from(a));
+        } else {
+            Default::default()
+        };
+        // A name with a subscribed descendant the patterns do not reach: LSUB shows it as
+        // \Noselect (RFC 3501 §6.3.9), LIST (SUBSCRIBED RECURSIVEMATCH) with CHILDINFO
+        // (RFC 5258 §3.5).
+        let hidden_child = |name: &str| {
+            let prefix = format!("{name}/");
+            subs.iter().any(|s| s.starts_with(&prefix) && !matches(s))
+        };
+        let by_name: std::collections::HashMap<&str, &yubin_model::Mailbox> =
+            boxes.iter().map(|b| (b.name.as_str(), b)).collect();
+        let has_children = |name: &str| {
+            let prefix = format!("{name}/");
+            boxes.iter().any(|b| b.name.starts_with(&prefix))
+        };
+        // (name, listed because of a hidden subscribed descendant only)
+        let mut names: Vec<(String, bool)> = Vec::new();
+        if subscribed_only {
+            let mut seen = std::collections::BTreeSet::new();
+            for s in &subs {
+                if matches(s) && seen.insert(s.clone()) {
+                    names.push((s.clone(), false));
+                }
+                if (lsub || opts.recursive) && !matches(s) {
+                    let mut at = s.as_str();
+                    while let Some((parent, _)) = at.rsplit_once('/') {
+                        at = parent;
+                        if matches(parent) && !subs.contains(parent) && seen.insert(parent.into()) {
+                            names.push((parent.to_owned(), true));
+                        }
+                    }
+                }
             }
-            let mailbox = self.wire_mailbox(&mb.name);
-            let status = opts
-                .return_status
-                .as_ref()
-                .map(|names| (status_items(mb, names), mailbox.clone()));
+            names.sort();
+        } else {
+            names = boxes
+                .iter()
+                .filter(|mb| matches(&mb.name))
+                .map(|mb| (mb.name.clone(), false))
+                .collect();
+        }
+        for (name, ancestor_only) in names {
+            let mb = by_name.get(name.as_str()).copied();
+            if opts.select_special_use && mb.is_none_or(|m| m.special_use.is_none()) {
+                continue;
+            }
+            let atom = |a: &str| {
+                FlagNameAttribute::from(Atom::try_from(a.to_owned()).expect("valid atom"))
+            };
+            let mut items = Vec::new();
             if lsub {
-                self.data(Data::Lsub {
-                    items,
-                    delimiter,
-                    mailbox,
-                });
+                if ancestor_only {
+                    items.push(FlagNameAttribute::Noselect);
+                }
             } else {
-                self.data(Data::List {
+                match mb {
+                    Some(_) => items.push(atom(if has_children(&name) {
+                        "HasChildren"
+                    } else {
+                        "HasNoChildren"
+                    })),
+                    // RFC 5258 §3.4: a subscription naming no mailbox.
+                    None => items.push(atom("NonExistent")),
+                }
+                if let Some(su) = mb.and_then(|m| m.special_use.as_ref())
+                    && let Ok(a) = Atom::try_from(su.trim_start_matches('\\').to_owned())
+                {
+                    items.push(FlagNameAttribute::from(a));
+                }
+                // RFC 5258 §3.1/§3.2: \Subscribed when asked for, by selection or return option.
+                let is_subscribed = if subscribed_only {
+                    subs.contains(&name)
+                } else {
+                    mb.is_some_and(|m| m.subscribed)
+                };
+                if (opts.select_subscribed || opts.return_subscribed) && is_subscribed {
+                    items.push(atom("Subscribed"));
+                }
+            }
+            let mailbox = self.wire_mailbox(&name);
+            let status = match (&opts.return_status, mb) {
+                (Some(names), Some(mb)) => Some((status_items(mb, names), mailbox.clone())),
+                _ => None,
+            };
+            let data = if lsub {
+                Data::Lsub {
                     items,
                     delimiter,
                     mailbox,
-                });
+                }
+            } else {
+                Data::List {
+                    items,
+                    delimiter,
+                    mailbox,
+                }
+            };
+            if !lsub && opts.recursive && hidden_child(&name) {
+                // RFC 5258 §3.5: CHILDINFO as extended data (imap-types has no field for it).
+                let line = ResponseCodec::default()
+                    .encode(&Response::Data(data))
+                    .dump();
+                let line = line.strip_suffix(b"\r\n").unwrap_or(&line);
+                self.out.extend_from_slice(line);
+                self.out
+                    .extend_from_slice(b" (\"CHILDINFO\" (\"SUBSCRIBED\"))\r\n");
+            } else {
+                self.data(data);
             }
             // RFC 5819 §2: a STATUS response right after the mailbox's LIST response.
             if let Some((items, mailbox)) = status {

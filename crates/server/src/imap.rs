@@ -198,6 +198,10 @@ impl Backend for StoreBackend {
             .map_err(err)
     }
 
+    fn subscriptions(&mut self) -> BResult<Vec<String>> {
+        self.store.subscriptions(self.account()?).map_err(err)
+    }
+
     fn messages(&mut self, mailbox: MailboxId) -> BResult<std::sync::Arc<Vec<MessageMeta>>> {
         self.own(mailbox)?;
         self.store.messages(mailbox).map_err(err)

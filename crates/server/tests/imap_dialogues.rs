@@ -73,6 +73,10 @@ impl Backend for Watched {
         self.heavy("subscribe");
         self.0.subscribe(name, subscribed)
     }
+    fn subscriptions(&mut self) -> BResult<Vec<String>> {
+        self.heavy("subscriptions");
+        self.0.subscriptions()
+    }
     fn messages(&mut self, mailbox: MailboxId) -> BResult<Arc<Vec<MessageMeta>>> {
         self.heavy("messages");
         self.0.messages(mailbox)

@@ -218,7 +218,11 @@ pub trait MailStore: Send + Sync {
     fn delete_mailbox(&self, account: AccountId, name: &str) -> Result<()>;
     /// Renames children too; renaming INBOX moves its messages (RFC 9051 §6.3.6).
     fn rename_mailbox(&self, account: AccountId, from: &str, to: &str) -> Result<()>;
+    /// Add or remove a subscribed name (RFC 3501 §6.3.6); it need not name a mailbox, and
+    /// DELETE leaves it. New mailboxes start unsubscribed; the standard ones subscribed.
     fn subscribe(&self, account: AccountId, name: &str, subscribed: bool) -> Result<()>;
+    /// Every subscribed name of an account, sorted.
+    fn subscriptions(&self, account: AccountId) -> Result<Vec<String>>;
 
     /// A mailbox with its messages, for SELECT/EXAMINE (no per-message work when cached).
     fn select(&self, account: AccountId, name: &str) -> Result<Selection>;

@@ -746,6 +746,8 @@ fn schema_1_is_upgraded() {
          DELETE FROM meta WHERE key IN ('mailbox_seq', 'blob_seq', 'account_seq', 'account_epoch');
          ALTER TABLE envelopes DROP COLUMN sent_day;
          ALTER TABLE mailboxes DROP COLUMN recent_uid;
+         ALTER TABLE mailboxes ADD COLUMN subscribed INTEGER NOT NULL DEFAULT 1;
+         DROP TABLE subscriptions;
          DROP TRIGGER messages_added;
          DROP TRIGGER messages_removed;
          ALTER TABLE mailboxes DROP COLUMN octets;
@@ -764,6 +766,9 @@ fn schema_1_is_upgraded() {
     // Mail from before the upgrade is not \Recent (schema 6); its POP3 sizes are counted
     // again (without the dot-stuffing), once.
     assert_eq!(s.recent(inbox, 4, false).unwrap(), 4);
+    // Subscriptions became names of their own; what was subscribed still is.
+    assert!(s.subscriptions(a).unwrap().contains(&"INBOX".to_owned()));
+    assert!(s.mailbox(a, "INBOX").unwrap().subscribed);
     let sizes = s.pop3_sizes(inbox).unwrap();
     for (uid, size) in &sizes {
         assert_eq!(*size, yubin_model::pop3_size(&s.read(inbox, *uid).unwrap()));

@@ -38,7 +38,8 @@ pub(super) struct Job {
 
 /// A mailbox's row; its counts come from its snapshot ([`SqliteStore::with_counts`]).
 const MAILBOX_COLUMNS: &str = "b.id, b.name, b.uidvalidity, b.uid_next, b.highest_modseq,
-    b.special_use, b.subscribed";
+    b.special_use, EXISTS (SELECT 1 FROM subscriptions s
+                           WHERE s.account_id = b.account_id AND s.name = b.name)";
 
 fn mailbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Mailbox> {
     Ok(Mailbox {
@@ -605,20 +606,40 @@ impl MailStore for SqliteStore {
                  WHERE account_id = ?1 AND (name = ?2 OR substr(name, 1, length(?2) + 1) = ?2 || '/')",
                 params![account, from, to],
             )?;
+            // Subscriptions follow (as Dovecot's do); one already under the new name stays.
+            tx.execute(
+                "UPDATE OR REPLACE subscriptions SET name = ?3 || substr(name, length(?2) + 1)
+                 WHERE account_id = ?1 AND (name = ?2 OR substr(name, 1, length(?2) + 1) = ?2 || '/')",
+                params![account, from, to],
+            )?;
             Ok(((), vec![src.id], vec![]))
         })
     }
 
     fn subscribe(&self, account: AccountId, name: &str, subscribed: bool) -> Result<()> {
-        let name = canonical_mailbox(name);
-        let n = self.conn().execute(
-            "UPDATE mailboxes SET subscribed = ?3 WHERE account_id = ?1 AND name = ?2",
-            params![account, name, subscribed],
-        )?;
-        if n == 0 {
-            return Err(Error::NoSuchMailbox(name.to_owned()));
-        }
+        // RFC 3501 §6.3.6: a name may be subscribed whether or not a mailbox has it.
+        let name = if subscribed {
+            validate_name(name)?
+        } else {
+            canonical_mailbox(name)
+        };
+        let sql = if subscribed {
+            "INSERT OR IGNORE INTO subscriptions(account_id, name) VALUES (?1, ?2)"
+        } else {
+            "DELETE FROM subscriptions WHERE account_id = ?1 AND name = ?2"
+        };
+        self.conn().execute(sql, params![account, name])?;
         Ok(())
+    }
+
+    fn subscriptions(&self, account: AccountId) -> Result<Vec<String>> {
+        let c = self.reader();
+        let mut st =
+            c.prepare_cached("SELECT name FROM subscriptions WHERE account_id = ?1 ORDER BY name")?;
+        let names = st
+            .query_map([account], |r| r.get(0))?
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(names)
     }
 
     fn select(&self, account: AccountId, name: &str) -> Result<Selection> {

@@ -95,7 +95,13 @@ const MIGRATIONS: &[(i64, &str)] = &[
         5,
         "ALTER TABLE mailboxes ADD COLUMN recent_uid INTEGER NOT NULL DEFAULT 1;
          UPDATE mailboxes SET recent_uid = uid_next;
-         UPDATE envelopes SET pop3_size = -1;",
+         UPDATE envelopes SET pop3_size = -1;
+         CREATE TABLE subscriptions(
+             account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+             name TEXT NOT NULL,
+             PRIMARY KEY(account_id, name)) WITHOUT ROWID;
+         INSERT INTO subscriptions SELECT account_id, name FROM mailboxes WHERE subscribed = 1;
+         ALTER TABLE mailboxes DROP COLUMN subscribed;",
     ),
 ];
 
@@ -129,13 +135,17 @@ CREATE TABLE mailboxes(
     uid_next INTEGER NOT NULL DEFAULT 1,
     highest_modseq INTEGER NOT NULL DEFAULT 1,
     special_use TEXT,
-    subscribed INTEGER NOT NULL DEFAULT 1,
     -- Sum of its messages' sizes, kept by the triggers below (quota checks on every RCPT).
     octets INTEGER NOT NULL DEFAULT 0,
     -- The first UID no session has been given as recent (RFC 3501 §2.3.2); kept in memory
     -- (SqliteStore::recent) and written with the next transaction.
     recent_uid INTEGER NOT NULL DEFAULT 1,
     UNIQUE(account_id, name));
+-- Subscribed names (RFC 3501 §6.3.6): kept through DELETE, may name no mailbox.
+CREATE TABLE subscriptions(
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    PRIMARY KEY(account_id, name)) WITHOUT ROWID;
 CREATE TABLE blobs(
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -852,6 +862,11 @@ impl Directory for SqliteStore {
                 "INSERT INTO mailboxes(id, account_id, name, uidvalidity, special_use)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![Self::next_mailbox_id(&tx)?, id, name, uv, special],
+            )?;
+            // The standard mailboxes start subscribed (as Dovecot's `auto = subscribe`).
+            tx.execute(
+                "INSERT INTO subscriptions(account_id, name) VALUES (?1, ?2)",
+                params![id, name],
             )?;
         }
         if admin {
