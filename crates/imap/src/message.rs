@@ -334,7 +334,13 @@ fn envelope(raw: &[u8], m: &Message<'_>) -> Envelope<'static> {
                                 mailbox: nstring(Some(name.as_bytes().to_vec())),
                                 host: NString(None),
                             });
-                            out.extend(g.addresses.iter().map(|a| address(a, None)));
+                            // A comment alone (`group: (foo) ;`) is no member.
+                            out.extend(
+                                g.addresses
+                                    .iter()
+                                    .filter(|a| a.address.is_some())
+                                    .map(|a| address(a, None)),
+                            );
                             out.push(Address {
                                 name: NString(None),
                                 adl: NString(None),
@@ -426,6 +432,14 @@ fn address(a: &mail_parser::Addr<'_>, raw_name: Option<Vec<u8>>) -> Address<'sta
         },
         None => (None, None),
     };
+    // RFC 5322 §4.4 obs-route `@a,@b:user@host`: the route is the adl (RFC 3501 §7.4.2).
+    let (adl, mailbox) = match mailbox {
+        Some(m) if m.starts_with('@') => match m.split_once(':') {
+            Some((route, local)) => (Some(route.to_owned()), Some(local.to_owned())),
+            None => (None, Some(m)),
+        },
+        m => (None, m),
+    };
     let name = match (raw_name, a.name.as_deref()) {
         (Some(raw), _) => Some(raw),
         (None, Some(n)) => Some(encode_word(n).into_bytes()),
@@ -433,7 +447,7 @@ fn address(a: &mail_parser::Addr<'_>, raw_name: Option<Vec<u8>>) -> Address<'sta
     };
     Address {
         name: nstring(name),
-        adl: NString(None),
+        adl: nstring(adl),
         mailbox: nstring(mailbox),
         host: nstring(host),
     }
@@ -779,6 +793,24 @@ mod tests {
             "{env}"
         );
         assert!(env.contains("((NIL NIL \"team\" NIL)(NIL NIL \"a\" \"x.de\")(NIL NIL \"b\" \"x.de\")(NIL NIL NIL NIL))"), "{env}");
+    }
+
+    #[test]
+    fn envelope_groups_comments_and_routes() {
+        // RFC 3501 §7.4.2 (RFC 9051 §7.5.2): a comment in an empty group is no address;
+        // a source route goes to the adl.
+        let p = Parsed::new(
+            b"From: a@b.c\r\nTo: group1: ;, group2: (foo) ;\r\nCc: <@route1,@route2:user@host>\r\n\r\n",
+        );
+        let env = encode_item(MessageDataItem::Envelope(p.envelope()));
+        assert!(
+            env.contains("((NIL NIL \"group1\" NIL)(NIL NIL NIL NIL)(NIL NIL \"group2\" NIL)(NIL NIL NIL NIL))"),
+            "{env}"
+        );
+        assert!(
+            env.contains("((NIL \"@route1,@route2\" \"user\" \"host\"))"),
+            "{env}"
+        );
     }
 
     #[test]

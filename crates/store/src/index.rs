@@ -25,7 +25,26 @@ pub struct SearchText {
 }
 
 fn addresses(v: &HeaderValue<'_>) -> String {
+    let one = |x: &mail_parser::Addr<'_>| {
+        format!(
+            "{} <{}>",
+            x.name.as_deref().unwrap_or(""),
+            x.address.as_deref().unwrap_or("")
+        )
+    };
     match v {
+        // Group names are searched too (SEARCH TO "team" finds `To: team: a@b;`).
+        HeaderValue::Address(mail_parser::Address::Group(groups)) => groups
+            .iter()
+            .map(|g| {
+                let members: Vec<String> = g.addresses.iter().map(one).collect();
+                match &g.name {
+                    Some(n) => format!("{n}: {};", members.join(", ")),
+                    None => members.join(", "),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
         HeaderValue::Address(a) => a
             .iter()
             .map(|x| {
@@ -78,6 +97,17 @@ fn extract_parts(raw: &[u8], body: bool) -> SearchText {
         }
         let first = |v: &HeaderValue<'_>| -> (String, String) {
             match v {
+                // RFC 5256 §3 / RFC 5957 §3 take the first address of the ENVELOPE, and
+                // for a group that is its start marker: the group name (as Dovecot sorts).
+                HeaderValue::Address(mail_parser::Address::Group(groups))
+                    if groups.first().is_some_and(|g| g.name.is_some()) =>
+                {
+                    let name = groups
+                        .first()
+                        .and_then(|g| g.name.as_deref())
+                        .unwrap_or_default();
+                    (name.to_lowercase(), name.to_owned())
+                }
                 HeaderValue::Address(a) => a
                     .first()
                     .map(|x| {
@@ -180,6 +210,24 @@ fn extract_parts(raw: &[u8], body: bool) -> SearchText {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn group_names_are_keys_and_text() {
+        let t = super::extract(
+            b"From: a@b.c\r\nTo: Team Blue: x@y.z, w@y.z;\r\nCc: undisclosed-recipients:;\r\n\r\nhi\r\n",
+        );
+        assert!(
+            t.to.contains("Team Blue:") && t.to.contains("x@y.z"),
+            "{}",
+            t.to
+        );
+        assert_eq!(
+            (t.sort.to.as_str(), t.sort.to_display.as_str()),
+            ("team blue", "Team Blue")
+        );
+        assert_eq!(t.sort.cc, "undisclosed-recipients");
+        assert!(t.cc.contains("undisclosed-recipients"));
+    }
+
     #[test]
     fn extracts_decoded_text() {
         let t = super::extract(
