@@ -513,3 +513,23 @@ def test_bare_user_names_with_a_default_domain(make_server):
     m = imaplib.IMAP4("127.0.0.1", make_server().start().imap_port, timeout=30)
     with pytest.raises(imaplib.IMAP4.error):
         m.login("bob", PASSWORD)
+
+
+def test_metadata_and_within_from_imaplib(server):
+    """METADATA (RFC 5464) and WITHIN (RFC 5032) through imaplib's generic commands."""
+    imaplib.Commands.setdefault("SETMETADATA", ("AUTH", "SELECTED"))
+    imaplib.Commands.setdefault("GETMETADATA", ("AUTH", "SELECTED"))
+    m = login(server)
+    caps = m.capabilities
+    assert "METADATA" in caps and "WITHIN" in caps, caps
+    typ, _ = m._simple_command("SETMETADATA", "INBOX", '(/private/comment "for later")')
+    assert typ == "OK"
+    typ, data = m._simple_command("GETMETADATA", "INBOX", "/private/comment")
+    assert typ == "OK"
+    got = m.untagged_responses.pop("METADATA", [])
+    assert got == [b'INBOX (/private/comment "for later")'], got
+    deliver(server, "within")
+    m.select("INBOX")
+    assert m.search(None, "YOUNGER", "3600")[1] == [b"1"]
+    assert m.search(None, "OLDER", "3600")[1] == [b""]
+    m.logout()

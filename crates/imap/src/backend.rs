@@ -50,6 +50,14 @@ pub trait Backend: Send {
     fn delete(&mut self, name: &str) -> BResult<()>;
     fn rename(&mut self, from: &str, to: &str) -> BResult<()>;
     fn subscribe(&mut self, name: &str, subscribed: bool) -> BResult<()>;
+    /// RFC 5464 annotations of the mailbox called `mailbox`, or the server's (`None`).
+    fn metadata(&mut self, mailbox: Option<&str>) -> BResult<Vec<(String, Vec<u8>)>>;
+    /// Set (`Some`) or remove (`None`) annotations of a mailbox or the server, at once.
+    fn set_metadata(
+        &mut self,
+        mailbox: Option<&str>,
+        entries: &[(String, Option<Vec<u8>>)],
+    ) -> BResult<()>;
     /// Every subscribed name, whether or not a mailbox has it (RFC 3501 §6.3.6).
     fn subscriptions(&mut self) -> BResult<Vec<String>>;
     /// Shared with other sessions: copy before changing.

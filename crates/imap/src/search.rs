@@ -24,6 +24,8 @@ pub struct Context<'a> {
     pub sent: &'a HashMap<u32, i64>,
     /// UIDs (ascending) that are `\Recent` in this session.
     pub recent: &'a [u32],
+    /// The time now (Unix seconds), for YOUNGER/OLDER (RFC 5032).
+    pub now: i64,
 }
 
 /// Whether any key needs the Date header (SENTBEFORE/SENTON/SENTSINCE).
@@ -211,6 +213,9 @@ fn eval(key: &SearchKey<'_>, ctx: &Context<'_>, idx: usize, lazy: &mut Lazy<'_>)
             })
         }
         SearchKey::ModSequence { modseq, .. } => m.modseq >= *modseq,
+        // RFC 5032 §3: the internal date within (YOUNGER) or before (OLDER) the last n s.
+        SearchKey::Younger(n) => m.internal_date >= ctx.now - i64::from(n.get()),
+        SearchKey::Older(n) => m.internal_date < ctx.now - i64::from(n.get()),
         #[allow(unreachable_patterns)]
         _ => false,
     }

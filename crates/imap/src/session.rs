@@ -33,6 +33,9 @@ use imap_codec::imap_types::core::NString8;
 use imap_codec::imap_types::core::{AString, Atom, LiteralMode, QuotedChar, Tag, Text, Vec1};
 use imap_codec::imap_types::datetime::DateTime;
 use imap_codec::imap_types::extensions::binary::{Literal8, LiteralOrLiteral8};
+use imap_codec::imap_types::extensions::metadata::{
+    Depth, Entry, EntryValue, GetMetadataOption, MetadataCode, MetadataResponse,
+};
 use imap_codec::imap_types::extensions::quota::{QuotaGet, Resource};
 use imap_codec::imap_types::extensions::uidplus::{UidElement, UidSet};
 use imap_codec::imap_types::fetch::{
@@ -326,6 +329,34 @@ fn to_flags(list: &[Flag<'_>]) -> Option<Flags> {
         }
     }
     Some(f)
+}
+
+/// Longest annotation value SETMETADATA takes (RFC 5464 §4.3 `[METADATA MAXSIZE]`).
+const METADATA_MAX_SIZE: usize = 64 * 1024;
+/// Annotations per mailbox, and for the server (`[METADATA TOOMANY]`).
+const METADATA_MAX_ENTRIES: usize = 100;
+
+/// A METADATA entry name, lower-cased (RFC 5464 §3.2: they compare without case), or
+/// `None` when it is not one: it starts with /private/ or /shared/, has no empty level,
+/// no trailing slash, no wildcard, only printable ASCII.
+fn metadata_entry(raw: &[u8]) -> Option<String> {
+    let s = std::str::from_utf8(raw).ok()?.to_ascii_lowercase();
+    let rest = s
+        .strip_prefix("/private")
+        .or_else(|| s.strip_prefix("/shared"))?;
+    let ok = (rest.is_empty() || rest.starts_with('/'))
+        && !s.ends_with('/')
+        && !s.contains("//")
+        && s.len() <= 1024
+        && s.bytes()
+            .all(|b| (0x21..0x7f).contains(&b) && b != b'*' && b != b'%');
+    ok.then_some(s)
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn datetime(unix: i64) -> Option<DateTime> {
@@ -952,6 +983,8 @@ impl<B: Backend> Session<B> {
         other("COMPRESS=DEFLATE".into());
         other("QUOTA".into());
         other("QUOTA=RES-STORAGE".into());
+        other("WITHIN".into());
+        other("METADATA".into());
         other(format!("APPENDLIMIT={}", self.cfg.append_limit));
         if self.state == State::NotAuthenticated {
             if self.cfg.starttls && !self.tls {
@@ -1070,6 +1103,15 @@ impl<B: Backend> Session<B> {
                     .extend_from_slice(b"* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n");
                 self.ok(&tag, None, "NAMESPACE completed");
             }
+            CommandBody::GetMetadata {
+                options,
+                mailbox,
+                entries,
+            } => self.get_metadata(&tag, &options, &mailbox, entries.as_ref()),
+            CommandBody::SetMetadata {
+                mailbox,
+                entry_values,
+            } => self.set_metadata(&tag, &mailbox, entry_values.as_ref()),
             CommandBody::Select {
                 mailbox,
                 parameters,
@@ -1767,6 +1809,161 @@ impl<B: Backend> Session<B> {
         );
     }
 
+    /// The mailbox a METADATA command names: `None` for the server (`""`).
+    fn metadata_target(&self, m: &WireMailbox<'_>) -> Result<Option<String>, &'static str> {
+        match m {
+            WireMailbox::Other(o) if o.as_ref().is_empty() => Ok(None),
+            _ => self.mailbox_name(m).map(Some),
+        }
+    }
+
+    /// RFC 5464 §4.2 GETMETADATA: the entries asked for (NIL where there is none), and with
+    /// DEPTH those below them; MAXSIZE leaves out larger values and says how large the
+    /// largest left out was (`[METADATA LONGENTRIES n]`).
+    fn get_metadata(
+        &mut self,
+        tag: &Tag<'static>,
+        options: &[GetMetadataOption],
+        mailbox: &WireMailbox<'_>,
+        entries: &[Entry<'_>],
+    ) {
+        let target = match self.metadata_target(mailbox) {
+            Ok(t) => t,
+            Err(e) => return self.bad(tag, e),
+        };
+        let mut names = Vec::new();
+        for e in entries {
+            match metadata_entry(e.as_ref()) {
+                Some(n) => names.push(n),
+                None => return self.bad(tag, "Invalid entry name"),
+            }
+        }
+        let (mut max, mut depth) = (None, Depth::Null);
+        for o in options {
+            match o {
+                GetMetadataOption::MaxSize(n) => max = Some(*n as usize),
+                GetMetadataOption::Depth(d) => depth = d.clone(),
+            }
+        }
+        let mut stored = match self.backend.metadata(target.as_deref()) {
+            Ok(v) => v,
+            Err(e) => return self.backend_no(tag, e),
+        };
+        // RFC 6154 §4: a mailbox's special use, read-only.
+        if let Some(name) = &target
+            && let Ok(mb) = self.backend.mailbox(name)
+            && let Some(su) = mb.special_use
+        {
+            stored.push(("/private/specialuse".into(), su.into_bytes()));
+        }
+        let mut found: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+        let mut longest = 0usize;
+        for n in &names {
+            let prefix = format!("{n}/");
+            let start = found.len();
+            // An entry asked for and not there is shown as NIL (as Dovecot does).
+            let mut exact = false;
+            for (k, v) in &stored {
+                let below = k.strip_prefix(&prefix).is_some_and(|rest| match depth {
+                    Depth::Null => false,
+                    Depth::One => !rest.contains('/'),
+                    Depth::Infinity => true,
+                });
+                if k != n && !below {
+                    continue;
+                }
+                exact |= k == n;
+                if max.is_some_and(|m| v.len() > m) {
+                    // Left out; the tagged OK says how long the longest was.
+                    longest = longest.max(v.len());
+                } else if !found.iter().any(|(f, _)| f == k) {
+                    found.push((k.clone(), Some(v.clone())));
+                }
+            }
+            if !exact && !found.iter().any(|(f, _)| f == n) {
+                found.insert(start, (n.clone(), None));
+            }
+        }
+        let items: Vec<EntryValue<'static>> = found
+            .into_iter()
+            .filter_map(|(k, v)| {
+                Some(EntryValue {
+                    entry: Entry::try_from(AString::try_from(k).ok()?).ok()?,
+                    value: NString8::NString(crate::message::nstring(v)),
+                })
+            })
+            .collect();
+        if let Ok(items) = Vec1::try_from(items) {
+            let mailbox = match &target {
+                Some(n) => self.wire_mailbox(n),
+                None => WireMailbox::try_from("").unwrap_or(WireMailbox::Inbox),
+            };
+            self.data(Data::Metadata {
+                mailbox,
+                items: MetadataResponse::WithValues(items),
+            });
+        }
+        let code = (longest > 0).then(|| Code::Metadata(MetadataCode::LongEntries(longest as u32)));
+        self.ok(tag, code, "GETMETADATA completed");
+    }
+
+    /// RFC 5464 §4.3 SETMETADATA: all or nothing; NIL removes. Values up to
+    /// `METADATA_MAX_SIZE`, `METADATA_MAX_ENTRIES` per mailbox (and for the server).
+    fn set_metadata(
+        &mut self,
+        tag: &Tag<'static>,
+        mailbox: &WireMailbox<'_>,
+        entries: &[EntryValue<'_>],
+    ) {
+        let target = match self.metadata_target(mailbox) {
+            Ok(t) => t,
+            Err(e) => return self.bad(tag, e),
+        };
+        let mut changes: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+        for ev in entries {
+            let Some(name) = metadata_entry(ev.entry.as_ref()) else {
+                return self.bad(tag, "Invalid entry name");
+            };
+            if name == "/private/specialuse" {
+                return self.no(tag, None, "/private/specialuse is set by the server");
+            }
+            let value = match &ev.value {
+                NString8::NString(n) => n.0.as_ref().map(|v| v.as_ref().to_vec()),
+                NString8::Literal8(l) => Some(l.data.to_vec()),
+            };
+            if value.as_ref().is_some_and(|v| v.len() > METADATA_MAX_SIZE) {
+                let code = Code::Metadata(MetadataCode::MaxSize(METADATA_MAX_SIZE as u32));
+                return self.no(tag, Some(code), "Value too long");
+            }
+            changes.retain(|(n, _)| *n != name);
+            changes.push((name, value));
+        }
+        let stored = match self.backend.metadata(target.as_deref()) {
+            Ok(v) => v,
+            Err(e) => return self.backend_no(tag, e),
+        };
+        let mut names: std::collections::BTreeSet<&str> =
+            stored.iter().map(|(k, _)| k.as_str()).collect();
+        for (n, v) in &changes {
+            if v.is_some() {
+                names.insert(n);
+            } else {
+                names.remove(n.as_str());
+            }
+        }
+        if names.len() > METADATA_MAX_ENTRIES {
+            return self.no(
+                tag,
+                Some(Code::Metadata(MetadataCode::TooMany)),
+                "Too many annotations",
+            );
+        }
+        match self.backend.set_metadata(target.as_deref(), &changes) {
+            Ok(()) => self.ok(tag, None, "SETMETADATA completed"),
+            Err(e) => self.backend_no(tag, e),
+        }
+    }
+
     fn status(
         &mut self,
         tag: &Tag<'static>,
@@ -1828,14 +2025,7 @@ impl<B: Backend> Session<B> {
         if data.len() > self.cfg.append_limit as usize {
             return self.no(tag, Some(Code::TooBig), "Message exceeds APPENDLIMIT");
         }
-        let when = date.map_or_else(
-            || {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64)
-            },
-            |d| d.as_ref().timestamp(),
-        );
+        let when = date.map_or_else(unix_now, |d| d.as_ref().timestamp());
         match self.backend.append(&name, &f, when, data) {
             Ok((uidvalidity, uid)) => {
                 self.refresh(true);
@@ -2560,6 +2750,7 @@ impl<B: Backend> Session<B> {
                 .selected
                 .as_ref()
                 .map_or(Vec::new(), |s| s.recent.clone()),
+            now: unix_now(),
         };
         let mut hits = Vec::new();
         for (i, m) in msgs.iter().enumerate() {

@@ -198,6 +198,28 @@ impl Backend for StoreBackend {
             .map_err(err)
     }
 
+    fn metadata(&mut self, mailbox: Option<&str>) -> BResult<Vec<(String, Vec<u8>)>> {
+        let account = self.account()?;
+        let id = match mailbox {
+            Some(name) => Some(self.store.mailbox(account, name).map_err(err)?.id),
+            None => None,
+        };
+        self.store.metadata(account, id).map_err(err)
+    }
+
+    fn set_metadata(
+        &mut self,
+        mailbox: Option<&str>,
+        entries: &[(String, Option<Vec<u8>>)],
+    ) -> BResult<()> {
+        let account = self.account()?;
+        let id = match mailbox {
+            Some(name) => Some(self.store.mailbox(account, name).map_err(err)?.id),
+            None => None,
+        };
+        self.store.set_metadata(account, id, entries).map_err(err)
+    }
+
     fn subscriptions(&mut self) -> BResult<Vec<String>> {
         self.store.subscriptions(self.account()?).map_err(err)
     }

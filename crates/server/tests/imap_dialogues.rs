@@ -73,6 +73,18 @@ impl Backend for Watched {
         self.heavy("subscribe");
         self.0.subscribe(name, subscribed)
     }
+    fn metadata(&mut self, mailbox: Option<&str>) -> BResult<Vec<(String, Vec<u8>)>> {
+        self.heavy("metadata");
+        self.0.metadata(mailbox)
+    }
+    fn set_metadata(
+        &mut self,
+        mailbox: Option<&str>,
+        entries: &[(String, Option<Vec<u8>>)],
+    ) -> BResult<()> {
+        self.heavy("set_metadata");
+        self.0.set_metadata(mailbox, entries)
+    }
     fn subscriptions(&mut self) -> BResult<Vec<String>> {
         self.heavy("subscriptions");
         self.0.subscriptions()

@@ -221,6 +221,20 @@ pub trait MailStore: Send + Sync {
     /// Add or remove a subscribed name (RFC 3501 §6.3.6); it need not name a mailbox, and
     /// DELETE leaves it. New mailboxes start unsubscribed; the standard ones subscribed.
     fn subscribe(&self, account: AccountId, name: &str, subscribed: bool) -> Result<()>;
+    /// RFC 5464 annotations of a mailbox, or the server's for this account (`None`):
+    /// (entry, value) by entry name, names lower-cased.
+    fn metadata(
+        &self,
+        account: AccountId,
+        mailbox: Option<MailboxId>,
+    ) -> Result<Vec<(String, Vec<u8>)>>;
+    /// Set (or, with `None`, remove) annotations, all in one transaction.
+    fn set_metadata(
+        &self,
+        account: AccountId,
+        mailbox: Option<MailboxId>,
+        entries: &[(String, Option<Vec<u8>>)],
+    ) -> Result<()>;
     /// Every subscribed name of an account, sorted.
     fn subscriptions(&self, account: AccountId) -> Result<Vec<String>>;
 

@@ -748,6 +748,7 @@ fn schema_1_is_upgraded() {
          ALTER TABLE mailboxes DROP COLUMN recent_uid;
          ALTER TABLE mailboxes ADD COLUMN subscribed INTEGER NOT NULL DEFAULT 1;
          DROP TABLE subscriptions;
+         DROP TABLE metadata;
          DROP TRIGGER messages_added;
          DROP TRIGGER messages_removed;
          ALTER TABLE mailboxes DROP COLUMN octets;

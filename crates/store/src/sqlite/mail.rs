@@ -553,6 +553,7 @@ impl MailStore for SqliteStore {
             }
             let dead = Self::release_messages(tx, "m.mailbox_id = ?1", mb.id)?;
             tx.execute("DELETE FROM mailboxes WHERE id = ?1", [mb.id])?;
+            tx.execute("DELETE FROM metadata WHERE mailbox_id = ?1", [mb.id])?;
             Ok((mb.id, vec![mb.id], dead))
         })
         .map(|id| self.snapshots.forget(id))
@@ -629,6 +630,53 @@ impl MailStore for SqliteStore {
             "DELETE FROM subscriptions WHERE account_id = ?1 AND name = ?2"
         };
         self.conn().execute(sql, params![account, name])?;
+        Ok(())
+    }
+
+    fn metadata(
+        &self,
+        account: AccountId,
+        mailbox: Option<MailboxId>,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let c = self.reader();
+        let mut st = c.prepare_cached(
+            "SELECT entry, value FROM metadata WHERE account_id = ?1 AND mailbox_id = ?2
+             ORDER BY entry",
+        )?;
+        let rows = st
+            .query_map(params![account, mailbox.unwrap_or(0)], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    fn set_metadata(
+        &self,
+        account: AccountId,
+        mailbox: Option<MailboxId>,
+        entries: &[(String, Option<Vec<u8>>)],
+    ) -> Result<()> {
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for (entry, value) in entries {
+            let entry = entry.to_ascii_lowercase();
+            match value {
+                Some(v) => tx
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO metadata(account_id, mailbox_id, entry, value)
+                         VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![account, mailbox.unwrap_or(0), entry, v])?,
+                None => tx
+                    .prepare_cached(
+                        "DELETE FROM metadata WHERE account_id = ?1 AND mailbox_id = ?2
+                         AND entry = ?3",
+                    )?
+                    .execute(params![account, mailbox.unwrap_or(0), entry])?,
+            };
+        }
+        tx.commit()?;
         Ok(())
     }
 

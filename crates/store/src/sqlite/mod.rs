@@ -101,7 +101,13 @@ const MIGRATIONS: &[(i64, &str)] = &[
              name TEXT NOT NULL,
              PRIMARY KEY(account_id, name)) WITHOUT ROWID;
          INSERT INTO subscriptions SELECT account_id, name FROM mailboxes WHERE subscribed = 1;
-         ALTER TABLE mailboxes DROP COLUMN subscribed;",
+         ALTER TABLE mailboxes DROP COLUMN subscribed;
+         CREATE TABLE metadata(
+             account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+             mailbox_id INTEGER NOT NULL,
+             entry TEXT NOT NULL,
+             value BLOB NOT NULL,
+             PRIMARY KEY(account_id, mailbox_id, entry)) WITHOUT ROWID;",
     ),
 ];
 
@@ -146,6 +152,13 @@ CREATE TABLE subscriptions(
     account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
     name TEXT NOT NULL,
     PRIMARY KEY(account_id, name)) WITHOUT ROWID;
+-- RFC 5464 annotations: mailbox_id 0 holds the server's (per account); entry lower-cased.
+CREATE TABLE metadata(
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    mailbox_id INTEGER NOT NULL,
+    entry TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY(account_id, mailbox_id, entry)) WITHOUT ROWID;
 CREATE TABLE blobs(
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
