@@ -1903,7 +1903,8 @@ impl<B: Backend> Session<B> {
                 items: MetadataResponse::WithValues(items),
             });
         }
-        let code = (longest > 0).then(|| Code::Metadata(MetadataCode::LongEntries(longest as u32)));
+        let code =
+            (longest > 0).then_some(Code::Metadata(MetadataCode::LongEntries(longest as u32)));
         self.ok(tag, code, "GETMETADATA completed");
     }
 
