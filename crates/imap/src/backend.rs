@@ -47,6 +47,8 @@ pub trait Backend: Send {
         Ok(uid_next)
     }
     fn create(&mut self, name: &str) -> BResult<()>;
+    /// CREATE with an RFC 6154 special use (`\Sent`...), CREATE-SPECIAL-USE.
+    fn create_special(&mut self, name: &str, special_use: &str) -> BResult<()>;
     fn delete(&mut self, name: &str) -> BResult<()>;
     fn rename(&mut self, from: &str, to: &str) -> BResult<()>;
     fn subscribe(&mut self, name: &str, subscribed: bool) -> BResult<()>;

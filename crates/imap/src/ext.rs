@@ -34,6 +34,8 @@ pub enum Ext {
     None,
     Search(SearchReturn),
     List(ListOptions),
+    /// RFC 6154 §3 `CREATE name (USE (\Sent ...))`: the attributes, as sent.
+    Create(Vec<String>),
 }
 
 /// `(A B (C D))` at the start of `s`: the words inside (nested lists flattened into one
@@ -128,6 +130,34 @@ pub fn extract(msg: &[u8]) -> (Cow<'_, [u8]>, Ext) {
         out.extend_from_slice(b"SEARCH");
         out.extend_from_slice(after);
         return (Cow::Owned(out), Ext::Search(r));
+    }
+    if uid.is_empty() && starts_with_ci(rest, b"CREATE ") {
+        // The options end the command's last line: `... (USE (\Drafts))`.
+        let line_start = msg[..msg.len().saturating_sub(2)]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let upper = msg[line_start..].to_ascii_uppercase();
+        let Some(at) = find(&upper, b" (USE (").map(|i| line_start + i) else {
+            return none;
+        };
+        let Some((words, after)) = paren_words(&msg[at + 1..]) else {
+            return none;
+        };
+        let uses = match words.as_slice() {
+            [kw, list] if kw.eq_ignore_ascii_case("USE") => list
+                .strip_prefix('(')
+                .and_then(|l| l.strip_suffix(')'))
+                .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>()),
+            _ => None,
+        };
+        let Some(uses) = uses else { return none };
+        if !after.iter().all(|b| b.is_ascii_whitespace()) {
+            return none;
+        }
+        let mut out = msg[..at].to_vec();
+        out.extend_from_slice(after);
+        return (Cow::Owned(out), Ext::Create(uses));
     }
     if !uid.is_empty() || !starts_with_ci(rest, b"LIST ") {
         return none;
@@ -314,6 +344,15 @@ mod tests {
         let (c, e) = extract(b"a SEARCH ALL\r\n");
         assert_eq!((&*c, e), (&b"a SEARCH ALL\r\n"[..], Ext::None));
         assert_eq!(extract(b"a SEARCH RETURN (SAVE) ALL\r\n").1, Ext::None);
+    }
+
+    #[test]
+    fn create_special_use() {
+        let (cmd, e) = extract(b"t CREATE \"My Sent\" (USE (\\Sent))\r\n");
+        assert_eq!(&*cmd, b"t CREATE \"My Sent\"\r\n");
+        assert_eq!(e, Ext::Create(vec!["\\Sent".into()]));
+        assert_eq!(extract(b"t CREATE x (USE (\\Sent)) y\r\n").1, Ext::None);
+        assert_eq!(extract(b"t CREATE x\r\n").1, Ext::None);
     }
 
     #[test]

@@ -969,6 +969,7 @@ impl<B: Backend> Session<B> {
         other("MOVE".into());
         other("NAMESPACE".into());
         other("SPECIAL-USE".into());
+        other("CREATE-SPECIAL-USE".into());
         other("CHILDREN".into());
         other("CONDSTORE".into());
         other("QRESYNC".into());
@@ -1120,6 +1121,9 @@ impl<B: Backend> Session<B> {
                 mailbox,
                 parameters,
             } => self.select(&tag, &mailbox, true, &parameters),
+            CommandBody::Create { mailbox } if matches!(self.ext, ext::Ext::Create(_)) => {
+                self.create_special(&tag, &mailbox)
+            }
             CommandBody::Create { mailbox } => {
                 // RFC 3501 §6.3.3 / RFC 9051 §6.3.4: a trailing separator only declares
                 // that children will follow; a server that needs no such declaration
@@ -1807,6 +1811,48 @@ impl<B: Backend> Session<B> {
                 "LIST completed"
             },
         );
+    }
+
+    /// RFC 6154 §3 CREATE-SPECIAL-USE: one of the attributes of §2 (yubin keeps one per
+    /// mailbox); anything else is `NO [USEATTR]`.
+    fn create_special(&mut self, tag: &Tag<'static>, mailbox: &WireMailbox<'_>) {
+        const USES: [&str; 7] = [
+            "\\All",
+            "\\Archive",
+            "\\Drafts",
+            "\\Flagged",
+            "\\Junk",
+            "\\Sent",
+            "\\Trash",
+        ];
+        let ext::Ext::Create(uses) = std::mem::take(&mut self.ext) else {
+            return;
+        };
+        let name = match self.mailbox_name(mailbox) {
+            Ok(n) => n,
+            Err(e) => return self.bad(tag, e),
+        };
+        let useattr = || {
+            Code::Other(imap_codec::imap_types::response::CodeOther::unvalidated(
+                b"USEATTR".as_slice(),
+            ))
+        };
+        let known: Vec<&str> = uses
+            .iter()
+            .filter_map(|u| USES.iter().find(|k| k.eq_ignore_ascii_case(u)).copied())
+            .collect();
+        match known.as_slice() {
+            [one] if uses.len() == 1 => {
+                let one = one.to_string();
+                let name = name.strip_suffix('/').unwrap_or(&name).to_owned();
+                match self.backend.create_special(&name, &one) {
+                    Ok(()) => self.ok(tag, None, "CREATE completed"),
+                    Err(e) => self.backend_no(tag, e),
+                }
+            }
+            [] | [_] => self.no(tag, Some(useattr()), "Unknown special use"),
+            _ => self.no(tag, Some(useattr()), "One special use per mailbox"),
+        }
     }
 
     /// The mailbox a METADATA command names: `None` for the server (`""`).

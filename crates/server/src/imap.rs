@@ -180,6 +180,13 @@ impl Backend for StoreBackend {
             .map_err(err)
     }
 
+    fn create_special(&mut self, name: &str, special_use: &str) -> BResult<()> {
+        self.store
+            .create_special_mailbox(self.account()?, name, Some(special_use))
+            .map(|_| ())
+            .map_err(err)
+    }
+
     fn delete(&mut self, name: &str) -> BResult<()> {
         self.store
             .delete_mailbox(self.account()?, name)

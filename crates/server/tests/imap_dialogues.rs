@@ -61,6 +61,10 @@ impl Backend for Watched {
         self.heavy("create");
         self.0.create(name)
     }
+    fn create_special(&mut self, name: &str, special_use: &str) -> BResult<()> {
+        self.heavy("create_special");
+        self.0.create_special(name, special_use)
+    }
     fn delete(&mut self, name: &str) -> BResult<()> {
         self.heavy("delete");
         self.0.delete(name)

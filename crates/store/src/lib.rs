@@ -214,6 +214,14 @@ pub trait MailStore: Send + Sync {
     fn mailbox(&self, account: AccountId, name: &str) -> Result<Mailbox>;
     /// Creates missing parents too (RFC 9051 §6.3.4).
     fn create_mailbox(&self, account: AccountId, name: &str) -> Result<Mailbox>;
+    /// `create_mailbox`, the new mailbox with an RFC 6154 special use such as `\Sent`
+    /// (CREATE-SPECIAL-USE, RFC 6154 §3).
+    fn create_special_mailbox(
+        &self,
+        account: AccountId,
+        name: &str,
+        special_use: Option<&str>,
+    ) -> Result<Mailbox>;
     /// Refuses INBOX and mailboxes with children; removes the mailbox's messages.
     fn delete_mailbox(&self, account: AccountId, name: &str) -> Result<()>;
     /// Renames children too; renaming INBOX moves its messages (RFC 9051 §6.3.6).

@@ -515,6 +515,15 @@ impl MailStore for SqliteStore {
     }
 
     fn create_mailbox(&self, account: AccountId, name: &str) -> Result<Mailbox> {
+        self.create_special_mailbox(account, name, None)
+    }
+
+    fn create_special_mailbox(
+        &self,
+        account: AccountId,
+        name: &str,
+        special_use: Option<&str>,
+    ) -> Result<Mailbox> {
         let name = validate_name(name)?;
         self.write_then_notify(|tx| {
             if Self::mailbox_in(tx, account, name).is_ok() {
@@ -530,6 +539,12 @@ impl MailStore for SqliteStore {
                 if Self::mailbox_in(tx, account, &prefix).is_err() {
                     Self::insert_mailbox(tx, account, &prefix)?;
                 }
+            }
+            if let Some(u) = special_use {
+                tx.execute(
+                    "UPDATE mailboxes SET special_use = ?3 WHERE account_id = ?1 AND name = ?2",
+                    params![account, name, u],
+                )?;
             }
             Ok((Self::mailbox_in(tx, account, name)?, vec![], vec![]))
         })
