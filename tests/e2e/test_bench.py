@@ -20,7 +20,13 @@ def test_bench_smoke(tmp_path):
     names = [l.split("|")[1].strip() for l in rows]
     assert names == ["noop", "select", "fetch_flags_all", "fetch_1000_bodies", "search_header",
                      "search_body", "store_10000", "mixed", "mixed_p50", "mixed_p99", "idle_rss", "pop3",
-                     "smtp_4k_10", "smtp_4k_50", "smtp_256k_10", "smtp_256k_50"]
+                     "smtp_4k_10", "smtp_4k_50", "smtp_256k_10", "smtp_256k_50",
+                     "stress_10", "stress_10_login_p50", "stress_10_errors",
+                     "stress_50", "stress_50_login_p50", "stress_50_errors"]
+    # The stress rows check every reply: yubin (and Dovecot, when measured) found no errors.
+    for l in rows:
+        if l.split("|")[1].strip().endswith("_errors"):
+            assert all(c.strip() in ("0 errors", "") for c in l.split("|")[2:5]), l
     if os.geteuid() == 0:
         # Dovecot was measured too: every row has a ratio.
         assert all(l.split("|")[3].strip() for l in rows), table

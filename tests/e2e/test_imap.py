@@ -533,3 +533,16 @@ def test_metadata_and_within_from_imaplib(server):
     assert m.search(None, "YOUNGER", "3600")[1] == [b"1"]
     assert m.search(None, "OLDER", "3600")[1] == [b""]
     m.logout()
+
+
+def test_preview_from_imaplib(server):
+    """PREVIEW (RFC 8970): ASCII as a quoted string, other text as a literal."""
+    deliver(server, "ascii", body="Lunch   at\r\n noon?")
+    deliver(server, "utf8", body="Grüße aus Köln", extra="Content-Type: text/plain; charset=utf-8\r\n")
+    m = login(server)
+    m.select("INBOX", readonly=True)
+    typ, data = m.fetch("1:2", "(PREVIEW)")
+    assert typ == "OK", data
+    assert data[0] == b'1 (PREVIEW "Lunch at noon?")', data
+    assert data[1][1] == "Grüße aus Köln".encode(), data
+    m.logout()

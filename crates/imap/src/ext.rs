@@ -36,6 +36,11 @@ pub enum Ext {
     List(ListOptions),
     /// RFC 6154 §3 `CREATE name (USE (\Sent ...))`: the attributes, as sent.
     Create(Vec<String>),
+    /// RFC 8970 FETCH ... PREVIEW; `only`: it was the one item asked for (the decoder
+    /// was given `UID` in its place).
+    Preview {
+        only: bool,
+    },
 }
 
 /// `(A B (C D))` at the start of `s`: the words inside (nested lists flattened into one
@@ -130,6 +135,9 @@ pub fn extract(msg: &[u8]) -> (Cow<'_, [u8]>, Ext) {
         out.extend_from_slice(b"SEARCH");
         out.extend_from_slice(after);
         return (Cow::Owned(out), Ext::Search(r));
+    }
+    if starts_with_ci(rest, b"FETCH ") {
+        return fetch_preview(msg, tag.len() + uid.len() + 6).unwrap_or(none);
     }
     if uid.is_empty() && starts_with_ci(rest, b"CREATE ") {
         // The options end the command's last line: `... (USE (\Drafts))`.
@@ -270,6 +278,68 @@ pub fn extract(msg: &[u8]) -> (Cow<'_, [u8]>, Ext) {
     (Cow::Owned(out), Ext::List(opts))
 }
 
+/// `FETCH set PREVIEW` or `FETCH set (... PREVIEW [(LAZY)] ...)` (RFC 8970 §3): the command
+/// without it. `at` is where the sequence set starts.
+fn fetch_preview(msg: &[u8], at: usize) -> Option<(Cow<'_, [u8]>, Ext)> {
+    let rest = msg.get(at..)?;
+    let sp = rest.iter().position(|&b| b == b' ')?;
+    let items_at = at + sp + 1;
+    let items = msg.get(items_at..)?;
+    let upper = items.to_ascii_uppercase();
+    let word = b"PREVIEW";
+    // The item, as a whole word.
+    let mut pos = None;
+    let mut i = 0;
+    while let Some(k) = find(upper.get(i..)?, word) {
+        let s = i + k;
+        let before = s.checked_sub(1).and_then(|b| upper.get(b)).copied();
+        let after = upper.get(s + word.len()).copied();
+        let edge = |c: Option<u8>| c.is_none_or(|c| matches!(c, b' ' | b'(' | b')' | b'\r'));
+        // Not a header name inside BODY[HEADER.FIELDS (...)].
+        let head = upper.get(..s)?;
+        let in_section = head.iter().filter(|&&b| b == b'[').count()
+            > head.iter().filter(|&&b| b == b']').count();
+        if edge(before) && edge(after) && !in_section {
+            pos = Some(s);
+            break;
+        }
+        i = s + word.len();
+    }
+    let s = pos?;
+    let mut end = s + word.len();
+    // RFC 8970 §3.1: PREVIEW (LAZY): this server always has the preview ready.
+    if upper.get(end..)?.starts_with(b" (LAZY)") {
+        end += 7;
+    }
+    let mut out = msg.get(..items_at)?.to_vec();
+    let before = items.get(..s)?;
+    let after = items.get(end..)?;
+    let only = if before.is_empty() {
+        // `FETCH 1 PREVIEW`: one item, no list.
+        out.extend_from_slice(b"UID");
+        out.extend_from_slice(after);
+        true
+    } else {
+        let before = before.strip_suffix(b" ").unwrap_or(before);
+        let after = if before.ends_with(b"(") {
+            after.strip_prefix(b" ").unwrap_or(after)
+        } else {
+            after
+        };
+        if before.ends_with(b"(") && after.starts_with(b")") {
+            out.extend_from_slice(before);
+            out.extend_from_slice(b"UID");
+            out.extend_from_slice(after);
+            true
+        } else {
+            out.extend_from_slice(before);
+            out.extend_from_slice(after);
+            false
+        }
+    };
+    Some((Cow::Owned(out), Ext::Preview { only }))
+}
+
 /// One atom or quoted string at the start of `s` (its text, and the rest after it).
 /// Literals are not taken here: the command then goes to the decoder as it is.
 fn token(s: &[u8]) -> Option<(String, &[u8])> {
@@ -344,6 +414,48 @@ mod tests {
         let (c, e) = extract(b"a SEARCH ALL\r\n");
         assert_eq!((&*c, e), (&b"a SEARCH ALL\r\n"[..], Ext::None));
         assert_eq!(extract(b"a SEARCH RETURN (SAVE) ALL\r\n").1, Ext::None);
+    }
+
+    #[test]
+    fn fetch_preview() {
+        let cases: [(&[u8], &[u8], bool); 6] = [
+            (b"t FETCH 1 PREVIEW\r\n", b"t FETCH 1 UID\r\n", true),
+            (b"t FETCH 1:* (PREVIEW)\r\n", b"t FETCH 1:* (UID)\r\n", true),
+            (
+                b"t UID FETCH 1 (FLAGS PREVIEW)\r\n",
+                b"t UID FETCH 1 (FLAGS)\r\n",
+                false,
+            ),
+            (
+                b"t FETCH 1 (preview (lazy) FLAGS)\r\n",
+                b"t FETCH 1 (FLAGS)\r\n",
+                false,
+            ),
+            (
+                b"t FETCH 1 (UID PREVIEW (LAZY))\r\n",
+                b"t FETCH 1 (UID)\r\n",
+                false,
+            ),
+            (
+                b"t FETCH 2 (PREVIEW (LAZY))\r\n",
+                b"t FETCH 2 (UID)\r\n",
+                true,
+            ),
+        ];
+        for (cmd, want, only) in cases {
+            let (got, e) = extract(cmd);
+            assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+            assert_eq!(e, Ext::Preview { only });
+        }
+        assert_eq!(
+            extract(b"t FETCH 1 (BODY[HEADER.FIELDS (X-PREVIEWS)])\r\n").1,
+            Ext::None
+        );
+        assert_eq!(
+            extract(b"t FETCH 1 (BODY[HEADER.FIELDS (PREVIEW)])\r\n").1,
+            Ext::None
+        );
+        assert_eq!(extract(b"t FETCH 1 FLAGS\r\n").1, Ext::None);
     }
 
     #[test]

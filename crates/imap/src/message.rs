@@ -83,6 +83,40 @@ impl<'a> Parsed<'a> {
         envelope(self.raw, self.msg())
     }
 
+    /// RFC 8970 §4 PREVIEW: the start of the first text part (HTML made text), white space
+    /// collapsed, at most 256 characters; empty when there is no text.
+    pub fn preview(&self) -> String {
+        const MAX: usize = 256;
+        let m = self.msg();
+        let Some(text) = m.body_text(0) else {
+            return String::new();
+        };
+        let mut out = String::with_capacity(MAX);
+        let mut count = 0;
+        // Only as much of the text as can show (a body may be megabytes).
+        for word in text.split_whitespace() {
+            let n = word.chars().count();
+            let room = MAX - count - usize::from(count > 0);
+            if count > 0 {
+                if room == 0 {
+                    break;
+                }
+                out.push(' ');
+                count += 1;
+            }
+            if n > room {
+                out.extend(word.chars().take(room));
+                break;
+            }
+            out.push_str(word);
+            count += n;
+            if count >= MAX {
+                break;
+            }
+        }
+        out
+    }
+
     pub fn body_structure(&self, extensions: bool) -> BodyStructure<'static> {
         structure(self.raw, self.msg(), 0, extensions)
     }
@@ -793,6 +827,20 @@ mod tests {
             "{env}"
         );
         assert!(env.contains("((NIL NIL \"team\" NIL)(NIL NIL \"a\" \"x.de\")(NIL NIL \"b\" \"x.de\")(NIL NIL NIL NIL))"), "{env}");
+    }
+
+    #[test]
+    fn preview_is_the_text_start() {
+        let p = Parsed::new(NESTED);
+        assert_eq!(p.preview(), "hello");
+        let long = format!("Subject: x\r\n\r\n  {}\r\n", "wörd ".repeat(100));
+        let p = Parsed::new(long.as_bytes());
+        let v = p.preview();
+        assert_eq!(v.chars().count(), 256, "{v}");
+        assert!(v.starts_with("wörd wörd") && !v.contains("  "));
+        let html = b"Content-Type: text/html\r\n\r\n<p>Hi <b>there</b></p>\r\n";
+        assert_eq!(Parsed::new(html).preview(), "Hi there");
+        assert_eq!(Parsed::new(b"Subject: empty\r\n\r\n").preview(), "");
     }
 
     #[test]

@@ -116,6 +116,8 @@ struct FetchJob {
     uid: bool,
     /// Bodies read ahead for the next messages, by UID.
     bodies: std::collections::HashMap<u32, Result<Vec<u8>, BackendError>>,
+    /// RFC 8970 PREVIEW asked for.
+    preview: bool,
 }
 
 enum Mode {
@@ -986,6 +988,7 @@ impl<B: Backend> Session<B> {
         other("QUOTA=RES-STORAGE".into());
         other("WITHIN".into());
         other("METADATA".into());
+        other("PREVIEW".into());
         other(format!("APPENDLIMIT={}", self.cfg.append_limit));
         if self.state == State::NotAuthenticated {
             if self.cfg.starttls && !self.tls {
@@ -2194,6 +2197,17 @@ impl<B: Backend> Session<B> {
                     | MessageDataItemName::BinarySize { .. }
             )
         });
+        // RFC 8970 PREVIEW (cut out of the command by ext.rs; a lone one stood in as UID).
+        let preview = match self.ext {
+            ext::Ext::Preview { only } => {
+                if only && !uid {
+                    names.retain(|n| *n != MessageDataItemName::Uid);
+                }
+                true
+            }
+            _ => false,
+        };
+        let needs_body = needs_body || preview;
         let (id, read_only) = match &self.selected {
             Some(s) => (s.id, s.read_only),
             None => return,
@@ -2207,6 +2221,7 @@ impl<B: Backend> Session<B> {
             read_only,
             uid,
             bodies: Default::default(),
+            preview,
         });
     }
 
@@ -2407,7 +2422,10 @@ impl<B: Backend> Session<B> {
                 };
                 out.push(MessageDataItem::Flags(self.fetch_flags(&shown)));
             }
-            if origins.is_empty() {
+            let only_preview = out.is_empty();
+            if only_preview {
+                // Nothing but PREVIEW: written below.
+            } else if origins.is_empty() {
                 if !write_simple_fetch(&mut self.out, idx as u32 + 1, &out)
                     && let Ok(items) = Vec1::try_from(out)
                 {
@@ -2418,6 +2436,31 @@ impl<B: Backend> Session<B> {
                 }
             } else {
                 self.fetch_with_origins(idx as u32 + 1, out, &origins);
+            }
+            if job.preview {
+                // imap-types has no PREVIEW item: it goes at the end of the response.
+                let text = parsed.as_ref().map(|p| p.preview()).unwrap_or_default();
+                let mut item = b"PREVIEW ".to_vec();
+                if text
+                    .bytes()
+                    .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+                {
+                    item.push(b'"');
+                    item.extend_from_slice(text.as_bytes());
+                    item.push(b'"');
+                } else {
+                    item.extend_from_slice(format!("{{{}}}\r\n", text.len()).as_bytes());
+                    item.extend_from_slice(text.as_bytes());
+                }
+                if only_preview {
+                    self.out
+                        .extend_from_slice(format!("* {} FETCH (", idx + 1).as_bytes());
+                } else if self.out.ends_with(b")\r\n") {
+                    self.out.truncate(self.out.len() - 3);
+                    self.out.push(b' ');
+                }
+                self.out.extend_from_slice(&item);
+                self.out.extend_from_slice(b")\r\n");
             }
         }
         self.refresh(job.uid);
