@@ -1008,6 +1008,11 @@ impl<B: Backend> Session<B> {
     fn command(&mut self, cmd: Command<'static>) {
         let tag = cmd.tag;
         let authed = self.state == State::Authenticated;
+        if !matches!(cmd.body, CommandBody::Logout | CommandBody::Capability)
+            && self.selected_deleted()
+        {
+            return;
+        }
         let selected = self.selected.is_some();
         match cmd.body {
             CommandBody::Capability => {
@@ -1536,6 +1541,26 @@ impl<B: Backend> Session<B> {
             (Code::ReadWrite, "SELECT completed")
         };
         self.ok(tag, Some(code), what);
+    }
+
+    /// Another session deleted the selected mailbox: RFC 3501 leaves the outcome open; as
+    /// Dovecot, the session ends (a client then reconnects and sees the mailbox gone),
+    /// instead of answering from a mailbox that is no more.
+    fn selected_deleted(&mut self) -> bool {
+        let Some(sel) = &self.selected else {
+            return false;
+        };
+        match self.backend.changes(sel.id, u64::MAX) {
+            Err(BackendError::NotFound(_)) => {
+                self.out.extend_from_slice(
+                    b"* BYE Selected mailbox was deleted, have to disconnect\r\n",
+                );
+                self.selected = None;
+                self.mode = Mode::Closed;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// RFC 7162 §3.1: the first CONDSTORE-enabling command other than SELECT/EXAMINE,
@@ -3035,6 +3060,10 @@ impl<B: Backend> Session<B> {
             Some(ch) => ch,
             None => match self.backend.changes(id, since) {
                 Ok(ch) => ch,
+                Err(BackendError::NotFound(_)) if matches!(self.mode, Mode::Idle(_)) => {
+                    self.selected_deleted();
+                    return;
+                }
                 Err(_) => return,
             },
         };
