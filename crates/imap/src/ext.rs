@@ -110,8 +110,16 @@ pub fn extract(msg: &[u8]) -> (Cow<'_, [u8]>, Ext) {
     } else {
         (&rest[..0], rest)
     };
-    if starts_with_ci(rest, b"SEARCH RETURN ") {
-        let Some((words, after)) = paren_words(&rest[14..]) else {
+    // RFC 5267 §3 ESORT: SORT RETURN (...) takes the same options, answered in sort order.
+    let (verb, options_at): (&[u8], usize) = if starts_with_ci(rest, b"SEARCH RETURN ") {
+        (b"SEARCH", 14)
+    } else if starts_with_ci(rest, b"SORT RETURN ") {
+        (b"SORT", 12)
+    } else {
+        (b"", 0)
+    };
+    if !verb.is_empty() {
+        let Some((words, after)) = paren_words(&rest[options_at..]) else {
             return none;
         };
         let mut r = SearchReturn::default();
@@ -132,7 +140,7 @@ pub fn extract(msg: &[u8]) -> (Cow<'_, [u8]>, Ext) {
         let mut out = Vec::with_capacity(msg.len());
         out.extend_from_slice(tag);
         out.extend_from_slice(uid);
-        out.extend_from_slice(b"SEARCH");
+        out.extend_from_slice(verb);
         out.extend_from_slice(after);
         return (Cow::Owned(out), Ext::Search(r));
     }
@@ -414,6 +422,22 @@ mod tests {
         let (c, e) = extract(b"a SEARCH ALL\r\n");
         assert_eq!((&*c, e), (&b"a SEARCH ALL\r\n"[..], Ext::None));
         assert_eq!(extract(b"a SEARCH RETURN (SAVE) ALL\r\n").1, Ext::None);
+    }
+
+    #[test]
+    fn sort_return() {
+        let (cmd, e) = extract(b"t UID SORT RETURN (MIN COUNT) (DATE) UTF-8 ALL\r\n");
+        assert_eq!(&*cmd, b"t UID SORT (DATE) UTF-8 ALL\r\n");
+        assert_eq!(
+            e,
+            Ext::Search(SearchReturn {
+                min: true,
+                count: true,
+                ..Default::default()
+            })
+        );
+        let (_, e) = extract(b"t SORT RETURN () (SUBJECT) UTF-8 ALL\r\n");
+        assert!(matches!(e, Ext::Search(r) if r.all));
     }
 
     #[test]

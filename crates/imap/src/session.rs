@@ -477,6 +477,32 @@ fn compact(values: &[u32]) -> String {
         .join(",")
 }
 
+/// Values as a sequence set in their given order: ascending runs become `a:b`.
+fn in_order(values: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while let Some(&start) = values.get(i) {
+        let mut end = start;
+        while values
+            .get(i + 1)
+            .is_some_and(|&n| Some(n) == end.checked_add(1))
+        {
+            end += 1;
+            i += 1;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if end == start {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}:{end}"));
+        }
+        i += 1;
+    }
+    out
+}
+
 fn uid_set(uids: &[u32]) -> Option<UidSet> {
     let elems = runs(uids)
         .into_iter()
@@ -981,6 +1007,7 @@ impl<B: Backend> Session<B> {
         other("LIST-STATUS".into());
         other("SORT".into());
         other("SORT=DISPLAY".into());
+        other("ESORT".into());
         other("THREAD=ORDEREDSUBJECT".into());
         other("THREAD=REFERENCES".into());
         other("COMPRESS=DEFLATE".into());
@@ -2992,8 +3019,37 @@ impl<B: Backend> Session<B> {
         match how {
             SortOrThread::Sort(criteria) => {
                 let order = sort::sort(&keyed, &hits, criteria);
-                let numbers = order.iter().map(|&i| self.number(i, uid)).collect();
-                self.data(Data::Sort(numbers, None));
+                let numbers: Vec<NonZeroU32> = order.iter().map(|&i| self.number(i, uid)).collect();
+                if let ext::Ext::Search(r) = &self.ext {
+                    // RFC 5267 §3 ESORT: MIN and MAX are the first and last in sort order,
+                    // ALL the numbers in that order.
+                    let r = r.clone();
+                    let mut line = format!("* ESEARCH (TAG \"{}\")", tag.as_ref());
+                    if uid {
+                        line.push_str(" UID");
+                    }
+                    if r.min
+                        && let Some(n) = numbers.first()
+                    {
+                        line.push_str(&format!(" MIN {n}"));
+                    }
+                    if r.max
+                        && let Some(n) = numbers.last()
+                    {
+                        line.push_str(&format!(" MAX {n}"));
+                    }
+                    if r.count {
+                        line.push_str(&format!(" COUNT {}", numbers.len()));
+                    }
+                    if r.all && !numbers.is_empty() {
+                        let values: Vec<u32> = numbers.iter().map(|n| n.get()).collect();
+                        line.push_str(&format!(" ALL {}", in_order(&values)));
+                    }
+                    line.push_str("\r\n");
+                    self.out.extend_from_slice(line.as_bytes());
+                } else {
+                    self.data(Data::Sort(numbers, None));
+                }
                 self.refresh(uid);
                 self.ok(tag, None, "SORT completed");
             }
