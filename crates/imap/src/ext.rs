@@ -41,6 +41,8 @@ pub enum Ext {
     Preview {
         only: bool,
     },
+    /// Only the command's form changed (RFC 6855 APPEND UTF8 (...)): decode the new one.
+    Rewritten,
 }
 
 /// `(A B (C D))` at the start of `s`: the words inside (nested lists flattened into one
@@ -143,6 +145,9 @@ pub fn extract(msg: &[u8]) -> (Cow<'_, [u8]>, Ext) {
         out.extend_from_slice(verb);
         out.extend_from_slice(after);
         return (Cow::Owned(out), Ext::Search(r));
+    }
+    if uid.is_empty() && starts_with_ci(rest, b"APPEND ") {
+        return append_utf8(msg).unwrap_or(none);
     }
     if starts_with_ci(rest, b"FETCH ") {
         return fetch_preview(msg, tag.len() + uid.len() + 6).unwrap_or(none);
@@ -286,6 +291,33 @@ pub fn extract(msg: &[u8]) -> (Cow<'_, [u8]>, Ext) {
     (Cow::Owned(out), Ext::List(opts))
 }
 
+/// RFC 6855 §4 `APPEND mailbox [flags] [date] UTF8 (~{n}CRLF data)`: the same as the
+/// literal8 alone, which the decoder takes (RFC 3516).
+fn append_utf8(msg: &[u8]) -> Option<(Cow<'_, [u8]>, Ext)> {
+    let upper = msg.get(..msg.len().min(2048))?.to_ascii_uppercase();
+    let at = find(&upper, b" UTF8 (~{")?;
+    let open = at + b" UTF8 (".len();
+    let size_at = open + 2;
+    let close = size_at + msg.get(size_at..)?.iter().position(|&b| b == b'}')?;
+    let size: usize = std::str::from_utf8(msg.get(size_at..close)?)
+        .ok()?
+        .trim_end_matches('+')
+        .parse()
+        .ok()?;
+    // `}` CRLF, the data, then the `)` that closes UTF8 (.
+    let data_end = close + 3 + size;
+    if msg.get(close + 1..close + 3)? != b"\r\n" || msg.get(data_end)? != &b')' {
+        return None;
+    }
+    let mut out = msg.get(..at + 1)?.to_vec();
+    // `~{n}`: the decoder does not take the LITERAL+ form of a literal8, and the data is
+    // here already.
+    out.extend_from_slice(format!("~{{{size}}}").as_bytes());
+    out.extend_from_slice(msg.get(close + 1..data_end)?);
+    out.extend_from_slice(msg.get(data_end + 1..)?);
+    Some((Cow::Owned(out), Ext::Rewritten))
+}
+
 /// `FETCH set PREVIEW` or `FETCH set (... PREVIEW [(LAZY)] ...)` (RFC 8970 §3): the command
 /// without it. `at` is where the sequence set starts.
 fn fetch_preview(msg: &[u8], at: usize) -> Option<(Cow<'_, [u8]>, Ext)> {
@@ -422,6 +454,15 @@ mod tests {
         let (c, e) = extract(b"a SEARCH ALL\r\n");
         assert_eq!((&*c, e), (&b"a SEARCH ALL\r\n"[..], Ext::None));
         assert_eq!(extract(b"a SEARCH RETURN (SAVE) ALL\r\n").1, Ext::None);
+    }
+
+    #[test]
+    fn append_utf8() {
+        let (cmd, _) = extract(b"t APPEND INBOX (\\Seen) UTF8 (~{5+}\r\nh\xc3\xa9!!)\r\n");
+        assert_eq!(&*cmd, b"t APPEND INBOX (\\Seen) ~{5}\r\nh\xc3\xa9!!\r\n");
+        // A wrong length, or no closing parenthesis: left to the decoder.
+        let (cmd, _) = extract(b"t APPEND INBOX UTF8 (~{9}\r\nabc)\r\n");
+        assert_eq!(&*cmd, b"t APPEND INBOX UTF8 (~{9}\r\nabc)\r\n");
     }
 
     #[test]

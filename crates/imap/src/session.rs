@@ -179,6 +179,8 @@ pub struct Session<B: Backend> {
     /// The client enabled IMAP4rev2 (RFC 9051 §6.3.1): UTF-8 mailbox names, no RECENT,
     /// ESEARCH answers.
     rev2: bool,
+    /// RFC 6855 UTF8=ACCEPT enabled: UTF-8 mailbox names and strings.
+    utf8_accept: bool,
     /// Inside [`Session::poll_light`]: run only what cannot block.
     light_only: bool,
     /// A command `poll_light` left for [`Session::poll`], with its extension options.
@@ -546,7 +548,7 @@ impl<B: Backend> Session<B> {
                     std::str::from_utf8(o.as_ref()).map_err(|_| "mailbox name is not UTF-8")?;
                 // IMAP4rev1 clients send modified UTF-7; a name that does not decode is taken
                 // as it is (some clients send UTF-8 regardless).
-                Ok(if raw.is_ascii() && !self.rev2 {
+                Ok(if raw.is_ascii() && !self.utf8_names() {
                     mutf7::decode(raw).unwrap_or_else(|| raw.to_owned())
                 } else {
                     raw.to_owned()
@@ -555,12 +557,17 @@ impl<B: Backend> Session<B> {
         }
     }
 
+    /// Mailbox names travel as UTF-8, not modified UTF-7.
+    fn utf8_names(&self) -> bool {
+        self.rev2 || self.utf8_accept
+    }
+
     fn wire_mailbox(&self, name: &str) -> WireMailbox<'static> {
         if name == "INBOX" {
             return WireMailbox::Inbox;
         }
-        // RFC 9051 §5.1: IMAP4rev2 names are UTF-8 (a literal when not ASCII).
-        let wire = if self.rev2 {
+        // RFC 9051 §5.1, RFC 6855 §3: IMAP4rev2 and UTF8=ACCEPT names are UTF-8.
+        let wire = if self.utf8_names() {
             name.to_owned()
         } else {
             mutf7::encode(name)
@@ -588,6 +595,7 @@ impl<B: Backend> Session<B> {
             compressed: false,
             ext: ext::Ext::None,
             rev2: false,
+            utf8_accept: false,
             light_only: false,
             deferred: None,
             prefetched_changes: None,
@@ -1016,6 +1024,7 @@ impl<B: Backend> Session<B> {
         other("WITHIN".into());
         other("METADATA".into());
         other("PREVIEW".into());
+        other("UTF8=ACCEPT".into());
         other(format!("APPENDLIMIT={}", self.cfg.append_limit));
         if self.state == State::NotAuthenticated {
             if self.cfg.starttls && !self.tls {
@@ -1118,6 +1127,9 @@ impl<B: Backend> Session<B> {
                     let name = c.to_string().to_ascii_uppercase();
                     if name == "IMAP4REV2" && !self.rev2 {
                         self.rev2 = true;
+                        enabled.push(c);
+                    } else if name == "UTF8=ACCEPT" && !self.utf8_accept {
+                        self.utf8_accept = true;
                         enabled.push(c);
                     } else if name == "CONDSTORE" && !self.condstore {
                         self.enable_condstore();
