@@ -456,6 +456,51 @@ mod tests {
         assert_eq!(extract(b"a SEARCH RETURN (SAVE) ALL\r\n").1, Ext::None);
     }
 
+    /// Pieces of every form cut here, glued at random: `extract` never panics, and
+    /// whatever it gives back is no longer than the input plus a little.
+    #[test]
+    fn random_commands_do_not_break_extract() {
+        let pieces: [&[u8]; 24] = [
+            b"t ",
+            b"UID ",
+            b"LIST ",
+            b"SEARCH RETURN ",
+            b"SORT RETURN ",
+            b"FETCH ",
+            b"CREATE ",
+            b"APPEND ",
+            b"(",
+            b")",
+            b"\"",
+            b"\\",
+            b" (USE (",
+            b"UTF8 (",
+            b"~{",
+            b"3",
+            b"+}",
+            b"\r\n",
+            b"PREVIEW",
+            b" (LAZY)",
+            b"RECURSIVEMATCH",
+            b"[",
+            b"]",
+            b" ",
+        ];
+        let mut rng = yubin_model::testing::Rng(0xE17A_C7ED);
+        for _ in 0..20_000 {
+            let mut m = Vec::new();
+            for _ in 0..rng.below(16) {
+                m.extend_from_slice(pieces[rng.below(pieces.len())]);
+            }
+            let (out, _) = extract(&m);
+            assert!(
+                out.len() <= m.len() + 16,
+                "{:?}",
+                String::from_utf8_lossy(&m)
+            );
+        }
+    }
+
     #[test]
     fn append_utf8() {
         let (cmd, _) = extract(b"t APPEND INBOX (\\Seen) UTF8 (~{5+}\r\nh\xc3\xa9!!)\r\n");
