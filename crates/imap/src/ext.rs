@@ -11,6 +11,29 @@ pub struct SearchReturn {
     pub max: bool,
     pub count: bool,
     pub all: bool,
+    /// RFC 9394 PARTIAL first:last (1-based; negative counts from the end), as sent.
+    pub partial: Option<(i32, i32)>,
+}
+
+/// RFC 9394 §3 partial-range: `m:n` with both ends positive or both negative, not 0.
+fn partial_range(s: &str) -> Option<(i32, i32)> {
+    let (a, b) = s.split_once(':')?;
+    let (a, b): (i32, i32) = (a.parse().ok()?, b.parse().ok()?);
+    (a != 0 && b != 0 && (a > 0) == (b > 0)).then_some((a, b))
+}
+
+/// The part of `values` (in their order) a PARTIAL range names.
+pub fn partial_of(values: &[u32], (a, b): (i32, i32)) -> &[u32] {
+    let (lo, hi) = (a.min(b), a.max(b));
+    let n = values.len() as i64;
+    // To 0-based [from, to), counting from the end for negative ends.
+    let (from, to) = if lo > 0 {
+        (i64::from(lo) - 1, i64::from(hi))
+    } else {
+        (n + i64::from(lo), n + i64::from(hi) + 1)
+    };
+    let clamp = |x: i64| x.clamp(0, n) as usize;
+    values.get(clamp(from)..clamp(to)).unwrap_or(&[])
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -125,15 +148,24 @@ pub fn extract(msg: &[u8]) -> (Cow<'_, [u8]>, Ext) {
             return none;
         };
         let mut r = SearchReturn::default();
-        for w in &words {
+        let mut words_iter = words.iter();
+        while let Some(w) = words_iter.next() {
             match w.to_ascii_uppercase().as_str() {
                 "MIN" => r.min = true,
                 "MAX" => r.max = true,
                 "COUNT" => r.count = true,
                 "ALL" => r.all = true,
+                "PARTIAL" => match words_iter.next().and_then(|x| partial_range(x)) {
+                    Some(p) => r.partial = Some(p),
+                    None => return none,
+                },
                 // SAVE (RFC 5182) and others are not offered.
                 _ => return none,
             }
+        }
+        // RFC 9394 §3: ALL and PARTIAL exclude each other.
+        if r.all && r.partial.is_some() {
+            return none;
         }
         // RFC 4731 §3.1: RETURN () means RETURN (ALL).
         if words.is_empty() {
@@ -499,6 +531,26 @@ mod tests {
                 String::from_utf8_lossy(&m)
             );
         }
+    }
+
+    #[test]
+    fn partial_ranges() {
+        let v = [10, 11, 12, 13, 14];
+        assert_eq!(partial_of(&v, (1, 2)), [10, 11]);
+        assert_eq!(partial_of(&v, (4, 100)), [13, 14]);
+        assert_eq!(partial_of(&v, (-1, -2)), [13, 14]);
+        assert_eq!(partial_of(&v, (-100, -5)), [10]);
+        assert_eq!(partial_of(&v, (6, 9)), [] as [u32; 0]);
+        assert_eq!(partial_range("1:100"), Some((1, 100)));
+        assert_eq!(partial_range("-1:-100"), Some((-1, -100)));
+        assert_eq!(partial_range("0:5"), None);
+        assert_eq!(partial_range("-1:5"), None);
+        let (_, e) = extract(b"t UID SEARCH RETURN (COUNT PARTIAL -1:-10) ALL\r\n");
+        assert!(matches!(e, Ext::Search(r) if r.count && r.partial == Some((-1, -10))));
+        assert_eq!(
+            extract(b"t SEARCH RETURN (ALL PARTIAL 1:5) ALL\r\n").1,
+            Ext::None
+        );
     }
 
     #[test]

@@ -479,6 +479,17 @@ fn compact(values: &[u32]) -> String {
         .join(",")
 }
 
+/// RFC 9394 §3 ` PARTIAL (first:last set)`, the set NIL when the range holds nothing.
+fn partial_item(values: &[u32], (a, b): (i32, i32)) -> String {
+    let part = ext::partial_of(values, (a, b));
+    let set = if part.is_empty() {
+        "NIL".to_owned()
+    } else {
+        in_order(part)
+    };
+    format!(" PARTIAL ({a}:{b} {set})")
+}
+
 /// Values as a sequence set in their given order: ascending runs become `a:b`.
 fn in_order(values: &[u32]) -> String {
     let mut out = String::new();
@@ -1011,6 +1022,7 @@ impl<B: Backend> Session<B> {
         other("QRESYNC".into());
         other("BINARY".into());
         other("ESEARCH".into());
+        other("PARTIAL".into());
         other("LIST-EXTENDED".into());
         other("LIST-STATUS".into());
         other("SORT".into());
@@ -2984,6 +2996,11 @@ impl<B: Backend> Session<B> {
                 sorted.sort_unstable();
                 line.push_str(&format!(" ALL {}", compact(&sorted)));
             }
+            if let Some(p) = r.partial {
+                let mut sorted = values.clone();
+                sorted.sort_unstable();
+                line.push_str(&partial_item(&sorted, p));
+            }
             if let Some(top) = top {
                 line.push_str(&format!(" MODSEQ {top}"));
             }
@@ -3053,9 +3070,12 @@ impl<B: Backend> Session<B> {
                     if r.count {
                         line.push_str(&format!(" COUNT {}", numbers.len()));
                     }
-                    if r.all && !numbers.is_empty() {
-                        let values: Vec<u32> = numbers.iter().map(|n| n.get()).collect();
+                    let values: Vec<u32> = numbers.iter().map(|n| n.get()).collect();
+                    if r.all && !values.is_empty() {
                         line.push_str(&format!(" ALL {}", in_order(&values)));
+                    }
+                    if let Some(p) = r.partial {
+                        line.push_str(&partial_item(&values, p));
                     }
                     line.push_str("\r\n");
                     self.out.extend_from_slice(line.as_bytes());
