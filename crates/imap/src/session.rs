@@ -1056,8 +1056,14 @@ impl<B: Backend> Session<B> {
     fn command(&mut self, cmd: Command<'static>) {
         let tag = cmd.tag;
         let authed = self.state == State::Authenticated;
-        if !matches!(cmd.body, CommandBody::Logout | CommandBody::Capability)
-            && self.selected_deleted()
+        if !matches!(
+            cmd.body,
+            CommandBody::Logout
+                | CommandBody::Capability
+                | CommandBody::Select { .. }
+                | CommandBody::Examine { .. }
+                | CommandBody::Unselect
+        ) && self.selected_deleted()
         {
             return;
         }
@@ -1601,6 +1607,11 @@ impl<B: Backend> Session<B> {
         let Some(sel) = &self.selected else {
             return false;
         };
+        if self.prefetched_changes.is_some() {
+            // `poll_light` just read them: the mailbox is there.
+            return false;
+        }
+        // Since u64::MAX: the mailbox's row and nothing else is read.
         match self.backend.changes(sel.id, u64::MAX) {
             Err(BackendError::NotFound(_)) => {
                 self.out.extend_from_slice(
