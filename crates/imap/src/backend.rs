@@ -96,6 +96,8 @@ pub trait Backend: Send {
     ) -> BResult<Vec<u32>>;
     /// SORT/THREAD keys of every message of a mailbox, by UID (from the store, not files).
     fn sort_info(&mut self, mailbox: MailboxId) -> BResult<Vec<SortInfo>>;
+    /// RFC 8474: (UID, body id, thread root Message-ID or "") of every message, by UID.
+    fn object_ids(&mut self, mailbox: MailboxId) -> BResult<Vec<(u32, i64, String)>>;
     /// Bytes stored and the limit, if any (RFC 9208 STORAGE).
     fn quota(&mut self) -> BResult<(u64, Option<u64>)>;
     /// Store a new message; returns (UIDVALIDITY, UID).

@@ -51,6 +51,18 @@ pub struct ListOptions {
     pub patterns: Vec<String>,
 }
 
+/// FETCH items cut out by [`extract`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FetchExtras {
+    /// RFC 8970 PREVIEW.
+    pub preview: bool,
+    /// RFC 8474 EMAILID, THREADID.
+    pub emailid: bool,
+    pub threadid: bool,
+    /// They were all that was asked (the decoder was given `UID` in their place).
+    pub only: bool,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Ext {
     #[default]
@@ -59,13 +71,15 @@ pub enum Ext {
     List(ListOptions),
     /// RFC 6154 §3 `CREATE name (USE (\Sent ...))`: the attributes, as sent.
     Create(Vec<String>),
-    /// RFC 8970 FETCH ... PREVIEW; `only`: it was the one item asked for (the decoder
-    /// was given `UID` in its place).
-    Preview {
-        only: bool,
-    },
+    /// FETCH items cut out for the decoder (PREVIEW, EMAILID, THREADID).
+    Fetch(FetchExtras),
     /// Only the command's form changed (RFC 6855 APPEND UTF8 (...)): decode the new one.
     Rewritten,
+    /// RFC 8474 §4 STATUS ... MAILBOXID; `only`: it was the one item (the decoder was
+    /// given MESSAGES in its place).
+    Status {
+        only: bool,
+    },
 }
 
 /// `(A B (C D))` at the start of `s`: the words inside (nested lists flattened into one
@@ -178,11 +192,14 @@ pub fn extract(msg: &[u8]) -> (Cow<'_, [u8]>, Ext) {
         out.extend_from_slice(after);
         return (Cow::Owned(out), Ext::Search(r));
     }
+    if uid.is_empty() && starts_with_ci(rest, b"STATUS ") {
+        return status_mailboxid(msg).unwrap_or(none);
+    }
     if uid.is_empty() && starts_with_ci(rest, b"APPEND ") {
         return append_utf8(msg).unwrap_or(none);
     }
     if starts_with_ci(rest, b"FETCH ") {
-        return fetch_preview(msg, tag.len() + uid.len() + 6).unwrap_or(none);
+        return fetch_extras(msg, tag.len() + uid.len() + 6).unwrap_or(none);
     }
     if uid.is_empty() && starts_with_ci(rest, b"CREATE ") {
         // The options end the command's last line: `... (USE (\Drafts))`.
@@ -350,17 +367,25 @@ fn append_utf8(msg: &[u8]) -> Option<(Cow<'_, [u8]>, Ext)> {
     Some((Cow::Owned(out), Ext::Rewritten))
 }
 
-/// `FETCH set PREVIEW` or `FETCH set (... PREVIEW [(LAZY)] ...)` (RFC 8970 §3): the command
-/// without it. `at` is where the sequence set starts.
-fn fetch_preview(msg: &[u8], at: usize) -> Option<(Cow<'_, [u8]>, Ext)> {
-    let rest = msg.get(at..)?;
-    let sp = rest.iter().position(|&b| b == b' ')?;
-    let items_at = at + sp + 1;
-    let items = msg.get(items_at..)?;
+/// `STATUS mailbox (... MAILBOXID ...)` (RFC 8474 §4), the item list being the last
+/// parenthesized part of the last line.
+fn status_mailboxid(msg: &[u8]) -> Option<(Cow<'_, [u8]>, Ext)> {
+    let open = msg.iter().rposition(|&b| b == b'(')?;
+    let list = msg.get(open..)?;
+    let s = item_at(list, b"MAILBOXID")?;
+    let mut list = cut(list, s, s + b"MAILBOXID".len())?;
+    let only = list.starts_with(b"()");
+    if only {
+        list.splice(1..1, b"MESSAGES".iter().copied());
+    }
+    let mut out = msg.get(..open)?.to_vec();
+    out.extend_from_slice(&list);
+    Some((Cow::Owned(out), Ext::Status { only }))
+}
+
+/// Where `word` stands in `items` as a FETCH item of its own (not inside `[...]`).
+fn item_at(items: &[u8], word: &[u8]) -> Option<usize> {
     let upper = items.to_ascii_uppercase();
-    let word = b"PREVIEW";
-    // The item, as a whole word.
-    let mut pos = None;
     let mut i = 0;
     while let Some(k) = find(upper.get(i..)?, word) {
         let s = i + k;
@@ -372,44 +397,78 @@ fn fetch_preview(msg: &[u8], at: usize) -> Option<(Cow<'_, [u8]>, Ext)> {
         let in_section = head.iter().filter(|&&b| b == b'[').count()
             > head.iter().filter(|&&b| b == b']').count();
         if edge(before) && edge(after) && !in_section {
-            pos = Some(s);
-            break;
+            return Some(s);
         }
         i = s + word.len();
     }
-    let s = pos?;
-    let mut end = s + word.len();
-    // RFC 8970 §3.1: PREVIEW (LAZY): this server always has the preview ready.
-    if upper.get(end..)?.starts_with(b" (LAZY)") {
-        end += 7;
+    None
+}
+
+/// `items` without the item at `s..end` and one space beside it.
+fn cut(items: &[u8], s: usize, end: usize) -> Option<Vec<u8>> {
+    let (mut s, mut end) = (s, end);
+    if s > 0 && items.get(s - 1) == Some(&b' ') {
+        s -= 1;
+    } else if items.get(end) == Some(&b' ') {
+        end += 1;
     }
-    let mut out = msg.get(..items_at)?.to_vec();
-    let before = items.get(..s)?;
-    let after = items.get(end..)?;
-    let only = if before.is_empty() {
-        // `FETCH 1 PREVIEW`: one item, no list.
-        out.extend_from_slice(b"UID");
-        out.extend_from_slice(after);
-        true
-    } else {
-        let before = before.strip_suffix(b" ").unwrap_or(before);
-        let after = if before.ends_with(b"(") {
-            after.strip_prefix(b" ").unwrap_or(after)
-        } else {
-            after
-        };
-        if before.ends_with(b"(") && after.starts_with(b")") {
-            out.extend_from_slice(before);
-            out.extend_from_slice(b"UID");
-            out.extend_from_slice(after);
-            true
-        } else {
-            out.extend_from_slice(before);
-            out.extend_from_slice(after);
-            false
+    let mut out = items.get(..s)?.to_vec();
+    out.extend_from_slice(items.get(end..)?);
+    Some(out)
+}
+
+/// FETCH items imap-codec does not know, cut out of `FETCH set items` (`at`: where the
+/// set starts): PREVIEW [(LAZY)] (RFC 8970 §3), EMAILID and THREADID (RFC 8474 §5). When
+/// nothing else was asked, the decoder is given UID in their place.
+fn fetch_extras(msg: &[u8], at: usize) -> Option<(Cow<'_, [u8]>, Ext)> {
+    let rest = msg.get(at..)?;
+    let sp = rest.iter().position(|&b| b == b' ')?;
+    let items_at = at + sp + 1;
+    let mut items = msg.get(items_at..)?.to_vec();
+    let mut x = FetchExtras::default();
+    for (word, flag) in [
+        (&b"PREVIEW"[..], &mut x.preview),
+        (b"EMAILID", &mut x.emailid),
+        (b"THREADID", &mut x.threadid),
+    ] {
+        while let Some(s) = item_at(&items, word) {
+            let mut end = s + word.len();
+            // RFC 8970 §3.1: PREVIEW (LAZY): this server always has the preview ready.
+            if word == b"PREVIEW"
+                && items
+                    .get(end..)
+                    .is_some_and(|r| r.to_ascii_uppercase().starts_with(b" (LAZY)"))
+            {
+                end += 7;
+            }
+            items = cut(&items, s, end)?;
+            *flag = true;
         }
+    }
+    if !(x.preview || x.emailid || x.threadid) {
+        return None;
+    }
+    // Nothing left: `FETCH 1 PREVIEW` or `FETCH 1 (PREVIEW)`.
+    let body_end = items
+        .iter()
+        .position(|&b| b == b'\r')
+        .unwrap_or(items.len());
+    let (head, tail) = items.split_at(body_end);
+    let head = match head {
+        b"" => {
+            x.only = true;
+            b"UID".to_vec()
+        }
+        b"()" => {
+            x.only = true;
+            b"(UID)".to_vec()
+        }
+        h => h.to_vec(),
     };
-    Some((Cow::Owned(out), Ext::Preview { only }))
+    let mut out = msg.get(..items_at)?.to_vec();
+    out.extend_from_slice(&head);
+    out.extend_from_slice(tail);
+    Some((Cow::Owned(out), Ext::Fetch(x)))
 }
 
 /// One atom or quoted string at the start of `s` (its text, and the rest after it).
@@ -554,6 +613,17 @@ mod tests {
     }
 
     #[test]
+    fn status_mailboxid() {
+        let (cmd, e) = extract(b"t STATUS INBOX (MESSAGES MAILBOXID UIDNEXT)\r\n");
+        assert_eq!(&*cmd, b"t STATUS INBOX (MESSAGES UIDNEXT)\r\n");
+        assert_eq!(e, Ext::Status { only: false });
+        let (cmd, e) = extract(b"t STATUS \"a (b)\" (MAILBOXID)\r\n");
+        assert_eq!(&*cmd, b"t STATUS \"a (b)\" (MESSAGES)\r\n");
+        assert_eq!(e, Ext::Status { only: true });
+        assert_eq!(extract(b"t STATUS INBOX (MESSAGES)\r\n").1, Ext::None);
+    }
+
+    #[test]
     fn append_utf8() {
         let (cmd, _) = extract(b"t APPEND INBOX (\\Seen) UTF8 (~{5+}\r\nh\xc3\xa9!!)\r\n");
         assert_eq!(&*cmd, b"t APPEND INBOX (\\Seen) ~{5}\r\nh\xc3\xa9!!\r\n");
@@ -607,7 +677,14 @@ mod tests {
         for (cmd, want, only) in cases {
             let (got, e) = extract(cmd);
             assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
-            assert_eq!(e, Ext::Preview { only });
+            assert_eq!(
+                e,
+                Ext::Fetch(FetchExtras {
+                    preview: true,
+                    only,
+                    ..Default::default()
+                })
+            );
         }
         assert_eq!(
             extract(b"t FETCH 1 (BODY[HEADER.FIELDS (X-PREVIEWS)])\r\n").1,
@@ -618,6 +695,19 @@ mod tests {
             Ext::None
         );
         assert_eq!(extract(b"t FETCH 1 FLAGS\r\n").1, Ext::None);
+        let (cmd, e) = extract(b"t UID FETCH 1:* (EMAILID FLAGS THREADID)\r\n");
+        assert_eq!(&*cmd, b"t UID FETCH 1:* (FLAGS)\r\n");
+        assert_eq!(
+            e,
+            Ext::Fetch(FetchExtras {
+                emailid: true,
+                threadid: true,
+                ..Default::default()
+            })
+        );
+        let (cmd, e) = extract(b"t FETCH 1 (THREADID EMAILID)\r\n");
+        assert_eq!(&*cmd, b"t FETCH 1 (UID)\r\n");
+        assert!(matches!(e, Ext::Fetch(x) if x.only && x.emailid && x.threadid));
     }
 
     #[test]

@@ -118,6 +118,9 @@ struct FetchJob {
     bodies: std::collections::HashMap<u32, Result<Vec<u8>, BackendError>>,
     /// RFC 8970 PREVIEW asked for.
     preview: bool,
+    /// RFC 8474 EMAILID / THREADID of each UID, when asked for.
+    object_ids: Option<std::collections::HashMap<u32, (i64, String)>>,
+    extras: ext::FetchExtras,
 }
 
 enum Mode {
@@ -477,6 +480,28 @@ fn compact(values: &[u32]) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// RFC 8474 §4 MAILBOXID: ids are never reused (the store's counter), so the number is
+/// enough; `F` makes it an objectid that starts with a letter.
+fn mailbox_id(id: MailboxId) -> String {
+    format!("F{id}")
+}
+
+/// RFC 8474 §5.2 THREADID: `T` and 16 hex digits of a hash of the thread's root
+/// Message-ID (every message that names the same root shares it, in every mailbox);
+/// `None` (THREADID NIL) for a message without any Message-ID to go by.
+fn thread_id(root: &str) -> Option<String> {
+    if root.is_empty() {
+        return None;
+    }
+    // FNV-1a: stable across versions and processes (std's hasher is not).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in root.trim().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    Some(format!("T{h:016x}"))
 }
 
 /// RFC 9394 §3 ` PARTIAL (first:last set)`, the set NIL when the range holds nothing.
@@ -1037,6 +1062,7 @@ impl<B: Backend> Session<B> {
         other("METADATA".into());
         other("PREVIEW".into());
         other("UTF8=ACCEPT".into());
+        other("OBJECTID".into());
         other(format!("APPENDLIMIT={}", self.cfg.append_limit));
         if self.state == State::NotAuthenticated {
             if self.cfg.starttls && !self.tls {
@@ -1193,15 +1219,18 @@ impl<B: Backend> Session<B> {
                 // RFC 3501 §6.3.3 / RFC 9051 §6.3.4: a trailing separator only declares
                 // that children will follow; a server that needs no such declaration
                 // ignores it.
-                self.simple(
-                    &tag,
-                    &mailbox,
-                    |b, n| match n.strip_suffix('/').filter(|n| !n.is_empty()) {
-                        Some(parent) => b.create(parent),
-                        None => b.create(n),
-                    },
-                    "CREATE",
-                )
+                let name = match self.mailbox_name(&mailbox) {
+                    Ok(n) => n,
+                    Err(e) => return self.bad(&tag, e),
+                };
+                let name = match name.strip_suffix('/').filter(|n| !n.is_empty()) {
+                    Some(parent) => parent.to_owned(),
+                    None => name,
+                };
+                match self.backend.create(&name) {
+                    Ok(()) => self.created(&tag, &name),
+                    Err(e) => self.backend_no(&tag, e),
+                }
             }
             CommandBody::Delete { mailbox } => {
                 if self.is_selected_name(&mailbox) {
@@ -1577,6 +1606,19 @@ impl<B: Backend> Session<B> {
                 highest: NonZeroU64::new(mb.highest_modseq).unwrap_or(NonZeroU64::MIN),
             },
         );
+        // RFC 8474 §4: the mailbox's id with SELECT/EXAMINE.
+        self.send(Response::Status(
+            Status::ok(
+                None,
+                Some(Code::Other(
+                    imap_codec::imap_types::response::CodeOther::unvalidated(
+                        format!("MAILBOXID ({})", mailbox_id(mb.id)).into_bytes(),
+                    ),
+                )),
+                "Ok",
+            )
+            .expect("valid"),
+        ));
         self.selected = Some(Selected {
             id: mb.id,
             read_only,
@@ -1903,6 +1945,16 @@ impl<B: Backend> Session<B> {
         );
     }
 
+    /// CREATE's OK, with the new mailbox's id (RFC 8474 §4 `[MAILBOXID (id)]`).
+    fn created(&mut self, tag: &Tag<'static>, name: &str) {
+        let code = self.backend.mailbox(name).ok().map(|mb| {
+            Code::Other(imap_codec::imap_types::response::CodeOther::unvalidated(
+                format!("MAILBOXID ({})", mailbox_id(mb.id)).into_bytes(),
+            ))
+        });
+        self.ok(tag, code, "CREATE completed");
+    }
+
     /// RFC 6154 §3 CREATE-SPECIAL-USE: one of the attributes of §2 (yubin keeps one per
     /// mailbox); anything else is `NO [USEATTR]`.
     fn create_special(&mut self, tag: &Tag<'static>, mailbox: &WireMailbox<'_>) {
@@ -1936,7 +1988,7 @@ impl<B: Backend> Session<B> {
                 let one = one.to_string();
                 let name = name.strip_suffix('/').unwrap_or(&name).to_owned();
                 match self.backend.create_special(&name, &one) {
-                    Ok(()) => self.ok(tag, None, "CREATE completed"),
+                    Ok(()) => self.created(tag, &name),
                     Err(e) => self.backend_no(tag, e),
                 }
             }
@@ -2132,11 +2184,29 @@ impl<B: Backend> Session<B> {
                 .to_owned()
             })
             .collect();
-        let items = status_items(&mb, &names);
+        let mut items = status_items(&mb, &names);
+        let mailboxid = match &self.ext {
+            ext::Ext::Status { only } => {
+                if *only {
+                    items.clear();
+                }
+                true
+            }
+            _ => false,
+        };
         self.data(Data::Status {
             mailbox: self.wire_mailbox(&mb.name),
             items: items.into(),
         });
+        // RFC 8474 §4 STATUS MAILBOXID (imap-types has no such item: added at the end).
+        if mailboxid && self.out.ends_with(b")\r\n") {
+            self.out.truncate(self.out.len() - 3);
+            if !self.out.ends_with(b"(") {
+                self.out.push(b' ');
+            }
+            self.out
+                .extend_from_slice(format!("MAILBOXID ({}))\r\n", mailbox_id(mb.id)).as_bytes());
+        }
         self.ok(tag, None, "STATUS completed");
     }
 
@@ -2285,16 +2355,26 @@ impl<B: Backend> Session<B> {
             )
         });
         // RFC 8970 PREVIEW (cut out of the command by ext.rs; a lone one stood in as UID).
-        let preview = match self.ext {
-            ext::Ext::Preview { only } => {
-                if only && !uid {
+        let extras = match &self.ext {
+            ext::Ext::Fetch(x) => {
+                if x.only && !uid {
                     names.retain(|n| *n != MessageDataItemName::Uid);
                 }
-                true
+                x.clone()
             }
-            _ => false,
+            _ => ext::FetchExtras::default(),
         };
+        let preview = extras.preview;
         let needs_body = needs_body || preview;
+        let object_ids = if extras.emailid || extras.threadid {
+            let Some(sel) = &self.selected else { return };
+            match self.backend.object_ids(sel.id) {
+                Ok(v) => Some(v.into_iter().map(|(u, e, t)| (u, (e, t))).collect()),
+                Err(e) => return self.backend_no(tag, e),
+            }
+        } else {
+            None
+        };
         let (id, read_only) = match &self.selected {
             Some(s) => (s.id, s.read_only),
             None => return,
@@ -2309,6 +2389,8 @@ impl<B: Backend> Session<B> {
             uid,
             bodies: Default::default(),
             preview,
+            object_ids,
+            extras,
         });
     }
 
@@ -2511,7 +2593,7 @@ impl<B: Backend> Session<B> {
             }
             let only_preview = out.is_empty();
             if only_preview {
-                // Nothing but PREVIEW: written below.
+                // Nothing but the items added below.
             } else if origins.is_empty() {
                 if !write_simple_fetch(&mut self.out, idx as u32 + 1, &out)
                     && let Ok(items) = Vec1::try_from(out)
@@ -2524,8 +2606,21 @@ impl<B: Backend> Session<B> {
             } else {
                 self.fetch_with_origins(idx as u32 + 1, out, &origins);
             }
+            // imap-types has no PREVIEW, EMAILID or THREADID item: they go at the end.
+            let mut added: Vec<Vec<u8>> = Vec::new();
+            if let Some(ids) = &job.object_ids {
+                let (email, root) = ids.get(&meta.uid).cloned().unwrap_or_default();
+                if job.extras.emailid {
+                    added.push(format!("EMAILID (M{email})").into_bytes());
+                }
+                if job.extras.threadid {
+                    added.push(match thread_id(&root) {
+                        Some(t) => format!("THREADID ({t})").into_bytes(),
+                        None => b"THREADID NIL".to_vec(),
+                    });
+                }
+            }
             if job.preview {
-                // imap-types has no PREVIEW item: it goes at the end of the response.
                 let text = parsed.as_ref().map(|p| p.preview()).unwrap_or_default();
                 let mut item = b"PREVIEW ".to_vec();
                 if text
@@ -2539,6 +2634,9 @@ impl<B: Backend> Session<B> {
                     item.extend_from_slice(format!("{{{}}}\r\n", text.len()).as_bytes());
                     item.extend_from_slice(text.as_bytes());
                 }
+                added.push(item);
+            }
+            if !added.is_empty() {
                 if only_preview {
                     self.out
                         .extend_from_slice(format!("* {} FETCH (", idx + 1).as_bytes());
@@ -2546,7 +2644,7 @@ impl<B: Backend> Session<B> {
                     self.out.truncate(self.out.len() - 3);
                     self.out.push(b' ');
                 }
-                self.out.extend_from_slice(&item);
+                self.out.extend_from_slice(&added.join(&b' '));
                 self.out.extend_from_slice(b")\r\n");
             }
         }

@@ -227,6 +227,11 @@ impl Backend for StoreBackend {
         self.store.set_metadata(account, id, entries).map_err(err)
     }
 
+    fn object_ids(&mut self, mailbox: MailboxId) -> BResult<Vec<(u32, i64, String)>> {
+        self.own(mailbox)?;
+        self.store.object_ids(mailbox).map_err(err)
+    }
+
     fn subscriptions(&mut self) -> BResult<Vec<String>> {
         self.store.subscriptions(self.account()?).map_err(err)
     }

@@ -89,6 +89,10 @@ impl Backend for Watched {
         self.heavy("set_metadata");
         self.0.set_metadata(mailbox, entries)
     }
+    fn object_ids(&mut self, mailbox: MailboxId) -> BResult<Vec<(u32, i64, String)>> {
+        self.heavy("object_ids");
+        self.0.object_ids(mailbox)
+    }
     fn subscriptions(&mut self) -> BResult<Vec<String>> {
         self.heavy("subscriptions");
         self.0.subscriptions()

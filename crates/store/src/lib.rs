@@ -291,6 +291,10 @@ pub trait MailStore: Send + Sync {
     fn search_text(&self, mailbox: MailboxId, field: TextField, needle: &str) -> Result<Vec<u32>>;
     /// SORT/THREAD keys of every message in a mailbox, by UID.
     fn sort_info(&self, mailbox: MailboxId) -> Result<Vec<SortInfo>>;
+    /// RFC 8474 object ids of every message of a mailbox, by UID: (UID, the body's id —
+    /// the same for every copy —, the thread's root Message-ID: the first References
+    /// entry, else In-Reply-To, else its own; empty when it has none).
+    fn object_ids(&self, mailbox: MailboxId) -> Result<Vec<(u32, i64, String)>>;
     /// (UID, size as POP3 sends it) of every message of a mailbox, by UID.
     fn pop3_sizes(&self, mailbox: MailboxId) -> Result<Vec<(u32, u64)>>;
     /// Bytes stored by an account (every copy counts) and its limit.

@@ -997,6 +997,29 @@ impl MailStore for SqliteStore {
         Ok(rows)
     }
 
+    fn object_ids(&self, mailbox: MailboxId) -> Result<Vec<(u32, i64, String)>> {
+        let c = self.reader();
+        let mut st = c.prepare_cached(
+            "SELECT m.uid, m.blob_id, coalesce(e.refs, ''), coalesce(e.message_id, '')
+             FROM messages m LEFT JOIN envelopes e ON e.blob_id = m.blob_id
+             WHERE m.mailbox_id = ?1 ORDER BY m.uid",
+        )?;
+        let rows = st
+            .query_map([mailbox], |r| {
+                let refs: String = r.get(2)?;
+                let id: String = r.get(3)?;
+                // `refs` holds References (or In-Reply-To when there is none), oldest first.
+                let root = refs
+                    .split_whitespace()
+                    .next()
+                    .map(str::to_owned)
+                    .unwrap_or(id);
+                Ok((r.get(0)?, r.get(1)?, root))
+            })?
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(rows)
+    }
+
     fn pop3_sizes(&self, mailbox: MailboxId) -> Result<Vec<(u32, u64)>> {
         let mut rows: Vec<(u32, i64, i64)> = {
             let c = self.reader();
