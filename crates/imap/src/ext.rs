@@ -383,6 +383,41 @@ fn status_mailboxid(msg: &[u8]) -> Option<(Cow<'_, [u8]>, Ext)> {
     Some((Cow::Owned(out), Ext::Status { only }))
 }
 
+/// RFC 8474 §5.3 SEARCH/SORT keys `EMAILID id` and `THREADID id` as HEADER keys the
+/// evaluator knows (`search::EMAILID_KEY`); `None` when there are none.
+pub fn object_id_keys(cmd: &[u8]) -> Option<Vec<u8>> {
+    let upper = cmd.to_ascii_uppercase();
+    let after_tag = upper.iter().position(|&b| b == b' ')? + 1;
+    let rest = upper.get(after_tag..)?;
+    let rest = rest.strip_prefix(b"UID ").unwrap_or(rest);
+    if !rest.starts_with(b"SEARCH ") && !rest.starts_with(b"SORT ") {
+        return None;
+    }
+    let mut out = Vec::with_capacity(cmd.len() + 32);
+    let mut i = 0;
+    let mut changed = false;
+    while let Some(&b) = cmd.get(i) {
+        let key = [
+            (&b" EMAILID "[..], crate::search::EMAILID_KEY),
+            (b" THREADID ", crate::search::THREADID_KEY),
+        ]
+        .into_iter()
+        .find(|(k, _)| upper.get(i..i + k.len()) == Some(*k));
+        match key {
+            Some((k, name)) => {
+                out.extend_from_slice(format!(" HEADER {name} ").as_bytes());
+                i += k.len();
+                changed = true;
+            }
+            None => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    changed.then_some(out)
+}
+
 /// Where `word` stands in `items` as a FETCH item of its own (not inside `[...]`).
 fn item_at(items: &[u8], word: &[u8]) -> Option<usize> {
     let upper = items.to_ascii_uppercase();

@@ -26,6 +26,8 @@ pub struct Context<'a> {
     pub recent: &'a [u32],
     /// The time now (Unix seconds), for YOUNGER/OLDER (RFC 5032).
     pub now: i64,
+    /// RFC 8474 EMAILID and THREADID by UID, when a key needs them.
+    pub object_ids: &'a HashMap<u32, (String, Option<String>)>,
 }
 
 /// Whether any key needs the Date header (SENTBEFORE/SENTON/SENTSINCE).
@@ -41,6 +43,33 @@ pub fn uses_sent(key: &SearchKey<'_>) -> bool {
 
 fn is_subject(name: &AString<'_>) -> bool {
     name.as_ref().eq_ignore_ascii_case(b"subject")
+}
+
+/// RFC 8474 §5.3 SEARCH EMAILID / THREADID reach here as HEADER keys with these names
+/// (imap-codec has no such keys; `ext::object_id_keys` rewrites them).
+pub const EMAILID_KEY: &str = "X-Yubin-Emailid";
+pub const THREADID_KEY: &str = "X-Yubin-Threadid";
+
+fn object_key(name: &AString<'_>) -> Option<bool> {
+    let n = name.as_ref();
+    if n.eq_ignore_ascii_case(EMAILID_KEY.as_bytes()) {
+        Some(true)
+    } else if n.eq_ignore_ascii_case(THREADID_KEY.as_bytes()) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Whether any key is EMAILID or THREADID (the search then needs the object ids).
+pub fn uses_object_ids(key: &SearchKey<'_>) -> bool {
+    match key {
+        SearchKey::Header(n, _) => object_key(n).is_some(),
+        SearchKey::And(keys) => keys.as_ref().iter().any(uses_object_ids),
+        SearchKey::Or(a, b) => uses_object_ids(a) || uses_object_ids(b),
+        SearchKey::Not(k) => uses_object_ids(k),
+        _ => false,
+    }
 }
 
 /// A key whose matches are exactly what the index returns for it (no check per message).
@@ -74,6 +103,7 @@ pub fn text_keys(key: &SearchKey<'_>, out: &mut Vec<(TextField, String)>) {
         SearchKey::Header(n, v) if is_subject(n) && !v.as_ref().is_empty() => {
             push(TextField::Subject, v)
         }
+        SearchKey::Header(n, _) if object_key(n).is_some() => {}
         // Other HEADER keys are narrowed down by the index, then checked exactly.
         SearchKey::Header(_, v) if !v.as_ref().is_empty() => push(TextField::Text, v),
         SearchKey::And(keys) => keys.as_ref().iter().for_each(|k| text_keys(k, out)),
@@ -190,6 +220,16 @@ fn eval(key: &SearchKey<'_>, ctx: &Context<'_>, idx: usize, lazy: &mut Lazy<'_>)
         SearchKey::Subject(s) => hit(ctx, TextField::Subject, s, m.uid),
         SearchKey::Body(s) => hit(ctx, TextField::Body, s, m.uid),
         SearchKey::Text(s) => hit(ctx, TextField::Text, s, m.uid),
+        SearchKey::Header(name, value) if object_key(name).is_some() => {
+            let want = String::from_utf8_lossy(value.as_ref());
+            ctx.object_ids.get(&m.uid).is_some_and(|(email, thread)| {
+                if object_key(name) == Some(true) {
+                    *email == want
+                } else {
+                    thread.as_deref() == Some(&*want)
+                }
+            })
+        }
         SearchKey::Header(name, value) if is_subject(name) && !value.as_ref().is_empty() => {
             hit(ctx, TextField::Subject, value, m.uid)
         }

@@ -844,6 +844,11 @@ impl<B: Backend> Session<B> {
         // Options imap-codec cannot parse yet are cut out first (see `ext`).
         if !self.frag.is_max_message_size_exceeded() && !self.frag.is_message_poisoned() {
             let (bytes, ext) = ext::extract(self.frag.message_bytes());
+            let (bytes, ext) = match ext::object_id_keys(&bytes) {
+                Some(b) if ext == ext::Ext::None => (b.into(), ext::Ext::Rewritten),
+                Some(b) => (b.into(), ext),
+                None => (bytes, ext),
+            };
             if ext != ext::Ext::None {
                 let decoded = match CommandCodec::default().decode(&bytes) {
                     Ok((&[], cmd)) => Some(cmd.into_static()),
@@ -3017,10 +3022,17 @@ impl<B: Backend> Session<B> {
             let mut at = yubin_model::sorted::Cursor::new(&msgs);
             return Ok(uids.iter().filter_map(|u| at.seek(u, |m| m.uid)).collect());
         }
+        let mut object_ids = std::collections::HashMap::new();
+        if criteria.iter().any(search::uses_object_ids) {
+            for (uid, email, root) in self.backend.object_ids(id)? {
+                object_ids.insert(uid, (format!("M{email}"), thread_id(&root)));
+            }
+        }
         let ctx = search::Context {
             msgs: &msgs,
             text_hits: &text_hits,
             sent: &sent,
+            object_ids: &object_ids,
             recent: &self
                 .selected
                 .as_ref()
