@@ -59,6 +59,8 @@ pub struct FetchExtras {
     /// RFC 8474 EMAILID, THREADID.
     pub emailid: bool,
     pub threadid: bool,
+    /// RFC 8514 SAVEDATE.
+    pub savedate: bool,
     /// They were all that was asked (the decoder was given `UID` in their place).
     pub only: bool,
 }
@@ -383,8 +385,9 @@ fn status_mailboxid(msg: &[u8]) -> Option<(Cow<'_, [u8]>, Ext)> {
     Some((Cow::Owned(out), Ext::Status { only }))
 }
 
-/// RFC 8474 §5.3 SEARCH/SORT keys `EMAILID id` and `THREADID id` as HEADER keys the
-/// evaluator knows (`search::EMAILID_KEY`); `None` when there are none.
+/// RFC 8474 §5.3 SEARCH/SORT keys `EMAILID id` and `THREADID id`, and RFC 8514 §4.2
+/// `SAVEDBEFORE/SAVEDON/SAVEDSINCE date`, as HEADER keys the evaluator knows
+/// (`search::EMAILID_KEY`...); SAVEDATESUPPORTED as ALL. `None` when there are none.
 pub fn object_id_keys(cmd: &[u8]) -> Option<Vec<u8>> {
     let upper = cmd.to_ascii_uppercase();
     let after_tag = upper.iter().position(|&b| b == b' ')? + 1;
@@ -400,6 +403,9 @@ pub fn object_id_keys(cmd: &[u8]) -> Option<Vec<u8>> {
         let key = [
             (&b" EMAILID "[..], crate::search::EMAILID_KEY),
             (b" THREADID ", crate::search::THREADID_KEY),
+            (b" SAVEDBEFORE ", crate::search::SAVEDBEFORE_KEY),
+            (b" SAVEDON ", crate::search::SAVEDON_KEY),
+            (b" SAVEDSINCE ", crate::search::SAVEDSINCE_KEY),
         ]
         .into_iter()
         .find(|(k, _)| upper.get(i..i + k.len()) == Some(*k));
@@ -407,6 +413,16 @@ pub fn object_id_keys(cmd: &[u8]) -> Option<Vec<u8>> {
             Some((k, name)) => {
                 out.extend_from_slice(format!(" HEADER {name} ").as_bytes());
                 i += k.len();
+                changed = true;
+            }
+            // RFC 8514 §4.2: every mailbox here keeps save dates.
+            None if upper.get(i..).is_some_and(|r| {
+                r.starts_with(b" SAVEDATESUPPORTED")
+                    && r.get(18).is_none_or(|c| matches!(c, b' ' | b')' | b'\r'))
+            }) =>
+            {
+                out.extend_from_slice(b" ALL");
+                i += 18;
                 changed = true;
             }
             None => {
@@ -465,6 +481,7 @@ fn fetch_extras(msg: &[u8], at: usize) -> Option<(Cow<'_, [u8]>, Ext)> {
         (&b"PREVIEW"[..], &mut x.preview),
         (b"EMAILID", &mut x.emailid),
         (b"THREADID", &mut x.threadid),
+        (b"SAVEDATE", &mut x.savedate),
     ] {
         while let Some(s) = item_at(&items, word) {
             let mut end = s + word.len();
@@ -480,7 +497,7 @@ fn fetch_extras(msg: &[u8], at: usize) -> Option<(Cow<'_, [u8]>, Ext)> {
             *flag = true;
         }
     }
-    if !(x.preview || x.emailid || x.threadid) {
+    if !(x.preview || x.emailid || x.threadid || x.savedate) {
         return None;
     }
     // Nothing left: `FETCH 1 PREVIEW` or `FETCH 1 (PREVIEW)`.

@@ -49,6 +49,40 @@ fn is_subject(name: &AString<'_>) -> bool {
 /// (imap-codec has no such keys; `ext::object_id_keys` rewrites them).
 pub const EMAILID_KEY: &str = "X-Yubin-Emailid";
 pub const THREADID_KEY: &str = "X-Yubin-Threadid";
+/// RFC 8514 §4.2 SAVEDBEFORE / SAVEDON / SAVEDSINCE, the same way.
+pub const SAVEDBEFORE_KEY: &str = "X-Yubin-Savedbefore";
+pub const SAVEDON_KEY: &str = "X-Yubin-Savedon";
+pub const SAVEDSINCE_KEY: &str = "X-Yubin-Savedsince";
+
+/// A date as SEARCH writes it (`d-Mon-yyyy`, RFC 3501 §9 date), as days since 1970.
+fn parse_day(v: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(v).ok()?.trim_matches('"');
+    let mut it = s.split('-');
+    let (d, m, y) = (it.next()?, it.next()?, it.next()?);
+    let month = [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ]
+    .iter()
+    .position(|x| x.eq_ignore_ascii_case(m))? as u32
+        + 1;
+    let (d, y): (u32, i64) = (d.trim().parse().ok()?, y.parse().ok()?);
+    (1..=31)
+        .contains(&d)
+        .then(|| yubin_model::days_from_civil(y, month, d))
+}
+
+/// The saved-date comparison a HEADER key stands for, if it is one.
+fn saved_key(name: &AString<'_>) -> Option<std::cmp::Ordering> {
+    let n = name.as_ref();
+    [
+        (SAVEDBEFORE_KEY, std::cmp::Ordering::Less),
+        (SAVEDON_KEY, std::cmp::Ordering::Equal),
+        (SAVEDSINCE_KEY, std::cmp::Ordering::Greater),
+    ]
+    .into_iter()
+    .find(|(k, _)| n.eq_ignore_ascii_case(k.as_bytes()))
+    .map(|(_, o)| o)
+}
 
 fn object_key(name: &AString<'_>) -> Option<bool> {
     let n = name.as_ref();
@@ -103,7 +137,7 @@ pub fn text_keys(key: &SearchKey<'_>, out: &mut Vec<(TextField, String)>) {
         SearchKey::Header(n, v) if is_subject(n) && !v.as_ref().is_empty() => {
             push(TextField::Subject, v)
         }
-        SearchKey::Header(n, _) if object_key(n).is_some() => {}
+        SearchKey::Header(n, _) if object_key(n).is_some() || saved_key(n).is_some() => {}
         // Other HEADER keys are narrowed down by the index, then checked exactly.
         SearchKey::Header(_, v) if !v.as_ref().is_empty() => push(TextField::Text, v),
         SearchKey::And(keys) => keys.as_ref().iter().for_each(|k| text_keys(k, out)),
@@ -220,6 +254,17 @@ fn eval(key: &SearchKey<'_>, ctx: &Context<'_>, idx: usize, lazy: &mut Lazy<'_>)
         SearchKey::Subject(s) => hit(ctx, TextField::Subject, s, m.uid),
         SearchKey::Body(s) => hit(ctx, TextField::Body, s, m.uid),
         SearchKey::Text(s) => hit(ctx, TextField::Text, s, m.uid),
+        SearchKey::Header(name, value) if saved_key(name).is_some() => {
+            let Some(want) = parse_day(value.as_ref()) else {
+                return false;
+            };
+            let got = day(m.saved);
+            match saved_key(name) {
+                Some(std::cmp::Ordering::Less) => got < want,
+                Some(std::cmp::Ordering::Equal) => got == want,
+                _ => got >= want,
+            }
+        }
         SearchKey::Header(name, value) if object_key(name).is_some() => {
             let want = String::from_utf8_lossy(value.as_ref());
             ctx.object_ids.get(&m.uid).is_some_and(|(email, thread)| {
@@ -269,5 +314,17 @@ pub fn uses_modseq(key: &SearchKey<'_>) -> bool {
         SearchKey::Or(a, b) => uses_modseq(a) || uses_modseq(b),
         SearchKey::Not(k) => uses_modseq(k),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod saved_tests {
+    #[test]
+    fn search_dates_parse() {
+        assert_eq!(super::parse_day(b"1-Jan-1970"), Some(0));
+        assert_eq!(super::parse_day(b"\"02-Dec-2026\""), Some(20_789));
+        assert_eq!(super::parse_day(b"2-Foo-2026"), None);
+        assert_eq!(super::parse_day(b"32-Jan-2026"), None);
+        assert_eq!(super::parse_day(b"x"), None);
     }
 }

@@ -1068,6 +1068,7 @@ impl<B: Backend> Session<B> {
         other("PREVIEW".into());
         other("UTF8=ACCEPT".into());
         other("OBJECTID".into());
+        other("SAVEDATE".into());
         other(format!("APPENDLIMIT={}", self.cfg.append_limit));
         if self.state == State::NotAuthenticated {
             if self.cfg.starttls && !self.tls {
@@ -2624,6 +2625,15 @@ impl<B: Backend> Session<B> {
                         None => b"THREADID NIL".to_vec(),
                     });
                 }
+            }
+            if job.extras.savedate {
+                // RFC 8514 §4.1, a date-time as INTERNALDATE writes it.
+                added.push(match chrono::DateTime::from_timestamp(meta.saved, 0) {
+                    Some(t) => {
+                        format!("SAVEDATE \"{}\"", t.format("%d-%b-%Y %H:%M:%S +0000")).into_bytes()
+                    }
+                    None => b"SAVEDATE NIL".to_vec(),
+                });
             }
             if job.preview {
                 let text = parsed.as_ref().map(|p| p.preview()).unwrap_or_default();

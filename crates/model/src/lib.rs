@@ -107,6 +107,9 @@ pub struct MessageMeta {
     pub internal_date: i64,
     pub flags: Flags,
     pub modseq: u64,
+    /// When it was put into this mailbox (RFC 8514 SAVEDATE), Unix seconds; messages
+    /// stored before yubin kept it have their internal date here.
+    pub saved: i64,
 }
 
 /// A mailbox as SELECT sees it: its row, its messages and what SELECT reports about them,

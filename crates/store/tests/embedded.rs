@@ -749,6 +749,7 @@ fn schema_1_is_upgraded() {
          ALTER TABLE mailboxes ADD COLUMN subscribed INTEGER NOT NULL DEFAULT 1;
          DROP TABLE subscriptions;
          DROP TABLE metadata;
+         ALTER TABLE messages DROP COLUMN saved;
          DROP TRIGGER messages_added;
          DROP TRIGGER messages_removed;
          ALTER TABLE mailboxes DROP COLUMN octets;

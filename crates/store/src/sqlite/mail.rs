@@ -58,11 +58,11 @@ fn mailbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Mailbox> {
     })
 }
 
-const MESSAGE_COLUMNS: &str = "uid, size, internal_date, flags, keywords, modseq";
+const MESSAGE_COLUMNS: &str =
+    "uid, size, internal_date, flags, keywords, modseq, coalesce(saved, internal_date)";
 /// The same with `messages m` joined to `blobs bl`.
-const MESSAGE_BLOB_COLUMNS: &str =
-    "m.uid, m.size, m.internal_date, m.flags, m.keywords, m.modseq, bl.id, bl.name,
-     bl.data IS NULL AND bl.pack IS NULL";
+const MESSAGE_BLOB_COLUMNS: &str = "m.uid, m.size, m.internal_date, m.flags, m.keywords, m.modseq,
+     coalesce(m.saved, m.internal_date), bl.id, bl.name, bl.data IS NULL AND bl.pack IS NULL";
 
 fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageMeta> {
     let keywords: String = r.get(4)?;
@@ -75,18 +75,19 @@ fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageMeta> {
             keywords: keywords.split_whitespace().map(str::to_owned).collect(),
         },
         modseq: r.get::<_, i64>(5)? as u64,
+        saved: r.get(6)?,
     })
 }
 
 /// A message row followed by its body's name (snapshot.rs).
 fn message_and_blob(r: &rusqlite::Row<'_>) -> rusqlite::Result<(MessageMeta, BlobRef)> {
-    let file: bool = r.get(8)?;
+    let file: bool = r.get(9)?;
     let key = if file {
-        blob_key(&r.get::<_, String>(7)?)
+        blob_key(&r.get::<_, String>(8)?)
     } else {
         [0; 16]
     };
-    Ok((message_row(r)?, BlobRef { id: r.get(6)?, key }))
+    Ok((message_row(r)?, BlobRef { id: r.get(7)?, key }))
 }
 
 fn keywords_text(f: &Flags) -> String {
@@ -1294,10 +1295,21 @@ fn copy_in(
             )?
             .query_row([to], |r| Ok((r.get(0)?, r.get(1)?)))?;
         tx.prepare_cached(
-            "INSERT INTO messages(mailbox_id, uid, blob_id, size, internal_date, flags, keywords, modseq)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO messages(mailbox_id, uid, blob_id, size, internal_date, flags, keywords,
+                                  modseq, saved)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?
-        .execute(params![to, new_uid, blob, size, date, flags, keywords, modseq])?;
+        .execute(params![
+            to,
+            new_uid,
+            blob,
+            size,
+            date,
+            flags,
+            keywords,
+            modseq,
+            super::now()
+        ])?;
         if let Some(spam) = training {
             tx.prepare_cached(
                 "INSERT INTO training(account_id, blob_id, spam, created) VALUES (?1, ?2, ?3, ?4)",
@@ -1463,8 +1475,9 @@ fn apply(c: &Connection, job: &Job) -> Applied {
             .optional()?
             .ok_or_else(|| Error::NoSuchMailbox(job.mailbox.clone()))?;
         c.prepare_cached(
-            "INSERT INTO messages(mailbox_id, uid, blob_id, size, internal_date, flags, keywords, modseq)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO messages(mailbox_id, uid, blob_id, size, internal_date, flags, keywords,
+                                  modseq, saved)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?
         .execute(params![
             mailbox,
@@ -1474,7 +1487,8 @@ fn apply(c: &Connection, job: &Job) -> Applied {
             job.internal_date,
             job.flags.system,
             keywords,
-            modseq
+            modseq,
+            super::now()
         ])?;
         out.push(Delivered {
             account,

@@ -102,6 +102,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
              PRIMARY KEY(account_id, name)) WITHOUT ROWID;
          INSERT INTO subscriptions SELECT account_id, name FROM mailboxes WHERE subscribed = 1;
          ALTER TABLE mailboxes DROP COLUMN subscribed;
+         ALTER TABLE messages ADD COLUMN saved INTEGER;
          CREATE TABLE metadata(
              account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
              mailbox_id INTEGER NOT NULL,
@@ -180,6 +181,8 @@ CREATE TABLE messages(
     flags INTEGER NOT NULL DEFAULT 0,
     keywords TEXT NOT NULL DEFAULT '',
     modseq INTEGER NOT NULL,
+    -- When it was put into this mailbox (RFC 8514 SAVEDATE); NULL before schema 6.
+    saved INTEGER,
     PRIMARY KEY(mailbox_id, uid)) WITHOUT ROWID;
 CREATE INDEX messages_blob ON messages(blob_id);
 CREATE TRIGGER messages_added AFTER INSERT ON messages BEGIN

@@ -240,6 +240,7 @@ mod tests {
                 keywords: vec![],
             },
             modseq: 1,
+            saved: 0,
         }
     }
 
