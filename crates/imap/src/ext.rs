@@ -82,6 +82,12 @@ pub enum Ext {
     Status {
         only: bool,
     },
+    /// RFC 8508 `[UID] REPLACE n mailbox ...`, given to the decoder as APPEND: the message
+    /// number (or UID) it replaces.
+    Replace {
+        uid: bool,
+        number: u32,
+    },
 }
 
 /// `(A B (C D))` at the start of `s`: the words inside (nested lists flattened into one
@@ -193,6 +199,28 @@ pub fn extract(msg: &[u8]) -> (Cow<'_, [u8]>, Ext) {
         out.extend_from_slice(verb);
         out.extend_from_slice(after);
         return (Cow::Owned(out), Ext::Search(r));
+    }
+    if starts_with_ci(rest, b"REPLACE ") {
+        // RFC 8508 §3: REPLACE n mailbox [flags] [date] literal: the same as APPEND
+        // mailbox [flags] [date] literal, plus the number.
+        let args = rest.get(8..).unwrap_or_default();
+        let sp = args.iter().position(|&b| b == b' ');
+        let number = sp
+            .and_then(|sp| {
+                std::str::from_utf8(args.get(..sp)?)
+                    .ok()?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .filter(|n| *n > 0);
+        let (Some(sp), Some(number)) = (sp, number) else {
+            return none;
+        };
+        let mut out = tag.to_vec();
+        out.extend_from_slice(b"APPEND ");
+        out.extend_from_slice(args.get(sp + 1..).unwrap_or_default());
+        let uid = !uid.is_empty();
+        return (Cow::Owned(out), Ext::Replace { uid, number });
     }
     if uid.is_empty() && starts_with_ci(rest, b"STATUS ") {
         return status_mailboxid(msg).unwrap_or(none);
@@ -662,6 +690,21 @@ mod tests {
             extract(b"t SEARCH RETURN (ALL PARTIAL 1:5) ALL\r\n").1,
             Ext::None
         );
+    }
+
+    #[test]
+    fn replace() {
+        let (cmd, e) = extract(b"t UID REPLACE 42 Drafts (\\Draft) {3+}\r\nabc\r\n");
+        assert_eq!(&*cmd, b"t APPEND Drafts (\\Draft) {3+}\r\nabc\r\n");
+        assert_eq!(
+            e,
+            Ext::Replace {
+                uid: true,
+                number: 42
+            }
+        );
+        assert_eq!(extract(b"t REPLACE x Drafts {1}\r\na\r\n").1, Ext::None);
+        assert_eq!(extract(b"t REPLACE 0 Drafts {1}\r\na\r\n").1, Ext::None);
     }
 
     #[test]

@@ -1069,6 +1069,7 @@ impl<B: Backend> Session<B> {
         other("UTF8=ACCEPT".into());
         other("OBJECTID".into());
         other("SAVEDATE".into());
+        other("REPLACE".into());
         other(format!("APPENDLIMIT={}", self.cfg.append_limit));
         if self.state == State::NotAuthenticated {
             if self.cfg.starttls && !self.tls {
@@ -2239,7 +2240,55 @@ impl<B: Backend> Session<B> {
             return self.no(tag, Some(Code::TooBig), "Message exceeds APPENDLIMIT");
         }
         let when = date.map_or_else(unix_now, |d| d.as_ref().timestamp());
+        // RFC 8508 REPLACE: the message it replaces, which must be there.
+        let replacing = match &self.ext {
+            ext::Ext::Replace { uid, number } => {
+                let Some(sel) = &self.selected else {
+                    return self.bad(tag, "Select a mailbox first");
+                };
+                if sel.read_only {
+                    return self.no(tag, Some(Code::ReadOnly), "Mailbox is read-only");
+                }
+                let old = if *uid {
+                    sel.msgs.binary_search_by_key(number, |m| m.uid).ok()
+                } else {
+                    (*number as usize)
+                        .checked_sub(1)
+                        .filter(|&i| i < sel.msgs.len())
+                };
+                match old.and_then(|i| sel.msgs.get(i)) {
+                    Some(m) => Some((sel.id, m.uid)),
+                    None => return self.bad(tag, "No such message to replace"),
+                }
+            }
+            _ => None,
+        };
         match self.backend.append(&name, &f, when, data) {
+            Ok((uidvalidity, uid)) if replacing.is_some() => {
+                // RFC 8508 §3: APPENDUID untagged, then the old message goes (it need not
+                // be \Deleted; others that are stay). Not one transaction: a crash between
+                // leaves both, never neither.
+                let code = Code::AppendUid {
+                    uid_validity: nz(uidvalidity),
+                    uid: nz(uid),
+                };
+                self.send(Response::Status(
+                    Status::ok(None, Some(code), "Replacement Message ready").expect("valid"),
+                ));
+                if let Some((id, old)) = replacing {
+                    let deleted = Flags::system(flags::DELETED);
+                    let gone = self
+                        .backend
+                        .store(id, &[old], FlagOp::Add, &deleted, None)
+                        .and_then(|_| self.backend.expunge(id, Some(&[old])));
+                    match gone {
+                        Ok(gone) => self.remove_from_view(&gone),
+                        Err(e) => return self.backend_no(tag, e),
+                    }
+                }
+                self.refresh(true);
+                self.ok(tag, None, "REPLACE completed");
+            }
             Ok((uidvalidity, uid)) => {
                 self.refresh(true);
                 self.ok(
