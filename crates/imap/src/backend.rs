@@ -100,6 +100,13 @@ pub trait Backend: Send {
     fn object_ids(&mut self, mailbox: MailboxId) -> BResult<Vec<(u32, i64, String)>>;
     /// Bytes stored and the limit, if any (RFC 9208 STORAGE).
     fn quota(&mut self) -> BResult<(u64, Option<u64>)>;
+    /// Store several messages at once, all or none (RFC 3502 MULTIAPPEND); returns
+    /// UIDVALIDITY and their UIDs.
+    fn append_many(
+        &mut self,
+        mailbox: &str,
+        messages: &[(Flags, i64, &[u8])],
+    ) -> BResult<(u32, Vec<u32>)>;
     /// Store a new message; returns (UIDVALIDITY, UID).
     fn append(
         &mut self,

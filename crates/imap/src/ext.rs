@@ -88,6 +88,9 @@ pub enum Ext {
         uid: bool,
         number: u32,
     },
+    /// RFC 3502 MULTIAPPEND: the decoder gets the first message as an APPEND; each
+    /// further one is here as an APPEND command of its own, to be decoded the same way.
+    MultiAppend(Vec<Vec<u8>>),
 }
 
 /// `(A B (C D))` at the start of `s`: the words inside (nested lists flattened into one
@@ -226,6 +229,9 @@ pub fn extract(msg: &[u8]) -> (Cow<'_, [u8]>, Ext) {
         return status_mailboxid(msg).unwrap_or(none);
     }
     if uid.is_empty() && starts_with_ci(rest, b"APPEND ") {
+        if let Some(multi) = multi_append(msg, tag) {
+            return multi;
+        }
         return append_utf8(msg).unwrap_or(none);
     }
     if starts_with_ci(rest, b"FETCH ") {
@@ -368,6 +374,72 @@ pub fn extract(msg: &[u8]) -> (Cow<'_, [u8]>, Ext) {
     out.extend_from_slice(body);
     out.extend_from_slice(tail);
     (Cow::Owned(out), Ext::List(opts))
+}
+
+/// RFC 3502 `APPEND mailbox ([flags] [date] literal)...` with more than one message: the
+/// first goes to the decoder, the others come back as APPEND commands of their own.
+/// Literal mailbox names and UTF8 (...) items are left to the decoder (one message).
+fn multi_append<'a>(msg: &'a [u8], tag: &[u8]) -> Option<(Cow<'a, [u8]>, Ext)> {
+    let args_at = tag.len() + b"APPEND ".len();
+    let args = msg.get(args_at..)?;
+    let (_, after_name) = token(args)?;
+    let name = args.get(..args.len() - after_name.len())?;
+    let mut rest = after_name;
+    // (flags and date as sent, the literal's length, its bytes)
+    let mut parts: Vec<(&[u8], bool, &[u8])> = Vec::new();
+    loop {
+        rest = rest.strip_prefix(b" ")?;
+        let spec_start = rest;
+        if rest.first() == Some(&b'(') {
+            let close = rest.iter().position(|&b| b == b')')?;
+            rest = rest.get(close + 1..)?.strip_prefix(b" ")?;
+        }
+        if rest.first() == Some(&b'"') {
+            let close = rest.get(1..)?.iter().position(|&b| b == b'"')? + 1;
+            rest = rest.get(close + 1..)?.strip_prefix(b" ")?;
+        }
+        let spec = spec_start.get(..spec_start.len() - rest.len())?;
+        let binary = rest.starts_with(b"~{");
+        let open = if binary { 2 } else { 1 };
+        if !binary && !rest.starts_with(b"{") {
+            return None;
+        }
+        let close = rest.iter().position(|&b| b == b'}')?;
+        let size: usize = std::str::from_utf8(rest.get(open..close)?)
+            .ok()?
+            .trim_end_matches('+')
+            .parse()
+            .ok()?;
+        if rest.get(close + 1..close + 3)? != b"\r\n" {
+            return None;
+        }
+        let data = rest.get(close + 3..close + 3 + size)?;
+        parts.push((spec, binary, data));
+        rest = rest.get(close + 3 + size..)?;
+        if rest == b"\r\n" {
+            break;
+        }
+    }
+    if parts.len() < 2 {
+        return None;
+    }
+    let command = |(spec, binary, data): (&[u8], bool, &[u8])| {
+        let mut c = tag.to_vec();
+        c.extend_from_slice(b"APPEND ");
+        c.extend_from_slice(name);
+        c.push(b' ');
+        c.extend_from_slice(spec);
+        // The synchronizing form: the data is here already.
+        let lit = if binary { "~" } else { "" };
+        c.extend_from_slice(format!("{lit}{{{}}}\r\n", data.len()).as_bytes());
+        c.extend_from_slice(data);
+        c.extend_from_slice(b"\r\n");
+        c
+    };
+    let mut it = parts.into_iter();
+    let first = command(it.next()?);
+    let more = it.map(command).collect();
+    Some((Cow::Owned(first), Ext::MultiAppend(more)))
 }
 
 /// RFC 6855 §4 `APPEND mailbox [flags] [date] UTF8 (~{n}CRLF data)`: the same as the
@@ -688,6 +760,31 @@ mod tests {
         assert!(matches!(e, Ext::Search(r) if r.count && r.partial == Some((-1, -10))));
         assert_eq!(
             extract(b"t SEARCH RETURN (ALL PARTIAL 1:5) ALL\r\n").1,
+            Ext::None
+        );
+    }
+
+    #[test]
+    fn multi_append() {
+        let (cmd, e) = extract(
+            b"t APPEND Sent (\\Seen) {3+}\r\nabc \"01-Dec-2026 10:00:00 +0000\" {2}\r\nxy ~{1+}\r\nz\r\n",
+        );
+        assert_eq!(&*cmd, b"t APPEND Sent (\\Seen) {3}\r\nabc\r\n");
+        let Ext::MultiAppend(more) = e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(
+            more,
+            [
+                b"t APPEND Sent \"01-Dec-2026 10:00:00 +0000\" {2}\r\nxy\r\n".to_vec(),
+                b"t APPEND Sent ~{1}\r\nz\r\n".to_vec()
+            ]
+        );
+        // One message: the decoder's as it was.
+        assert_eq!(extract(b"t APPEND Sent {3}\r\nabc\r\n").1, Ext::None);
+        // Cut short: left to the decoder.
+        assert_eq!(
+            extract(b"t APPEND Sent {3}\r\nabc {9}\r\nab\r\n").1,
             Ext::None
         );
     }

@@ -1070,6 +1070,7 @@ impl<B: Backend> Session<B> {
         other("OBJECTID".into());
         other("SAVEDATE".into());
         other("REPLACE".into());
+        other("MULTIAPPEND".into());
         other(format!("APPENDLIMIT={}", self.cfg.append_limit));
         if self.state == State::NotAuthenticated {
             if self.cfg.starttls && !self.tls {
@@ -2240,6 +2241,10 @@ impl<B: Backend> Session<B> {
             return self.no(tag, Some(Code::TooBig), "Message exceeds APPENDLIMIT");
         }
         let when = date.map_or_else(unix_now, |d| d.as_ref().timestamp());
+        if let ext::Ext::MultiAppend(more) = &self.ext {
+            let more = more.clone();
+            return self.multi_append(tag, &name, (f, when, data), &more);
+        }
         // RFC 8508 REPLACE: the message it replaces, which must be there.
         let replacing = match &self.ext {
             ext::Ext::Replace { uid, number } => {
@@ -2299,6 +2304,67 @@ impl<B: Backend> Session<B> {
                     }),
                     "APPEND completed",
                 );
+            }
+            Err(BackendError::NotFound(_)) => {
+                self.no(tag, Some(Code::TryCreate), "No such mailbox")
+            }
+            Err(e) => self.backend_no(tag, e),
+        }
+    }
+
+    /// RFC 3502 MULTIAPPEND: every message decoded and checked first, then all stored in
+    /// one transaction, or none.
+    fn multi_append(
+        &mut self,
+        tag: &Tag<'static>,
+        name: &str,
+        first: (Flags, i64, &[u8]),
+        more: &[Vec<u8>],
+    ) {
+        use imap_codec::decode::Decoder;
+        let mut decoded = Vec::with_capacity(more.len());
+        for m in more {
+            let Ok((&[], cmd)) = CommandCodec::default().decode(m) else {
+                return self.bad(tag, "Syntax error in command");
+            };
+            let CommandBody::Append {
+                flags,
+                date,
+                message,
+                ..
+            } = cmd.body
+            else {
+                return self.bad(tag, "Syntax error in command");
+            };
+            let Some(f) = to_flags(&flags) else {
+                return self.bad(tag, "Invalid flag");
+            };
+            let data: Vec<u8> = match message {
+                LiteralOrLiteral8::Literal(l) => l.as_ref().to_vec(),
+                LiteralOrLiteral8::Literal8(l) => l.data.to_vec(),
+            };
+            let when = date.map_or_else(unix_now, |d| d.as_ref().timestamp());
+            decoded.push((f, when, data));
+        }
+        let mut all: Vec<(Flags, i64, &[u8])> = vec![first];
+        all.extend(
+            decoded
+                .iter()
+                .map(|(f, w, d)| (f.clone(), *w, d.as_slice())),
+        );
+        if all
+            .iter()
+            .any(|m| m.2.len() > self.cfg.append_limit as usize)
+        {
+            return self.no(tag, Some(Code::TooBig), "Message exceeds APPENDLIMIT");
+        }
+        match self.backend.append_many(name, &all) {
+            Ok((uidvalidity, uids)) => {
+                self.refresh(true);
+                let code = Code::Other(imap_codec::imap_types::response::CodeOther::unvalidated(
+                    format!("APPENDUID {uidvalidity} {}", compact(&uids)).into_bytes(),
+                ));
+                self.ok(tag, Some(code), "APPEND completed");
             }
             Err(BackendError::NotFound(_)) => {
                 self.no(tag, Some(Code::TryCreate), "No such mailbox")

@@ -323,6 +323,34 @@ impl Backend for StoreBackend {
         self.store.usage(self.account()?).map_err(err)
     }
 
+    fn append_many(
+        &mut self,
+        mailbox: &str,
+        messages: &[(Flags, i64, &[u8])],
+    ) -> BResult<(u32, Vec<u32>)> {
+        let account = self.account()?;
+        let total: u64 = messages.iter().map(|m| m.2.len() as u64).sum();
+        self.check_quota(total)?;
+        self.store.mailbox(account, mailbox).map_err(err)?;
+        let mut staged = Vec::with_capacity(messages.len());
+        for (flags, date, body) in messages {
+            staged.push((
+                self.store.stage(&[body]).map_err(err)?,
+                flags.clone(),
+                *date,
+            ));
+        }
+        let d = self
+            .store
+            .deliver_many(staged, account, mailbox)
+            .map_err(err)?;
+        let uidvalidity = d
+            .first()
+            .map(|d| d.uidvalidity)
+            .ok_or_else(|| BackendError::Failed("append stored nothing".into()))?;
+        Ok((uidvalidity, d.iter().map(|d| d.uid).collect()))
+    }
+
     fn append(
         &mut self,
         mailbox: &str,

@@ -93,6 +93,14 @@ impl Backend for Watched {
         self.heavy("object_ids");
         self.0.object_ids(mailbox)
     }
+    fn append_many(
+        &mut self,
+        mailbox: &str,
+        messages: &[(Flags, i64, &[u8])],
+    ) -> BResult<(u32, Vec<u32>)> {
+        self.heavy("append_many");
+        self.0.append_many(mailbox, messages)
+    }
     fn subscriptions(&mut self) -> BResult<Vec<String>> {
         self.heavy("subscriptions");
         self.0.subscriptions()

@@ -210,6 +210,15 @@ pub trait MailStore: Send + Sync {
         internal_date: i64,
     ) -> Result<Vec<Delivered>>;
 
+    /// Several messages into one mailbox of one account, all or none, in one durable
+    /// transaction (IMAP MULTIAPPEND, RFC 3502). One result per message, in order.
+    fn deliver_many(
+        &self,
+        messages: Vec<(StagedBlob, Flags, i64)>,
+        account: AccountId,
+        mailbox: &str,
+    ) -> Result<Vec<Delivered>>;
+
     fn list_mailboxes(&self, account: AccountId) -> Result<Vec<Mailbox>>;
     fn mailbox(&self, account: AccountId, name: &str) -> Result<Mailbox>;
     /// Creates missing parents too (RFC 9051 §6.3.4).

@@ -1277,3 +1277,35 @@ fn recent_is_claimed_once_and_kept() {
     assert_eq!(s.recent(inbox.id, 5, false).unwrap(), 4);
     assert_eq!(s.mailbox(a, "INBOX").unwrap().recent, 1);
 }
+
+/// MULTIAPPEND (RFC 3502): several messages in one transaction, consecutive UIDs; a
+/// failure stores none of them.
+#[test]
+fn deliver_many_is_all_or_nothing() {
+    let (_d, s) = store();
+    s.add_domain("example.com").unwrap();
+    let a = s.add_account("a@example.com", "pw", false).unwrap().id;
+    let staged = |n: u32| {
+        let m = format!("Subject: m{n}\r\n\r\nbody {n}\r\n");
+        (
+            s.stage(&[m.as_bytes()]).unwrap(),
+            Flags::default(),
+            1_000 + i64::from(n),
+        )
+    };
+    assert!(
+        s.deliver_many(vec![staged(1), staged(2)], a, "Nowhere")
+            .is_err()
+    );
+    let inbox = s.mailbox(a, "INBOX").unwrap();
+    assert_eq!(inbox.messages, 0);
+    let d = s
+        .deliver_many(vec![staged(1), staged(2), staged(3)], a, "inbox")
+        .unwrap();
+    assert_eq!(d.iter().map(|d| d.uid).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(
+        s.read(inbox.id, 3).unwrap(),
+        b"Subject: m3\r\n\r\nbody 3\r\n"
+    );
+    assert_eq!(s.messages(inbox.id).unwrap()[1].internal_date, 1_002);
+}

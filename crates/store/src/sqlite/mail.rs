@@ -33,6 +33,9 @@ pub(super) struct Job {
     flags: Flags,
     internal_date: i64,
     outbound: Option<Outbound>,
+    /// More messages for the same recipients and mailbox, all or none with this one
+    /// (IMAP MULTIAPPEND, RFC 3502).
+    more: Vec<(StagedBlob, Flags, i64)>,
     reply: mpsc::SyncSender<Result<(Vec<Delivered>, Option<i64>)>>,
 }
 
@@ -416,6 +419,7 @@ impl SqliteStore {
             flags: flags.clone(),
             internal_date,
             outbound,
+            more: Vec::new(),
             reply,
         };
         self.writer.send(job).map_err(|_| Error::WriterGone)?;
@@ -476,6 +480,31 @@ impl MailStore for SqliteStore {
     ) -> Result<Vec<Delivered>> {
         self.write_job(blob, accounts, mailbox, flags, internal_date, None)
             .map(|(d, _)| d)
+    }
+
+    fn deliver_many(
+        &self,
+        messages: Vec<(StagedBlob, Flags, i64)>,
+        account: AccountId,
+        mailbox: &str,
+    ) -> Result<Vec<Delivered>> {
+        let mut it = messages.into_iter();
+        let Some((blob, flags, internal_date)) = it.next() else {
+            return Ok(Vec::new());
+        };
+        let (reply, rx) = mpsc::sync_channel(1);
+        let job = Job {
+            blob,
+            accounts: vec![account],
+            mailbox: canonical_mailbox(mailbox).to_owned(),
+            flags,
+            internal_date,
+            outbound: None,
+            more: it.collect(),
+            reply,
+        };
+        self.writer.send(job).map_err(|_| Error::WriterGone)?;
+        rx.recv().map_err(|_| Error::WriterGone)?.map(|(d, _)| d)
     }
 
     fn accept(
@@ -1351,7 +1380,12 @@ pub(super) fn writer_loop(
         for (job, result) in batch.into_iter().zip(results) {
             match &result {
                 Ok((d, _)) => touched.extend(d.iter().map(|d| d.mailbox)),
-                Err(_) => dead.extend(job.blob.packed.map(|at| (at, job.blob.size))),
+                Err(_) => {
+                    dead.extend(job.blob.packed.map(|at| (at, job.blob.size)));
+                    for (b, _, _) in &job.more {
+                        dead.extend(b.packed.map(|at| (at, b.size)));
+                    }
+                }
             }
             let _ = job.reply.send(result);
         }
@@ -1392,7 +1426,11 @@ fn commit_batch(
         // A savepoint per job: one bad job (say, a removed account) fails alone.
         let r = (|| -> Applied {
             let sp = tx.savepoint()?;
-            let out = apply(&sp, job)?;
+            let mut out = apply(&sp, job)?;
+            for (blob, flags, date) in &job.more {
+                let (_, (d, _)) = apply_part(&sp, job, blob, flags, *date)?;
+                out.1.0.extend(d);
+            }
             sp.commit()?;
             Ok(out)
         })();
@@ -1414,6 +1452,17 @@ fn commit_batch(
 
 /// One delivery inside the writer's transaction; returns the new body's id too.
 fn apply(c: &Connection, job: &Job) -> Applied {
+    apply_part(c, job, &job.blob, &job.flags, job.internal_date)
+}
+
+/// One message of a job (the job's own, or one of `more`) to the job's recipients.
+fn apply_part(
+    c: &Connection,
+    job: &Job,
+    blob: &StagedBlob,
+    flags: &Flags,
+    internal_date: i64,
+) -> Applied {
     // Never reused (snapshot.rs and the indexer key on it).
     let blob_id: i64 = c
         .prepare_cached(
@@ -1426,13 +1475,13 @@ fn apply(c: &Connection, job: &Job) -> Applied {
     )?
     .execute(params![
         blob_id,
-        job.blob.name,
-        job.blob.size as i64,
-        job.blob.data,
-        job.blob.packed.map(|at| at.pack as i64),
-        job.blob.packed.map(|at| at.off as i64),
+        blob.name,
+        blob.size as i64,
+        blob.data,
+        blob.packed.map(|at| at.pack as i64),
+        blob.packed.map(|at| at.off as i64),
     ])?;
-    let t = &job.blob.text;
+    let t = &blob.text;
     // The full-text entry is built after the commit (indexer.rs).
     c.prepare_cached("INSERT INTO index_pending(blob_id) VALUES (?1)")?
         .execute([blob_id])?;
@@ -1458,7 +1507,7 @@ fn apply(c: &Connection, job: &Job) -> Applied {
     ])?;
     let mut seen = BTreeSet::new();
     let mut out = Vec::with_capacity(job.accounts.len());
-    let keywords = keywords_text(&job.flags);
+    let keywords = keywords_text(flags);
     for &account in &job.accounts {
         if !seen.insert(account) {
             continue;
@@ -1483,9 +1532,9 @@ fn apply(c: &Connection, job: &Job) -> Applied {
             mailbox,
             uid,
             blob_id,
-            job.blob.size as i64,
-            job.internal_date,
-            job.flags.system,
+            blob.size as i64,
+            internal_date,
+            flags.system,
             keywords,
             modseq,
             super::now()
@@ -1502,14 +1551,14 @@ fn apply(c: &Connection, job: &Job) -> Applied {
     let mut queue_id = None;
     if let Some(o) = &job.outbound {
         c.prepare_cached("INSERT INTO queue(blob_id, mail_from, created) VALUES (?1, ?2, ?3)")?
-            .execute(params![blob_id, o.mail_from, job.internal_date])?;
+            .execute(params![blob_id, o.mail_from, internal_date])?;
         let id = c.last_insert_rowid();
         for r in &o.rcpts {
             let domain = r.rsplit_once('@').map_or("", |d| d.1).to_lowercase();
             c.prepare_cached(
                 "INSERT INTO queue_rcpts(queue_id, rcpt, domain, next_attempt) VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![id, r, domain, job.internal_date])?;
+            .execute(params![id, r, domain, internal_date])?;
         }
         queue_id = Some(id);
     }
