@@ -246,6 +246,8 @@ struct SelectNumbers {
     uidvalidity: NonZeroU32,
     uid_next: NonZeroU32,
     highest: NonZeroU64,
+    /// RFC 8474 §4 MAILBOXID.
+    mailbox_id: MailboxId,
 }
 
 /// SELECT's untagged numbers, written directly: a client re-SELECTs often, and six trips
@@ -263,8 +265,11 @@ fn write_select_numbers(out: &mut Vec<u8>, n: SelectNumbers) {
     let _ = write!(
         out,
         "* OK [UIDVALIDITY {}] UIDs valid\r\n* OK [UIDNEXT {}] Predicted next UID\r\n\
-         * OK [HIGHESTMODSEQ {}] Highest\r\n",
-        n.uidvalidity, n.uid_next, n.highest
+         * OK [HIGHESTMODSEQ {}] Highest\r\n* OK [MAILBOXID ({})] Ok\r\n",
+        n.uidvalidity,
+        n.uid_next,
+        n.highest,
+        mailbox_id(n.mailbox_id)
     );
 }
 
@@ -1612,21 +1617,10 @@ impl<B: Backend> Session<B> {
                 uid_next: nz(mb.uid_next),
                 // RFC 7162 §3.1.2.1: HIGHESTMODSEQ in every SELECT/EXAMINE.
                 highest: NonZeroU64::new(mb.highest_modseq).unwrap_or(NonZeroU64::MIN),
+                // RFC 8474 §4: and the mailbox's id.
+                mailbox_id: mb.id,
             },
         );
-        // RFC 8474 §4: the mailbox's id with SELECT/EXAMINE.
-        self.send(Response::Status(
-            Status::ok(
-                None,
-                Some(Code::Other(
-                    imap_codec::imap_types::response::CodeOther::unvalidated(
-                        format!("MAILBOXID ({})", mailbox_id(mb.id)).into_bytes(),
-                    ),
-                )),
-                "Ok",
-            )
-            .expect("valid"),
-        ));
         self.selected = Some(Selected {
             id: mb.id,
             read_only,
@@ -3522,6 +3516,7 @@ mod fast_fetch_tests {
                     uidvalidity: nz(v),
                     uid_next: nz(next),
                     highest,
+                    mailbox_id: 42,
                 },
             );
             let mut codec = Vec::new();
@@ -3536,6 +3531,12 @@ mod fast_fetch_tests {
             rs.push(ok(Code::UidValidity(nz(v)), "UIDs valid"));
             rs.push(ok(Code::UidNext(nz(next)), "Predicted next UID"));
             rs.push(ok(Code::HighestModSeq(highest), "Highest"));
+            rs.push(ok(
+                Code::Other(imap_codec::imap_types::response::CodeOther::unvalidated(
+                    b"MAILBOXID (F42)".as_slice(),
+                )),
+                "Ok",
+            ));
             for r in rs {
                 codec.extend(ResponseCodec::default().encode(&r).dump());
             }
