@@ -489,13 +489,15 @@ fn status_mailboxid(msg: &[u8]) -> Option<(Cow<'_, [u8]>, Ext)> {
 /// `SAVEDBEFORE/SAVEDON/SAVEDSINCE date`, as HEADER keys the evaluator knows
 /// (`search::EMAILID_KEY`...); SAVEDATESUPPORTED as ALL. `None` when there are none.
 pub fn object_id_keys(cmd: &[u8]) -> Option<Vec<u8>> {
-    let upper = cmd.to_ascii_uppercase();
-    let after_tag = upper.iter().position(|&b| b == b' ')? + 1;
-    let rest = upper.get(after_tag..)?;
+    // The verb first, from the start alone: an APPEND may be megabytes.
+    let head = cmd.get(..cmd.len().min(64))?.to_ascii_uppercase();
+    let after_tag = head.iter().position(|&b| b == b' ')? + 1;
+    let rest = head.get(after_tag..)?;
     let rest = rest.strip_prefix(b"UID ").unwrap_or(rest);
     if !rest.starts_with(b"SEARCH ") && !rest.starts_with(b"SORT ") {
         return None;
     }
+    let upper = cmd.to_ascii_uppercase();
     let mut out = Vec::with_capacity(cmd.len() + 32);
     let mut i = 0;
     let mut changed = false;
