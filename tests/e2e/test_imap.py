@@ -546,3 +546,33 @@ def test_preview_from_imaplib(server):
     assert data[0] == b'1 (PREVIEW "Lunch at noon?")', data
     assert data[1][1] == "Grüße aus Köln".encode(), data
     m.logout()
+
+
+def test_subscriptions_list_sort_and_esearch_from_imaplib(server):
+    """Items 6, 9, 10, 11 of issue 16 through imaplib: subscriptions are the client's
+    choice, LSUB shows a hidden subscribed child's parent as \\Noselect, LIST takes several
+    patterns, SORT keys on group names, ESEARCH MAX reports that message's MODSEQ."""
+    deliver(server, "to a group", extra="Cc: Zeta Team: z@remote.example;\r\n")
+    deliver(server, "plain", extra="Cc: alpha@remote.example\r\n")
+    m = login(server)
+    assert m.create("Projects/Alpha")[0] == "OK"
+    typ, data = m.lsub('""', "Projects*")
+    assert data == [None], data  # nothing subscribed by CREATE
+    m.subscribe("Projects/Alpha")
+    typ, data = m.lsub('""', "P%")
+    assert data == [b'(\\Noselect) "/" Projects'], data
+    typ, data = m._simple_command("LIST", '""', '(INBOX "Proj*")')
+    assert typ == "OK"
+    names = [l.split(b'"/" ')[1] for l in m.untagged_responses.pop("LIST", [])]
+    assert names == [b"INBOX", b"Projects", b"Projects/Alpha"], names
+    m.select("INBOX")
+    typ, data = m.sort("(CC)", "UTF-8", "ALL")
+    assert data == [b"2 1"], data  # "alpha" before "zeta team"
+    m.store("1", "+FLAGS", "(\\Flagged)")
+    typ, data = m._simple_command("SEARCH", "RETURN", "(MAX)", "MODSEQ", "1")
+    got = m.untagged_responses.pop("ESEARCH", [])
+    fetched = m.fetch("2", "(MODSEQ)")[1][0]
+    assert got and b"MAX 2" in got[0], got
+    modseq2 = fetched.split(b"MODSEQ (")[1].split(b")")[0]
+    assert got[0].endswith(b"MODSEQ " + modseq2), (got, fetched)
+    m.logout()
