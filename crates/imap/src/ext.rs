@@ -13,6 +13,8 @@ pub struct SearchReturn {
     pub all: bool,
     /// RFC 9394 PARTIAL first:last (1-based; negative counts from the end), as sent.
     pub partial: Option<(i32, i32)>,
+    /// RFC 5182 SAVE: keep the result for `$`.
+    pub save: bool,
 }
 
 /// RFC 9394 §3 partial-range: `m:n` with both ends positive or both negative, not 0.
@@ -180,11 +182,11 @@ pub fn extract(msg: &[u8]) -> (Cow<'_, [u8]>, Ext) {
                 "MAX" => r.max = true,
                 "COUNT" => r.count = true,
                 "ALL" => r.all = true,
+                "SAVE" if verb == b"SEARCH" => r.save = true,
                 "PARTIAL" => match words_iter.next().and_then(|x| partial_range(x)) {
                     Some(p) => r.partial = Some(p),
                     None => return none,
                 },
-                // SAVE (RFC 5182) and others are not offered.
                 _ => return none,
             }
         }
@@ -192,7 +194,8 @@ pub fn extract(msg: &[u8]) -> (Cow<'_, [u8]>, Ext) {
         if r.all && r.partial.is_some() {
             return none;
         }
-        // RFC 4731 §3.1: RETURN () means RETURN (ALL).
+        // RFC 4731 §3.1: RETURN () means RETURN (ALL); RFC 5182 §2.4: so does (SAVE)
+        // for what is saved, but nothing is sent then.
         if words.is_empty() {
             r.all = true;
         }
@@ -485,6 +488,56 @@ fn status_mailboxid(msg: &[u8]) -> Option<(Cow<'_, [u8]>, Ext)> {
     Some((Cow::Owned(out), Ext::Status { only }))
 }
 
+/// RFC 5182 §2.1: where the `$` of a command's first line stands as a sequence set (not
+/// in a quoted string), for commands that take one; the verb's index words decide how it
+/// is read (`uid`), and whether it is a SEARCH key (`search`).
+pub struct Dollar {
+    pub at: usize,
+    pub uid: bool,
+    pub search: bool,
+}
+
+pub fn find_dollar(cmd: &[u8]) -> Option<Dollar> {
+    let line_end = cmd.iter().position(|&b| b == b'\r').unwrap_or(cmd.len());
+    let line = cmd.get(..line_end)?;
+    if !line.contains(&b'$') {
+        return None;
+    }
+    let upper = line.to_ascii_uppercase();
+    let after_tag = upper.iter().position(|&b| b == b' ')? + 1;
+    let rest = upper.get(after_tag..)?;
+    let (uid, rest) = match rest.strip_prefix(b"UID ") {
+        Some(r) => (true, r),
+        None => (false, rest),
+    };
+    let search = [&b"SEARCH "[..], b"SORT ", b"THREAD "]
+        .iter()
+        .any(|v| rest.starts_with(v));
+    let takes_set = [&b"FETCH "[..], b"STORE ", b"COPY ", b"MOVE ", b"EXPUNGE "]
+        .iter()
+        .any(|v| rest.starts_with(v));
+    if !search && !takes_set {
+        return None;
+    }
+    let mut quoted = false;
+    for (i, &b) in line.iter().enumerate() {
+        match b {
+            b'"' => quoted = !quoted,
+            b'$' if !quoted => {
+                let before = i.checked_sub(1).and_then(|k| line.get(k)).copied();
+                let after = line.get(i + 1).copied();
+                if matches!(before, Some(b' ' | b'('))
+                    && after.is_none_or(|c| matches!(c, b' ' | b')'))
+                {
+                    return Some(Dollar { at: i, uid, search });
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// RFC 8474 §5.3 SEARCH/SORT keys `EMAILID id` and `THREADID id`, and RFC 8514 §4.2
 /// `SAVEDBEFORE/SAVEDON/SAVEDSINCE date`, as HEADER keys the evaluator knows
 /// (`search::EMAILID_KEY`...); SAVEDATESUPPORTED as ALL. `None` when there are none.
@@ -744,6 +797,23 @@ mod tests {
                 String::from_utf8_lossy(&m)
             );
         }
+    }
+
+    #[test]
+    fn dollar() {
+        let d = find_dollar(b"t UID FETCH $ (FLAGS)\r\n").unwrap();
+        assert_eq!((d.at, d.uid, d.search), (12, true, false));
+        let d = find_dollar(b"t SEARCH SEEN ($ OR $ 1)\r\n").unwrap();
+        assert_eq!((d.at, d.uid, d.search), (15, false, true));
+        assert!(find_dollar(b"t SEARCH SUBJECT \"a $ b\"\r\n").is_none());
+        assert!(find_dollar(b"t SELECT $\r\n").is_none());
+        assert!(find_dollar(b"t FETCH 1 BODY[]<$>\r\n").is_none());
+        let (_, e) = extract(b"t SEARCH RETURN (SAVE) SEEN\r\n");
+        assert!(matches!(e, Ext::Search(r) if r.save && !r.all));
+        assert_eq!(
+            extract(b"t SORT RETURN (SAVE) (DATE) UTF-8 ALL\r\n").1,
+            Ext::None
+        );
     }
 
     #[test]

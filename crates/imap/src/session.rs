@@ -153,6 +153,9 @@ struct Selected {
     /// Keywords the client was told of in FLAGS (RFC 3501 §7.2.6: before any FETCH
     /// shows one).
     keywords: Vec<String>,
+    /// RFC 5182: the UIDs (ascending) a SEARCH RETURN (SAVE) kept for `$`; a new SELECT
+    /// starts empty, expunged messages leave it.
+    saved: Vec<u32>,
 }
 
 const MAX_AUTH_FAILURES: u32 = 3;
@@ -849,6 +852,45 @@ impl<B: Backend> Session<B> {
         // Options imap-codec cannot parse yet are cut out first (see `ext`).
         if !self.frag.is_max_message_size_exceeded() && !self.frag.is_message_poisoned() {
             let (bytes, ext) = ext::extract(self.frag.message_bytes());
+            // RFC 5182 `$`: the saved result, as UIDs or sequence numbers.
+            let (bytes, ext) = match ext::find_dollar(&bytes) {
+                Some(d) => match self.saved_set(d.uid) {
+                    Some(set) => {
+                        let mut b = bytes.get(..d.at).unwrap_or_default().to_vec();
+                        b.extend_from_slice(set.as_bytes());
+                        b.extend_from_slice(bytes.get(d.at + 1..).unwrap_or_default());
+                        let ext = if ext == ext::Ext::None {
+                            ext::Ext::Rewritten
+                        } else {
+                            ext
+                        };
+                        (std::borrow::Cow::Owned(b), ext)
+                    }
+                    None if d.search => {
+                        let mut b = bytes.get(..d.at).unwrap_or_default().to_vec();
+                        b.extend_from_slice(b"NOT ALL");
+                        b.extend_from_slice(bytes.get(d.at + 1..).unwrap_or_default());
+                        let ext = if ext == ext::Ext::None {
+                            ext::Ext::Rewritten
+                        } else {
+                            ext
+                        };
+                        (std::borrow::Cow::Owned(b), ext)
+                    }
+                    None => {
+                        // §2.1: an empty `$` names no message; the command does nothing.
+                        let tag = tag_of(&self.frag);
+                        if self.selected.is_none() {
+                            return self.tagged_bad(tag, None, "Select a mailbox first");
+                        }
+                        if let Some(tag) = tag {
+                            self.ok(&tag, None, "Completed, no messages ($ is empty)");
+                        }
+                        return;
+                    }
+                },
+                None => (bytes, ext),
+            };
             let (bytes, ext) = match ext::object_id_keys(&bytes) {
                 Some(b) if ext == ext::Ext::None => (b.into(), ext::Ext::Rewritten),
                 Some(b) => (b.into(), ext),
@@ -1076,6 +1118,7 @@ impl<B: Backend> Session<B> {
         other("SAVEDATE".into());
         other("REPLACE".into());
         other("MULTIAPPEND".into());
+        other("SEARCHRES".into());
         other(format!("APPENDLIMIT={}", self.cfg.append_limit));
         if self.state == State::NotAuthenticated {
             if self.cfg.starttls && !self.tls {
@@ -1630,6 +1673,7 @@ impl<B: Backend> Session<B> {
             pending_expunge: Vec::new(),
             recent,
             keywords,
+            saved: Vec::new(),
         });
         if let Some((uidvalidity, since, known)) = resync
             && uidvalidity == mb.uidvalidity
@@ -1945,6 +1989,22 @@ impl<B: Backend> Session<B> {
                 "LIST completed"
             },
         );
+    }
+
+    /// The saved result (RFC 5182) as a sequence set of UIDs or of message numbers;
+    /// `None` when it is empty (or nothing is selected).
+    fn saved_set(&self, uid: bool) -> Option<String> {
+        let sel = self.selected.as_ref()?;
+        let values: Vec<u32> = if uid {
+            sel.saved.clone()
+        } else {
+            sel.saved
+                .iter()
+                .filter_map(|u| sel.msgs.binary_search_by_key(u, |m| m.uid).ok())
+                .map(|i| i as u32 + 1)
+                .collect()
+        };
+        (!values.is_empty()).then(|| compact(&values))
     }
 
     /// CREATE's OK, with the new mailbox's id (RFC 8474 §4 `[MAILBOXID (id)]`).
@@ -2949,6 +3009,9 @@ impl<B: Backend> Session<B> {
                 if let Ok(i) = sel.recent.binary_search(u) {
                     sel.recent.remove(i);
                 }
+                if let Ok(i) = sel.saved.binary_search(u) {
+                    sel.saved.remove(i);
+                }
             }
         }
         if self.qresync {
@@ -3209,6 +3272,33 @@ impl<B: Backend> Session<B> {
                 all: true,
                 ..Default::default()
             });
+        }
+        if let ext::Ext::Search(r) = &self.ext
+            && r.save
+        {
+            // RFC 5182 §2.4: with MIN/MAX alone, only those are kept.
+            let r = r.clone();
+            if let Some(sel) = self.selected.as_mut() {
+                let pick: Vec<usize> =
+                    if (r.min || r.max) && !r.all && !r.count && r.partial.is_none() {
+                        let ends = [r.min.then(|| hits.first()), r.max.then(|| hits.last())];
+                        ends.into_iter().flatten().flatten().copied().collect()
+                    } else {
+                        hits.clone()
+                    };
+                let mut uids: Vec<u32> = pick
+                    .iter()
+                    .filter_map(|&i| sel.msgs.get(i).map(|m| m.uid))
+                    .collect();
+                uids.sort_unstable();
+                uids.dedup();
+                sel.saved = uids;
+            }
+            if !(r.min || r.max || r.all || r.count || r.partial.is_some()) {
+                // SAVE alone: nothing is sent but the tagged OK.
+                self.refresh(uid);
+                return self.ok(tag, None, "SEARCH completed");
+            }
         }
         if let ext::Ext::Search(r) = &self.ext {
             // RFC 4731 §3.1: * ESEARCH (TAG "t") [UID] MIN n MAX n COUNT n ALL set.
