@@ -3,6 +3,9 @@
 //! lines must match the server's lines exactly, `S~` lines are regular expressions (for
 //! values like UIDVALIDITY). The store holds `bob@example.test` (password `secret`) with
 //! three messages in INBOX. Header lines `#! tls` / `#! no-plaintext` set the connection.
+//! `C2:`/`S2:`/`S2~` lines (and 3, ...) are further sessions on the same store, logged out
+//! until they log in; a session's replies are checked when it next sends. With
+//! `DIALOGUE_DUMP=1` nothing fails: every difference is printed (for writing new files).
 
 use std::cell::Cell;
 use std::sync::Arc;
