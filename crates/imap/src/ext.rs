@@ -751,7 +751,9 @@ mod tests {
         assert!(matches!(e, Ext::Search(r) if r.all));
         let (c, e) = extract(b"a SEARCH ALL\r\n");
         assert_eq!((&*c, e), (&b"a SEARCH ALL\r\n"[..], Ext::None));
-        assert_eq!(extract(b"a SEARCH RETURN (SAVE) ALL\r\n").1, Ext::None);
+        // RFC 5182 SAVE is taken; an unknown option is left to the decoder (BAD).
+        assert!(matches!(extract(b"a SEARCH RETURN (SAVE) ALL\r\n").1, Ext::Search(r) if r.save));
+        assert_eq!(extract(b"a SEARCH RETURN (FUZZY) ALL\r\n").1, Ext::None);
     }
 
     /// Pieces of every form cut here, glued at random: `extract` never panics, and
