@@ -379,6 +379,9 @@ pub fn extract(msg: &[u8]) -> (Cow<'_, [u8]>, Ext) {
     (Cow::Owned(out), Ext::List(opts))
 }
 
+/// Most messages one MULTIAPPEND may carry.
+pub const MULTIAPPEND_MAX: usize = 1000;
+
 /// RFC 3502 `APPEND mailbox ([flags] [date] literal)...` with more than one message: the
 /// first goes to the decoder, the others come back as APPEND commands of their own.
 /// Literal mailbox names and UTF8 (...) items are left to the decoder (one message).
@@ -418,6 +421,11 @@ fn multi_append<'a>(msg: &'a [u8], tag: &[u8]) -> Option<(Cow<'a, [u8]>, Ext)> {
         }
         let data = rest.get(close + 3..close + 3 + size)?;
         parts.push((spec, binary, data));
+        // A command of a million one-byte messages would be a million rows in one
+        // transaction and a million decodes: beyond this, the decoder answers BAD.
+        if parts.len() > MULTIAPPEND_MAX {
+            return None;
+        }
         rest = rest.get(close + 3 + size..)?;
         if rest == b"\r\n" {
             break;
@@ -861,6 +869,18 @@ mod tests {
             extract(b"t APPEND Sent {3}\r\nabc {9}\r\nab\r\n").1,
             Ext::None
         );
+        // At most MULTIAPPEND_MAX messages; one more is left to the decoder (BAD).
+        let many = |n: usize| {
+            let mut m = b"t APPEND Sent".to_vec();
+            for _ in 0..n {
+                m.extend_from_slice(b" {1}\r\nx");
+            }
+            m.extend_from_slice(b"\r\n");
+            m
+        };
+        let e = extract(&many(MULTIAPPEND_MAX)).1;
+        assert!(matches!(e, Ext::MultiAppend(v) if v.len() == MULTIAPPEND_MAX - 1));
+        assert_eq!(extract(&many(MULTIAPPEND_MAX + 1)).1, Ext::None);
     }
 
     #[test]
