@@ -25,7 +25,7 @@ fn partial_range(s: &str) -> Option<(i32, i32)> {
 }
 
 /// The part of `values` (in their order) a PARTIAL range names.
-pub fn partial_of(values: &[u32], (a, b): (i32, i32)) -> &[u32] {
+pub fn partial_of<T>(values: &[T], (a, b): (i32, i32)) -> &[T] {
     let (lo, hi) = (a.min(b), a.max(b));
     let n = values.len() as i64;
     // To 0-based [from, to), counting from the end for negative ends.
@@ -63,6 +63,8 @@ pub struct FetchExtras {
     pub threadid: bool,
     /// RFC 8514 SAVEDATE.
     pub savedate: bool,
+    /// RFC 9394 §3.3 the PARTIAL fetch modifier: which of the messages the set names.
+    pub partial: Option<(i32, i32)>,
     /// They were all that was asked (the decoder was given `UID` in their place).
     pub only: bool,
 }
@@ -537,6 +539,15 @@ pub fn find_dollar(cmd: &[u8]) -> Option<Dollar> {
                 if matches!(before, Some(b' ' | b'('))
                     && after.is_none_or(|c| matches!(c, b' ' | b')'))
                 {
+                    // In SEARCH `$` is a message-set key, `UID $` a UID one, whatever
+                    // the command's own UID prefix (RFC 5182 §2.1).
+                    let uid = if search {
+                        let head = upper.get(..i).unwrap_or_default();
+                        head.strip_suffix(b"UID ")
+                            .is_some_and(|h| h.last().is_none_or(|c| matches!(c, b' ' | b'(')))
+                    } else {
+                        uid
+                    };
                     return Some(Dollar { at: i, uid, search });
                 }
             }
@@ -660,7 +671,8 @@ fn fetch_extras(msg: &[u8], at: usize) -> Option<(Cow<'_, [u8]>, Ext)> {
             *flag = true;
         }
     }
-    if !(x.preview || x.emailid || x.threadid || x.savedate) {
+    x.partial = cut_partial_modifier(&mut items)?;
+    if !(x.preview || x.emailid || x.threadid || x.savedate || x.partial.is_some()) {
         return None;
     }
     // Nothing left: `FETCH 1 PREVIEW` or `FETCH 1 (PREVIEW)`.
@@ -684,6 +696,64 @@ fn fetch_extras(msg: &[u8], at: usize) -> Option<(Cow<'_, [u8]>, Ext)> {
     out.extend_from_slice(&head);
     out.extend_from_slice(tail);
     Some((Cow::Owned(out), Ext::Fetch(x)))
+}
+
+/// RFC 9394 §3.3 `PARTIAL range` in the modifier list that ends `FETCH set items (...)`
+/// (`items`: from the items on), cut out; the list goes when nothing else is in it.
+/// `Some(None)`: no PARTIAL there; `None`: one that is not a partial-range.
+fn cut_partial_modifier(items: &mut Vec<u8>) -> Option<Option<(i32, i32)>> {
+    let end = items
+        .iter()
+        .position(|&b| b == b'\r')
+        .unwrap_or(items.len());
+    let line = items.get(..end)?;
+    if line.last() != Some(&b')') {
+        return Some(None);
+    }
+    // The group that closes the line; at 0 it is the item list, not modifiers.
+    let mut depth = 0usize;
+    let mut open = None;
+    for (i, &b) in line.iter().enumerate().rev() {
+        match b {
+            b')' => depth += 1,
+            b'(' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    open = Some(i);
+                    break;
+                }
+            }
+            b']' | b'[' => return Some(None),
+            _ => {}
+        }
+    }
+    let open = match open {
+        Some(o) if o > 0 && line.get(o - 1) == Some(&b' ') => o,
+        _ => return Some(None),
+    };
+    let inner = std::str::from_utf8(line.get(open + 1..end - 1)?).ok()?;
+    let words: Vec<&str> = inner.split(' ').collect();
+    let Some(k) = words.iter().position(|w| w.eq_ignore_ascii_case("PARTIAL")) else {
+        return Some(None);
+    };
+    let range = partial_range(words.get(k + 1)?)?;
+    let rest: Vec<&str> = words
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != k && *i != k + 1)
+        .map(|(_, w)| *w)
+        .collect();
+    let mut out = if rest.is_empty() {
+        line.get(..open - 1)?.to_vec()
+    } else {
+        let mut o = line.get(..=open)?.to_vec();
+        o.extend_from_slice(rest.join(" ").as_bytes());
+        o.push(b')');
+        o
+    };
+    out.extend_from_slice(items.get(end..)?);
+    *items = out;
+    Some(Some(range))
 }
 
 /// One atom or quoted string at the start of `s` (its text, and the rest after it).
@@ -815,6 +885,12 @@ mod tests {
         assert_eq!((d.at, d.uid, d.search), (12, true, false));
         let d = find_dollar(b"t SEARCH SEEN ($ OR $ 1)\r\n").unwrap();
         assert_eq!((d.at, d.uid, d.search), (15, false, true));
+        // In SEARCH only `UID $` is read as UIDs.
+        let d = find_dollar(b"t UID SEARCH $\r\n").unwrap();
+        assert_eq!((d.at, d.uid, d.search), (13, false, true));
+        let d = find_dollar(b"t SEARCH (uid $)\r\n").unwrap();
+        assert_eq!((d.at, d.uid, d.search), (14, true, true));
+        assert!(!find_dollar(b"t SEARCH XUID $\r\n").unwrap().uid);
         assert!(find_dollar(b"t SEARCH SUBJECT \"a $ b\"\r\n").is_none());
         assert!(find_dollar(b"t SELECT $\r\n").is_none());
         assert!(find_dollar(b"t FETCH 1 BODY[]<$>\r\n").is_none());
@@ -990,6 +1066,22 @@ mod tests {
                 threadid: true,
                 ..Default::default()
             })
+        );
+        let (cmd, e) = extract(b"t UID FETCH 1:* (FLAGS) (PARTIAL -1:-10)\r\n");
+        assert_eq!(&*cmd, b"t UID FETCH 1:* (FLAGS)\r\n");
+        assert!(matches!(e, Ext::Fetch(x) if x.partial == Some((-1, -10)) && !x.only));
+        let (cmd, e) = extract(b"t UID FETCH 1:* FLAGS (CHANGEDSINCE 4 partial 1:5)\r\n");
+        assert_eq!(&*cmd, b"t UID FETCH 1:* FLAGS (CHANGEDSINCE 4)\r\n");
+        assert!(matches!(e, Ext::Fetch(x) if x.partial == Some((1, 5))));
+        // Not a modifier list, or not a range: left to the decoder (which says BAD).
+        assert_eq!(extract(b"t UID FETCH 1:* (FLAGS)\r\n").1, Ext::None);
+        assert_eq!(
+            extract(b"t UID FETCH 1 (BODY[HEADER.FIELDS (PARTIAL)])\r\n").1,
+            Ext::None
+        );
+        assert_eq!(
+            extract(b"t UID FETCH 1:* (FLAGS) (PARTIAL 0:5)\r\n").1,
+            Ext::None
         );
         let (cmd, e) = extract(b"t FETCH 1 (THREADID EMAILID)\r\n");
         assert_eq!(&*cmd, b"t FETCH 1 (UID)\r\n");

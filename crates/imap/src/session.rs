@@ -187,6 +187,9 @@ pub struct Session<B: Backend> {
     rev2: bool,
     /// RFC 6855 UTF8=ACCEPT enabled: UTF-8 mailbox names and strings.
     utf8_accept: bool,
+    /// RFC 9586 UIDONLY enabled: no message numbers in commands (BAD [UIDREQUIRED]) nor
+    /// in responses (UIDFETCH instead of FETCH, VANISHED instead of EXPUNGE).
+    uidonly: bool,
     /// Inside [`Session::poll_light`]: run only what cannot block.
     light_only: bool,
     /// A command `poll_light` left for [`Session::poll`], with its extension options.
@@ -366,6 +369,58 @@ fn metadata_entry(raw: &[u8]) -> Option<String> {
         && s.bytes()
             .all(|b| (0x21..0x7f).contains(&b) && b != b'*' && b != b'%');
     ok.then_some(s)
+}
+
+/// RFC 9586 §3: whether a command names messages by number (its sets, its SEARCH keys).
+fn uses_message_numbers(body: &CommandBody<'_>, ext: &ext::Ext) -> bool {
+    let criteria = match body {
+        CommandBody::Fetch { uid, .. }
+        | CommandBody::Store { uid, .. }
+        | CommandBody::Copy { uid, .. }
+        | CommandBody::Move { uid, .. } => return !uid,
+        CommandBody::Append { .. } => return matches!(ext, ext::Ext::Replace { uid: false, .. }),
+        CommandBody::Search { criteria, uid, .. } => {
+            if !uid {
+                return true;
+            }
+            criteria.as_ref().iter().collect::<Vec<_>>()
+        }
+        CommandBody::Sort {
+            search_criteria,
+            uid,
+            ..
+        }
+        | CommandBody::Thread {
+            search_criteria,
+            uid,
+            ..
+        } => {
+            if !uid {
+                return true;
+            }
+            search_criteria.as_ref().iter().collect()
+        }
+        _ => return false,
+    };
+    // Iteratively: the decoder bounds the nesting, this does not rely on it.
+    let mut stack = criteria;
+    while let Some(k) = stack.pop() {
+        match k {
+            SearchKey::SequenceSet(_) => return true,
+            SearchKey::And(v) => stack.extend(v.as_ref().iter()),
+            SearchKey::Or(a, b) => {
+                stack.push(a);
+                stack.push(b);
+            }
+            SearchKey::Not(a) => stack.push(a),
+            _ => {}
+        }
+    }
+    false
+}
+
+fn find_bytes(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 fn unix_now() -> i64 {
@@ -640,6 +695,7 @@ impl<B: Backend> Session<B> {
             ext: ext::Ext::None,
             rev2: false,
             utf8_accept: false,
+            uidonly: false,
             light_only: false,
             deferred: None,
             prefetched_changes: None,
@@ -852,31 +908,21 @@ impl<B: Backend> Session<B> {
         // Options imap-codec cannot parse yet are cut out first (see `ext`).
         if !self.frag.is_max_message_size_exceeded() && !self.frag.is_message_poisoned() {
             let (bytes, ext) = ext::extract(self.frag.message_bytes());
-            // RFC 5182 `$`: the saved result, as UIDs or sequence numbers.
-            let (bytes, ext) = match ext::find_dollar(&bytes) {
-                Some(d) => match self.saved_set(d.uid) {
-                    Some(set) => {
-                        let mut b = bytes.get(..d.at).unwrap_or_default().to_vec();
-                        b.extend_from_slice(set.as_bytes());
-                        b.extend_from_slice(bytes.get(d.at + 1..).unwrap_or_default());
-                        let ext = if ext == ext::Ext::None {
-                            ext::Ext::Rewritten
-                        } else {
-                            ext
-                        };
-                        (std::borrow::Cow::Owned(b), ext)
-                    }
-                    None if d.search => {
-                        let mut b = bytes.get(..d.at).unwrap_or_default().to_vec();
-                        b.extend_from_slice(b"NOT ALL");
-                        b.extend_from_slice(bytes.get(d.at + 1..).unwrap_or_default());
-                        let ext = if ext == ext::Ext::None {
-                            ext::Ext::Rewritten
-                        } else {
-                            ext
-                        };
-                        (std::borrow::Cow::Owned(b), ext)
-                    }
+            // RFC 5182 `$`: the saved result, as UIDs or sequence numbers (each of a
+            // few `$` in one SEARCH).
+            let (mut bytes, mut ext) = (bytes, ext);
+            for _ in 0..8 {
+                let Some(d) = ext::find_dollar(&bytes) else {
+                    break;
+                };
+                // UIDONLY (RFC 9586 §3): a message-set `$` key is given as its UIDs.
+                let as_uids = d.search && !d.uid && self.uidonly;
+                let set = self
+                    .saved_set(d.uid || as_uids)
+                    .map(|s| if as_uids { format!("UID {s}") } else { s });
+                let with = match set {
+                    Some(set) => set,
+                    None if d.search => "NOT ALL".to_owned(),
                     None => {
                         // §2.1: an empty `$` names no message; the command does nothing.
                         let tag = tag_of(&self.frag);
@@ -888,9 +934,21 @@ impl<B: Backend> Session<B> {
                         }
                         return;
                     }
-                },
-                None => (bytes, ext),
-            };
+                };
+                // An empty `UID $` key is replaced whole.
+                let from = if with == "NOT ALL" && d.uid {
+                    d.at.saturating_sub(4)
+                } else {
+                    d.at
+                };
+                let mut b = bytes.get(..from).unwrap_or_default().to_vec();
+                b.extend_from_slice(with.as_bytes());
+                b.extend_from_slice(bytes.get(d.at + 1..).unwrap_or_default());
+                if ext == ext::Ext::None {
+                    ext = ext::Ext::Rewritten;
+                }
+                bytes = std::borrow::Cow::Owned(b);
+            }
             let (bytes, ext) = match ext::object_id_keys(&bytes) {
                 Some(b) if ext == ext::Ext::None => (b.into(), ext::Ext::Rewritten),
                 Some(b) => (b.into(), ext),
@@ -1005,6 +1063,45 @@ impl<B: Backend> Session<B> {
         self.send(Response::Data(d));
     }
 
+    /// An untagged FETCH of the message at `idx` in the snapshot; after ENABLE UIDONLY
+    /// a UIDFETCH (RFC 9586 §3.3).
+    fn fetch_data(&mut self, idx: usize, mut items: Vec<MessageDataItem<'static>>) {
+        let uid = self
+            .selected
+            .as_ref()
+            .and_then(|s| s.msgs.get(idx))
+            .map_or(0, |m| m.uid);
+        let num = if self.uidonly {
+            if items.len() > 1 {
+                items.retain(|i| !matches!(i, MessageDataItem::Uid(_)));
+            }
+            uid
+        } else {
+            idx as u32 + 1
+        };
+        let Ok(items) = Vec1::try_from(items) else {
+            return;
+        };
+        let start = self.out.len();
+        self.data(Data::Fetch {
+            seq: nz(num),
+            items,
+        });
+        if self.uidonly {
+            self.uidfetch_at(start);
+        }
+    }
+
+    /// `* n FETCH (` written at `start` becomes `* n UIDFETCH (` (RFC 9586 §3.3).
+    fn uidfetch_at(&mut self, start: usize) {
+        let head = self.out.get(start..).unwrap_or_default();
+        let head = head.get(..head.len().min(24)).unwrap_or_default();
+        if let Some(p) = find_bytes(head, b" FETCH (") {
+            let at = start + p + 1;
+            self.out.splice(at..at, *b"UID");
+        }
+    }
+
     fn tagged(
         &mut self,
         kind: u8,
@@ -1036,6 +1133,13 @@ impl<B: Backend> Session<B> {
 
     fn tagged_bad(&mut self, tag: Option<Tag<'static>>, code: Option<Code<'static>>, msg: &str) {
         self.tagged(b'B', tag, code, msg);
+    }
+
+    fn bad_code(&mut self, tag: &Tag<'static>, code: &'static str, msg: &str) {
+        let code = Code::Other(imap_codec::imap_types::response::CodeOther::unvalidated(
+            code.as_bytes(),
+        ));
+        self.tagged(b'B', Some(tag.clone()), Some(code), msg);
     }
 
     fn bad(&mut self, tag: &Tag<'static>, msg: &str) {
@@ -1119,6 +1223,7 @@ impl<B: Backend> Session<B> {
         other("REPLACE".into());
         other("MULTIAPPEND".into());
         other("SEARCHRES".into());
+        other("UIDONLY".into());
         other(format!("APPENDLIMIT={}", self.cfg.append_limit));
         if self.state == State::NotAuthenticated {
             if self.cfg.starttls && !self.tls {
@@ -1150,6 +1255,14 @@ impl<B: Backend> Session<B> {
             return;
         }
         let selected = self.selected.is_some();
+        if self.uidonly && selected && uses_message_numbers(&cmd.body, &self.ext) {
+            // RFC 9586 §3: message numbers are not used once UIDONLY is enabled.
+            return self.bad_code(
+                &tag,
+                "UIDREQUIRED",
+                "Message numbers are not used after ENABLE UIDONLY",
+            );
+        }
         match cmd.body {
             CommandBody::Capability => {
                 let caps = self.capabilities();
@@ -1233,6 +1346,9 @@ impl<B: Backend> Session<B> {
                         enabled.push(c);
                     } else if name == "CONDSTORE" && !self.condstore {
                         self.enable_condstore();
+                        enabled.push(c);
+                    } else if name == "UIDONLY" && !self.uidonly {
+                        self.uidonly = true;
                         enabled.push(c);
                     } else if name == "QRESYNC" && !self.qresync {
                         // RFC 7162 §3.2.3: QRESYNC implies CONDSTORE.
@@ -1655,7 +1771,10 @@ impl<B: Backend> Session<B> {
                 exists: msgs.len() as u32,
                 // RFC 9051 removed \Recent and the RECENT response.
                 recent: (!self.rev2).then_some(recent.len() as u32),
-                unseen: first_unseen.map(|i| nz(i as u32 + 1)),
+                // A message number, which UIDONLY sessions do not get (RFC 9586 §3).
+                unseen: first_unseen
+                    .filter(|_| !self.uidonly)
+                    .map(|i| nz(i as u32 + 1)),
                 uidvalidity: nz(mb.uidvalidity),
                 uid_next: nz(mb.uid_next),
                 // RFC 7162 §3.1.2.1: HIGHESTMODSEQ in every SELECT/EXAMINE.
@@ -2493,6 +2612,13 @@ impl<B: Backend> Session<B> {
                 self.vanished_since(set, since);
             }
         }
+        // RFC 9394 §3.3: PARTIAL pages through what the set (and CHANGEDSINCE) named, in
+        // UID order.
+        if let ext::Ext::Fetch(x) = &self.ext
+            && let Some(p) = x.partial
+        {
+            targets = ext::partial_of(&targets, p).to_vec();
+        }
         let mut names: Vec<MessageDataItemName<'static>> = match items {
             MacroOrMessageDataItemNames::Macro(m) => m
                 .expand()
@@ -2767,19 +2893,29 @@ impl<B: Backend> Session<B> {
                 out.push(MessageDataItem::Flags(self.fetch_flags(&shown)));
             }
             let only_preview = out.is_empty();
+            // RFC 9586 §3.3: UIDFETCH carries the UID in front, not as an item.
+            let num = if self.uidonly {
+                if out.len() > 1 {
+                    out.retain(|i| !matches!(i, MessageDataItem::Uid(_)));
+                }
+                meta.uid
+            } else {
+                idx as u32 + 1
+            };
+            let start = self.out.len();
             if only_preview {
                 // Nothing but the items added below.
             } else if origins.is_empty() {
-                if !write_simple_fetch(&mut self.out, idx as u32 + 1, &out)
+                if !write_simple_fetch(&mut self.out, num, &out)
                     && let Ok(items) = Vec1::try_from(out)
                 {
                     self.data(Data::Fetch {
-                        seq: nz(idx as u32 + 1),
+                        seq: nz(num),
                         items,
                     });
                 }
             } else {
-                self.fetch_with_origins(idx as u32 + 1, out, &origins);
+                self.fetch_with_origins(num, out, &origins);
             }
             // imap-types has no PREVIEW, EMAILID or THREADID item: they go at the end.
             let mut added: Vec<Vec<u8>> = Vec::new();
@@ -2823,13 +2959,16 @@ impl<B: Backend> Session<B> {
             if !added.is_empty() {
                 if only_preview {
                     self.out
-                        .extend_from_slice(format!("* {} FETCH (", idx + 1).as_bytes());
+                        .extend_from_slice(format!("* {num} FETCH (").as_bytes());
                 } else if self.out.ends_with(b")\r\n") {
                     self.out.truncate(self.out.len() - 3);
                     self.out.push(b' ');
                 }
                 self.out.extend_from_slice(&added.join(&b' '));
                 self.out.extend_from_slice(b")\r\n");
+            }
+            if self.uidonly {
+                self.uidfetch_at(start);
             }
         }
         self.refresh(job.uid);
@@ -2888,12 +3027,7 @@ impl<B: Backend> Session<B> {
                         NonZeroU64::new(m.modseq).unwrap_or(NonZeroU64::MIN),
                     ));
                 }
-                if let Ok(items) = Vec1::try_from(items) {
-                    self.data(Data::Fetch {
-                        seq: nz(i as u32 + 1),
-                        items,
-                    });
-                }
+                self.fetch_data(i, items);
             }
         }
         let modified = if up.modified.is_empty() {
@@ -3014,8 +3148,9 @@ impl<B: Backend> Session<B> {
                 }
             }
         }
-        if self.qresync {
-            // RFC 7162 §3.2.10: VANISHED replaces EXPUNGE once QRESYNC is enabled.
+        if self.qresync || self.uidonly {
+            // RFC 7162 §3.2.10: VANISHED replaces EXPUNGE once QRESYNC is enabled; RFC
+            // 9586 §3.2 the same for UIDONLY.
             let mut gone: Vec<u32> = uids.to_vec();
             gone.sort_unstable();
             if !seqs.is_empty()
@@ -3063,12 +3198,7 @@ impl<B: Backend> Session<B> {
             }
         }
         for (i, items) in fetches {
-            if let Ok(items) = Vec1::try_from(items) {
-                self.data(Data::Fetch {
-                    seq: nz(i as u32 + 1),
-                    items,
-                });
-            }
+            self.fetch_data(i, items);
         }
     }
 
@@ -3553,12 +3683,7 @@ impl<B: Backend> Session<B> {
         }
         let exists = sel.msgs.len() as u32;
         for (i, items) in fetches {
-            if let Ok(items) = Vec1::try_from(items) {
-                self.data(Data::Fetch {
-                    seq: nz(i as u32 + 1),
-                    items,
-                });
-            }
+            self.fetch_data(i, items);
         }
         if new > 0 {
             self.data(Data::Exists(exists));
