@@ -30,6 +30,10 @@ pub type BResult<T> = Result<T, BackendError>;
 pub trait Backend: Send {
     /// Check a password; `Ok(false)` for unknown users, disabled accounts and wrong passwords.
     fn login(&mut self, user: &str, password: &str) -> BResult<bool>;
+    /// The account logged in (its address), for ACL identifiers and URLAUTH.
+    fn user(&self) -> Option<String> {
+        None
+    }
     fn list(&mut self) -> BResult<Vec<Mailbox>>;
     fn mailbox(&mut self, name: &str) -> BResult<Mailbox>;
     /// The mailbox with its messages, for SELECT/EXAMINE.

@@ -47,6 +47,8 @@ pub struct ListOptions {
     pub return_children: bool,
     /// RFC 5819 LIST-STATUS items, upper-cased.
     pub return_status: Option<Vec<String>>,
+    /// RFC 8440 LIST-MYRIGHTS: `RETURN (MYRIGHTS)`.
+    pub return_myrights: bool,
     /// RFC 5258 §3: RECURSIVEMATCH (with SUBSCRIBED: CHILDINFO for hidden subscriptions).
     pub recursive: bool,
     /// RFC 5258 §3: `LIST "" (p1 p2 ...)`; empty for one pattern.
@@ -95,6 +97,9 @@ pub enum Ext {
     /// RFC 3502 MULTIAPPEND: the decoder gets the first message as an APPEND; each
     /// further one is here as an APPEND command of its own, to be decoded the same way.
     MultiAppend(Vec<Vec<u8>>),
+    /// A command imap-codec has no type for, parsed by `extcmd` (it travels with a NOOP
+    /// standing in for the decoded command).
+    Custom(crate::extcmd::ExtCommand),
 }
 
 /// `(A B (C D))` at the start of `s`: the words inside (nested lists flattened into one
@@ -315,6 +320,7 @@ pub fn extract(msg: &[u8]) -> (Cow<'_, [u8]>, Ext) {
                 "SUBSCRIBED" => opts.return_subscribed = true,
                 "SPECIAL-USE" => opts.return_special_use = true,
                 "CHILDREN" => opts.return_children = true,
+                "MYRIGHTS" => opts.return_myrights = true,
                 "STATUS" => {
                     let items = words.get(k + 1).map(|s| s.to_ascii_uppercase());
                     let items = items

@@ -7,6 +7,7 @@
 
 mod backend;
 mod ext;
+mod extcmd;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod message;

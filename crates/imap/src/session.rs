@@ -56,6 +56,7 @@ use yubin_model::{Changes, FlagOp, Flags, MailboxId, MessageMeta, SortInfo, flag
 
 use crate::backend::{Backend, BackendError};
 use crate::ext;
+use crate::extcmd::{self, Arg, ExtCommand};
 use crate::message::{Parsed, literal};
 use crate::mutf7;
 use crate::search;
@@ -417,6 +418,34 @@ fn uses_message_numbers(body: &CommandBody<'_>, ext: &ext::Ext) -> bool {
         }
     }
     false
+}
+
+/// RFC 4314 §2.1: every right, with the RFC 2086 `c` and `d` (§2.1.1) for old clients.
+const ACL_RIGHTS: &str = "lrswipkxtecda";
+
+fn code_other(code: &'static str) -> Code<'static> {
+    Code::Other(imap_codec::imap_types::response::CodeOther::unvalidated(
+        code.as_bytes(),
+    ))
+}
+
+/// An astring for a response written by hand: quoted, or a literal when it cannot be.
+fn astring_out(s: &[u8]) -> Vec<u8> {
+    if s.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n') {
+        let mut out = format!("{{{}}}\r\n", s.len()).into_bytes();
+        out.extend_from_slice(s);
+        return out;
+    }
+    let mut out = Vec::with_capacity(s.len() + 2);
+    out.push(b'"');
+    for &b in s {
+        if b == b'"' || b == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
+    out
 }
 
 fn find_bytes(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -906,6 +935,23 @@ impl<B: Backend> Session<B> {
     fn command_message(&mut self) {
         use imap_codec::decode::Decoder;
         // Options imap-codec cannot parse yet are cut out first (see `ext`).
+        if !self.frag.is_max_message_size_exceeded()
+            && !self.frag.is_message_poisoned()
+            && extcmd::is_ext_command(self.frag.message_bytes())
+        {
+            let Some(c) = extcmd::parse(self.frag.message_bytes()) else {
+                let tag = tag_of(&self.frag);
+                return self.tagged_bad(tag, None, "Syntax error in command");
+            };
+            let Ok(tag) = Tag::try_from(c.tag.clone()) else {
+                return self.tagged_bad(None, None, "Syntax error in command");
+            };
+            let carrier = Command {
+                tag,
+                body: CommandBody::Noop,
+            };
+            return self.run_command(carrier, ext::Ext::Custom(c));
+        }
         if !self.frag.is_max_message_size_exceeded() && !self.frag.is_message_poisoned() {
             let (bytes, ext) = ext::extract(self.frag.message_bytes());
             // RFC 5182 `$`: the saved result, as UIDs or sequence numbers (each of a
@@ -987,8 +1033,14 @@ impl<B: Backend> Session<B> {
 
     /// Execute a command, or, in `poll_light`, leave one that may block for `poll`.
     fn run_command(&mut self, cmd: Command<'static>, ext: ext::Ext) {
-        if self.light_only && !self.light(&cmd) {
+        if self.light_only && (matches!(ext, ext::Ext::Custom(_)) || !self.light(&cmd)) {
             self.deferred = Some((cmd, ext));
+            return;
+        }
+        if let ext::Ext::Custom(c) = ext {
+            self.ext_command(cmd.tag, c);
+            self.prefetched_changes = None;
+            self.prefetched_selection = None;
             return;
         }
         self.ext = ext;
@@ -1224,6 +1276,9 @@ impl<B: Backend> Session<B> {
         other("MULTIAPPEND".into());
         other("SEARCHRES".into());
         other("UIDONLY".into());
+        other("ACL".into());
+        other("RIGHTS=texk".into());
+        other("LIST-MYRIGHTS".into());
         other(format!("APPENDLIMIT={}", self.cfg.append_limit));
         if self.state == State::NotAuthenticated {
             if self.cfg.starttls && !self.tls {
@@ -1592,6 +1647,103 @@ impl<B: Backend> Session<B> {
             ),
             _ => self.bad(&tag, "Command not supported in this state"),
         }
+    }
+
+    /// Commands parsed by `extcmd` (imap-codec has no types for them).
+    fn ext_command(&mut self, tag: Tag<'static>, c: ExtCommand) {
+        if self.state != State::Authenticated {
+            return self.bad(&tag, "Log in first");
+        }
+        if self.selected_deleted() {
+            return;
+        }
+        match c.verb.as_str() {
+            "MYRIGHTS" | "GETACL" | "LISTRIGHTS" | "SETACL" | "DELETEACL" => self.acl(&tag, &c),
+            _ => self.bad(&tag, "Command not supported in this state"),
+        }
+    }
+
+    /// A mailbox argument of an `extcmd` command, as a name.
+    fn arg_mailbox(&self, a: Option<&Arg>) -> Result<String, &'static str> {
+        let text = a.and_then(Arg::text).ok_or("mailbox name expected")?;
+        if text.eq_ignore_ascii_case("INBOX") {
+            return Ok("INBOX".into());
+        }
+        let m = WireMailbox::try_from(text).map_err(|_| "invalid mailbox name")?;
+        self.mailbox_name(&m)
+    }
+
+    /// A mailbox name as it travels to this client (modified UTF-7 unless UTF-8 names),
+    /// quoted.
+    fn mailbox_out(&self, name: &str) -> Vec<u8> {
+        let wire = if name == "INBOX" || self.utf8_names() {
+            name.to_owned()
+        } else {
+            mutf7::encode(name)
+        };
+        astring_out(wire.as_bytes())
+    }
+
+    /// ACL (RFC 4314) for a server whose mailboxes are not shared: the owner holds every
+    /// right and nobody else any, so MYRIGHTS, GETACL and LISTRIGHTS say so and SETACL /
+    /// DELETEACL cannot change it. RFC 8440 LIST-MYRIGHTS builds on MYRIGHTS.
+    fn acl(&mut self, tag: &Tag<'static>, c: &ExtCommand) {
+        let want = match c.verb.as_str() {
+            "MYRIGHTS" | "GETACL" => 1,
+            "LISTRIGHTS" | "DELETEACL" => 2,
+            _ => 3,
+        };
+        if c.args.len() != want || c.args.iter().any(|a| a.bytes().is_none()) {
+            return self.bad(tag, "Wrong arguments");
+        }
+        let name = match self.arg_mailbox(c.args.first()) {
+            Ok(n) => n,
+            Err(why) => return self.bad(tag, why),
+        };
+        if let Err(e) = self.backend.mailbox(&name) {
+            return self.backend_no(tag, e);
+        }
+        let owner = self.backend.user().unwrap_or_default();
+        let mb = self.mailbox_out(&name);
+        let mut line = Vec::new();
+        let ident = c.args.get(1).and_then(Arg::text).unwrap_or_default();
+        let is_owner = ident.eq_ignore_ascii_case(&owner);
+        match c.verb.as_str() {
+            "MYRIGHTS" => {
+                line.extend_from_slice(b"* MYRIGHTS ");
+                line.extend_from_slice(&mb);
+                line.extend_from_slice(format!(" {ACL_RIGHTS}\r\n").as_bytes());
+            }
+            "GETACL" => {
+                line.extend_from_slice(b"* ACL ");
+                line.extend_from_slice(&mb);
+                line.push(b' ');
+                line.extend_from_slice(&astring_out(owner.as_bytes()));
+                line.extend_from_slice(format!(" {ACL_RIGHTS}\r\n").as_bytes());
+            }
+            "LISTRIGHTS" => {
+                // §3.7: the rights always granted, then those that could be (none here).
+                line.extend_from_slice(b"* LISTRIGHTS ");
+                line.extend_from_slice(&mb);
+                line.push(b' ');
+                line.extend_from_slice(&astring_out(ident.as_bytes()));
+                if is_owner {
+                    line.extend_from_slice(format!(" {ACL_RIGHTS}\r\n").as_bytes());
+                } else {
+                    line.extend_from_slice(b" \"\"\r\n");
+                }
+            }
+            _ => {
+                let why = if is_owner {
+                    "The owner's rights cannot be changed"
+                } else {
+                    "Mailboxes are not shared on this server"
+                };
+                return self.no(tag, Some(code_other("CANNOT")), why);
+            }
+        }
+        self.out.extend_from_slice(&line);
+        self.ok(tag, None, &format!("{} completed", c.verb));
     }
 
     fn is_selected_name(&mut self, m: &WireMailbox<'_>) -> bool {
@@ -2097,6 +2249,13 @@ impl<B: Backend> Session<B> {
                     mailbox,
                     items: items.into(),
                 });
+            }
+            // RFC 8440 §3: MYRIGHTS after the LIST response, for mailboxes that exist.
+            if opts.return_myrights && mb.is_some() {
+                let mut line = b"* MYRIGHTS ".to_vec();
+                line.extend_from_slice(&self.mailbox_out(&name));
+                line.extend_from_slice(format!(" {ACL_RIGHTS}\r\n").as_bytes());
+                self.out.extend_from_slice(&line);
             }
         }
         self.ok(

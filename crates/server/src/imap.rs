@@ -24,6 +24,8 @@ pub struct StoreBackend {
     store: Arc<dyn Store>,
     guard: Arc<crate::guard::Guard>,
     account: Option<AccountId>,
+    /// The logged-in account's address.
+    address: Option<String>,
     peer: SocketAddr,
     /// Mailbox ids known to belong to the account (reloaded on a miss).
     owned: std::collections::HashSet<MailboxId>,
@@ -43,6 +45,7 @@ impl StoreBackend {
             store,
             guard,
             account: None,
+            address: None,
             peer,
             owned: Default::default(),
             per_account: None,
@@ -131,6 +134,7 @@ impl Backend for StoreBackend {
                     }
                 }
                 self.account = Some(a.id);
+                self.address = Some(a.address.clone());
                 Ok(true)
             }
             Ok(None) => Ok(false),
@@ -140,6 +144,10 @@ impl Backend for StoreBackend {
             )),
             Err(LoginError::Store(e)) => Err(err(e)),
         }
+    }
+
+    fn user(&self) -> Option<String> {
+        self.address.clone()
     }
 
     fn list(&mut self) -> BResult<Vec<Mailbox>> {

@@ -41,6 +41,9 @@ impl Backend for Watched {
         self.heavy("login");
         self.0.login(user, password)
     }
+    fn user(&self) -> Option<String> {
+        self.0.user()
+    }
     fn list(&mut self) -> BResult<Vec<Mailbox>> {
         self.heavy("list");
         self.0.list()
