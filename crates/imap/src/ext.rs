@@ -15,6 +15,8 @@ pub struct SearchReturn {
     pub partial: Option<(i32, i32)>,
     /// RFC 5182 SAVE: keep the result for `$`.
     pub save: bool,
+    /// RFC 5267 §4.2 UPDATE: keep the result up to date with ADDTO/REMOVEFROM.
+    pub update: bool,
 }
 
 /// RFC 9394 §3 partial-range: `m:n` with both ends positive or both negative, not 0.
@@ -190,6 +192,9 @@ pub fn extract(msg: &[u8]) -> (Cow<'_, [u8]>, Ext) {
                 "COUNT" => r.count = true,
                 "ALL" => r.all = true,
                 "SAVE" if verb == b"SEARCH" => r.save = true,
+                // RFC 5267 §4.1: CONTEXT is a hint that more will be asked; UPDATE once.
+                "CONTEXT" => {}
+                "UPDATE" if !r.update => r.update = true,
                 "PARTIAL" => match words_iter.next().and_then(|x| partial_range(x)) {
                     Some(p) => r.partial = Some(p),
                     None => return none,

@@ -27,10 +27,6 @@ impl Arg {
             .and_then(|b| std::str::from_utf8(b).ok())
             .map(str::to_owned)
     }
-
-    pub fn is_atom(&self, word: &str) -> bool {
-        matches!(self, Arg::Atom(a) if a.eq_ignore_ascii_case(word))
-    }
 }
 
 /// Deepest list accepted (NOTIFY's is three deep).

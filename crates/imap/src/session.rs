@@ -157,7 +157,27 @@ struct Selected {
     /// RFC 5182: the UIDs (ascending) a SEARCH RETURN (SAVE) kept for `$`; a new SELECT
     /// starts empty, expunged messages leave it.
     saved: Vec<u32>,
+    /// RFC 5267 §4: searches whose results this session keeps up to date.
+    contexts: Vec<UpdateContext>,
 }
+
+/// A SEARCH or SORT with RETURN (UPDATE): its criteria and its current result.
+#[derive(Debug, Clone)]
+struct UpdateContext {
+    tag: String,
+    uid: bool,
+    criteria: Vec<SearchKey<'static>>,
+    /// `Some` for SORT (positions matter).
+    sort: Option<Vec<SortCriterion>>,
+    /// UIDs: ascending for SEARCH, in sort order for SORT.
+    result: Vec<u32>,
+    /// The mailbox state the result was computed at.
+    modseq: u64,
+    len: usize,
+}
+
+/// Updating searches one session may keep (RFC 5267 §4.2: more are `NO [NOUPDATE]`).
+const MAX_UPDATE_CONTEXTS: usize = 8;
 
 const MAX_AUTH_FAILURES: u32 = 3;
 
@@ -446,6 +466,32 @@ fn astring_out(s: &[u8]) -> Vec<u8> {
     }
     out.push(b'"');
     out
+}
+
+/// `* ESEARCH (TAG "t") [UID] REMOVEFROM (0 set) ADDTO (pos set)...` (RFC 5267 §4.3).
+fn context_line(tag: &str, uid: bool, removed: &[u32], added: &[(usize, Vec<u32>)]) -> String {
+    let mut line = format!(
+        "* ESEARCH (TAG {})",
+        String::from_utf8_lossy(&astring_out(tag.as_bytes()))
+    );
+    if uid {
+        line.push_str(" UID");
+    }
+    if !removed.is_empty() {
+        line.push_str(&format!(" REMOVEFROM (0 {})", compact(removed)));
+    }
+    for (pos, run) in added {
+        let set = if *pos == 0 {
+            let mut r = run.clone();
+            r.sort_unstable();
+            compact(&r)
+        } else {
+            in_order(run)
+        };
+        line.push_str(&format!(" ADDTO ({pos} {set})"));
+    }
+    line.push_str("\r\n");
+    line
 }
 
 fn find_bytes(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -1276,6 +1322,8 @@ impl<B: Backend> Session<B> {
         other("MULTIAPPEND".into());
         other("SEARCHRES".into());
         other("UIDONLY".into());
+        other("CONTEXT=SEARCH".into());
+        other("CONTEXT=SORT".into());
         other("ACL".into());
         other("RIGHTS=texk".into());
         other("LIST-MYRIGHTS".into());
@@ -1659,8 +1707,29 @@ impl<B: Backend> Session<B> {
         }
         match c.verb.as_str() {
             "MYRIGHTS" | "GETACL" | "LISTRIGHTS" | "SETACL" | "DELETEACL" => self.acl(&tag, &c),
+            "CANCELUPDATE" => self.cancel_update(&tag, &c),
             _ => self.bad(&tag, "Command not supported in this state"),
         }
+    }
+
+    /// RFC 5267 §4.4 CANCELUPDATE "tag"...: those searches are no longer kept up to date.
+    fn cancel_update(&mut self, tag: &Tag<'static>, c: &ExtCommand) {
+        let Some(sel) = self.selected.as_mut() else {
+            return self.bad(tag, "Select a mailbox first");
+        };
+        let tags: Option<Vec<String>> = c.args.iter().map(Arg::text).collect();
+        let Some(tags) = tags.filter(|t| !t.is_empty()) else {
+            return self.bad(tag, "CANCELUPDATE takes the tags of updating searches");
+        };
+        if let Some(t) = tags
+            .iter()
+            .find(|t| !sel.contexts.iter().any(|c| &c.tag == *t))
+        {
+            let why = format!("No updating search has the tag {t}");
+            return self.bad(tag, &why);
+        }
+        sel.contexts.retain(|c| !tags.contains(&c.tag));
+        self.ok(tag, None, "CANCELUPDATE completed");
     }
 
     /// A mailbox argument of an `extcmd` command, as a name.
@@ -1944,6 +2013,7 @@ impl<B: Backend> Session<B> {
             pending_expunge: Vec::new(),
             recent,
             keywords,
+            contexts: Vec::new(),
             saved: Vec::new(),
         });
         if let Some((uidvalidity, since, known)) = resync
@@ -3292,6 +3362,7 @@ impl<B: Backend> Session<B> {
 
     /// Tell the client these UIDs are gone and drop them from the snapshot.
     fn remove_from_view(&mut self, uids: &[u32]) {
+        self.contexts_expunged(uids);
         let mut seqs = Vec::new();
         if let Some(sel) = self.selected.as_mut() {
             for u in uids {
@@ -3520,6 +3591,197 @@ impl<B: Backend> Session<B> {
         Ok(hits)
     }
 
+    /// The sort keys of the snapshot's messages, by position; a message expunged meanwhile
+    /// gets empty keys.
+    fn sort_keys(&mut self) -> Result<Vec<SortInfo>, BackendError> {
+        let Some(sel) = &self.selected else {
+            return Ok(Vec::new());
+        };
+        let info = self.backend.sort_info(sel.id)?;
+        let Some(sel) = &self.selected else {
+            return Ok(Vec::new());
+        };
+        Ok(sel
+            .msgs
+            .iter()
+            .map(|m| {
+                info.binary_search_by_key(&m.uid, |x| x.uid)
+                    .ok()
+                    .and_then(|k| info.get(k).cloned())
+                    .unwrap_or_else(|| SortInfo {
+                        uid: m.uid,
+                        size: m.size,
+                        internal_date: m.internal_date,
+                        ..SortInfo::default()
+                    })
+            })
+            .collect())
+    }
+
+    /// RFC 5267 §4.2: keep a SEARCH/SORT RETURN (UPDATE) result; `false` when the command
+    /// was answered here (its tag names another updating search).
+    fn keep_context(
+        &mut self,
+        tag: &Tag<'static>,
+        uid: bool,
+        criteria: &[SearchKey<'_>],
+        sort: Option<&[SortCriterion]>,
+        hits: &[usize],
+        partial: bool,
+    ) -> bool {
+        let Some(sel) = self.selected.as_mut() else {
+            return true;
+        };
+        let t = tag.as_ref().to_owned();
+        if sel.contexts.iter().any(|c| c.tag == t) {
+            self.bad(tag, "That tag names an updating search already");
+            return false;
+        }
+        let refuse = if partial {
+            Some("Results paged with PARTIAL are not kept up to date")
+        } else if sel.contexts.len() >= MAX_UPDATE_CONTEXTS {
+            Some("Too many updating searches; CANCELUPDATE some")
+        } else {
+            None
+        };
+        if let Some(why) = refuse {
+            let line = format!(
+                "* NO [NOUPDATE {}] {why}\r\n",
+                String::from_utf8_lossy(&astring_out(t.as_bytes()))
+            );
+            self.out.extend_from_slice(line.as_bytes());
+            return true;
+        }
+        let result = hits
+            .iter()
+            .filter_map(|&i| sel.msgs.get(i).map(|m| m.uid))
+            .collect();
+        sel.contexts.push(UpdateContext {
+            tag: t,
+            uid,
+            criteria: criteria.iter().map(|k| k.clone().into_static()).collect(),
+            sort: sort.map(<[SortCriterion]>::to_vec),
+            result,
+            modseq: sel.highest_modseq,
+            len: sel.msgs.len(),
+        });
+        true
+    }
+
+    /// RFC 5267 §4.3: before these UIDs' EXPUNGE goes out, the updating searches holding
+    /// them say REMOVEFROM (while their message numbers still stand).
+    fn contexts_expunged(&mut self, gone: &[u32]) {
+        let Some(sel) = self.selected.as_mut() else {
+            return;
+        };
+        let mut lines = Vec::new();
+        for c in &mut sel.contexts {
+            let mut removed: Vec<u32> = c
+                .result
+                .iter()
+                .copied()
+                .filter(|u| gone.contains(u))
+                .collect();
+            if removed.is_empty() {
+                continue;
+            }
+            c.result.retain(|u| !removed.contains(u));
+            removed.sort_unstable();
+            let shown: Vec<u32> = if c.uid {
+                removed
+            } else {
+                removed
+                    .iter()
+                    .filter_map(|u| sel.msgs.binary_search_by_key(u, |m| m.uid).ok())
+                    .map(|i| i as u32 + 1)
+                    .collect()
+            };
+            lines.push(context_line(&c.tag, c.uid, &shown, &[]));
+        }
+        for l in lines {
+            self.out.extend_from_slice(l.as_bytes());
+        }
+    }
+
+    /// RFC 5267 §4.3: after the mailbox changed (new mail, flags), each updating search
+    /// is run again and what entered or left its result is sent.
+    fn update_contexts(&mut self) {
+        let Some(sel) = self.selected.as_mut() else {
+            return;
+        };
+        if sel.contexts.is_empty() {
+            return;
+        }
+        let (modseq, len) = (sel.highest_modseq, sel.msgs.len());
+        let mut contexts = std::mem::take(&mut sel.contexts);
+        for c in &mut contexts {
+            if c.modseq == modseq && c.len == len {
+                continue;
+            }
+            let Ok(hits) = self.search_hits(&c.criteria) else {
+                continue;
+            };
+            let order = match &c.sort {
+                Some(criteria) => match self.sort_keys() {
+                    Ok(keyed) => sort::sort(&keyed, &hits, criteria),
+                    Err(_) => continue,
+                },
+                None => hits,
+            };
+            let Some(sel) = self.selected.as_ref() else {
+                break;
+            };
+            let new: Vec<u32> = order
+                .iter()
+                .filter_map(|&i| sel.msgs.get(i).map(|m| m.uid))
+                .collect();
+            let shown = |u: u32| -> u32 {
+                if c.uid {
+                    u
+                } else {
+                    sel.msgs
+                        .binary_search_by_key(&u, |m| m.uid)
+                        .map_or(0, |i| i as u32 + 1)
+                }
+            };
+            let old: std::collections::HashSet<u32> = c.result.iter().copied().collect();
+            let now: std::collections::HashSet<u32> = new.iter().copied().collect();
+            let mut removed: Vec<u32> = c
+                .result
+                .iter()
+                .copied()
+                .filter(|u| !now.contains(u))
+                .map(shown)
+                .collect();
+            removed.sort_unstable();
+            // ADDTO runs: (position, numbers in result order); SEARCH says position 0.
+            let mut added: Vec<(usize, Vec<u32>)> = Vec::new();
+            for (k, &u) in new.iter().enumerate() {
+                if old.contains(&u) {
+                    continue;
+                }
+                let pos = if c.sort.is_some() { k + 1 } else { 0 };
+                match added.last_mut() {
+                    Some((p, run)) if c.sort.is_some() && *p + run.len() == pos => {
+                        run.push(shown(u))
+                    }
+                    Some((_, run)) if c.sort.is_none() => run.push(shown(u)),
+                    _ => added.push((pos, vec![shown(u)])),
+                }
+            }
+            if !removed.is_empty() || !added.is_empty() {
+                let line = context_line(&c.tag, c.uid, &removed, &added);
+                self.out.extend_from_slice(line.as_bytes());
+            }
+            c.result = new;
+            c.modseq = modseq;
+            c.len = len;
+        }
+        if let Some(sel) = self.selected.as_mut() {
+            sel.contexts = contexts;
+        }
+    }
+
     /// Sequence number or UID of a message by index, for SEARCH/SORT/THREAD answers.
     fn number(&self, i: usize, uid: bool) -> NonZeroU32 {
         match (&self.selected, uid) {
@@ -3555,6 +3817,14 @@ impl<B: Backend> Session<B> {
             None
         };
         let numbers: Vec<NonZeroU32> = hits.iter().map(|&i| self.number(i, uid)).collect();
+        if let ext::Ext::Search(r) = &self.ext
+            && r.update
+        {
+            let partial = r.partial.is_some();
+            if !self.keep_context(tag, uid, criteria, None, &hits, partial) {
+                return;
+            }
+        }
         // RFC 9051 §7.3.4: IMAP4rev2 answers SEARCH with ESEARCH (ALL by default).
         if self.rev2 && self.ext == ext::Ext::None {
             self.ext = ext::Ext::Search(ext::SearchReturn {
@@ -3636,38 +3906,37 @@ impl<B: Backend> Session<B> {
     fn sort_or_thread(
         &mut self,
         tag: &Tag<'static>,
-        criteria: &[SearchKey<'_>],
+        search_criteria: &[SearchKey<'_>],
         uid: bool,
         how: SortOrThread<'_>,
     ) {
-        let hits = match self.search_hits(criteria) {
+        let hits = match self.search_hits(search_criteria) {
             Ok(h) => h,
             Err(e) => return self.backend_no(tag, e),
         };
-        let Some(sel) = &self.selected else { return };
-        let info = match self.backend.sort_info(sel.id) {
-            Ok(i) => i,
+        let keyed = match self.sort_keys() {
+            Ok(k) => k,
             Err(e) => return self.backend_no(tag, e),
         };
-        // Index by the snapshot's positions; a message expunged meanwhile gets empty keys.
-        let keyed: Vec<SortInfo> = sel
-            .msgs
-            .iter()
-            .map(|m| {
-                info.binary_search_by_key(&m.uid, |x| x.uid)
-                    .map(|k| info[k].clone())
-                    .unwrap_or_else(|_| SortInfo {
-                        uid: m.uid,
-                        size: m.size,
-                        internal_date: m.internal_date,
-                        ..SortInfo::default()
-                    })
-            })
-            .collect();
         match how {
             SortOrThread::Sort(criteria) => {
                 let order = sort::sort(&keyed, &hits, criteria);
                 let numbers: Vec<NonZeroU32> = order.iter().map(|&i| self.number(i, uid)).collect();
+                if let ext::Ext::Search(r) = &self.ext
+                    && r.update
+                {
+                    let partial = r.partial.is_some();
+                    if !self.keep_context(
+                        tag,
+                        uid,
+                        search_criteria,
+                        Some(criteria),
+                        &order,
+                        partial,
+                    ) {
+                        return;
+                    }
+                }
                 if let ext::Ext::Search(r) = &self.ext {
                     // RFC 5267 §3 ESORT: MIN and MAX are the first and last in sort order,
                     // ALL the numbers in that order.
@@ -3761,6 +4030,11 @@ impl<B: Backend> Session<B> {
 
     /// Bring the snapshot up to date and tell the client (RFC 9051 §7: untagged updates).
     fn refresh(&mut self, allow_expunge: bool) {
+        self.refresh_view(allow_expunge);
+        self.update_contexts();
+    }
+
+    fn refresh_view(&mut self, allow_expunge: bool) {
         let Some(sel) = &self.selected else { return };
         let (id, since) = (sel.id, sel.highest_modseq);
         let ch = match self.prefetched_changes.take() {
