@@ -64,6 +64,18 @@ pub trait Backend: Send {
         mailbox: Option<&str>,
         entries: &[(String, Option<Vec<u8>>)],
     ) -> BResult<()>;
+    /// RFC 4467 §7 INTERNAL: `rump` signed with the mailbox's URLAUTH key (made on first
+    /// use), as hex.
+    fn urlauth_sign(&mut self, mailbox: &str, rump: &[u8]) -> BResult<String> {
+        let _ = (mailbox, rump);
+        Err(BackendError::Failed("URLAUTH is not available".into()))
+    }
+    /// RFC 4467 §6.2 RESETKEY: new keys for one mailbox, or for all (`None`), so the
+    /// URLs signed before stop working.
+    fn urlauth_reset(&mut self, mailbox: Option<&str>) -> BResult<()> {
+        let _ = mailbox;
+        Err(BackendError::Failed("URLAUTH is not available".into()))
+    }
     /// Every subscribed name, whether or not a mailbox has it (RFC 3501 §6.3.6).
     fn subscriptions(&mut self) -> BResult<Vec<String>>;
     /// Shared with other sessions: copy before changing.

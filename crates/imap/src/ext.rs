@@ -102,6 +102,89 @@ pub enum Ext {
     /// A command imap-codec has no type for, parsed by `extcmd` (it travels with a NOOP
     /// standing in for the decoded command).
     Custom(crate::extcmd::ExtCommand),
+    /// RFC 4469 `APPEND mailbox [flags] [date] CATENATE (parts)`, for the session to
+    /// assemble (its URLs need the mailboxes).
+    Catenate(Catenate),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatPart {
+    Text(Vec<u8>),
+    Url(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Catenate {
+    pub mailbox: crate::extcmd::Arg,
+    pub flags: Option<Vec<String>>,
+    pub date: Option<Vec<u8>>,
+    pub parts: Vec<CatPart>,
+}
+
+/// Most parts one CATENATE may join.
+pub const CATENATE_MAX_PARTS: usize = 256;
+
+/// RFC 4469 §5 `append-data = "CATENATE" SP "(" cat-part *(SP cat-part) ")"`, with
+/// `cat-part = "TEXT" SP literal / "URL" SP astring`. Only one message per command here
+/// (MULTIAPPEND with CATENATE is BAD).
+fn catenate(msg: &[u8]) -> Option<(Cow<'_, [u8]>, Ext)> {
+    use crate::extcmd::Arg;
+    let first_line = msg.split(|&b| b == b'\n').next().unwrap_or_default();
+    find(&first_line.to_ascii_uppercase(), b" CATENATE (")?;
+    let bad = Some((Cow::Borrowed(msg), Ext::Rewritten));
+    let Some(c) = crate::extcmd::parse(msg) else {
+        return bad;
+    };
+    let mut args = c.args.into_iter();
+    let Some(mailbox) = args.next().filter(|a| a.bytes().is_some()) else {
+        return bad;
+    };
+    let mut flags = None;
+    let mut date = None;
+    let mut next = args.next();
+    if let Some(Arg::List(l)) = &next {
+        let Some(f) = l.iter().map(Arg::text).collect::<Option<Vec<_>>>() else {
+            return bad;
+        };
+        flags = Some(f);
+        next = args.next();
+    }
+    if let Some(Arg::Str(d)) = &next {
+        date = Some(d.clone());
+        next = args.next();
+    }
+    let (Some(Arg::Atom(kw)), Some(Arg::List(list)), None) = (next, args.next(), args.next())
+    else {
+        return bad;
+    };
+    if !kw.eq_ignore_ascii_case("CATENATE")
+        || list.is_empty()
+        || list.len() > 2 * CATENATE_MAX_PARTS
+    {
+        return bad;
+    }
+    let mut parts = Vec::new();
+    let mut it = list.into_iter();
+    while let Some(kind) = it.next() {
+        let part = match (kind, it.next()) {
+            (Arg::Atom(k), Some(Arg::Str(t))) if k.eq_ignore_ascii_case("TEXT") => CatPart::Text(t),
+            (Arg::Atom(k), Some(a)) if k.eq_ignore_ascii_case("URL") => match a.text() {
+                Some(u) => CatPart::Url(u),
+                None => return bad,
+            },
+            _ => return bad,
+        };
+        parts.push(part);
+    }
+    Some((
+        Cow::Borrowed(msg),
+        Ext::Catenate(Catenate {
+            mailbox,
+            flags,
+            date,
+            parts,
+        }),
+    ))
 }
 
 /// `(A B (C D))` at the start of `s`: the words inside (nested lists flattened into one
@@ -244,6 +327,9 @@ pub fn extract(msg: &[u8]) -> (Cow<'_, [u8]>, Ext) {
         return status_mailboxid(msg).unwrap_or(none);
     }
     if uid.is_empty() && starts_with_ci(rest, b"APPEND ") {
+        if let Some(cat) = catenate(msg) {
+            return cat;
+        }
         if let Some(multi) = multi_append(msg, tag) {
             return multi;
         }

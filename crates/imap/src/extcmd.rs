@@ -151,6 +151,11 @@ impl Parser<'_> {
                     }
                 }
             }
+            b'~' if self.s.get(self.i + 1) == Some(&b'{') => {
+                // RFC 3516 literal8: the same framing.
+                self.i += 1;
+                self.arg(depth)
+            }
             b'{' => {
                 let close = self.s.get(self.i..)?.iter().position(|&b| b == b'}')? + self.i;
                 let n = std::str::from_utf8(self.s.get(self.i + 1..close)?).ok()?;

@@ -10,12 +10,15 @@ mod ext;
 mod extcmd;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod imapurl;
 pub mod message;
 mod mutf7;
 mod search;
 mod seqset;
 mod session;
 mod sort;
+pub mod urlauth;
 
 pub use backend::{BResult, Backend, BackendError};
 pub use session::{Config, Event, Session};
+pub use urlauth::URLAUTH_KEY_ENTRY;

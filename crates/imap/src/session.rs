@@ -57,11 +57,13 @@ use yubin_model::{Changes, FlagOp, Flags, MailboxId, MessageMeta, SortInfo, flag
 use crate::backend::{Backend, BackendError};
 use crate::ext;
 use crate::extcmd::{self, Arg, ExtCommand};
+use crate::imapurl;
 use crate::message::{Parsed, literal};
 use crate::mutf7;
 use crate::search;
 use crate::seqset::Intervals;
 use crate::sort;
+use crate::urlauth;
 use imap_codec::imap_types::core::Vec2;
 use imap_codec::imap_types::extensions::sort::SortCriterion;
 use imap_codec::imap_types::extensions::thread::{Thread, ThreadingAlgorithm};
@@ -439,6 +441,9 @@ fn uses_message_numbers(body: &CommandBody<'_>, ext: &ext::Ext) -> bool {
     }
     false
 }
+
+/// Metadata entries the server keeps for itself (URLAUTH keys).
+const SERVER_ENTRIES: &str = "/private/vendor/yubin/";
 
 /// RFC 4314 §2.1: every right, with the RFC 2086 `c` and `d` (§2.1.1) for old clients.
 const ACL_RIGHTS: &str = "lrswipkxtecda";
@@ -1000,6 +1005,16 @@ impl<B: Backend> Session<B> {
         }
         if !self.frag.is_max_message_size_exceeded() && !self.frag.is_message_poisoned() {
             let (bytes, ext) = ext::extract(self.frag.message_bytes());
+            if let ext::Ext::Catenate(_) = &ext {
+                let Some(tag) = tag_of(&self.frag) else {
+                    return self.tagged_bad(None, None, "Syntax error in command");
+                };
+                let carrier = Command {
+                    tag,
+                    body: CommandBody::Noop,
+                };
+                return self.run_command(carrier, ext);
+            }
             // RFC 5182 `$`: the saved result, as UIDs or sequence numbers (each of a
             // few `$` in one SEARCH).
             let (mut bytes, mut ext) = (bytes, ext);
@@ -1079,8 +1094,16 @@ impl<B: Backend> Session<B> {
 
     /// Execute a command, or, in `poll_light`, leave one that may block for `poll`.
     fn run_command(&mut self, cmd: Command<'static>, ext: ext::Ext) {
-        if self.light_only && (matches!(ext, ext::Ext::Custom(_)) || !self.light(&cmd)) {
+        if self.light_only
+            && (matches!(ext, ext::Ext::Custom(_) | ext::Ext::Catenate(_)) || !self.light(&cmd))
+        {
             self.deferred = Some((cmd, ext));
+            return;
+        }
+        if let ext::Ext::Catenate(c) = ext {
+            self.catenate(cmd.tag, c);
+            self.prefetched_changes = None;
+            self.prefetched_selection = None;
             return;
         }
         if let ext::Ext::Custom(c) = ext {
@@ -1324,6 +1347,8 @@ impl<B: Backend> Session<B> {
         other("UIDONLY".into());
         other("CONTEXT=SEARCH".into());
         other("CONTEXT=SORT".into());
+        other("CATENATE".into());
+        other("URLAUTH".into());
         other("ACL".into());
         other("RIGHTS=texk".into());
         other("LIST-MYRIGHTS".into());
@@ -1708,6 +1733,9 @@ impl<B: Backend> Session<B> {
         match c.verb.as_str() {
             "MYRIGHTS" | "GETACL" | "LISTRIGHTS" | "SETACL" | "DELETEACL" => self.acl(&tag, &c),
             "CANCELUPDATE" => self.cancel_update(&tag, &c),
+            "GENURLAUTH" => self.genurlauth(&tag, &c),
+            "URLFETCH" => self.urlfetch(&tag, &c),
+            "RESETKEY" => self.resetkey(&tag, &c),
             _ => self.bad(&tag, "Command not supported in this state"),
         }
     }
@@ -1730,6 +1758,204 @@ impl<B: Backend> Session<B> {
         }
         sel.contexts.retain(|c| !tags.contains(&c.tag));
         self.ok(tag, None, "CANCELUPDATE completed");
+    }
+
+    /// RFC 4467 §6.1 GENURLAUTH rump mechanism...: each rump URL (the user's own, naming
+    /// a message that exists, ending in `;URLAUTH=access`) signed.
+    fn genurlauth(&mut self, tag: &Tag<'static>, c: &ExtCommand) {
+        if c.args.is_empty() || c.args.len() % 2 != 0 {
+            return self.bad(tag, "GENURLAUTH takes URL and mechanism pairs");
+        }
+        let me = self.backend.user();
+        let mut line = b"* GENURLAUTH".to_vec();
+        for pair in c.args.chunks(2) {
+            let (Some(text), Some(mech)) = (
+                pair.first().and_then(Arg::text),
+                pair.get(1).and_then(Arg::text),
+            ) else {
+                return self.bad(tag, "GENURLAUTH takes URL and mechanism pairs");
+            };
+            let url = imapurl::parse(&text);
+            let good = url.as_ref().is_some_and(|u| {
+                u.access.is_some()
+                    && u.token.is_none()
+                    && u.mailbox.is_some()
+                    && u.user
+                        .as_deref()
+                        .zip(me.as_deref())
+                        .is_some_and(|(a, b)| a.eq_ignore_ascii_case(b))
+            });
+            if !mech.eq_ignore_ascii_case("INTERNAL") {
+                return self.no(tag, None, "The only URLAUTH mechanism is INTERNAL");
+            }
+            let signed = match url {
+                Some(u) if good => {
+                    urlauth::resolve(&mut self.backend, &u, None)
+                        .ok()
+                        .and_then(|_| {
+                            let mb = u.mailbox.clone().unwrap_or_default();
+                            let mb = if mb.eq_ignore_ascii_case("INBOX") {
+                                "INBOX".into()
+                            } else {
+                                mb
+                            };
+                            self.backend.urlauth_sign(&mb, u.rump.as_bytes()).ok()
+                        })
+                }
+                _ => None,
+            };
+            let Some(token) = signed else {
+                let line = format!(
+                    "{} NO [BADURL {}] Not a URL of yours to sign\r\n",
+                    tag.as_ref(),
+                    String::from_utf8_lossy(&astring_out(text.as_bytes()))
+                );
+                return self.out.extend_from_slice(line.as_bytes());
+            };
+            line.push(b' ');
+            line.extend_from_slice(&astring_out(format!("{text}:internal:{token}").as_bytes()));
+        }
+        line.extend_from_slice(b"\r\n");
+        self.out.extend_from_slice(&line);
+        self.ok(tag, None, "GENURLAUTH completed");
+    }
+
+    /// RFC 4467 §6.3 URLFETCH url...: each URLAUTH URL's data, NIL when it does not
+    /// verify or names nothing.
+    fn urlfetch(&mut self, tag: &Tag<'static>, c: &ExtCommand) {
+        if c.args.is_empty() {
+            return self.bad(tag, "URLFETCH takes URLs");
+        }
+        let me = self.backend.user();
+        let mut out = b"* URLFETCH".to_vec();
+        for a in &c.args {
+            let Some(text) = a.text() else {
+                return self.bad(tag, "URLFETCH takes URLs");
+            };
+            let who = urlauth::Requester {
+                user: me.as_deref(),
+                submit: false,
+            };
+            let data = imapurl::parse(&text)
+                .filter(|u| urlauth::verify(&mut self.backend, u, &who, unix_now()))
+                .and_then(|u| urlauth::resolve(&mut self.backend, &u, None).ok());
+            out.push(b' ');
+            out.extend_from_slice(&astring_out(text.as_bytes()));
+            match data {
+                Some(d) => {
+                    out.extend_from_slice(format!(" {{{}}}\r\n", d.len()).as_bytes());
+                    out.extend_from_slice(&d);
+                }
+                None => out.extend_from_slice(b" NIL"),
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+        self.out.extend_from_slice(&out);
+        self.ok(tag, None, "URLFETCH completed");
+    }
+
+    /// RFC 4467 §6.2 RESETKEY [mailbox [mechanism...]]: new keys, old URLs void.
+    fn resetkey(&mut self, tag: &Tag<'static>, c: &ExtCommand) {
+        let mailbox = match c.args.first() {
+            None => None,
+            Some(a) => match self.arg_mailbox(Some(a)) {
+                Ok(n) => Some(n),
+                Err(why) => return self.bad(tag, why),
+            },
+        };
+        if c.args
+            .iter()
+            .skip(1)
+            .any(|m| !m.text().is_some_and(|t| t.eq_ignore_ascii_case("INTERNAL")))
+        {
+            return self.no(tag, None, "The only URLAUTH mechanism is INTERNAL");
+        }
+        match self.backend.urlauth_reset(mailbox.as_deref()) {
+            Ok(()) => self.ok(tag, None, "RESETKEY completed"),
+            Err(e) => self.backend_no(tag, e),
+        }
+    }
+
+    /// RFC 4469 CATENATE: the message is put together from TEXT literals and the parts
+    /// URLs name (the user's own mailboxes; URLAUTH URLs must verify), then appended as
+    /// an APPEND of that message would be.
+    fn catenate(&mut self, tag: Tag<'static>, c: ext::Catenate) {
+        if self.state != State::Authenticated {
+            return self.bad(&tag, "Log in first");
+        }
+        let selected = self.selected.as_ref().map(|s| s.id);
+        let selected_name = selected.and_then(|id| {
+            self.backend
+                .list()
+                .ok()?
+                .into_iter()
+                .find(|m| m.id == id)
+                .map(|m| m.name)
+        });
+        let me = self.backend.user();
+        let limit = self.cfg.append_limit as usize;
+        let mut data = Vec::new();
+        for part in &c.parts {
+            match part {
+                ext::CatPart::Text(t) => data.extend_from_slice(t),
+                ext::CatPart::Url(u) => {
+                    let who = urlauth::Requester {
+                        user: me.as_deref(),
+                        submit: false,
+                    };
+                    let got = imapurl::parse(u)
+                        .filter(|url| {
+                            url.access.is_none()
+                                || urlauth::verify(&mut self.backend, url, &who, unix_now())
+                        })
+                        .and_then(|url| {
+                            urlauth::resolve(&mut self.backend, &url, selected_name.as_deref()).ok()
+                        });
+                    match got {
+                        Some(bytes) => data.extend_from_slice(&bytes),
+                        None => {
+                            // RFC 4469 §5: [BADURL url] for a URL that names nothing.
+                            let line = format!(
+                                "{} NO [BADURL {}] The URL names no message part of yours\r\n",
+                                tag.as_ref(),
+                                String::from_utf8_lossy(&astring_out(u.as_bytes()))
+                            );
+                            return self.out.extend_from_slice(line.as_bytes());
+                        }
+                    }
+                }
+            }
+            if data.len() > limit {
+                return self.no(&tag, Some(Code::TooBig), "Message exceeds APPENDLIMIT");
+            }
+        }
+        // The assembled message as a plain APPEND, so it is checked and stored the same way.
+        let mut cmd = format!("{} APPEND ", tag.as_ref()).into_bytes();
+        match &c.mailbox {
+            Arg::Atom(a) => cmd.extend_from_slice(a.as_bytes()),
+            other => cmd.extend_from_slice(&astring_out(other.bytes().unwrap_or_default())),
+        }
+        if let Some(f) = &c.flags {
+            cmd.extend_from_slice(format!(" ({})", f.join(" ")).as_bytes());
+        }
+        if let Some(d) = &c.date {
+            cmd.push(b' ');
+            cmd.extend_from_slice(&astring_out(d));
+        }
+        // A NUL needs a literal8 (RFC 3516 §4.1); APPEND takes one.
+        let eight = if data.contains(&0) { "~" } else { "" };
+        cmd.extend_from_slice(format!(" {eight}{{{}}}\r\n", data.len()).as_bytes());
+        cmd.extend_from_slice(&data);
+        cmd.extend_from_slice(b"\r\n");
+        use imap_codec::decode::Decoder;
+        match CommandCodec::default().decode(&cmd) {
+            Ok((&[], decoded)) => {
+                let decoded = decoded.into_static();
+                self.ext = ext::Ext::None;
+                self.command(decoded);
+            }
+            _ => self.bad(&tag, "Syntax error in command"),
+        }
     }
 
     /// A mailbox argument of an `extcmd` command, as a name.
@@ -2447,6 +2673,8 @@ impl<B: Backend> Session<B> {
             Ok(v) => v,
             Err(e) => return self.backend_no(tag, e),
         };
+        // The server's own entries (URLAUTH keys) are not the client's to see.
+        stored.retain(|(k, _)| !k.starts_with(SERVER_ENTRIES));
         // RFC 6154 §4: a mailbox's special use, read-only.
         if let Some(name) = &target
             && let Ok(mb) = self.backend.mailbox(name)
@@ -2525,6 +2753,13 @@ impl<B: Backend> Session<B> {
             };
             if name == "/private/specialuse" {
                 return self.no(tag, None, "/private/specialuse is set by the server");
+            }
+            if name.starts_with(SERVER_ENTRIES) {
+                return self.no(
+                    tag,
+                    None,
+                    "Entries under /private/vendor/yubin/ are the server's",
+                );
             }
             let value = match &ev.value {
                 NString8::NString(n) => n.0.as_ref().map(|v| v.as_ref().to_vec()),

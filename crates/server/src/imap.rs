@@ -222,6 +222,55 @@ impl Backend for StoreBackend {
         self.store.metadata(account, id).map_err(err)
     }
 
+    fn urlauth_sign(&mut self, mailbox: &str, rump: &[u8]) -> BResult<String> {
+        let account = self.account()?;
+        let id = self.store.mailbox(account, mailbox).map_err(err)?.id;
+        let stored = self
+            .store
+            .metadata(account, Some(id))
+            .map_err(err)?
+            .into_iter()
+            .find(|(k, _)| k == yubin_imap::URLAUTH_KEY_ENTRY)
+            .map(|(_, v)| v);
+        let key = match stored {
+            Some(k) if k.len() >= 32 => k,
+            _ => {
+                let mut k = vec![0u8; 32];
+                getrandom::fill(&mut k)
+                    .map_err(|e| BackendError::Failed(format!("no randomness: {e}")))?;
+                let entry = [(yubin_imap::URLAUTH_KEY_ENTRY.to_owned(), Some(k.clone()))];
+                self.store
+                    .set_metadata(account, Some(id), &entry)
+                    .map_err(err)?;
+                k
+            }
+        };
+        let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key), rump);
+        Ok(tag.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    fn urlauth_reset(&mut self, mailbox: Option<&str>) -> BResult<()> {
+        let account = self.account()?;
+        let ids: Vec<MailboxId> = match mailbox {
+            Some(name) => vec![self.store.mailbox(account, name).map_err(err)?.id],
+            None => self
+                .store
+                .list_mailboxes(account)
+                .map_err(err)?
+                .into_iter()
+                .map(|m| m.id)
+                .collect(),
+        };
+        // Removing the key is enough: the next signature makes a new one.
+        let entry = [(yubin_imap::URLAUTH_KEY_ENTRY.to_owned(), None)];
+        for id in ids {
+            self.store
+                .set_metadata(account, Some(id), &entry)
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+
     fn set_metadata(
         &mut self,
         mailbox: Option<&str>,

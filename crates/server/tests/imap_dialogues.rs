@@ -44,6 +44,14 @@ impl Backend for Watched {
     fn user(&self) -> Option<String> {
         self.0.user()
     }
+    fn urlauth_sign(&mut self, mailbox: &str, rump: &[u8]) -> BResult<String> {
+        self.heavy("urlauth_sign");
+        self.0.urlauth_sign(mailbox, rump)
+    }
+    fn urlauth_reset(&mut self, mailbox: Option<&str>) -> BResult<()> {
+        self.heavy("urlauth_reset");
+        self.0.urlauth_reset(mailbox)
+    }
     fn list(&mut self) -> BResult<Vec<Mailbox>> {
         self.heavy("list");
         self.0.list()
