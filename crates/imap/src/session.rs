@@ -1763,7 +1763,7 @@ impl<B: Backend> Session<B> {
     /// RFC 4467 §6.1 GENURLAUTH rump mechanism...: each rump URL (the user's own, naming
     /// a message that exists, ending in `;URLAUTH=access`) signed.
     fn genurlauth(&mut self, tag: &Tag<'static>, c: &ExtCommand) {
-        if c.args.is_empty() || c.args.len() % 2 != 0 {
+        if c.args.is_empty() || !c.args.len().is_multiple_of(2) {
             return self.bad(tag, "GENURLAUTH takes URL and mechanism pairs");
         }
         let me = self.backend.user();
