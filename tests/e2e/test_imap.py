@@ -576,3 +576,119 @@ def test_subscriptions_list_sort_and_esearch_from_imaplib(server):
     modseq2 = fetched.split(b"MODSEQ (")[1].split(b")")[0]
     assert got[0].endswith(b"MODSEQ " + modseq2), (got, fetched)
     m.logout()
+
+
+for _verb in ("GENURLAUTH", "URLFETCH", "RESETKEY", "MYRIGHTS", "GETACL", "CANCELUPDATE"):
+    imaplib.Commands.setdefault(_verb, ("AUTH", "SELECTED"))
+
+
+def test_uidonly_and_fetch_partial_from_imaplib(server):
+    """UIDONLY (RFC 9586): UIDFETCH answers, BAD [UIDREQUIRED] for message numbers;
+    FETCH (PARTIAL -1:-2) pages from the end (RFC 9394)."""
+    for s in ("one", "two", "three"):
+        deliver(server, s)
+    m = login(server)
+    typ, data = m._simple_command("ENABLE", "UIDONLY")
+    assert typ == "OK" and m.untagged_responses.pop("ENABLED") == [b"UIDONLY"]
+    m.select("INBOX")
+    typ, data = m._simple_command("UID", "FETCH", "1:*", "(FLAGS)", "(PARTIAL -1:-2)")
+    assert typ == "OK", data
+    assert m.untagged_responses.pop("UIDFETCH") == [b"2 (FLAGS (\\Recent))", b"3 (FLAGS (\\Recent))"]
+    with pytest.raises(imaplib.IMAP4.error, match="UIDREQUIRED"):
+        m.fetch("1", "(FLAGS)")
+    m.uid("STORE", "1", "+FLAGS", "(\\Deleted)")
+    typ, data = m.expunge()
+    assert m.untagged_responses.pop("VANISHED", None) == [b"1"]
+    m.logout()
+
+
+def test_context_update_from_imaplib(server):
+    """CONTEXT=SEARCH (RFC 5267): an updating search hears of new mail and expunges made
+    by another client."""
+    deliver(server, "old")
+    m = login(server)
+    m.select("INBOX")
+    typ, data = m._simple_command("UID", "SEARCH", "RETURN", "(ALL UPDATE)", "SUBJECT", "report")
+    assert typ == "OK"
+    # Nothing matches yet: the answer has the tag and UID, no ALL.
+    assert m.untagged_responses.pop("ESEARCH")[0].endswith(b") UID")
+    deliver(server, "a report")
+    time.sleep(0.2)
+    m.noop()
+    updates = m.untagged_responses.pop("ESEARCH", [])
+    assert any(b"UID ADDTO (0 2)" in u for u in updates), updates
+    other = login(server)
+    other.select("INBOX")
+    other.uid("STORE", "2", "+FLAGS", "(\\Deleted)")
+    other.expunge()
+    other.logout()
+    m.noop()
+    updates = m.untagged_responses.pop("ESEARCH", [])
+    assert any(b"UID REMOVEFROM (0 2)" in u for u in updates), updates
+    m.logout()
+
+
+def test_acl_and_list_myrights_from_imaplib(server):
+    m = login(server)
+    typ, data = m._simple_command("MYRIGHTS", "INBOX")
+    assert typ == "OK" and m.untagged_responses.pop("MYRIGHTS") == [b'"INBOX" lrswipkxtecda']
+    typ, data = m.getacl("INBOX")
+    assert data == [f'"INBOX" "{BOB}" lrswipkxtecda'.encode()], data
+    typ, data = m.setacl("INBOX", "anyone", "lr")
+    assert typ == "NO", data
+    typ, data = m._simple_command("LIST", '""', '"%"', "RETURN", "(MYRIGHTS)")
+    assert typ == "OK"
+    rights = m.untagged_responses.pop("MYRIGHTS")
+    assert b'"Sent" lrswipkxtecda' in rights, rights
+    m.logout()
+
+
+def test_catenate_urlauth_and_burl(server):
+    """Forward without download (RFC 4469, 4467, 4468): a draft put together on the server
+    from a received message's text, signed with GENURLAUTH, read back with URLFETCH, and
+    sent by submission with BURL; RESETKEY voids the signed URLs."""
+    deliver(server, "original", body="the text to forward")
+    m = login(server)
+    head = f"From: Bob <{BOB}>\r\nTo: {BOB}\r\nSubject: fwd\r\n\r\n"
+    args = f'CATENATE (TEXT {{{len(head)}+}}\r\n{head} URL "/INBOX/;UID=1/;SECTION=TEXT")'
+    typ, data = m._simple_command("APPEND", "Drafts", args)
+    assert typ == "OK", data
+    m_ = re.search(rb"APPENDUID (\d+) (\d+)", data[0])
+    validity, uid = int(m_.group(1)), int(m_.group(2))
+    enc = BOB.replace("@", "%40")
+    base = f"imap://{enc}@mx.example.test/Drafts;UIDVALIDITY={validity}/;UID={uid}"
+    typ, data = m._simple_command("GENURLAUTH", f'"{base};URLAUTH=submit+{enc}"', "INTERNAL",
+                                  f'"{base};URLAUTH=user+{enc}"', "INTERNAL")
+    assert typ == "OK", data
+    gen = m.untagged_responses.pop("GENURLAUTH")[0]
+    submit_url, user_url = re.findall(rb'"([^"]+)"', gen)
+    assert re.fullmatch(rb".*;URLAUTH=submit\+bob%40example\.test:internal:[0-9a-f]{64}", submit_url)
+    typ, data = m._simple_command("URLFETCH", f'"{user_url.decode()}"', f'"{submit_url.decode()}"')
+    assert typ == "OK", data
+    fetched = m.untagged_responses.pop("URLFETCH")
+    # The user+ URL gives the draft; the submit+ one is for the submission server only.
+    assert fetched[0][1].endswith(b"the text to forward\r\n"), fetched
+    assert fetched[1].endswith(b" NIL"), fetched
+    with smtplib.SMTP("127.0.0.1", server.submission_port, timeout=30) as s:
+        s.starttls(context=tls_context())
+        s.login(BOB, PASSWORD)
+        assert "burl" in s.esmtp_features and s.esmtp_features["burl"] == "imap"
+        s.mail(BOB)
+        s.rcpt(BOB)
+        code, msg = s.docmd("BURL", submit_url.decode() + " LAST")
+        assert code == 250, msg
+        # A URL that does not verify: 554 5.6.6, and the transaction is over.
+        s.mail(BOB)
+        s.rcpt(BOB)
+        code, msg = s.docmd("BURL", submit_url.decode()[:-4] + "0000 LAST")
+        assert code == 554 and b"5.6.6" in msg, msg
+    m.select("INBOX")
+    typ, data = m.search(None, "SUBJECT", "fwd")
+    assert data[0].split() == [b"2"], data
+    typ, data = m.fetch("2", "(BODY.PEEK[TEXT])")
+    assert data[0][1] == b"the text to forward\r\n", data
+    typ, data = m._simple_command("RESETKEY")
+    assert typ == "OK", data
+    typ, data = m._simple_command("URLFETCH", f'"{user_url.decode()}"')
+    assert m.untagged_responses.pop("URLFETCH")[0].endswith(b" NIL")
+    m.logout()

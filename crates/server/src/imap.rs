@@ -53,6 +53,13 @@ impl StoreBackend {
         }
     }
 
+    /// Acting for an account that authenticated elsewhere (SMTP submission's BURL).
+    pub fn for_account(mut self, id: AccountId, address: &str) -> Self {
+        self.account = Some(id);
+        self.address = Some(address.to_owned());
+        self
+    }
+
     /// Refuse a login beyond this many sessions of one account.
     pub fn limit_sessions(mut self, per_account: Arc<crate::limits::AccountSessions>) -> Self {
         self.per_account = Some(per_account);

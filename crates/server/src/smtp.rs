@@ -47,6 +47,8 @@ pub async fn handle(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, mode:
         // RFC 8314: credentials only over TLS; loopback is a protected path.
         auth_requires_tls: !(server.cfg.submission.plaintext_auth || server.trusted_path(peer)),
         submission: mode.submission,
+        // RFC 4468: submission resolves IMAP URLs of the user's own mailboxes.
+        burl: mode.submission,
     };
     let session = if mode.implicit_tls {
         Session::new_tls(cfg)
@@ -82,6 +84,48 @@ struct Conn {
 }
 
 impl Conn {
+    /// RFC 4468 BURL: the URL must name a message part in the authenticated account's
+    /// own mailboxes; a URLAUTH URL must verify for `submit+` that account (RFC 4467
+    /// §3), a plain one is read with the same rights an IMAP login of that account has.
+    async fn resolve_url(&self, url: String) -> yubin_smtp::UrlOutcome {
+        use yubin_smtp::UrlOutcome;
+        let Some((id, address)) = self.account.clone() else {
+            return UrlOutcome::Invalid("Authentication required".into());
+        };
+        let store = self.server.store.clone();
+        let guard = self.server.guard.clone();
+        let peer = self.peer;
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut backend =
+                crate::imap::StoreBackend::new(store, guard, peer).for_account(id, &address);
+            let parsed = yubin_imap::imapurl::parse(&url);
+            let Some(u) = parsed.filter(|u| u.mailbox.is_some()) else {
+                return UrlOutcome::Invalid(format!("{url}: not an IMAP URL naming a message"));
+            };
+            let who = yubin_imap::urlauth::Requester {
+                user: Some(&address),
+                submit: true,
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            if u.access.is_some() && !yubin_imap::urlauth::verify(&mut backend, &u, &who, now) {
+                return UrlOutcome::Invalid(format!("{url}: URLAUTH does not verify"));
+            }
+            match yubin_imap::urlauth::resolve(&mut backend, &u, None) {
+                Ok(data) => UrlOutcome::Data(data),
+                Err(yubin_imap::urlauth::UrlError::Invalid) => {
+                    UrlOutcome::Invalid(format!("{url}: names no message part of yours"))
+                }
+                Err(yubin_imap::urlauth::UrlError::Backend(e)) => {
+                    UrlOutcome::TempFail(format!("IMAP store unavailable: {e}"))
+                }
+            }
+        })
+        .await;
+        joined.unwrap_or_else(|e| UrlOutcome::TempFail(format!("URL resolution failed: {e}")))
+    }
+
     async fn run(&mut self, mut session: Session) -> std::io::Result<()> {
         let idle = Duration::from_secs(self.server.cfg.smtp.idle_timeout);
         let mut buf = vec![0u8; 64 * 1024];
@@ -144,6 +188,10 @@ impl Conn {
                         info!(sender = addr, user = ?self.account.as_ref().map(|a| &a.1), "sender refused: not owned");
                     }
                     session.sender_verdict(ok);
+                }
+                Event::ResolveUrl { url, .. } => {
+                    let outcome = self.resolve_url(url).await;
+                    session.burl_result(outcome);
                 }
                 Event::Close => {
                     self.flush().await?;

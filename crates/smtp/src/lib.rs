@@ -15,4 +15,5 @@ pub mod trace;
 pub use reply::{Esc, Reply};
 pub use session::{
     AuthOutcome, Config, DeliveryOutcome, Event, Message, RcptVerdict, Receiving, Session,
+    UrlOutcome,
 };

@@ -47,6 +47,8 @@ pub struct Config {
     pub auth_requires_tls: bool,
     /// Message submission (RFC 6409 §4.1): MAIL needs a successful AUTH first.
     pub submission: bool,
+    /// Offer BURL (RFC 4468) once authenticated: the host resolves IMAP URLs.
+    pub burl: bool,
 }
 
 impl Default for Config {
@@ -61,6 +63,7 @@ impl Default for Config {
             auth: false,
             auth_requires_tls: true,
             submission: false,
+            burl: false,
         }
     }
 }
@@ -81,6 +84,9 @@ pub enum Event {
     /// The authenticated user wants this reverse-path: is it one of theirs? Answer with
     /// [`Session::sender_verdict`].
     CheckSender(String),
+    /// RFC 4468 BURL: fetch what this IMAP URL names for the authenticated `user` and
+    /// answer with [`Session::burl_result`].
+    ResolveUrl { url: String, user: String },
     /// Flush pending replies and close the connection.
     Close,
     /// Read more bytes from the client and [`Session::push`] them.
@@ -122,6 +128,16 @@ pub enum AuthOutcome {
     /// Too many failures from this address or for this account: try later (454 4.7.0).
     Throttled,
     TempFail,
+}
+
+/// The host's answer to [`Event::ResolveUrl`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UrlOutcome {
+    Data(Vec<u8>),
+    /// The URL names nothing this user may read (554 5.6.6, RFC 4468 §6).
+    Invalid(String),
+    /// Could not be read now (454 4.6.6).
+    TempFail(String),
 }
 
 /// The host's answer to [`Event::Deliver`].
@@ -199,6 +215,8 @@ enum Phase {
     /// Message bytes are read and thrown away; `reply` is sent at the end.
     Discard(DummyDataReceiver, Reply),
     AwaitDelivery,
+    /// BURL sent: the URL is being resolved; `bool`: it was the LAST part.
+    AwaitUrl(String, bool),
     AwaitTls,
     AwaitAuth {
         user: String,
@@ -312,6 +330,12 @@ impl Session {
                     };
                 }
                 Phase::AwaitSender(env) => return Event::CheckSender(env.mail_from.clone()),
+                Phase::AwaitUrl(url, _) => {
+                    return Event::ResolveUrl {
+                        url: url.clone(),
+                        user: self.authenticated.clone().unwrap_or_default(),
+                    };
+                }
                 // The host must answer before reading more; nothing else to do meanwhile.
                 Phase::AwaitDelivery => return Event::NeedInput,
                 Phase::Command => {
@@ -701,7 +725,7 @@ impl Session {
             Request::Help { .. } => self.reply(r(
                 214,
                 (2, 0, 0),
-                "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP STARTTLS QUIT",
+                "Commands: EHLO HELO MAIL RCPT DATA BDAT BURL RSET NOOP VRFY HELP STARTTLS QUIT",
             )),
             Request::Quit => {
                 self.out.push_back(r(221, (2, 0, 0), "Bye"));
@@ -724,6 +748,7 @@ impl Session {
                 initial_response,
             } => self.auth(mechanism, initial_response),
             Request::Lhlo { .. } => self.reply(r(500, (5, 5, 2), "Command unrecognized")),
+            Request::Burl { uri, is_last } if self.cfg.burl => self.burl(uri, is_last),
             Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
                 self.reply(r(502, (5, 5, 1), "Command not implemented"))
             }
@@ -844,6 +869,10 @@ impl Session {
         }
         if self.cfg.auth && (self.tls || !self.cfg.auth_requires_tls) {
             lines.push("AUTH PLAIN LOGIN".into());
+        }
+        // RFC 4468 §3: BURL, with the URL scheme it resolves.
+        if self.cfg.burl && self.cfg.auth {
+            lines.push("BURL imap".into());
         }
         lines.push("HELP".into());
         self.reply(Reply::multi(250, lines));
@@ -971,6 +1000,62 @@ impl Session {
                 self.body.reserve(size.min(1 << 20));
                 self.phase = Phase::Bdat(BdatReceiver::new(size, last));
             }
+        }
+    }
+
+    /// RFC 4468 §3: BURL url [LAST] adds what the URL names to the message, like a BDAT
+    /// chunk (DATA is not allowed after it).
+    fn burl(&mut self, url: String, last: bool) {
+        if self.authenticated.is_none() {
+            return self.reply(r(530, (5, 7, 0), "Authentication required"));
+        }
+        let refuse = match &mut self.envelope {
+            None => Some(r(503, (5, 5, 1), "Need MAIL command")),
+            Some(env) if env.rcpt_to.is_empty() => Some(r(554, (5, 5, 1), "No valid recipients")),
+            Some(env) => {
+                env.bdat = true;
+                None
+            }
+        };
+        match refuse {
+            Some(reply) => self.reply(reply),
+            None => self.phase = Phase::AwaitUrl(url, last),
+        }
+    }
+
+    /// The host's answer to [`Event::ResolveUrl`].
+    pub fn burl_result(&mut self, outcome: UrlOutcome) {
+        let Phase::AwaitUrl(_, last) = std::mem::replace(&mut self.phase, Phase::Command) else {
+            return;
+        };
+        let data = match outcome {
+            UrlOutcome::Data(d) => d,
+            failed => {
+                // RFC 4468 §6: 554 5.6.6 / 454 4.6.6; the transaction ends as after a failed
+                // BDAT.
+                self.envelope = None;
+                self.body = Vec::new();
+                let reply = match failed {
+                    UrlOutcome::TempFail(why) => r(454, (4, 6, 6), why),
+                    UrlOutcome::Invalid(why) => r(554, (5, 6, 6), why),
+                    UrlOutcome::Data(_) => return,
+                };
+                return self.reply(reply);
+            }
+        };
+        if self.body.len().saturating_add(data.len()) > self.cfg.max_message_size {
+            self.envelope = None;
+            self.body = Vec::new();
+            let reply = self.too_big();
+            return self.reply(reply);
+        }
+        self.body.extend_from_slice(&data);
+        if last {
+            let bare = bare_line_end(&self.body);
+            self.end_of_message(bare);
+        } else {
+            let n = self.body.len();
+            self.reply(r(250, (2, 0, 0), format!("{n} octets received")));
         }
     }
 

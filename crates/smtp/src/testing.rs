@@ -43,6 +43,12 @@ pub fn exercise(cfg: Config, input: &[u8], mut chunk: impl FnMut() -> usize) {
                     crate::AuthOutcome::Failure
                 }),
                 Event::CheckSender(a) => s.sender_verdict(a.len() % 3 != 0),
+                // A hostile URL may name a huge part: the size limit must still hold.
+                Event::ResolveUrl { url, .. } => s.burl_result(match url.len() % 3 {
+                    0 => crate::UrlOutcome::Data(vec![b'x'; url.len() * 1000]),
+                    1 => crate::UrlOutcome::Invalid("no".into()),
+                    _ => crate::UrlOutcome::TempFail("later".into()),
+                }),
                 Event::Close => return,
                 Event::NeedInput => break,
             }

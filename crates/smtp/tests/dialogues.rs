@@ -5,15 +5,17 @@
 //! sent in one write, so pipelining is exercised. `W:` bytes are sent at once, alone, as
 //! written (no CRLF added), to split input across reads.
 //!
-//! Header lines `#! auth`, `#! auth-plaintext` (AUTH without TLS), `#! submission` set the
-//! listener. Credentials `bob@example.com`/`secret` are valid; `throttled@example.com` is
+//! Header lines `#! auth`, `#! auth-plaintext` (AUTH without TLS), `#! submission`,
+//! `#! burl` set the listener. Credentials `bob@example.com`/`secret` are valid; `throttled@example.com` is
 //! throttled; senders starting with `bob` belong to bob.
 //!
 //! The host policy used here: domain `example.com` is local; `unknown@`, `disabled@`,
 //! `tempfail@`, `full@` get those verdicts; any other domain is a relay attempt. Deliveries succeed
 //! with id `ID1` unless the envelope sender is `fail@example.org` (temporary failure).
 
-use yubin_smtp::{AuthOutcome, Config, DeliveryOutcome, Event, Message, RcptVerdict, Session};
+use yubin_smtp::{
+    AuthOutcome, Config, DeliveryOutcome, Event, Message, RcptVerdict, Session, UrlOutcome,
+};
 
 fn unescape(s: &str) -> Vec<u8> {
     let mut out = Vec::new();
@@ -87,6 +89,17 @@ fn drain(s: &mut Session, delivered: &mut Vec<Message>) -> Vec<String> {
                 })
             }
             Event::CheckSender(a) => s.sender_verdict(a.starts_with("bob")),
+            // BURL: `imap://.../;UID=n` names n bytes of `x`; `busy` is a temporary failure.
+            Event::ResolveUrl { url, user } => s.burl_result(
+                match url
+                    .rsplit_once(";UID=")
+                    .and_then(|(_, n)| n.parse::<usize>().ok())
+                {
+                    _ if url.contains("busy") => UrlOutcome::TempFail("IMAP store busy".into()),
+                    Some(n) if user == "bob@example.com" => UrlOutcome::Data(vec![b'x'; n]),
+                    _ => UrlOutcome::Invalid("URL names nothing of yours".into()),
+                },
+            ),
             Event::Close => {
                 out.push("[CLOSE]".into());
                 return out;
@@ -107,6 +120,7 @@ fn run_script(name: &str, script: &str) {
         auth: script.contains("#! auth"),
         auth_requires_tls: !script.contains("#! auth-plaintext"),
         submission: script.contains("#! submission"),
+        burl: script.contains("#! burl"),
     };
     let mut s = Session::new(cfg);
     let mut delivered = Vec::new();
