@@ -578,7 +578,7 @@ def test_subscriptions_list_sort_and_esearch_from_imaplib(server):
     m.logout()
 
 
-for _verb in ("GENURLAUTH", "URLFETCH", "RESETKEY", "MYRIGHTS", "GETACL", "CANCELUPDATE"):
+for _verb in ("GENURLAUTH", "URLFETCH", "RESETKEY", "MYRIGHTS", "GETACL", "CANCELUPDATE", "NOTIFY"):
     imaplib.Commands.setdefault(_verb, ("AUTH", "SELECTED"))
 
 
@@ -691,4 +691,24 @@ def test_catenate_urlauth_and_burl(server):
     assert typ == "OK", data
     typ, data = m._simple_command("URLFETCH", f'"{user_url.decode()}"')
     assert m.untagged_responses.pop("URLFETCH")[0].endswith(b" NIL")
+    m.logout()
+
+
+def test_notify_between_commands(server):
+    """NOTIFY (RFC 5465) on the real server: with no command in progress, new mail in a
+    mailbox that is not selected arrives as STATUS, a new mailbox as LIST."""
+    m = login(server)
+    m.select("Drafts")
+    typ, data = m._simple_command("NOTIFY", "SET", "(selected (MessageNew MessageExpunge))",
+                                  "(personal (MessageNew MessageExpunge MailboxName))")
+    assert typ == "OK", data
+    deliver(server, "while waiting")
+    m.sock.settimeout(10)
+    assert m.readline() == b"* STATUS INBOX (MESSAGES 1 UIDNEXT 2 UNSEEN 1)\r\n"
+    other = login(server)
+    other.create("Later")
+    other.logout()
+    assert m.readline() == b'* LIST () "/" "Later"\r\n'
+    typ, data = m._simple_command("NOTIFY", "NONE")
+    assert typ == "OK", data
     m.logout()

@@ -173,12 +173,24 @@ impl Parser<'_> {
                 Some(Arg::Str(data))
             }
             _ => {
+                // A fetch-att such as `BODY.PEEK[HEADER.FIELDS (SUBJECT)]` is one atom:
+                // inside `[...]` spaces and parentheses do not end it.
                 let start = self.i;
+                let mut bracket = 0usize;
                 while let Some(&b) = self.s.get(self.i) {
-                    if b == b' ' || b == b')' || b == b'(' || b == b'"' || b < 0x20 || b == 0x7f {
+                    if b < 0x20 || b == 0x7f {
                         break;
                     }
+                    match b {
+                        b'[' => bracket += 1,
+                        b']' if bracket > 0 => bracket -= 1,
+                        b' ' | b')' | b'(' | b'"' if bracket == 0 => break,
+                        _ => {}
+                    }
                     self.i += 1;
+                }
+                if bracket > 0 {
+                    return None;
                 }
                 if self.i == start {
                     return None;
@@ -232,6 +244,24 @@ mod tests {
             2
         );
         assert_eq!(parse(b"a RESETKEY\r\n").unwrap().args.len(), 0);
+        let c = parse(
+            b"n NOTIFY SET (selected (MessageNew (UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])))\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.args[1],
+            Arg::List(vec![
+                Arg::Atom("selected".into()),
+                Arg::List(vec![
+                    Arg::Atom("MessageNew".into()),
+                    Arg::List(vec![
+                        Arg::Atom("UID".into()),
+                        Arg::Atom("BODY.PEEK[HEADER.FIELDS (SUBJECT)]".into())
+                    ])
+                ])
+            ])
+        );
+        assert!(parse(b"n X BODY[HEADER\r\n").is_none());
         assert_eq!(
             parse(b"a X ()\r\n").unwrap().args,
             vec![Arg::List(Vec::new())]

@@ -13,6 +13,7 @@ pub mod fuzzing;
 pub mod imapurl;
 pub mod message;
 mod mutf7;
+mod notify;
 mod search;
 mod seqset;
 mod session;

@@ -60,6 +60,7 @@ use crate::extcmd::{self, Arg, ExtCommand};
 use crate::imapurl;
 use crate::message::{Parsed, literal};
 use crate::mutf7;
+use crate::notify;
 use crate::search;
 use crate::seqset::Intervals;
 use crate::sort;
@@ -124,6 +125,14 @@ struct FetchJob {
     /// RFC 8474 EMAILID / THREADID of each UID, when asked for.
     object_ids: Option<std::collections::HashMap<u32, (i64, String)>>,
     extras: ext::FetchExtras,
+    /// RFC 5465 MessageNew fetch attributes: FETCH responses only, no tagged reply.
+    silent: bool,
+}
+
+/// RFC 5465 NOTIFY in force: what to report, and each mailbox as last reported.
+struct NotifyState {
+    spec: notify::Spec,
+    seen: std::collections::HashMap<MailboxId, yubin_model::Mailbox>,
 }
 
 enum Mode {
@@ -210,6 +219,10 @@ pub struct Session<B: Backend> {
     rev2: bool,
     /// RFC 6855 UTF8=ACCEPT enabled: UTF-8 mailbox names and strings.
     utf8_accept: bool,
+    /// RFC 5465 NOTIFY SET in force.
+    notify: Option<NotifyState>,
+    /// The next FETCH answers a NOTIFY MessageNew: no tagged reply.
+    silent_fetch: bool,
     /// RFC 9586 UIDONLY enabled: no message numbers in commands (BAD [UIDREQUIRED]) nor
     /// in responses (UIDFETCH instead of FETCH, VANISHED instead of EXPUNGE).
     uidonly: bool,
@@ -776,6 +789,8 @@ impl<B: Backend> Session<B> {
             rev2: false,
             utf8_accept: false,
             uidonly: false,
+            notify: None,
+            silent_fetch: false,
             light_only: false,
             deferred: None,
             prefetched_changes: None,
@@ -1113,7 +1128,23 @@ impl<B: Backend> Session<B> {
             return;
         }
         self.ext = ext;
+        // The session's own changes are not reported back to it (RFC 5465 §5).
+        let own_change = self.notify.is_some()
+            && matches!(
+                cmd.body,
+                CommandBody::Create { .. }
+                    | CommandBody::Delete { .. }
+                    | CommandBody::Rename { .. }
+                    | CommandBody::Subscribe { .. }
+                    | CommandBody::Unsubscribe { .. }
+                    | CommandBody::Append { .. }
+                    | CommandBody::Copy { .. }
+                    | CommandBody::Move { .. }
+            );
         self.command(cmd);
+        if own_change {
+            self.notify_others(false);
+        }
         self.ext = ext::Ext::None;
         self.prefetched_changes = None;
         self.prefetched_selection = None;
@@ -1349,6 +1380,7 @@ impl<B: Backend> Session<B> {
         other("CONTEXT=SORT".into());
         other("CATENATE".into());
         other("URLAUTH".into());
+        other("NOTIFY".into());
         other("ACL".into());
         other("RIGHTS=texk".into());
         other("LIST-MYRIGHTS".into());
@@ -1736,6 +1768,7 @@ impl<B: Backend> Session<B> {
             "GENURLAUTH" => self.genurlauth(&tag, &c),
             "URLFETCH" => self.urlfetch(&tag, &c),
             "RESETKEY" => self.resetkey(&tag, &c),
+            "NOTIFY" => self.notify_command(&tag, &c),
             _ => self.bad(&tag, "Command not supported in this state"),
         }
     }
@@ -1956,6 +1989,223 @@ impl<B: Backend> Session<B> {
             }
             _ => self.bad(&tag, "Syntax error in command"),
         }
+    }
+
+    /// RFC 5465 §3 NOTIFY SET [STATUS] groups / NOTIFY NONE.
+    fn notify_command(&mut self, tag: &Tag<'static>, c: &ExtCommand) {
+        let parsed = notify::parse(&c.args, |a| self.arg_mailbox(Some(a)));
+        let spec = match parsed {
+            Ok(None) => {
+                self.notify = None;
+                return self.ok(tag, None, "NOTIFY completed");
+            }
+            Ok(Some(s)) => s,
+            Err(notify::NotifyError::Bad(why)) => return self.bad(tag, why),
+            Err(notify::NotifyError::BadEvent) => {
+                let line = format!(
+                    "{} NO [BADEVENT ({})] Events this server reports: those\r\n",
+                    tag.as_ref(),
+                    notify::SUPPORTED
+                );
+                return self.out.extend_from_slice(line.as_bytes());
+            }
+        };
+        // §5.2: the fetch attributes must be ones FETCH takes.
+        if let Some((_, e)) = spec.selected()
+            && let Some(atts) = &e.fetch
+            && Self::notify_fetch_command(atts, "1").is_none()
+        {
+            return self.bad(tag, "MessageNew fetch attributes are not FETCH items");
+        }
+        let list = match self.backend.list() {
+            Ok(l) => l,
+            Err(e) => return self.backend_no(tag, e),
+        };
+        if spec.status {
+            // §3.1: the state of every mailbox the groups cover, now.
+            let mut items = vec![
+                "MESSAGES".to_owned(),
+                "UIDNEXT".into(),
+                "UIDVALIDITY".into(),
+            ];
+            if self.condstore {
+                items.push("HIGHESTMODSEQ".into());
+            }
+            let selected = self.selected.as_ref().map(|s| s.id);
+            for mb in &list {
+                let e = spec.for_mailbox(&mb.name, mb.subscribed);
+                if (e.message || e.flags) && Some(mb.id) != selected {
+                    self.data(Data::Status {
+                        mailbox: self.wire_mailbox(&mb.name),
+                        items: status_items(mb, &items).into(),
+                    });
+                }
+            }
+        }
+        self.notify = Some(NotifyState {
+            spec,
+            seen: list.into_iter().map(|m| (m.id, m)).collect(),
+        });
+        self.ok(tag, None, "NOTIFY completed");
+    }
+
+    /// `UID FETCH set atts` as the decoder reads it.
+    fn notify_fetch_command(atts: &str, set: &str) -> Option<Command<'static>> {
+        use imap_codec::decode::Decoder;
+        let cmd = format!("n UID FETCH {set} {atts}\r\n");
+        match CommandCodec::default().decode(cmd.as_bytes()) {
+            Ok((&[], c)) => Some(c.into_static()),
+            _ => None,
+        }
+    }
+
+    /// A NOTIFY SET is in force: the host passes on mailbox changes between commands.
+    pub fn notify_active(&self) -> bool {
+        self.notify.is_some()
+    }
+
+    /// Whether a change to this mailbox matters to the NOTIFY in force (the host then
+    /// calls [`Session::notify_changed`]).
+    pub fn notify_wants(&self, mailbox: MailboxId) -> bool {
+        let Some(n) = &self.notify else {
+            return false;
+        };
+        if self.selected.as_ref().is_some_and(|s| s.id == mailbox) {
+            return n.spec.selected().is_some();
+        }
+        n.seen.contains_key(&mailbox)
+    }
+
+    /// RFC 5465 §5: report what changed since the last report: for the selected mailbox
+    /// the usual EXISTS/EXPUNGE/FETCH (and MessageNew's FETCH), for others STATUS, and
+    /// LIST for names and subscriptions. Call only between commands.
+    pub fn notify_changed(&mut self) {
+        let Some(n) = &self.notify else {
+            return;
+        };
+        // Between commands only: a command half received, a FETCH paused, a literal
+        // awaited... the next change (or command) reports what this one would have.
+        if !matches!(self.mode, Mode::Command | Mode::Idle(_))
+            || self.partial_input()
+            || self.fetching.is_some()
+            || self.deferred.is_some()
+        {
+            return;
+        }
+        if let (Some((delayed, e)), Some(sel)) = (n.spec.selected(), &self.selected) {
+            let fetch = e.fetch.clone();
+            let (before, message) = (sel.uid_next, e.message || e.flags);
+            if message {
+                self.refresh(!delayed);
+            }
+            if let (Some(atts), Some(sel)) = (fetch, &self.selected) {
+                let new: Vec<u32> = sel
+                    .msgs
+                    .iter()
+                    .map(|m| m.uid)
+                    .filter(|&u| u >= before)
+                    .collect();
+                if let Some(Command {
+                    tag,
+                    body:
+                        CommandBody::Fetch {
+                            sequence_set,
+                            macro_or_item_names,
+                            ..
+                        },
+                }) = (!new.is_empty())
+                    .then(|| Self::notify_fetch_command(&atts, &compact(&new)))
+                    .flatten()
+                {
+                    self.silent_fetch = true;
+                    self.fetch(&tag, &sequence_set, macro_or_item_names, true, &[]);
+                    self.silent_fetch = false;
+                }
+            }
+        }
+        self.notify_others(true);
+    }
+
+    /// STATUS/LIST for the mailboxes other than the selected one whose state moved;
+    /// `report: false` only takes the new state (after the session's own commands).
+    fn notify_others(&mut self, report: bool) {
+        let Some(n) = &self.notify else {
+            return;
+        };
+        let Ok(now) = self.backend.list() else {
+            return;
+        };
+        let selected = self.selected.as_ref().map(|s| s.id);
+        let mut status_names = vec!["MESSAGES".to_owned(), "UIDNEXT".into(), "UNSEEN".into()];
+        if self.condstore {
+            status_names.push("HIGHESTMODSEQ".into());
+        }
+        let mut out: Vec<Response<'static>> = Vec::new();
+        let mut raw: Vec<Vec<u8>> = Vec::new();
+        let now_ids: std::collections::HashSet<MailboxId> = now.iter().map(|m| m.id).collect();
+        for mb in &now {
+            let e = n.spec.for_mailbox(&mb.name, mb.subscribed);
+            let prev = n.seen.get(&mb.id);
+            let Some(p) = prev else {
+                if e.names {
+                    raw.push(self.list_line(&mb.name, &[], None));
+                }
+                continue;
+            };
+            if p.name != mb.name && e.names {
+                // §5.5: a rename is LIST with OLDNAME (RFC 5465 §5.5, RFC 5258 §3.5).
+                raw.push(self.list_line(&mb.name, &[], Some(&p.name)));
+            }
+            if p.subscribed != mb.subscribed && e.subscriptions {
+                let attrs: &[&str] = if mb.subscribed {
+                    &["\\Subscribed"]
+                } else {
+                    &[]
+                };
+                raw.push(self.list_line(&mb.name, attrs, None));
+            }
+            if Some(mb.id) == selected {
+                continue;
+            }
+            let moved = e.message && (p.messages != mb.messages || p.uid_next != mb.uid_next);
+            let flagged =
+                e.flags && (p.unseen != mb.unseen || p.highest_modseq != mb.highest_modseq);
+            if moved || flagged {
+                out.push(Response::Data(Data::Status {
+                    mailbox: self.wire_mailbox(&mb.name),
+                    items: status_items(mb, &status_names).into(),
+                }));
+            }
+        }
+        for (id, p) in &n.seen {
+            if !now_ids.contains(id) && n.spec.for_mailbox(&p.name, p.subscribed).names {
+                raw.push(self.list_line(&p.name, &["\\NonExistent"], None));
+            }
+        }
+        if report {
+            for l in raw {
+                self.out.extend_from_slice(&l);
+            }
+            for r in out {
+                self.send(r);
+            }
+        }
+        if let Some(n) = self.notify.as_mut() {
+            n.seen = now.into_iter().map(|m| (m.id, m)).collect();
+        }
+    }
+
+    /// `* LIST (attrs) "/" name [("OLDNAME" ("old"))]`.
+    fn list_line(&self, name: &str, attrs: &[&str], old: Option<&str>) -> Vec<u8> {
+        let mut l = format!("* LIST ({}) \"/\" ", attrs.join(" ")).into_bytes();
+        l.extend_from_slice(&self.mailbox_out(name));
+        if let Some(o) = old {
+            l.extend_from_slice(b" (\"OLDNAME\" (");
+            l.extend_from_slice(&self.mailbox_out(o));
+            l.extend_from_slice(b"))");
+        }
+        l.extend_from_slice(b"\r\n");
+        l
     }
 
     /// A mailbox argument of an `extcmd` command, as a name.
@@ -3144,6 +3394,7 @@ impl<B: Backend> Session<B> {
             Some(s) => (s.id, s.read_only),
             None => return,
         };
+        let silent = std::mem::take(&mut self.silent_fetch);
         self.fetch_run(FetchJob {
             tag: tag.clone(),
             targets: targets.into_iter(),
@@ -3156,6 +3407,7 @@ impl<B: Backend> Session<B> {
             preview,
             object_ids,
             extras,
+            silent,
         });
     }
 
@@ -3434,6 +3686,9 @@ impl<B: Backend> Session<B> {
             if self.uidonly {
                 self.uidfetch_at(start);
             }
+        }
+        if job.silent {
+            return;
         }
         self.refresh(job.uid);
         self.ok(&job.tag, None, "FETCH completed");

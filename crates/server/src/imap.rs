@@ -685,14 +685,18 @@ async fn run(
                     // Some account changed: the check at the top ends this session if
                     // it was this one's.
                     Ok(()) = epoch.changed(), if idling => {}
-                    m = changes.recv(), if idling => {
+                    // IDLE, and RFC 5465 NOTIFY between commands, hear of changes.
+                    m = changes.recv(), if idling || session.notify_active() => {
                         // Lagged: some notifications were lost, so look anyway.
                         let relevant = match m {
-                            Ok(m) => Some(m) == selected,
+                            Ok(m) => (idling && Some(m) == selected) || session.notify_wants(m),
                             Err(_) => true,
                         };
                         if relevant {
-                            tokio::task::block_in_place(|| session.changed());
+                            tokio::task::block_in_place(|| {
+                                session.changed();
+                                session.notify_changed();
+                            });
                         }
                     }
                     () = &mut shutting_down => {

@@ -4,7 +4,8 @@
 //! values like UIDVALIDITY). The store holds `bob@example.test` (password `secret`) with
 //! three messages in INBOX. Header lines `#! tls` / `#! no-plaintext` set the connection.
 //! `C2:`/`S2:`/`S2~` lines (and 3, ...) are further sessions on the same store, logged out
-//! until they log in; a session's replies are checked when it next sends. With
+//! until they log in; a session's replies are checked when it next sends. After each
+//! command, sessions with NOTIFY in force are told of changes, as the server does. With
 //! `DIALOGUE_DUMP=1` nothing fails: every difference is printed (for writing new files).
 
 use std::cell::Cell;
@@ -346,6 +347,14 @@ fn run(name: &str, script: &str) {
                 p.s.push(format!("{text}\r\n").as_bytes());
                 let (lines, _) = drain(&mut p.s);
                 p.got.extend(lines);
+                // As the host does: sessions with NOTIFY in force hear of the change.
+                for (k, other) in peers.iter_mut() {
+                    if *k != n && other.s.notify_active() {
+                        other.s.notify_changed();
+                        let (lines, _) = drain(&mut other.s);
+                        other.got.extend(lines);
+                    }
+                }
             }
             'S' => p.want.push((false, text.to_owned())),
             _ => p.want.push((true, text.to_owned())),

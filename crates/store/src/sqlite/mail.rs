@@ -576,7 +576,12 @@ impl MailStore for SqliteStore {
                     params![account, name, u],
                 )?;
             }
-            Ok((Self::mailbox_in(tx, account, name)?, vec![], vec![]))
+            // Listeners hear of it under the new id and INBOX's (sessions that follow the
+            // account's mailboxes, RFC 5465 NOTIFY, know the latter).
+            let mb = Self::mailbox_in(tx, account, name)?;
+            let mut touched = vec![mb.id];
+            touched.extend(Self::mailbox_in(tx, account, "INBOX").ok().map(|m| m.id));
+            Ok((mb, touched, vec![]))
         })
     }
 
@@ -675,6 +680,10 @@ impl MailStore for SqliteStore {
             "DELETE FROM subscriptions WHERE account_id = ?1 AND name = ?2"
         };
         self.conn().execute(sql, params![account, name])?;
+        // RFC 5465 SubscriptionChange: told under INBOX's id (the name may have no mailbox).
+        if let Ok(inbox) = Self::mailbox_in(&self.conn(), account, "INBOX") {
+            self.listeners.notify(&[inbox.id]);
+        }
         Ok(())
     }
 
