@@ -19,6 +19,8 @@ pub enum BackendError {
     Refused(String),
     /// The account's storage limit would be exceeded (RFC 9208 `[OVERQUOTA]`).
     OverQuota(String),
+    /// A per-account bound was reached (RFC 5530 `[LIMIT]`).
+    Limit(String),
     /// Something broke on our side (`[SERVERBUG]`/`[UNAVAILABLE]`); the client may retry.
     Failed(String),
 }

@@ -455,6 +455,9 @@ fn uses_message_numbers(body: &CommandBody<'_>, ext: &ext::Ext) -> bool {
     false
 }
 
+/// Most URLs one URLFETCH may name.
+const URLFETCH_MAX: usize = 100;
+
 /// Metadata entries the server keeps for itself (URLAUTH keys).
 const SERVER_ENTRIES: &str = "/private/vendor/yubin/";
 
@@ -1319,6 +1322,7 @@ impl<B: Backend> Session<B> {
                 m,
             ),
             BackendError::OverQuota(m) => (Code::OverQuota, m),
+            BackendError::Limit(m) => (code_other("LIMIT"), m),
             BackendError::Failed(m) => (
                 Code::Other(imap_codec::imap_types::response::CodeOther::unvalidated(
                     b"UNAVAILABLE".as_slice(),
@@ -1822,18 +1826,15 @@ impl<B: Backend> Session<B> {
                 return self.no(tag, None, "The only URLAUTH mechanism is INTERNAL");
             }
             let signed = match url {
-                Some(u) if good => {
-                    urlauth::resolve(&mut self.backend, &u, None)
-                        .ok()
-                        .and_then(|_| {
-                            let mb = u.mailbox.clone().unwrap_or_default();
-                            let mb = if mb.eq_ignore_ascii_case("INBOX") {
-                                "INBOX".into()
-                            } else {
-                                mb
-                            };
-                            self.backend.urlauth_sign(&mb, u.rump.as_bytes()).ok()
-                        })
+                // The message must be there; it is not read for that.
+                Some(u) if good && urlauth::exists(&mut self.backend, &u) => {
+                    let mb = u.mailbox.clone().unwrap_or_default();
+                    let mb = if mb.eq_ignore_ascii_case("INBOX") {
+                        "INBOX".into()
+                    } else {
+                        mb
+                    };
+                    self.backend.urlauth_sign(&mb, u.rump.as_bytes()).ok()
                 }
                 _ => None,
             };
@@ -1859,8 +1860,13 @@ impl<B: Backend> Session<B> {
         if c.args.is_empty() {
             return self.bad(tag, "URLFETCH takes URLs");
         }
+        if c.args.len() > URLFETCH_MAX {
+            return self.bad(tag, "Too many URLs in one URLFETCH");
+        }
         let me = self.backend.user();
         let mut out = b"* URLFETCH".to_vec();
+        // All the data goes out in one response: at most twice APPENDLIMIT of it.
+        let budget = (self.cfg.append_limit as usize).saturating_mul(2);
         for a in &c.args {
             let Some(text) = a.text() else {
                 return self.bad(tag, "URLFETCH takes URLs");
@@ -1874,6 +1880,13 @@ impl<B: Backend> Session<B> {
                 .and_then(|u| urlauth::resolve(&mut self.backend, &u, None).ok());
             out.push(b' ');
             out.extend_from_slice(&astring_out(text.as_bytes()));
+            if out.len().saturating_add(data.as_ref().map_or(0, Vec::len)) > budget {
+                return self.no(
+                    tag,
+                    Some(Code::TooBig),
+                    "Those URLs name too much for one URLFETCH; ask for fewer",
+                );
+            }
             match data {
                 Some(d) => {
                     out.extend_from_slice(format!(" {{{}}}\r\n", d.len()).as_bytes());

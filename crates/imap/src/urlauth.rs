@@ -99,6 +99,34 @@ pub fn resolve<B: Backend>(
     })
 }
 
+/// Whether `url` names a message that is there, without reading it (GENURLAUTH).
+pub fn exists<B: Backend>(backend: &mut B, url: &ImapUrl) -> bool {
+    let Some(name) = &url.mailbox else {
+        return false;
+    };
+    let name = if name.eq_ignore_ascii_case("INBOX") {
+        "INBOX"
+    } else {
+        name.as_str()
+    };
+    if url.user.as_ref().is_some_and(|owner| {
+        backend
+            .user()
+            .is_none_or(|me| !me.eq_ignore_ascii_case(owner))
+    }) {
+        return false;
+    }
+    let Ok(mb) = backend.mailbox(name) else {
+        return false;
+    };
+    if url.uidvalidity.is_some_and(|v| v != mb.uidvalidity) {
+        return false;
+    }
+    backend
+        .messages(mb.id)
+        .is_ok_and(|m| m.binary_search_by_key(&url.uid, |x| x.uid).is_ok())
+}
+
 /// Who asks for a URLAUTH URL: the logged-in user (if any), and whether it is the
 /// submission server acting for them (RFC 4467 §3 `submit+`).
 pub struct Requester<'a> {

@@ -108,6 +108,7 @@ fn err(e: StoreError) -> BackendError {
         StoreError::NoSuchMailbox(m) => BackendError::NotFound(format!("no mailbox {m}")),
         StoreError::NoSuchMessage(u) => BackendError::NotFound(format!("no message {u}")),
         StoreError::MailboxExists(m) => BackendError::Exists(format!("mailbox {m} exists")),
+        e @ StoreError::Limit(_) => BackendError::Limit(e.to_string()),
         e @ (StoreError::InvalidMailboxName(..)
         | StoreError::MailboxHasChildren(_)
         | StoreError::InboxNotDeletable) => BackendError::Refused(e.to_string()),

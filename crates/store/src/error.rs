@@ -62,6 +62,9 @@ pub enum Error {
     NoRecipients,
     #[error("the store's writer has stopped")]
     WriterGone,
+    /// A per-account bound (mailboxes, subscriptions, annotations), RFC 5530 `[LIMIT]`.
+    #[error("{0}")]
+    Limit(&'static str),
 }
 
 impl Error {

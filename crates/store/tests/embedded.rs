@@ -1309,3 +1309,40 @@ fn deliver_many_is_all_or_nothing() {
     );
     assert_eq!(s.messages(inbox.id).unwrap()[1].internal_date, 1_002);
 }
+
+/// What the storage quota does not count is bounded per account: mailboxes (parents made
+/// by CREATE included) and annotation bytes; the refusal changes nothing.
+#[test]
+fn per_account_row_limits() {
+    let (_d, s) = store();
+    s.add_domain("example.com").unwrap();
+    let a = s.add_account("a@example.com", "pw", false).unwrap().id;
+    let deep = |i: usize| format!("m{i}/{}", vec!["x"; 249].join("/"));
+    let mut made = s.list_mailboxes(a).unwrap().len();
+    let mut i = 0;
+    while made + 250 <= 10_000 {
+        s.create_mailbox(a, &deep(i)).unwrap();
+        made += 250;
+        i += 1;
+    }
+    assert!(matches!(
+        s.create_mailbox(a, &deep(i)),
+        Err(Error::Limit(_))
+    ));
+    assert_eq!(s.list_mailboxes(a).unwrap().len(), made);
+    let inbox = s.mailbox(a, "INBOX").unwrap().id;
+    let big = vec![b'v'; 4 << 20];
+    for k in 0..3 {
+        let e = [(format!("/private/e{k}"), Some(big.clone()))];
+        s.set_metadata(a, Some(inbox), &e).unwrap();
+    }
+    let e = [("/private/e3".to_string(), Some(big.clone()))];
+    assert!(matches!(
+        s.set_metadata(a, Some(inbox), &e),
+        Err(Error::Limit(_))
+    ));
+    assert_eq!(s.metadata(a, Some(inbox)).unwrap().len(), 3);
+    // Replacing a value within the bound is fine.
+    let e = [("/private/e0".to_string(), Some(vec![b'w'; 10]))];
+    s.set_metadata(a, Some(inbox), &e).unwrap();
+}

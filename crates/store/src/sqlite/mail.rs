@@ -559,6 +559,16 @@ impl MailStore for SqliteStore {
             if Self::mailbox_in(tx, account, name).is_ok() {
                 return Err(Error::MailboxExists(name.to_owned()));
             }
+            let count: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM mailboxes WHERE account_id = ?1",
+                [account],
+                |r| r.get(0),
+            )?;
+            if count as usize + name.split('/').count() > super::MAX_MAILBOXES {
+                return Err(Error::Limit(
+                    "too many mailboxes (10,000 per account); delete some",
+                ));
+            }
             // RFC 9051 §6.3.4: create any missing superior names.
             let mut prefix = String::new();
             for level in name.split('/') {
@@ -606,7 +616,13 @@ impl MailStore for SqliteStore {
             tx.execute("DELETE FROM metadata WHERE mailbox_id = ?1", [mb.id])?;
             Ok((mb.id, vec![mb.id], dead))
         })
-        .map(|id| self.snapshots.forget(id))
+        .map(|id| {
+            self.snapshots.forget(id);
+            // The id is never reused; its \Recent claims go with it.
+            let mut r = self.recent_claims();
+            r.first.remove(&id);
+            r.unwritten.remove(&id);
+        })
     }
 
     fn rename_mailbox(&self, account: AccountId, from: &str, to: &str) -> Result<()> {
@@ -679,6 +695,18 @@ impl MailStore for SqliteStore {
         } else {
             "DELETE FROM subscriptions WHERE account_id = ?1 AND name = ?2"
         };
+        if subscribed {
+            let count: i64 = self.reader().query_row(
+                "SELECT COUNT(*) FROM subscriptions WHERE account_id = ?1",
+                [account],
+                |r| r.get(0),
+            )?;
+            if count as usize >= super::MAX_SUBSCRIPTIONS {
+                return Err(Error::Limit(
+                    "too many subscriptions (10,000 per account); unsubscribe some",
+                ));
+            }
+        }
         self.conn().execute(sql, params![account, name])?;
         // RFC 5465 SubscriptionChange: told under INBOX's id (the name may have no mailbox).
         if let Ok(inbox) = Self::mailbox_in(&self.conn(), account, "INBOX") {
@@ -729,6 +757,18 @@ impl MailStore for SqliteStore {
                     )?
                     .execute(params![account, mailbox.unwrap_or(0), entry])?,
             };
+        }
+        // Annotations are outside the storage quota: bounded per account on their own.
+        let total: i64 = tx.query_row(
+            "SELECT COALESCE(SUM(length(entry) + length(value)), 0) FROM metadata
+             WHERE account_id = ?1",
+            [account],
+            |r| r.get(0),
+        )?;
+        if total as u64 > super::MAX_METADATA_BYTES {
+            return Err(Error::Limit(
+                "annotations would exceed 16 MiB for this account; remove some",
+            ));
         }
         tx.commit()?;
         Ok(())

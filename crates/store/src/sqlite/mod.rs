@@ -273,6 +273,12 @@ impl Listeners {
 /// many sessions do not queue behind one connection.
 const READERS: usize = 8;
 
+/// Per-account bounds on what the storage quota does not count (rows, not message bytes):
+/// a client cannot fill the database with mailboxes, subscriptions or annotations.
+pub(crate) const MAX_MAILBOXES: usize = 10_000;
+pub(crate) const MAX_SUBSCRIPTIONS: usize = 10_000;
+pub(crate) const MAX_METADATA_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Bounds CPU-heavy reads (full-text queries over a whole mailbox) to the number of cores.
 ///
 /// Why: with 50 clients searching and fetching at once, every search ran at the same
