@@ -746,6 +746,16 @@ fn fetch_extras(msg: &[u8], at: usize) -> Option<(Cow<'_, [u8]>, Ext)> {
     let rest = msg.get(at..)?;
     let sp = rest.iter().position(|&b| b == b' ')?;
     let items_at = at + sp + 1;
+    // Most FETCH commands have none of these: say so without copying the items.
+    let line = msg.get(items_at..)?;
+    let line = line.get(..line.len().min(4096))?;
+    let has = |w: &[u8]| line.windows(w.len()).any(|x| x.eq_ignore_ascii_case(w));
+    if ![&b"PREVIEW"[..], b"EMAILID", b"THREADID", b"SAVEDATE", b"PARTIAL"]
+        .iter()
+        .any(|w| has(w))
+    {
+        return None;
+    }
     let mut items = msg.get(items_at..)?.to_vec();
     let mut x = FetchExtras::default();
     for (word, flag) in [

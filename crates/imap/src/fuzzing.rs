@@ -55,6 +55,42 @@ pub fn fetch_everything(raw: &[u8]) -> usize {
     out + p.section(None).len()
 }
 
+/// Every parser of peer input written here rather than taken from imap-codec, on `data`
+/// as it is and wrapped into each command form they read. Must not panic; what they give
+/// back is bounded by the input.
+pub fn parse_everything(data: &[u8]) {
+    let mut forms: Vec<Vec<u8>> = vec![data.to_vec()];
+    for prefix in [
+        &b"t NOTIFY SET "[..],
+        b"t APPEND Drafts CATENATE (",
+        b"t UID FETCH 1:* (FLAGS) (",
+        b"t UID SEARCH RETURN (",
+        b"t LIST \"\" (",
+        b"t GENURLAUTH ",
+        b"t APPEND INBOX (",
+    ] {
+        let mut f = prefix.to_vec();
+        f.extend_from_slice(data);
+        f.extend_from_slice(b"\r\n");
+        forms.push(f);
+    }
+    for f in &forms {
+        let (out, _) = crate::ext::extract(f);
+        assert!(out.len() <= 2 * f.len() + 64, "extract grew the command");
+        let _ = crate::ext::find_dollar(f);
+        let _ = crate::ext::object_id_keys(f);
+        if let Some(c) = crate::extcmd::parse(f) {
+            let _ = crate::notify::parse(&c.args, |a| a.text().ok_or("not a name"));
+        }
+    }
+    if let Ok(s) = std::str::from_utf8(data) {
+        if let Some(u) = crate::imapurl::parse(s) {
+            assert!(u.rump.len() <= s.len());
+        }
+        let _ = crate::imapurl::parse(&format!("imap://u@h/INBOX;UID=1{s}"));
+    }
+}
+
 /// THREAD (both algorithms) and SORT over the messages; every message appears exactly
 /// once in each THREAD answer.
 pub fn thread_everything(msgs: &[SortInfo]) {
@@ -205,4 +241,42 @@ pub fn generate_threads(data: &[u8]) -> Vec<SortInfo> {
         });
     }
     msgs
+}
+
+#[cfg(test)]
+mod tests {
+    /// The seeded version of the `imap_parsers` fuzz target: pieces of every hand-parsed
+    /// form glued at random, deep lists and long repeats among them.
+    #[test]
+    fn hand_parsers_take_random_input() {
+        let pieces: [&[u8]; 22] = [
+            b"(", b")", b" ", b"\"", b"\\", b"{3}\r\nabc", b"{9999999}\r\n", b"~{1+}\r\nx",
+            b"selected", b"(MessageNew (UID BODY.PEEK[HEADER.FIELDS (A)]) MessageExpunge)",
+            b"personal", b"subtree (a b)", b"NONE", b"STATUS", b"TEXT", b"URL \"/INBOX/;UID=1\"",
+            b"imap://u@h/INBOX;UIDVALIDITY=1/;UID=2/;SECTION=1.2/;PARTIAL=0.5;URLAUTH=submit+u:internal:ab",
+            b";EXPIRE=2026-01-01T00:00:00Z", b"%", b"%zz", b"[", b"PARTIAL -1:-5",
+        ];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..3000 {
+            let mut data = Vec::new();
+            for _ in 0..(next() % 40) {
+                let p = pieces[(next() % pieces.len() as u64) as usize];
+                let times = if next() % 10 == 0 {
+                    1 + next() % 300
+                } else {
+                    1
+                };
+                for _ in 0..times {
+                    data.extend_from_slice(p);
+                }
+            }
+            super::parse_everything(&data);
+        }
+    }
 }
