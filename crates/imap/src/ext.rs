@@ -750,9 +750,15 @@ fn fetch_extras(msg: &[u8], at: usize) -> Option<(Cow<'_, [u8]>, Ext)> {
     let line = msg.get(items_at..)?;
     let line = line.get(..line.len().min(4096))?;
     let has = |w: &[u8]| line.windows(w.len()).any(|x| x.eq_ignore_ascii_case(w));
-    if ![&b"PREVIEW"[..], b"EMAILID", b"THREADID", b"SAVEDATE", b"PARTIAL"]
-        .iter()
-        .any(|w| has(w))
+    if ![
+        &b"PREVIEW"[..],
+        b"EMAILID",
+        b"THREADID",
+        b"SAVEDATE",
+        b"PARTIAL",
+    ]
+    .iter()
+    .any(|w| has(w))
     {
         return None;
     }

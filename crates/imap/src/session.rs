@@ -4140,9 +4140,10 @@ impl<B: Backend> Session<B> {
             self.bad(tag, "That tag names an updating search already");
             return false;
         }
-        let refuse = if partial {
-            Some("Results paged with PARTIAL are not kept up to date")
-        } else if sel.contexts.len() >= MAX_UPDATE_CONTEXTS {
+        // With PARTIAL the whole result is kept and its changes are sent, positions in
+        // the whole result (RFC 5267 §4.3): a client paging through it places them.
+        let _ = partial;
+        let refuse = if sel.contexts.len() >= MAX_UPDATE_CONTEXTS {
             Some("Too many updating searches; CANCELUPDATE some")
         } else {
             None
