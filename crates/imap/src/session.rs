@@ -864,6 +864,13 @@ impl<B: Backend> Session<B> {
     }
 
     /// The selected mailbox, so the host can wake an IDLE session only for its changes.
+    /// The selected mailbox's message list (shared with the store and other sessions
+    /// until one of them changes it); for tests of that sharing.
+    #[doc(hidden)]
+    pub fn selected_messages(&self) -> Option<&Arc<Vec<MessageMeta>>> {
+        self.selected.as_ref().map(|s| &s.msgs)
+    }
+
     pub fn selected_mailbox(&self) -> Option<MailboxId> {
         self.selected.as_ref().map(|s| s.id)
     }
@@ -4590,7 +4597,12 @@ impl<B: Backend> Session<B> {
         let Some(sel) = self.selected.as_mut() else {
             return;
         };
-        Arc::make_mut(&mut sel.msgs).extend(fresh);
+        // Only when there is something to add: `make_mut` copies a shared list, and every
+        // session on the mailbox shares it (10,000 IDLE sessions on 100,000 messages
+        // went out of memory when IDLE's first refresh copied it each time).
+        if !fresh.is_empty() {
+            Arc::make_mut(&mut sel.msgs).extend(fresh);
+        }
         let (id, uid_next, read_only) = (sel.id, sel.uid_next, sel.read_only);
         if new > 0 && !self.rev2 {
             // RFC 3501 §2.3.2: new mail is recent in the first session to see it.

@@ -514,3 +514,37 @@ fn cheap_commands_run_without_blocking() {
     );
     assert!(blocked && n < o && o < p, "{out}");
 }
+
+/// Sessions on one mailbox share its message list: SELECT, IDLE, NOOP and DONE with
+/// nothing new must not copy it (each copy is the whole mailbox, per session).
+#[test]
+fn idle_sessions_share_the_message_list() {
+    let (_dir, store) = store();
+    let mut sessions: Vec<Session<Watched>> = (0..3)
+        .map(|_| {
+            let mut s = session(store.clone(), true, true);
+            drain(&mut s);
+            for cmd in [
+                "a LOGIN bob@example.test secret",
+                "b SELECT INBOX",
+                "c IDLE",
+            ] {
+                s.push(format!("{cmd}\r\n").as_bytes());
+                drain(&mut s);
+            }
+            s
+        })
+        .collect();
+    for s in &mut sessions {
+        s.changed();
+        for cmd in ["DONE", "d NOOP", "e IDLE"] {
+            s.push(format!("{cmd}\r\n").as_bytes());
+            drain(s);
+        }
+    }
+    let first = sessions[0].selected_messages().expect("selected").clone();
+    for s in &sessions[1..] {
+        let m = s.selected_messages().expect("selected");
+        assert!(Arc::ptr_eq(&first, m), "a session copied the message list");
+    }
+}
