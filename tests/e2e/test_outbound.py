@@ -227,3 +227,91 @@ def test_ipv6_delivery(make_server, dns):
         assert s.sendmail("bob@a.test", ["carol@v6.test"], b"From: bob@a.test\r\nSubject: six\r\n\r\nx\r\n") == {}
     assert wait_for(lambda: len(b.uids("carol@v6.test")) == 1), a.cli("queue", "list").stdout
     assert b"([::1])" in b.cat("carol@v6.test", 1), "received over IPv6"
+
+
+def test_hostile_remote_server(make_server, dns):
+    """A remote MX that answers with malformed replies (non-ASCII in the code, a 10 MB
+    line, bare LF, mixed multi-line codes, an early close): each is an error for that
+    attempt, the queue keeps running and retries, and the message is delivered once the
+    server behaves."""
+    import socket
+    import threading
+
+    port = free_port()
+    queue = f"[queue]\ndns_servers = [\"{DNS_IP}:{dns}\"]\nremote_port = {port}\nretry_seconds = [1]\n"
+    a = make_server(domain="a.test", ip=A_IP, port=port, hostname="mx.a.test", extra=queue)
+    a.start()
+    scenarios = [
+        b"250\xc3\xa9 hello\r\n",                      # non-ASCII where the code ends
+        b"220 " + b"x" * (10 << 20) + b"\r\n",         # a 10 MB line
+        b"220 mx.b.test ready\n",                      # bare LF
+        b"220-mx.b.test\r\n554 no\r\n",                # mixed multi-line codes
+        b"220-mx.b.test",                              # closed mid-reply
+    ]
+    received, attempts = [], []
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((B_IP, port))
+    srv.listen(16)
+
+    def good(conn):
+        f = conn.makefile("rwb")
+        f.write(b"220 mx.b.test ESMTP\r\n"); f.flush()
+        data = None
+        for line in f:
+            cmd = line[:4].upper()
+            if cmd == b"EHLO":
+                f.write(b"250-mx.b.test\r\n250 8BITMIME\r\n")
+            elif cmd == b"DATA":
+                f.write(b"354 go\r\n"); f.flush()
+                data = b""
+                for l in f:
+                    if l == b".\r\n":
+                        break
+                    data += l
+                received.append(data)
+                f.write(b"250 2.0.0 ok\r\n")
+            elif cmd == b"QUIT":
+                f.write(b"221 bye\r\n"); f.flush()
+                break
+            else:
+                f.write(b"250 ok\r\n")
+            f.flush()
+
+    def serve():
+        while len(received) == 0:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            n = len(attempts)
+            attempts.append(n)
+            try:
+                if n < len(scenarios):
+                    conn.sendall(scenarios[n])
+                    time.sleep(0.2)
+                else:
+                    good(conn)
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    with smtplib.SMTP(A_IP, a.submission_port, timeout=30) as s:
+        s.starttls(context=ctx())
+        s.login("bob@a.test", PASSWORD)
+        s.sendmail("bob@a.test", ["carol@b.test"], b"From: bob@a.test\r\nSubject: through\r\n\r\nx\r\n")
+    assert wait_for(lambda: received, timeout=90), (attempts, a.cli("queue", "list").stdout)
+    srv.close()
+    assert len(attempts) > len(scenarios), attempts
+    assert b"Subject: through" in received[0]
+    # The server survived each of them and still serves.
+    assert wait_for(lambda: "queue is empty" in a.cli("queue", "list").stdout.decode())
+    log = a.log_text()
+    assert "panicked" not in log, log[-2000:]
+    for why in ("three-digit code", "longer than", "not ended by CRLF", "different codes", "connection closed"):
+        assert why in log, why
+    with smtplib.SMTP(A_IP, a.port, timeout=10) as s:
+        assert s.noop()[0] == 250

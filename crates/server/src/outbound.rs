@@ -186,6 +186,7 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 struct Client {
     io: BufReader<Box<dyn Io>>,
+    reader: yubin_smtp::client::ReplyReader,
     host: String,
     /// The EHLO keywords, upper-cased.
     caps: String,
@@ -198,6 +199,17 @@ struct Reply {
     text: String,
 }
 
+impl From<yubin_smtp::Reply> for Reply {
+    /// The text as the server wrote it after the code: enhanced code first, lines joined.
+    fn from(r: yubin_smtp::Reply) -> Self {
+        let mut text = r.lines.join(" ");
+        if let Some(esc) = r.esc {
+            text = format!("{esc} {text}");
+        }
+        Reply { code: r.code, text }
+    }
+}
+
 impl std::fmt::Display for Reply {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}", self.code, self.text)
@@ -205,26 +217,25 @@ impl std::fmt::Display for Reply {
 }
 
 impl Client {
+    /// The next reply, through the bounded reader of `yubin_smtp::client` (a remote
+    /// server's bad reply is an error for this attempt, never a panic). One deadline for
+    /// the whole reply, not per read: a server trickling lines cannot hold us.
     async fn read(&mut self, limit: Duration) -> Result<Reply, String> {
-        let mut text = Vec::new();
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let mut line = String::new();
-            let n = tokio::time::timeout(limit, self.io.read_line(&mut line))
+            let buf = tokio::time::timeout_at(deadline, self.io.fill_buf())
                 .await
                 .map_err(|_| format!("{}: timeout", self.host))?
                 .map_err(|e| format!("{}: {e}", self.host))?;
-            if n == 0 || line.len() < 4 {
+            if buf.is_empty() {
                 return Err(format!("{}: connection closed", self.host));
             }
-            let code: u16 = line[..3]
-                .parse()
-                .map_err(|_| format!("{}: bad reply", self.host))?;
-            text.push(line[4..].trim_end().to_owned());
-            if line.as_bytes()[3] != b'-' {
-                return Ok(Reply {
-                    code,
-                    text: text.join(" "),
-                });
+            let (used, got) = self.reader.push(buf);
+            self.io.consume(used);
+            match got {
+                Some(Ok(r)) => return Ok(Reply::from(r)),
+                Some(Err(e)) => return Err(format!("{}: {e}", self.host)),
+                None => {}
             }
         }
     }
@@ -341,6 +352,7 @@ async fn connect(ob: &Outbox, host: &str, addr: SocketAddr) -> Result<Client, St
         .map_err(|e| format!("{host}: {e}"))?;
     let mut c = Client {
         io: BufReader::new(Box::new(tcp)),
+        reader: Default::default(),
         host: host.to_owned(),
         caps: String::new(),
     };
@@ -367,6 +379,7 @@ async fn connect(ob: &Outbox, host: &str, addr: SocketAddr) -> Result<Client, St
                 .map_err(|e| format!("{host}: TLS handshake failed: {e}"))?;
             c = Client {
                 io: BufReader::new(Box::new(stream)),
+                reader: Default::default(),
                 host: host.to_owned(),
                 caps: String::new(),
             };

@@ -3,8 +3,10 @@
 //! [`Session`] is fed the client's bytes and returns [`Event`]s: replies to send, and the
 //! questions only the host can answer (is this recipient local? is the message stored?).
 //! It knows nothing of sockets, TLS libraries, or storage, so every rule of RFC 5321 that it
-//! keeps is tested here without a network (see `tests/dialogues.rs`).
+//! keeps is tested here without a network (see `tests/dialogues.rs`). The client side
+//! starts with [`client::ReplyReader`], the bounded reading of a remote server's replies.
 
+pub mod client;
 mod data;
 mod reply;
 mod session;
