@@ -14,6 +14,7 @@ import pytest
 from conftest import PASSWORD, free_port, wait_port
 
 A_IP, B_IP, DNS_IP = "127.0.0.2", "127.0.0.3", "127.0.0.1"
+SLOW_IP = "127.0.0.4"
 
 
 @pytest.fixture
@@ -25,6 +26,7 @@ def dns(tmp_path):
         "--mx-host=a.test,mx.a.test,10", f"--host-record=mx.a.test,{A_IP}",
         "--mx-host=b.test,mx.b.test,10", f"--host-record=mx.b.test,{B_IP}",
         "--mx-host=nomail.test,.,0",
+        "--mx-host=slow.test,mx.slow.test,10", f"--host-record=mx.slow.test,{SLOW_IP}",
         "--mx-host=v6.test,mx.v6.test,10", "--host-record=mx.v6.test,::1",
     ], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(0.3)
@@ -315,3 +317,33 @@ def test_hostile_remote_server(make_server, dns):
         assert why in log, why
     with smtplib.SMTP(A_IP, a.port, timeout=10) as s:
         assert s.noop()[0] == 250
+
+
+def test_a_slow_domain_does_not_hold_up_the_others(make_server, dns):
+    """One destination that accepts the connection and then says nothing: mail for another
+    domain, queued after it, is delivered meanwhile (domains are scheduled on their own)."""
+    import socket
+
+    port = free_port()
+    queue = f"[queue]\ndns_servers = [\"{DNS_IP}:{dns}\"]\nremote_port = {port}\nretry_seconds = [1]\n"
+    a = make_server(domain="a.test", ip=A_IP, port=port, hostname="mx.a.test", extra=queue)
+    b = make_server(domain="b.test", ip=B_IP, port=port, hostname="mx.b.test", extra=queue)
+    a.start()
+    b.start()
+    silent = socket.socket()
+    silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    silent.bind((SLOW_IP, port))
+    silent.listen(16)  # accepts (the kernel does), never greets
+
+    def send(to, subject):
+        with smtplib.SMTP(A_IP, a.submission_port, timeout=30) as s:
+            s.starttls(context=ctx())
+            s.login("bob@a.test", PASSWORD)
+            s.sendmail("bob@a.test", [to], f"From: bob@a.test\r\nSubject: {subject}\r\n\r\nx\r\n".encode())
+
+    send("x@slow.test", "to the slow one")
+    time.sleep(1)  # the slow domain's attempt is under way
+    send("carol@b.test", "not held up")
+    assert wait_for(lambda: len(b.uids("carol@b.test")) == 1, timeout=15), a.cli("queue", "list").stdout
+    assert "x@slow.test" in a.cli("queue", "list").stdout.decode()
+    silent.close()

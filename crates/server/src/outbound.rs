@@ -565,9 +565,29 @@ fn dot_stuff(data: &[u8]) -> Vec<u8> {
 
 /// The queue runner: wakes on new mail and every few seconds, delivers what is due.
 pub async fn run(ob: Arc<Outbox>) {
+    // Domains a delivery task is working on: each domain runs on its own, so a slow or
+    // unreachable one never holds up the rest (they are left out of the next `due`).
+    let busy: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>> = Default::default();
     loop {
         let now = unix_now();
-        match ob.store.due(now, 200) {
+        let skip: Vec<String> = busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        let store = ob.store.clone();
+        // The store read on a blocking thread, not on an async worker.
+        let due = match tokio::task::spawn_blocking(move || store.due_except(now, 200, &skip)).await
+        {
+            Ok(due) => due,
+            Err(e) => {
+                warn!(error = %e, "queue read failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        match due {
             Ok(due) if !due.is_empty() => {
                 // Per domain: one connection carries all its due messages.
                 let mut groups: BTreeMap<String, BTreeMap<i64, Vec<QueuedRcpt>>> = BTreeMap::new();
@@ -579,7 +599,6 @@ pub async fn run(ob: Arc<Outbox>) {
                         .or_default()
                         .push(r);
                 }
-                let mut tasks = Vec::new();
                 for (domain, messages) in groups {
                     let ob = ob.clone();
                     let Ok(permit) = ob.limit.clone().acquire_owned().await else {
@@ -593,16 +612,14 @@ pub async fn run(ob: Arc<Outbox>) {
                         .entry(domain.clone())
                         .or_insert_with(|| Arc::new(Semaphore::new(ob.per_domain.max(1))))
                         .clone();
-                    tasks.push(tokio::spawn(async move {
+                    let busy = Busy::take(&busy, &domain, ob.clone());
+                    tokio::spawn(async move {
                         let _permit = permit;
-                        let Ok(_domain_permit) = domain_limit.acquire_owned().await else {
-                            return;
-                        };
-                        deliver_domain(&ob, &domain, messages).await;
-                    }));
-                }
-                for t in tasks {
-                    let _ = t.await;
+                        let _busy = busy;
+                        if let Ok(_domain_permit) = domain_limit.acquire_owned().await {
+                            deliver_domain(&ob, &domain, messages).await;
+                        }
+                    });
                 }
                 continue;
             }
@@ -610,6 +627,41 @@ pub async fn run(ob: Arc<Outbox>) {
             Err(e) => warn!(error = %e, "cannot read the queue"),
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), ob.wake.notified()).await;
+    }
+}
+
+/// A domain marked busy while its delivery task runs; unmarked when the task ends, however
+/// it ends (a panic included), and the runner woken to look at it again.
+struct Busy {
+    set: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+    domain: String,
+    ob: Arc<Outbox>,
+}
+
+impl Busy {
+    fn take(
+        set: &Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+        domain: &str,
+        ob: Arc<Outbox>,
+    ) -> Self {
+        set.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(domain.to_owned());
+        Busy {
+            set: set.clone(),
+            domain: domain.to_owned(),
+            ob,
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.domain);
+        self.ob.wake.notify_one();
     }
 }
 

@@ -365,7 +365,12 @@ pub enum Attempt {
 /// copies of the message, so an accepted message is never half-queued.
 pub trait Queue: Send + Sync {
     /// Recipients whose next attempt is due at `now`, oldest first.
-    fn due(&self, now: i64, limit: usize) -> Result<Vec<QueuedRcpt>>;
+    fn due(&self, now: i64, limit: usize) -> Result<Vec<QueuedRcpt>> {
+        self.due_except(now, limit, &[])
+    }
+    /// The same, leaving out these domains (those a delivery is already working on), so
+    /// that a domain that takes long does not hide the others behind the limit.
+    fn due_except(&self, now: i64, limit: usize, busy: &[String]) -> Result<Vec<QueuedRcpt>>;
     /// Every queued recipient, for `yubin queue list`.
     fn queued(&self) -> Result<Vec<QueuedRcpt>>;
     /// The message of a queue entry, exactly as stored.

@@ -25,15 +25,25 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedRcpt> {
 }
 
 impl Queue for SqliteStore {
-    fn due(&self, now: i64, limit: usize) -> Result<Vec<QueuedRcpt>> {
+    fn due_except(&self, now: i64, limit: usize, busy: &[String]) -> Result<Vec<QueuedRcpt>> {
         let c = self.conn();
+        // The busy domains as one JSON array parameter (SQLite's json_each).
+        let busy = format!(
+            "[{}]",
+            busy.iter()
+                .map(|d| format!("\"{}\"", d.replace(['"', '\\'], "")))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
         let mut st = c.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM queue_rcpts r JOIN queue q ON q.id = r.queue_id
              JOIN blobs b ON b.id = q.blob_id
-             WHERE r.done = 0 AND r.next_attempt <= ?1 ORDER BY r.next_attempt, r.id LIMIT ?2"
+             WHERE r.done = 0 AND r.next_attempt <= ?1
+               AND r.domain NOT IN (SELECT value FROM json_each(?3))
+             ORDER BY r.next_attempt, r.id LIMIT ?2"
         ))?;
         let rows = st
-            .query_map(params![now, limit as i64], row)?
+            .query_map(params![now, limit as i64, busy], row)?
             .collect::<std::result::Result<_, _>>()?;
         Ok(rows)
     }
