@@ -80,9 +80,35 @@ pub fn records(domain: &str, public_key: &str, hostname: &str) -> String {
     )
 }
 
+/// Key files read once and kept while their size and modification time stay the same (a
+/// `yubin domain dkim` rotation is seen at the next message): a stat per message instead
+/// of a read.
+type KeyCache =
+    std::collections::HashMap<PathBuf, (std::time::SystemTime, u64, std::sync::Arc<Vec<u8>>)>;
+static KEYS: std::sync::Mutex<Option<KeyCache>> = std::sync::Mutex::new(None);
+
+fn key_der(path: &Path) -> Option<std::sync::Arc<Vec<u8>>> {
+    let meta = std::fs::metadata(path).ok()?;
+    let stamp = (meta.modified().ok()?, meta.len());
+    let mut keys = KEYS.lock().unwrap_or_else(|e| e.into_inner());
+    let keys = keys.get_or_insert_with(Default::default);
+    if let Some((m, l, der)) = keys.get(path)
+        && (*m, *l) == stamp
+    {
+        return Some(der.clone());
+    }
+    let der = std::sync::Arc::new(std::fs::read(path).ok()?);
+    // A handful of domains; bounded all the same.
+    if keys.len() >= 10_000 {
+        keys.clear();
+    }
+    keys.insert(path.to_owned(), (stamp.0, stamp.1, der.clone()));
+    Some(der)
+}
+
 /// A `DKIM-Signature` header (with CRLF) for `message`, if `domain` has a key.
 pub fn sign(dkim_dir: &Path, domain: &str, message: &[u8]) -> Option<String> {
-    let der = std::fs::read(key_path(dkim_dir, domain)).ok()?;
+    let der = key_der(&key_path(dkim_dir, domain))?.as_ref().clone();
     let key =
         RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(der))).ok()?;
     let sig = DkimSigner::from_key(key)
@@ -92,4 +118,39 @@ pub fn sign(dkim_dir: &Path, domain: &str, message: &[u8]) -> Option<String> {
         .sign(message)
         .ok()?;
     Some(sig.to_header())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key file is read once, and again as soon as it changes (a rotation).
+    #[test]
+    fn key_cache_follows_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.der");
+        std::fs::write(&path, b"first").unwrap();
+        let a = key_der(&path).unwrap();
+        assert_eq!(a.as_slice(), b"first");
+        assert!(
+            std::sync::Arc::ptr_eq(&a, &key_der(&path).unwrap()),
+            "cached"
+        );
+        std::fs::write(&path, b"second key").unwrap();
+        assert_eq!(key_der(&path).unwrap().as_slice(), b"second key");
+        std::fs::remove_file(&path).unwrap();
+        assert!(key_der(&path).is_none());
+        // And a real key signs.
+        ensure_key(dir.path(), "example.com").unwrap();
+        let sig = sign(
+            dir.path(),
+            "example.com",
+            b"From: a@example.com\r\n\r\nhi\r\n",
+        )
+        .unwrap();
+        assert!(
+            sig.starts_with("DKIM-Signature:") && sig.contains("d=example.com"),
+            "{sig}"
+        );
+    }
 }

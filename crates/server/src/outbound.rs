@@ -669,10 +669,20 @@ async fn deliver_domain(ob: &Outbox, domain: &str, messages: BTreeMap<i64, Vec<Q
     let mut loaded = Vec::new();
     for (queue_id, rcpts) in messages {
         let store = ob.store.clone();
-        match tokio::task::spawn_blocking(move || store.queued_message(queue_id)).await {
-            Ok(Ok(d)) => {
-                let mail_from = rcpts[0].mail_from.clone();
-                let data = prepare(ob, d.clone(), &mail_from);
+        let dkim_dir = ob.dkim_dir.clone();
+        let mail_from = rcpts
+            .first()
+            .map(|r| r.mail_from.clone())
+            .unwrap_or_default();
+        let from = mail_from.clone();
+        // The read and the DKIM signature (RSA) on a blocking thread, not an async worker.
+        let read = tokio::task::spawn_blocking(move || {
+            store
+                .queued_message(queue_id)
+                .map(|d| (prepare(&dkim_dir, d.clone(), &from), d))
+        });
+        match read.await {
+            Ok(Ok((data, d))) => {
                 loaded.push((queue_id, d, data, mail_from, rcpts));
             }
             other => warn!(queue_id, ?other, "queued message unreadable"),
@@ -795,7 +805,7 @@ async fn finish(
 
 /// What goes on the wire: without our Return-Path (RFC 5321 §4.4: final delivery adds
 /// it) and, when the author's domain has a key, with a DKIM signature (RFC 6376).
-fn prepare(ob: &Outbox, data: Vec<u8>, mail_from: &str) -> Vec<u8> {
+fn prepare(dkim_dir: &std::path::Path, data: Vec<u8>, mail_from: &str) -> Vec<u8> {
     let body = match data.strip_prefix(b"Return-Path:") {
         Some(rest) => match rest.iter().position(|&b| b == b'\n') {
             Some(p) => rest[p + 1..].to_vec(),
@@ -813,7 +823,7 @@ fn prepare(ob: &Outbox, data: Vec<u8>, mail_from: &str) -> Vec<u8> {
                 .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_lowercase()))
         })
         .or_else(|| mail_from.rsplit_once('@').map(|(_, d)| d.to_lowercase()));
-    match from_domain.and_then(|d| crate::dkim::sign(&ob.dkim_dir, &d, &body)) {
+    match from_domain.and_then(|d| crate::dkim::sign(dkim_dir, &d, &body)) {
         Some(sig) => {
             let mut out = sig.into_bytes();
             out.extend_from_slice(&body);
