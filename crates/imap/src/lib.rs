@@ -5,6 +5,10 @@
 //! literals and syntax are the codec's job. This crate decides what each command does
 //! through the [`Backend`] trait; it knows nothing of sockets or of how mail is stored.
 
+// Peer data is sliced by bytes and checked, never by `str` index (a byte in the middle of
+// a character panics).
+#![deny(clippy::string_slice)]
+
 mod backend;
 mod ext;
 mod extcmd;

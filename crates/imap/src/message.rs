@@ -886,7 +886,7 @@ mod tests {
                     assert!(
                         bs.contains("\"APPLICATION\" \"OCTET-STREAM\""),
                         "{}",
-                        &bs[..200]
+                        bs.get(..200).unwrap_or(&bs)
                     );
                     encode_item(MessageDataItem::Body(p.body_structure(false)));
                     let path: Vec<u32> = vec![1; 5_000];

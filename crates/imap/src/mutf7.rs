@@ -46,12 +46,10 @@ pub fn encode(s: &str) -> String {
 pub fn decode(s: &str) -> Option<String> {
     let mut out = String::new();
     let mut rest = s;
-    while let Some(i) = rest.find('&') {
-        out.push_str(&rest[..i]);
-        rest = &rest[i + 1..];
-        let end = rest.find('-')?;
-        let enc = &rest[..end];
-        rest = &rest[end + 1..];
+    while let Some((head, tail)) = rest.split_once('&') {
+        out.push_str(head);
+        let (enc, after) = tail.split_once('-')?;
+        rest = after;
         if enc.is_empty() {
             out.push('&');
             continue;

@@ -14,6 +14,10 @@
 //! - APOP is not offered: it needs the plain password on the server, and yubin keeps only
 //!   argon2 hashes. The greeting carries no timestamp, so clients do not try it.
 
+// Peer data is sliced by bytes and checked, never by `str` index (a byte in the middle of
+// a character panics).
+#![deny(clippy::string_slice)]
+
 use std::collections::BTreeSet;
 
 /// A failure the client hears about as `-ERR`.

@@ -275,6 +275,7 @@ fn bind_all(proto: &str, addrs: &[SocketAddr]) -> Result<Vec<TcpListener>> {
 /// Each connection is a file descriptor; the usual soft limit (1024) would cap a server
 /// holding thousands of IDLE clients, so take what the hard limit allows (as Go and
 /// Dovecot's master do).
+#[allow(unsafe_code)] // getrlimit/setrlimit through libc
 fn raise_fd_limit() {
     #[cfg(target_os = "linux")]
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
@@ -302,6 +303,7 @@ fn raise_fd_limit() {
 /// returned to the system on free. Fixing it also fixes the trim threshold at 128 KiB,
 /// which made every FETCH give its output buffer back to the kernel (madvise) and fault
 /// it in again; 32 MiB of free arena is kept before trimming.
+#[allow(unsafe_code)] // mallopt through libc
 fn fix_malloc_thresholds() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tuning; called before the runtime is busy.

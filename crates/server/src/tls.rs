@@ -54,6 +54,7 @@ pub fn generate_self_signed(dir: &Path, names: &[String]) -> Result<()> {
 
 /// Loopback and this machine's interface addresses (IPv6 link-local ones excluded: they
 /// need a scope a certificate cannot name).
+#[allow(unsafe_code)] // getifaddrs through libc
 pub fn local_addresses() -> Vec<std::net::IpAddr> {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     let mut out = vec![

@@ -6,6 +6,10 @@
 //! keeps is tested here without a network (see `tests/dialogues.rs`). The client side
 //! starts with [`client::ReplyReader`], the bounded reading of a remote server's replies.
 
+// Peer data is sliced by bytes and checked, never by `str` index (a byte in the middle of
+// a character panics).
+#![deny(clippy::string_slice)]
+
 pub mod client;
 mod data;
 mod reply;

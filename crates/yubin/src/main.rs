@@ -241,6 +241,7 @@ enum MailCmd {
     },
 }
 
+#[allow(unsafe_code)] // umask through libc, once at start
 fn main() {
     // Everything yubin creates (the data directory, databases, packs, keys, certificates)
     // is for its own user only: it holds password hashes and everyone's mail.

@@ -18,6 +18,8 @@
 //!   parse, and the indexer runs at a lower CPU priority, after a burst of deliveries
 //!   rather than during it (at most `MAX_LAG` late).
 //! - A missing or stale `search.db` is rebuilt from every body (it holds nothing else).
+// Needs `unsafe`: setpriority(2) for the indexer thread.
+#![allow(unsafe_code)]
 
 use std::collections::BTreeSet;
 use std::fs;

@@ -25,6 +25,8 @@
 //!   trims a tail nobody refers to and removes packs nobody refers to.
 //! - `std` offers neither `openat` nor `fallocate`, hence libc (Linux; elsewhere bodies
 //!   are read by path and space is reclaimed only when a whole pack is removed).
+// Needs `unsafe`: O_DIRECT appends and SEEK_DATA through libc (each call has a SAFETY note).
+#![allow(unsafe_code)]
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
