@@ -975,16 +975,22 @@ impl Session {
         self.reply(reply)
     }
 
-    fn bdat(&mut self, size: usize, last: bool) {
-        // RFC 3030 §2: the chunk is always consumed, even when the command fails.
-        let refuse = match &mut self.envelope {
+    /// A BDAT or BURL part may start: a transaction with recipients, which from now on
+    /// takes no DATA (RFC 3030 §3, RFC 4468 §3). The refusal otherwise.
+    fn start_chunk(&mut self) -> Option<Reply> {
+        match &mut self.envelope {
             None => Some(r(503, (5, 5, 1), "Need MAIL command")),
             Some(env) if env.rcpt_to.is_empty() => Some(r(554, (5, 5, 1), "No valid recipients")),
             Some(env) => {
                 env.bdat = true;
                 None
             }
-        };
+        }
+    }
+
+    fn bdat(&mut self, size: usize, last: bool) {
+        // RFC 3030 §2: the chunk is always consumed, even when the command fails.
+        let refuse = self.start_chunk();
         let refuse = refuse.or_else(|| {
             (self.body.len().saturating_add(size) > self.cfg.max_message_size)
                 .then(|| self.too_big())
@@ -1009,14 +1015,7 @@ impl Session {
         if self.authenticated.is_none() {
             return self.reply(r(530, (5, 7, 0), "Authentication required"));
         }
-        let refuse = match &mut self.envelope {
-            None => Some(r(503, (5, 5, 1), "Need MAIL command")),
-            Some(env) if env.rcpt_to.is_empty() => Some(r(554, (5, 5, 1), "No valid recipients")),
-            Some(env) => {
-                env.bdat = true;
-                None
-            }
-        };
+        let refuse = self.start_chunk();
         match refuse {
             Some(reply) => self.reply(reply),
             None => self.phase = Phase::AwaitUrl(url, last),
