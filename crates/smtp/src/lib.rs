@@ -12,6 +12,7 @@
 
 pub mod client;
 mod data;
+pub mod dsn;
 mod reply;
 mod session;
 #[doc(hidden)]
@@ -20,6 +21,6 @@ pub mod trace;
 
 pub use reply::{Esc, Reply};
 pub use session::{
-    AuthOutcome, Config, DeliveryOutcome, Event, Message, RcptVerdict, Receiving, Session,
+    AuthOutcome, Config, DeliveryOutcome, Event, Message, RcptDsn, RcptVerdict, Receiving, Session,
     UrlOutcome,
 };

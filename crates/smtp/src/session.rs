@@ -23,6 +23,7 @@ use smtp_proto::request::receiver::{BdatReceiver, DummyDataReceiver};
 use smtp_proto::{Error as ProtoError, MailFrom, RcptTo, Request};
 
 use crate::data::{DataReader, bare_line_end};
+use crate::dsn::{Notify, Ret};
 use crate::reply::Reply;
 
 /// Limits and identity of one listener; fixed for the session's life.
@@ -168,6 +169,13 @@ pub struct Message {
     pub smtputf8: bool,
     /// The account that authenticated (RFC 4954), if any.
     pub auth: Option<String>,
+    /// What the sender asked to be told of each recipient, parallel to `rcpt_to` (RFC 3461).
+    pub rcpt_dsn: Vec<RcptDsn>,
+    /// RFC 3461 §4.3, §4.4: RET and ENVID of MAIL.
+    pub ret: Option<Ret>,
+    pub envid: Option<String>,
+    /// RFC 8689: MAIL FROM had REQUIRETLS.
+    pub require_tls: bool,
     /// The message exactly as received, dot-unstuffed, without the final `.` line.
     pub data: Vec<u8>,
 }
@@ -194,10 +202,22 @@ impl Message {
     }
 }
 
+/// The DSN parameters of one RCPT (RFC 3461 §4.1, §4.2).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RcptDsn {
+    pub notify: Option<Notify>,
+    /// `(address type, original recipient)`.
+    pub orcpt: Option<(String, String)>,
+}
+
 #[derive(Debug)]
 struct Envelope {
     mail_from: String,
     rcpt_to: Vec<String>,
+    rcpt_dsn: Vec<RcptDsn>,
+    ret: Option<Ret>,
+    envid: Option<String>,
+    require_tls: bool,
     smtputf8: bool,
     /// BDAT chunks have been received: DATA is no longer allowed (RFC 3030 §3).
     bdat: bool,
@@ -209,7 +229,7 @@ enum Phase {
     Command,
     /// A too-long command line is being skipped up to its LF.
     SkipLine,
-    AwaitRcpt(String),
+    AwaitRcpt(String, RcptDsn),
     Data(DataReader),
     Bdat(BdatReceiver),
     /// Message bytes are read and thrown away; `reply` is sent at the end.
@@ -322,7 +342,7 @@ impl Session {
             match &mut self.phase {
                 Phase::Closed => return Event::Close,
                 Phase::AwaitTls => return Event::StartTls,
-                Phase::AwaitRcpt(addr) => return Event::CheckRecipient(addr.clone()),
+                Phase::AwaitRcpt(addr, _) => return Event::CheckRecipient(addr.clone()),
                 Phase::AwaitAuth { user, password } => {
                     return Event::Authenticate {
                         user: user.clone(),
@@ -414,7 +434,7 @@ impl Session {
 
     /// The host's answer to [`Event::CheckRecipient`].
     pub fn rcpt_verdict(&mut self, verdict: RcptVerdict) {
-        let Phase::AwaitRcpt(addr) = std::mem::replace(&mut self.phase, Phase::Command) else {
+        let Phase::AwaitRcpt(addr, dsn) = std::mem::replace(&mut self.phase, Phase::Command) else {
             return;
         };
         let reply = match verdict {
@@ -423,6 +443,7 @@ impl Session {
                     && !env.rcpt_to.iter().any(|a| a.eq_ignore_ascii_case(&addr))
                 {
                     env.rcpt_to.push(addr);
+                    env.rcpt_dsn.push(dsn);
                 }
                 r(250, (2, 1, 5), "Ok")
             }
@@ -546,7 +567,7 @@ impl Session {
             Phase::Command
             | Phase::SkipLine
             | Phase::AwaitTls
-            | Phase::AwaitRcpt(_)
+            | Phase::AwaitRcpt(..)
             | Phase::AwaitAuth { .. }
                 if self.envelope.is_none() =>
             {
@@ -863,7 +884,13 @@ impl Session {
             "SMTPUTF8".into(),
             "ENHANCEDSTATUSCODES".into(),
             "CHUNKING".into(),
+            // RFC 3461: NOTIFY, RET, ENVID, ORCPT.
+            "DSN".into(),
         ];
+        // RFC 8689 §4.1: only where the session is protected.
+        if self.tls {
+            lines.push("REQUIRETLS".into());
+        }
         if self.cfg.starttls && !self.tls {
             lines.push("STARTTLS".into());
         }
@@ -890,10 +917,14 @@ impl Session {
             return self.reply(r(530, (5, 7, 0), "Authentication required"));
         }
         // Only the extensions we advertise may be used (RFC 5321 §4.1.1.11).
-        let known = smtp_proto::MAIL_BODY_7BIT | smtp_proto::MAIL_BODY_8BITMIME;
+        let known = smtp_proto::MAIL_BODY_7BIT
+            | smtp_proto::MAIL_BODY_8BITMIME
+            | smtp_proto::MAIL_SMTPUTF8
+            | smtp_proto::MAIL_RET_FULL
+            | smtp_proto::MAIL_RET_HDRS
+            | smtp_proto::MAIL_REQUIRETLS;
         let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
-        if from.flags & !(known | smtp_proto::MAIL_SMTPUTF8) != 0
-            || from.env_id.is_some()
+        if from.flags & !known != 0
             || (from.auth.is_some() && !self.cfg.auth)
             || from.trans_id.is_some()
             || from.by != 0
@@ -911,6 +942,26 @@ impl Session {
         if from.size > self.cfg.max_message_size {
             return self.reply(self.too_big());
         }
+        let ret = match (
+            from.flags & smtp_proto::MAIL_RET_FULL != 0,
+            from.flags & smtp_proto::MAIL_RET_HDRS != 0,
+        ) {
+            (true, true) => return self.reply(r(501, (5, 5, 4), "RET given twice")),
+            (true, false) => Some(Ret::Full),
+            (false, true) => Some(Ret::Hdrs),
+            (false, false) => None,
+        };
+        // ENVID is xtext-decoded by the parser; what goes back in reports must be one line.
+        if let Some(id) = &from.env_id
+            && (id.len() > crate::dsn::MAX_ENVID || id.chars().any(char::is_control))
+        {
+            return self.reply(r(501, (5, 5, 4), "Invalid ENVID"));
+        }
+        let require_tls = from.flags & smtp_proto::MAIL_REQUIRETLS != 0;
+        if require_tls && !self.tls {
+            // RFC 8689 §4.1: REQUIRETLS over an unprotected session.
+            return self.reply(r(530, (5, 7, 10), "REQUIRETLS needs a TLS session"));
+        }
         if !from.address.is_ascii() && !smtputf8 {
             // RFC 6531 §3.4: a UTF-8 address needs the SMTPUTF8 parameter.
             return self.reply(r(553, (5, 6, 7), "Non-ASCII address requires SMTPUTF8"));
@@ -921,6 +972,10 @@ impl Session {
         let env = Envelope {
             mail_from: from.address,
             rcpt_to: Vec::new(),
+            rcpt_dsn: Vec::new(),
+            ret,
+            envid: from.env_id,
+            require_tls,
             smtputf8,
             bdat: false,
             size: from.size,
@@ -939,9 +994,32 @@ impl Session {
         let Some(env) = &self.envelope else {
             return self.reply(r(503, (5, 5, 1), "Need MAIL before RCPT"));
         };
-        if to.flags != 0 || to.orcpt.is_some() || to.rrvs != 0 {
+        let notify_bits = smtp_proto::RCPT_NOTIFY_SUCCESS
+            | smtp_proto::RCPT_NOTIFY_FAILURE
+            | smtp_proto::RCPT_NOTIFY_DELAY
+            | smtp_proto::RCPT_NOTIFY_NEVER;
+        if to.flags & !notify_bits != 0 || to.rrvs != 0 {
             return self.reply(r(555, (5, 5, 4), "Unsupported RCPT parameter"));
         }
+        // RFC 3461 §4.1: NEVER stands alone.
+        if to.flags & smtp_proto::RCPT_NOTIFY_NEVER != 0
+            && to.flags != smtp_proto::RCPT_NOTIFY_NEVER
+        {
+            return self.reply(r(501, (5, 5, 4), "NOTIFY=NEVER cannot be combined"));
+        }
+        let notify = (to.flags != 0).then_some(Notify {
+            success: to.flags & smtp_proto::RCPT_NOTIFY_SUCCESS != 0,
+            failure: to.flags & smtp_proto::RCPT_NOTIFY_FAILURE != 0,
+            delay: to.flags & smtp_proto::RCPT_NOTIFY_DELAY != 0,
+        });
+        // The parser decoded the xtext; only type rfc822 gets this far (RFC 3461 §4.2).
+        let orcpt = match to.orcpt {
+            Some(o) if o.len() > crate::dsn::MAX_ORCPT || o.chars().any(char::is_control) => {
+                return self.reply(r(501, (5, 5, 4), "Invalid ORCPT"));
+            }
+            Some(o) => Some(("rfc822".to_owned(), o)),
+            None => None,
+        };
         if env.rcpt_to.len() >= self.cfg.max_recipients {
             // RFC 5321 §4.5.3.1.10: 452 for too many recipients; the client sends the rest later.
             // Our own limit, not a client error: not counted towards `max_errors`.
@@ -955,7 +1033,7 @@ impl Session {
         if !to.address.eq_ignore_ascii_case("postmaster") && !valid_mailbox(&to.address) {
             return self.reply(r(501, (5, 1, 3), "Recipient address must be user@domain"));
         }
-        self.phase = Phase::AwaitRcpt(to.address);
+        self.phase = Phase::AwaitRcpt(to.address, RcptDsn { notify, orcpt });
     }
 
     fn data(&mut self) {
@@ -1085,6 +1163,10 @@ impl Session {
             rcpt_to: env.rcpt_to,
             smtputf8: env.smtputf8,
             auth: self.authenticated.clone(),
+            rcpt_dsn: env.rcpt_dsn,
+            ret: env.ret,
+            envid: env.envid,
+            require_tls: env.require_tls,
             data,
         });
         self.phase = Phase::AwaitDelivery;

@@ -174,6 +174,26 @@ fn run_script(name: &str, script: &str) {
             check(&mut got, &mut want, lineno);
             let last = delivered.last().expect("a delivery");
             assert_eq!(last.data, unescape(d), "{name}: data at line {lineno}");
+        } else if let Some(d) = line.strip_prefix("LAST-DSN: ") {
+            // `ret envid requiretls | notify orcpt` per recipient, `-` for none.
+            check(&mut got, &mut want, lineno);
+            let last = delivered.last().expect("a delivery");
+            let mut s = format!(
+                "{} {} {}",
+                last.ret.map_or("-", |r| r.keyword()),
+                last.envid.as_deref().unwrap_or("-"),
+                last.require_tls
+            );
+            for d in &last.rcpt_dsn {
+                s.push_str(&format!(
+                    " | {} {}",
+                    d.notify.map_or("-".into(), |n| n.keyword()),
+                    d.orcpt
+                        .as_ref()
+                        .map_or("-".into(), |(t, a)| format!("{t};{a}"))
+                ));
+            }
+            assert_eq!(s, d, "{name}: DSN parameters at line {lineno}");
         } else if let Some(d) = line.strip_prefix("LAST-RCPTS: ") {
             check(&mut got, &mut want, lineno);
             let last = delivered.last().expect("a delivery");
