@@ -5,6 +5,7 @@
 pub type AccountId = i64;
 pub type MailboxId = i64;
 
+pub mod downgrade;
 pub mod mime;
 pub mod sorted;
 #[doc(hidden)]

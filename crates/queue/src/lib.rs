@@ -60,18 +60,58 @@ pub fn classify(code: u16) -> Class {
     }
 }
 
+/// What happened to a recipient (RFC 3464 §2.3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Failed,
+    /// A warning while retries go on.
+    Delayed,
+    /// Put in a local mailbox (asked for by NOTIFY=SUCCESS).
+    Delivered,
+    /// Handed to a next hop that does not offer DSN: no further report will come.
+    Relayed,
+}
+
+impl Action {
+    fn keyword(self) -> &'static str {
+        match self {
+            Action::Failed => "failed",
+            Action::Delayed => "delayed",
+            Action::Delivered => "delivered",
+            Action::Relayed => "relayed",
+        }
+    }
+}
+
 /// One recipient the report is about.
 #[derive(Debug, Clone)]
 pub struct Failure {
     pub rcpt: String,
-    /// `failed`, or `delayed` for a warning while retries go on (RFC 3464 §2.3.3).
-    pub delayed: bool,
+    pub action: Action,
     /// `5.1.1` and the like (RFC 3463).
     pub status: String,
     /// The remote server's reply, if there was one (for Diagnostic-Code).
     pub diagnostic: String,
     /// The host that answered, if any.
     pub remote_mta: Option<String>,
+    /// The sender's ORCPT for this recipient, `type;address` (RFC 3461 §4.2).
+    pub orcpt: Option<String>,
+}
+
+/// What the report is about, beside its recipients.
+#[derive(Debug, Clone, Copy)]
+pub struct Report<'a> {
+    pub hostname: &'a str,
+    /// The original envelope sender, who gets the report.
+    pub to: &'a str,
+    pub original: &'a [u8],
+    pub arrival_date: &'a str,
+    pub message_id: &'a str,
+    /// RFC 3461 §4.4: the sender's ENVID, returned as Original-Envelope-Id.
+    pub envid: Option<&'a str>,
+    /// RFC 3461 §4.3: RET=FULL returns the whole message in a failure report; else (and
+    /// in any other report) only its header section.
+    pub full: bool,
 }
 
 /// A delivery status notification (RFC 3464) for `failures`, to `to` (the original
@@ -85,29 +125,72 @@ pub fn bounce(
     arrival_date: &str,
     message_id: &str,
 ) -> Vec<u8> {
+    report(
+        &Report {
+            hostname,
+            to,
+            original,
+            arrival_date,
+            message_id,
+            envid: None,
+            full: false,
+        },
+        failures,
+    )
+}
+
+/// The report of RFC 3464 for `rcpts`, as [`bounce`] but with the sender's DSN
+/// parameters (RFC 3461 §4.3, §4.4, §4.2) applied.
+pub fn report(r: &Report<'_>, rcpts: &[Failure]) -> Vec<u8> {
+    let (hostname, original) = (r.hostname, r.original);
     let headers_end = find(original, b"\r\n\r\n").map_or(original.len(), |p| p + 4);
-    let header_section = String::from_utf8_lossy(&original[..headers_end]).into_owned();
-    let delayed = failures.iter().all(|f| f.delayed);
-    let mut human = if delayed {
-        format!(
-            "This is the mail system at {hostname}.\r\n\r\nYour message has not been \
-             delivered yet to the following recipients. It is still being retried; you do not \
-             need to send it again.\r\n\r\n"
-        )
+    let header_section = original.get(..headers_end).unwrap_or(original);
+    let all = |a: Action| rcpts.iter().all(|f| f.action == a);
+    let failed = rcpts.iter().any(|f| f.action == Action::Failed);
+    let mut human = format!("This is the mail system at {hostname}.\r\n\r\n");
+    let subject = if failed {
+        human.push_str("Your message could not be delivered to the following recipients:");
+        "Undelivered Mail Returned to Sender"
+    } else if all(Action::Delayed) {
+        human.push_str(
+            "Your message has not been delivered yet to the following recipients. It is \
+             still being retried; you do not need to send it again.",
+        );
+        "Delayed Mail (still being retried)"
     } else {
-        format!(
-            "This is the mail system at {hostname}.\r\n\r\nYour message could not be \
-             delivered to the following recipients:\r\n\r\n"
-        )
+        human.push_str(
+            "Your message was delivered to the following recipients, as you asked to be \
+             told (\"relayed\": passed on to a server that sends no further reports).",
+        );
+        "Successful Mail Delivery Report"
     };
+    human.push_str("\r\n\r\n");
     // RFC 3464 §2.2: per-message fields, then one block per recipient.
-    let mut status = format!("Reporting-MTA: dns; {hostname}\r\nArrival-Date: {arrival_date}\r\n");
-    for f in failures {
-        human.push_str(&format!("<{}>: {}\r\n", f.rcpt, f.diagnostic));
-        status.push_str(&format!(
-            "\r\nFinal-Recipient: rfc822; {}\r\nAction: {}\r\nStatus: {}\r\n",
+    let mut status = String::new();
+    if let Some(id) = r.envid {
+        status.push_str(&format!("Original-Envelope-Id: {id}\r\n"));
+    }
+    status.push_str(&format!(
+        "Reporting-MTA: dns; {hostname}\r\nArrival-Date: {}\r\n",
+        r.arrival_date
+    ));
+    for f in rcpts {
+        human.push_str(&format!(
+            "<{}>: {}: {}\r\n",
             f.rcpt,
-            if f.delayed { "delayed" } else { "failed" },
+            f.action.keyword(),
+            f.diagnostic
+        ));
+        status.push_str("\r\n");
+        if let Some(o) = &f.orcpt
+            && let Some((ty, addr)) = o.split_once(';')
+        {
+            status.push_str(&format!("Original-Recipient: {ty}; {addr}\r\n"));
+        }
+        status.push_str(&format!(
+            "Final-Recipient: rfc822; {}\r\nAction: {}\r\nStatus: {}\r\n",
+            f.rcpt,
+            f.action.keyword(),
             f.status
         ));
         if let Some(m) = &f.remote_mta {
@@ -117,6 +200,23 @@ pub fn bounce(
             status.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", f.diagnostic));
         }
     }
+    // The returned content, as is (raw: never re-encoded, which message/rfc822 forbids).
+    let returned = if failed && r.full {
+        MimePart::new(
+            ContentType::new("message/rfc822"),
+            BodyPart::Binary(original.to_vec().into()),
+        )
+    } else {
+        MimePart::new(
+            ContentType::new("text/rfc822-headers"),
+            BodyPart::Binary(header_section.to_vec().into()),
+        )
+    };
+    let returned_8bit = match &returned.contents {
+        BodyPart::Binary(b) => b.iter().any(|&c| c >= 0x80),
+        _ => false,
+    };
+    let returned = returned.transfer_encoding(if returned_8bit { "8bit" } else { "7bit" });
     let report = MimePart::new(
         ContentType::new("multipart/report").attribute("report-type", "delivery-status"),
         BodyPart::Multipart(vec![
@@ -128,10 +228,7 @@ pub fn bounce(
                 ContentType::new("message/delivery-status"),
                 BodyPart::Text(status.into()),
             ),
-            MimePart::new(
-                ContentType::new("text/rfc822-headers"),
-                BodyPart::Text(header_section.into()),
-            ),
+            returned,
         ]),
     );
     MessageBuilder::new()
@@ -139,13 +236,9 @@ pub fn bounce(
             "Mail Delivery System",
             format!("MAILER-DAEMON@{hostname}").as_str(),
         ))
-        .to(to)
-        .subject(if delayed {
-            "Delayed Mail (still being retried)"
-        } else {
-            "Undelivered Mail Returned to Sender"
-        })
-        .message_id(message_id)
+        .to(r.to)
+        .subject(subject)
+        .message_id(r.message_id)
         .header(
             "Auto-Submitted",
             mail_builder::headers::raw::Raw::new("auto-replied"),
@@ -210,10 +303,11 @@ mod tests {
             b"From: alice@a.test\r\nSubject: hello\r\n\r\nsecret body\r\n",
             &[Failure {
                 rcpt: "bob@b.test".into(),
-                delayed: false,
+                action: Action::Failed,
                 status: "5.1.1".into(),
                 diagnostic: "550 5.1.1 <bob@b.test>: user unknown".into(),
                 remote_mta: Some("mx.b.test".into()),
+                orcpt: None,
             }],
             "Wed, 25 Nov 2026 10:00:00 +0000",
             "bounce-1@mx.a.test",
@@ -245,10 +339,11 @@ mod delay_tests {
             b"Subject: x\r\n\r\n",
             &[super::Failure {
                 rcpt: "bob@b.test".into(),
-                delayed: true,
+                action: super::Action::Delayed,
                 status: "4.4.1".into(),
                 diagnostic: "connection refused".into(),
                 remote_mta: None,
+                orcpt: None,
             }],
             "Wed, 25 Nov 2026 10:00:00 +0000",
             "w@mx.a.test",
@@ -256,5 +351,53 @@ mod delay_tests {
         let text = String::from_utf8(dsn).unwrap();
         assert!(text.contains("Action: delayed\r\nStatus: 4.4.1"), "{text}");
         assert!(text.contains("Subject: Delayed Mail"));
+    }
+}
+
+#[cfg(test)]
+mod dsn_tests {
+    use super::*;
+
+    fn rcpt(action: Action) -> Failure {
+        Failure {
+            rcpt: "bob@b.test".into(),
+            action,
+            status: "2.0.0".into(),
+            diagnostic: "250 ok".into(),
+            remote_mta: None,
+            orcpt: Some("rfc822;Bob+x@B.test".into()),
+        }
+    }
+
+    fn make(action: Action, full: bool) -> String {
+        let r = Report {
+            hostname: "mx.a.test",
+            to: "alice@a.test",
+            original: "Subject: é\r\n\r\nthe body\r\n".as_bytes(),
+            arrival_date: "Wed, 25 Nov 2026 10:00:00 +0000",
+            message_id: "r@mx.a.test",
+            envid: Some("QQ314"),
+            full,
+        };
+        String::from_utf8(report(&r, &[rcpt(action)])).unwrap()
+    }
+
+    #[test]
+    fn envid_orcpt_and_ret() {
+        // RFC 3464 §2.2.1, §2.3.1: Original-Envelope-Id and Original-Recipient.
+        let t = make(Action::Failed, true);
+        assert!(t.contains("Original-Envelope-Id: QQ314\r\n"), "{t}");
+        assert!(t.contains("Original-Recipient: rfc822; Bob+x@B.test\r\n"));
+        // RET=FULL: the whole message, unencoded, as message/rfc822.
+        assert!(t.contains("Content-Type: message/rfc822"));
+        assert!(t.contains("Content-Transfer-Encoding: 8bit"));
+        assert!(t.contains("the body"));
+        // Success reports never return the body (RFC 3461 §4.3).
+        let t = make(Action::Relayed, true);
+        assert!(t.contains("Action: relayed") && t.contains("text/rfc822-headers"));
+        assert!(!t.contains("the body"));
+        assert!(t.contains("Subject: Successful Mail Delivery Report"));
+        let t = make(Action::Delivered, false);
+        assert!(t.contains("Action: delivered"));
     }
 }

@@ -97,6 +97,11 @@ pub struct QueueCfg {
     pub concurrency: usize,
     pub per_domain_concurrency: usize,
     pub delay_warning_seconds: u32,
+    /// Local addresses outbound connections come from (one per address family is used),
+    /// so that SPF and reverse DNS match on a host with several; empty: the system picks.
+    pub source_addresses: Vec<std::net::IpAddr>,
+    /// The same per sender domain, before `source_addresses`.
+    pub source_by_domain: std::collections::BTreeMap<String, Vec<std::net::IpAddr>>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -214,6 +219,8 @@ impl Default for QueueCfg {
             concurrency: 20,
             per_domain_concurrency: 5,
             delay_warning_seconds: 14_400,
+            source_addresses: Vec::new(),
+            source_by_domain: Default::default(),
         }
     }
 }

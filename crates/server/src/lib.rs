@@ -418,6 +418,14 @@ pub async fn serve(cfg: Config) -> Result<()> {
         per_domain: server.cfg.queue.per_domain_concurrency,
         domain_limits: Default::default(),
         delay_warning: i64::from(server.cfg.queue.delay_warning_seconds),
+        sources: server.cfg.queue.source_addresses.clone(),
+        sources_by_domain: server
+            .cfg
+            .queue
+            .source_by_domain
+            .iter()
+            .map(|(d, a)| (d.trim_end_matches('.').to_ascii_lowercase(), a.clone()))
+            .collect(),
         limit: Arc::new(tokio::sync::Semaphore::new(
             server.cfg.queue.concurrency.max(1),
         )),

@@ -12,9 +12,14 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tracing::{info, warn};
-use yubin_queue::{Class, Failure, Schedule, classify};
+use yubin_queue::{Action, Failure, Schedule};
+use yubin_smtp::client::{
+    Client, ClientConfig, ClientError, Envelope, RcptOutcome, Recipient, ReplyReader, Step,
+    dot_stuff,
+};
+use yubin_smtp::dsn::{Notify, Ret};
 use yubin_store::{Attempt, Outbound, QueuedRcpt, Resolved, Store};
 
 use crate::{new_id, unix_now};
@@ -30,13 +35,36 @@ pub struct Outbox {
     pub resolver: hickory_resolver::TokioResolver,
     pub port: u16,
     pub schedule: Schedule,
-    pub wake: Arc<Notify>,
+    pub wake: Arc<tokio::sync::Notify>,
     pub limit: Arc<Semaphore>,
     pub dkim_dir: std::path::PathBuf,
     pub per_domain: usize,
     pub domain_limits: std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>,
     /// Seconds after acceptance when a still-queued sender gets a delay warning (0: never).
     pub delay_warning: i64,
+    /// Source addresses of outbound connections: global, and by sender domain (lower case).
+    pub sources: Vec<IpAddr>,
+    pub sources_by_domain: std::collections::HashMap<String, Vec<IpAddr>>,
+}
+
+impl Outbox {
+    /// The source addresses for mail from this sender.
+    fn sources_for(&self, mail_from: &str) -> &[IpAddr] {
+        let domain = mail_from
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase());
+        domain
+            .and_then(|d| self.sources_by_domain.get(&d))
+            .unwrap_or(&self.sources)
+    }
+}
+
+/// The one of `sources` of the same family as `to`.
+fn source_for(sources: &[IpAddr], to: IpAddr) -> Option<IpAddr> {
+    sources
+        .iter()
+        .copied()
+        .find(|s| s.is_ipv4() == to.is_ipv4())
 }
 
 /// Build the resolver: the configured servers (`ip:port`), or the system's.
@@ -184,103 +212,40 @@ fn tls_client() -> Option<tokio_rustls::TlsConnector> {
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
-struct Client {
-    io: BufReader<Box<dyn Io>>,
-    reader: yubin_smtp::client::ReplyReader,
-    host: String,
-    /// The EHLO keywords, upper-cased.
-    caps: String,
-}
-
-/// One SMTP reply: code and text (lines joined).
-#[derive(Debug, Clone)]
-struct Reply {
-    code: u16,
-    text: String,
-}
-
-impl From<yubin_smtp::Reply> for Reply {
-    /// The text as the server wrote it after the code: enhanced code first, lines joined.
-    fn from(r: yubin_smtp::Reply) -> Self {
-        let mut text = r.lines.join(" ");
-        if let Some(esc) = r.esc {
-            text = format!("{esc} {text}");
-        }
-        Reply { code: r.code, text }
-    }
-}
-
-impl std::fmt::Display for Reply {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.code, self.text)
-    }
-}
-
-impl Client {
-    /// The next reply, through the bounded reader of `yubin_smtp::client` (a remote
-    /// server's bad reply is an error for this attempt, never a panic). One deadline for
-    /// the whole reply, not per read: a server trickling lines cannot hold us.
-    async fn read(&mut self, limit: Duration) -> Result<Reply, String> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let buf = tokio::time::timeout_at(deadline, self.io.fill_buf())
-                .await
-                .map_err(|_| format!("{}: timeout", self.host))?
-                .map_err(|e| format!("{}: {e}", self.host))?;
-            if buf.is_empty() {
-                return Err(format!("{}: connection closed", self.host));
-            }
-            let (used, got) = self.reader.push(buf);
-            self.io.consume(used);
-            match got {
-                Some(Ok(r)) => return Ok(Reply::from(r)),
-                Some(Err(e)) => return Err(format!("{}: {e}", self.host)),
-                None => {}
-            }
-        }
-    }
-
-    /// Whether EHLO announced this extension keyword.
-    fn has(&self, ext: &str) -> bool {
-        self.caps.split_whitespace().any(|w| w == ext)
-    }
-
-    async fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let w = self.io.get_mut();
-        w.write_all(bytes)
-            .await
-            .map_err(|e| format!("{}: {e}", self.host))?;
-        w.flush().await.map_err(|e| format!("{}: {e}", self.host))
-    }
-
-    async fn cmd(&mut self, line: &str) -> Result<Reply, String> {
-        let w = self.io.get_mut();
-        w.write_all(line.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        w.write_all(b"\r\n").await.map_err(|e| e.to_string())?;
-        w.flush().await.map_err(|e| e.to_string())?;
-        self.read(COMMAND_TIMEOUT).await
-    }
-}
-
 /// The result for one recipient of one attempt.
 enum Outcome {
-    Delivered,
+    /// `relayed`: the next hop took it without DSN, so a NOTIFY=SUCCESS is ours to answer
+    /// (RFC 3461 §4.1).
+    Delivered {
+        relayed: bool,
+        host: String,
+    },
     Temporary(String),
-    Permanent { reply: String, host: Option<String> },
+    Permanent {
+        reply: String,
+        host: Option<String>,
+    },
 }
 
-/// One message for one domain: its prepared bytes, reverse-path and recipients there.
+/// One message for one domain: what goes on the wire, its envelope, its recipients there.
 struct Job<'a> {
+    /// Signed, Return-Path removed.
     data: Vec<u8>,
-    mail_from: String,
+    /// The same converted to 7-bit (RFC 6152 §3) and signed again, when it has 8-bit
+    /// octets and can be converted.
+    seven_bit: Option<Vec<u8>>,
+    envelope: Envelope,
     rcpts: Vec<&'a QueuedRcpt>,
 }
 
 /// Deliver several messages to one domain, over as few connections as possible (one, when
 /// the first server takes them all). Returns each job's per-recipient outcomes.
-async fn attempt(ob: &Outbox, jobs: &[Job<'_>], domain: &str) -> Vec<Vec<Outcome>> {
+async fn attempt(
+    ob: &Outbox,
+    jobs: &[&Job<'_>],
+    domain: &str,
+    sources: &[IpAddr],
+) -> Vec<Vec<Outcome>> {
     let all = |f: &dyn Fn() -> Outcome| -> Vec<Vec<Outcome>> {
         jobs.iter()
             .map(|j| j.rcpts.iter().map(|_| f()).collect())
@@ -306,28 +271,12 @@ async fn attempt(ob: &Outbox, jobs: &[Job<'_>], domain: &str) -> Vec<Vec<Outcome
             if results.iter().all(Option::is_some) {
                 break 'hosts;
             }
-            let mut client = match connect(ob, &host, SocketAddr::new(ip, ob.port)).await {
-                Ok(c) => c,
-                Err(e) => {
-                    info!(host, %ip, error = e, "outbound connection failed; trying the next");
-                    last = e;
-                    continue;
-                }
-            };
-            for (job, slot) in jobs.iter().zip(results.iter_mut()) {
-                if slot.is_some() {
-                    continue;
-                }
-                match transaction(&mut client, &host, job).await {
-                    Ok(r) => *slot = Some(r),
-                    Err(e) => {
-                        info!(host, %ip, error = e, "outbound connection lost; trying the next");
-                        last = e;
-                        continue 'hosts;
-                    }
-                }
+            let addr = SocketAddr::new(ip, ob.port);
+            let source = source_for(sources, ip);
+            if let Err(e) = session(ob, &host, addr, source, jobs, &mut results).await {
+                info!(host, %ip, error = e, "outbound connection ended; trying the next");
+                last = e;
             }
-            let _ = client.cmd("QUIT").await;
         }
     }
     results
@@ -344,223 +293,177 @@ async fn attempt(ob: &Outbox, jobs: &[Job<'_>], domain: &str) -> Vec<Vec<Outcome
         .collect()
 }
 
-/// Connect, EHLO, and STARTTLS when offered. `Err` means "try another host".
-async fn connect(ob: &Outbox, host: &str, addr: SocketAddr) -> Result<Client, String> {
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+/// One connection driven by the sans-IO client of `yubin_smtp::client`: the jobs not yet
+/// done are sent over it in turn. `Err` (with the reason) when it ended before all were.
+async fn session(
+    ob: &Outbox,
+    host: &str,
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    jobs: &[&Job<'_>],
+    results: &mut [Option<Vec<Outcome>>],
+) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| format!("{host}: {e}");
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, connect_from(source, addr))
         .await
-        .map_err(|_| format!("{host}: connect timeout"))?
-        .map_err(|e| format!("{host}: {e}"))?;
-    let mut c = Client {
-        io: BufReader::new(Box::new(tcp)),
-        reader: Default::default(),
-        host: host.to_owned(),
-        caps: String::new(),
-    };
-    let greeting = c.read(COMMAND_TIMEOUT).await?;
-    if greeting.code != 220 {
-        return Err(format!("{host} greeted with {greeting}"));
-    }
-    let ehlo = c.cmd(&format!("EHLO {}", ob.hostname)).await?;
-    if ehlo.code != 250 {
-        return Err(format!("{host} refused EHLO: {ehlo}"));
-    }
-    c.caps = ehlo.text.to_ascii_uppercase();
-    if c.has("STARTTLS")
-        && let Some(tls) = tls_client()
-    {
-        let r = c.cmd("STARTTLS").await?;
-        if r.code == 220 {
-            let name = rustls_pki_types::ServerName::try_from(host.to_owned())
-                .unwrap_or_else(|_| rustls_pki_types::ServerName::IpAddress(addr.ip().into()));
-            let plain = c.io.into_inner();
-            let stream = tls
-                .connect(name, plain)
-                .await
-                .map_err(|e| format!("{host}: TLS handshake failed: {e}"))?;
-            c = Client {
-                io: BufReader::new(Box::new(stream)),
-                reader: Default::default(),
-                host: host.to_owned(),
-                caps: String::new(),
-            };
-            let ehlo = c.cmd(&format!("EHLO {}", ob.hostname)).await?;
-            if ehlo.code != 250 {
-                return Err(format!("{host} refused EHLO after STARTTLS: {ehlo}"));
-            }
-            c.caps = ehlo.text.to_ascii_uppercase();
-        }
-    }
-    Ok(c)
-}
-
-/// One message on an open connection. `Err` means the connection is unusable.
-async fn transaction(c: &mut Client, host: &str, job: &Job<'_>) -> Result<Vec<Outcome>, String> {
-    let (data, mail_from, rcpts) = (&job.data[..], job.mail_from.as_str(), &job.rcpts);
-    let permanent = |reply: String| -> Vec<Outcome> {
-        rcpts
-            .iter()
-            .map(|_| Outcome::Permanent {
-                reply: reply.clone(),
-                host: Some(host.to_owned()),
-            })
-            .collect()
-    };
-    let eight_bit = data.iter().any(|&b| b >= 0x80);
-    let utf8_addresses = !mail_from.is_ascii() || rcpts.iter().any(|r| !r.rcpt.is_ascii());
-    // RFC 6531 §3.2: UTF-8 addresses need SMTPUTF8 at the other end; no downgrade exists.
-    if utf8_addresses && !c.has("SMTPUTF8") {
-        return Ok(permanent(format!(
-            "553 5.6.7 {host} does not support SMTPUTF8"
-        )));
-    }
-    // RFC 6152 §3: no 8-bit data to a server without 8BITMIME (yubin does not downgrade).
-    if eight_bit && !c.has("8BITMIME") && !c.has("SMTPUTF8") {
-        return Ok(permanent(format!(
-            "554 5.6.3 {host} does not accept 8-bit messages"
-        )));
-    }
-    // RFC 1870 §4: a declared limit the message exceeds is a permanent failure.
-    if let Some(limit) = c
-        .caps
-        .split("SIZE ")
-        .nth(1)
-        .and_then(|t| t.split_whitespace().next())
-        .and_then(|n| n.parse::<usize>().ok())
-        .filter(|&l| l > 0 && data.len() > l)
-    {
-        return Ok(permanent(format!(
-            "552 5.3.4 message is larger than {host}'s limit of {limit} octets"
-        )));
-    }
-    let mut mail = format!("MAIL FROM:<{mail_from}>");
-    if c.has("SIZE") {
-        mail.push_str(&format!(" SIZE={}", data.len()));
-    }
-    if eight_bit && c.has("8BITMIME") {
-        mail.push_str(" BODY=8BITMIME");
-    }
-    if utf8_addresses {
-        mail.push_str(" SMTPUTF8");
-    }
-    let rcpt_lines: Vec<String> = rcpts
-        .iter()
-        .map(|r| format!("RCPT TO:<{}>", r.rcpt))
+        .map_err(|_| err(&"connect timeout"))?
+        .map_err(|e| err(&e))?;
+    let mut io: BufReader<Box<dyn Io>> = BufReader::new(Box::new(tcp));
+    let mut reader = ReplyReader::new();
+    let mut c = Client::new(ClientConfig {
+        helo: ob.hostname.clone(),
+        starttls: true,
+        require_tls: false,
+    });
+    let mut current: Option<usize> = None;
+    let todo: Vec<usize> = (0..jobs.len())
+        .filter(|&i| results.get(i).is_some_and(Option::is_none))
         .collect();
-    // RFC 2920: with PIPELINING, MAIL and every RCPT go in one write.
-    let (mail_reply, rcpt_replies) = if c.has("PIPELINING") {
-        let mut batch = String::new();
-        batch.push_str(&mail);
-        batch.push_str("\r\n");
-        for l in &rcpt_lines {
-            batch.push_str(l);
-            batch.push_str("\r\n");
-        }
-        c.send(batch.as_bytes()).await?;
-        let m = c.read(COMMAND_TIMEOUT).await?;
-        let mut rs = Vec::new();
-        for _ in &rcpt_lines {
-            rs.push(c.read(COMMAND_TIMEOUT).await?);
-        }
-        (m, rs)
-    } else {
-        let m = c.cmd(&mail).await?;
-        let mut rs = Vec::new();
-        if classify(m.code) == Class::Success {
-            for l in &rcpt_lines {
-                rs.push(c.cmd(l).await?);
+    let mut pending = todo.into_iter();
+    loop {
+        match c.poll() {
+            Step::Send(bytes) => {
+                if let Err(e) = write(&mut io, &bytes, COMMAND_TIMEOUT).await {
+                    c.closed(e);
+                }
+            }
+            Step::Wait => match read(&mut io, &mut reader, c.timeout()).await {
+                Ok(r) => c.reply(r),
+                Err(e) => c.closed(e),
+            },
+            Step::StartTls => {
+                let Some(tls) = tls_client() else {
+                    return Err(err(&"no TLS client configuration"));
+                };
+                let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+                    .unwrap_or_else(|_| rustls_pki_types::ServerName::IpAddress(addr.ip().into()));
+                // Nothing may be left unread before the handshake (RFC 3207 §4.2 / the
+                // STARTTLS injection class of bugs): a server that pipelined bytes after
+                // its 220 is not trusted with TLS.
+                if !io.buffer().is_empty() || reader.partial() {
+                    return Err(err(&"data after the STARTTLS reply"));
+                }
+                let plain = io.into_inner();
+                let stream = tokio::time::timeout(COMMAND_TIMEOUT, tls.connect(name, plain))
+                    .await
+                    .map_err(|_| err(&"TLS handshake timeout"))?
+                    .map_err(|e| err(&format!("TLS handshake failed: {e}")))?;
+                io = BufReader::new(Box::new(stream));
+                reader = ReplyReader::new();
+                c.tls_started(false);
+            }
+            Step::Data { seven_bit } => {
+                let Some(job) = current.and_then(|i| jobs.get(i)) else {
+                    return Err(err(&"data asked for with no message"));
+                };
+                let data = match (&job.seven_bit, seven_bit) {
+                    (Some(d), true) => d,
+                    _ => &job.data,
+                };
+                let body = dot_stuff(data);
+                if let Err(e) = write(&mut io, &body, DATA_TIMEOUT).await {
+                    c.closed(e);
+                }
+            }
+            Step::Ready => match pending.next() {
+                Some(i) => {
+                    current = Some(i);
+                    if let Some(job) = jobs.get(i) {
+                        c.send(job.envelope.clone());
+                    }
+                }
+                None => c.quit(),
+            },
+            Step::Done(o) => {
+                if let Some(i) = current.take()
+                    && let Some(slot) = results.get_mut(i)
+                {
+                    let relayed = !o.dsn_passed;
+                    *slot = Some(
+                        o.rcpts
+                            .into_iter()
+                            .map(|r| match r {
+                                RcptOutcome::Delivered => Outcome::Delivered {
+                                    relayed,
+                                    host: host.to_owned(),
+                                },
+                                RcptOutcome::Temporary(t) => Outcome::Temporary(err(&t)),
+                                RcptOutcome::Permanent(reply) => Outcome::Permanent {
+                                    reply,
+                                    host: Some(host.to_owned()),
+                                },
+                            })
+                            .collect(),
+                    );
+                }
+            }
+            Step::Close(why) => {
+                return match why {
+                    Some(e) if results.iter().any(Option::is_none) => Err(err(&e)),
+                    _ => Ok(()),
+                };
             }
         }
-        (m, rs)
-    };
-    match classify(mail_reply.code) {
-        Class::Success => {}
-        Class::Temporary => {
-            c.cmd("RSET").await?;
-            return Ok(rcpts
-                .iter()
-                .map(|_| Outcome::Temporary(mail_reply.to_string()))
-                .collect());
-        }
-        Class::Permanent => {
-            c.cmd("RSET").await?;
-            return Ok(permanent(mail_reply.to_string()));
-        }
     }
-    let mut results: Vec<Option<Outcome>> = Vec::new();
-    for r in &rcpt_replies {
-        results.push(match classify(r.code) {
-            Class::Success => None,
-            Class::Temporary => Some(Outcome::Temporary(r.to_string())),
-            Class::Permanent => Some(Outcome::Permanent {
-                reply: r.to_string(),
-                host: Some(host.to_owned()),
-            }),
-        });
-    }
-    if results.iter().all(Option::is_some) {
-        c.cmd("RSET").await?;
-        return Ok(results.into_iter().flatten().collect());
-    }
-    let r = c.cmd("DATA").await?;
-    let final_reply = if r.code == 354 {
-        let body = dot_stuff(data);
-        c.send(&body).await?;
-        c.send(b".\r\n").await?;
-        c.read(DATA_TIMEOUT).await?
-    } else {
-        r
-    };
-    let class = classify(final_reply.code);
-    Ok(results
-        .into_iter()
-        .map(|o| match o {
-            Some(o) => o,
-            None => match class {
-                Class::Success => Outcome::Delivered,
-                Class::Temporary => Outcome::Temporary(final_reply.to_string()),
-                Class::Permanent => Outcome::Permanent {
-                    reply: final_reply.to_string(),
-                    host: Some(host.to_owned()),
-                },
-            },
-        })
-        .collect())
 }
 
-/// RFC 5321 §4.5.2: a line starting with `.` gets another; CRLF line ends throughout. A
-/// bare CR ends a line as well as a bare LF does (RFC 5321 §2.3.8 forbids both): some
-/// receivers take `<CR>.<CR>` for the end of data, so leaving either would let a body
-/// smuggle a second message to the next hop.
-fn dot_stuff(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() + 64);
-    let mut start = true;
-    let mut i = 0;
-    while let Some(&b) = data.get(i) {
-        i += 1;
-        match b {
-            b'\r' => {
-                if data.get(i) == Some(&b'\n') {
-                    i += 1;
-                }
-                out.extend_from_slice(b"\r\n");
-                start = true;
-                continue;
-            }
-            b'\n' => {
-                out.extend_from_slice(b"\r\n");
-                start = true;
-                continue;
-            }
-            b'.' if start => out.push(b'.'),
-            _ => {}
+async fn connect_from(source: Option<IpAddr>, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let Some(src) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.bind(SocketAddr::new(src, 0))?;
+    sock.connect(addr).await
+}
+
+/// Write all of it within `limit` (one deadline for the whole write).
+async fn write(
+    io: &mut BufReader<Box<dyn Io>>,
+    bytes: &[u8],
+    limit: Duration,
+) -> Result<(), ClientError> {
+    let w = io.get_mut();
+    let go = async {
+        w.write_all(bytes).await?;
+        w.flush().await
+    };
+    match tokio::time::timeout(limit, go).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(ClientError::Closed),
+        Err(_) => Err(ClientError::Timeout),
+    }
+}
+
+/// The next reply, through the bounded reader (a remote server's bad reply is an error for
+/// this attempt, never a panic). One deadline for the whole reply, not per read: a server
+/// trickling bytes cannot hold us.
+async fn read(
+    io: &mut BufReader<Box<dyn Io>>,
+    reader: &mut ReplyReader,
+    limit: Duration,
+) -> Result<yubin_smtp::Reply, ClientError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let buf = match tokio::time::timeout_at(deadline, io.fill_buf()).await {
+            Err(_) => return Err(ClientError::Timeout),
+            Ok(Err(_)) => return Err(ClientError::Closed),
+            Ok(Ok(b)) => b,
+        };
+        if buf.is_empty() {
+            return Err(ClientError::Closed);
         }
-        out.push(b);
-        start = false;
+        let (used, got) = reader.push(buf);
+        io.consume(used);
+        match got {
+            Some(Ok(r)) => return Ok(r),
+            Some(Err(e)) => return Err(ClientError::Reply(e)),
+            None => {}
+        }
     }
-    if !start {
-        out.extend_from_slice(b"\r\n");
-    }
-    out
 }
 
 /// The queue runner: wakes on new mail and every few seconds, delivers what is due.
@@ -670,54 +573,125 @@ async fn deliver_domain(ob: &Outbox, domain: &str, messages: BTreeMap<i64, Vec<Q
     for (queue_id, rcpts) in messages {
         let store = ob.store.clone();
         let dkim_dir = ob.dkim_dir.clone();
-        let mail_from = rcpts
-            .first()
-            .map(|r| r.mail_from.clone())
-            .unwrap_or_default();
-        let from = mail_from.clone();
+        let Some(first) = rcpts.first().cloned() else {
+            continue;
+        };
+        let from = first.mail_from.clone();
         // The read and the DKIM signature (RSA) on a blocking thread, not an async worker.
         let read = tokio::task::spawn_blocking(move || {
             store
                 .queued_message(queue_id)
-                .map(|d| (prepare(&dkim_dir, d.clone(), &from), d))
+                .map(|d| (prepare(&dkim_dir, &d, &from), d))
         });
         match read.await {
-            Ok(Ok((data, d))) => {
-                loaded.push((queue_id, d, data, mail_from, rcpts));
+            Ok(Ok(((data, seven_bit), original))) => {
+                loaded.push((queue_id, original, data, seven_bit, first, rcpts));
             }
             other => warn!(queue_id, ?other, "queued message unreadable"),
         }
     }
     let jobs: Vec<Job<'_>> = loaded
         .iter()
-        .map(|(_, _, data, from, rcpts)| Job {
+        .map(|(_, _, data, seven_bit, first, rcpts)| Job {
+            envelope: Envelope {
+                mail_from: first.mail_from.clone(),
+                rcpts: rcpts
+                    .iter()
+                    .map(|r| Recipient {
+                        addr: r.rcpt.clone(),
+                        notify: r.notify.as_deref().and_then(Notify::parse),
+                        orcpt: r.orcpt.as_deref().and_then(|o| {
+                            o.split_once(';').map(|(t, a)| (t.to_owned(), a.to_owned()))
+                        }),
+                    })
+                    .collect(),
+                size: data.len(),
+                eight_bit: !data.is_ascii(),
+                downgradable: seven_bit.is_some(),
+                ret: first.ret.as_deref().and_then(Ret::parse),
+                envid: first.envid.clone(),
+                require_tls: first.require_tls,
+            },
             data: data.clone(),
-            mail_from: from.clone(),
+            seven_bit: seven_bit.clone(),
             rcpts: rcpts.iter().collect(),
         })
         .collect();
-    let outcomes = attempt(ob, &jobs, domain).await;
-    for ((queue_id, original, _, mail_from, rcpts), outcomes) in loaded.into_iter().zip(outcomes) {
-        finish(ob, queue_id, &original, &mail_from, &rcpts, outcomes).await;
+    // Messages whose senders' source addresses differ go over different connections.
+    let mut groups: BTreeMap<Vec<IpAddr>, Vec<usize>> = BTreeMap::new();
+    for (i, j) in jobs.iter().enumerate() {
+        groups
+            .entry(ob.sources_for(&j.envelope.mail_from).to_vec())
+            .or_default()
+            .push(i);
+    }
+    let mut outcomes: Vec<Option<Vec<Outcome>>> = jobs.iter().map(|_| None).collect();
+    for (sources, members) in groups {
+        let group: Vec<&Job<'_>> = members.iter().filter_map(|&i| jobs.get(i)).collect();
+        let got = attempt(ob, &group, domain, &sources).await;
+        for (i, o) in members.into_iter().zip(got) {
+            if let Some(slot) = outcomes.get_mut(i) {
+                *slot = Some(o);
+            }
+        }
+    }
+    for ((queue_id, original, _, _, _, rcpts), outcomes) in loaded.into_iter().zip(outcomes) {
+        finish(
+            ob,
+            queue_id,
+            &original,
+            &rcpts,
+            outcomes.unwrap_or_default(),
+        )
+        .await;
     }
 }
 
-/// Record one message's outcomes, and tell its sender about failures and delays.
+/// What the sender asked to be told of this recipient (RFC 3461 §4.1; none given means
+/// failures and delays, as Postfix and Sendmail do).
+fn notify_of(r: &QueuedRcpt) -> Notify {
+    r.notify
+        .as_deref()
+        .and_then(Notify::parse)
+        .unwrap_or(Notify::DEFAULT)
+}
+
+/// Record one message's outcomes, and tell its sender what it asked to be told: failures,
+/// delays, and successes where no later hop will (RFC 3461 §4.1).
 async fn finish(
     ob: &Outbox,
     queue_id: i64,
     data: &[u8],
-    mail_from: &str,
     rcpts: &[QueuedRcpt],
     outcomes: Vec<Outcome>,
 ) {
     let now = unix_now();
     let mut failures = Vec::new();
+    let mut successes = Vec::new();
     let mut warnings: Vec<(i64, Failure)> = Vec::new();
     for (r, o) in rcpts.iter().zip(outcomes) {
+        let notify = notify_of(r);
+        let report =
+            |action: Action, status: &str, diagnostic: String, host: Option<String>| Failure {
+                rcpt: r.rcpt.clone(),
+                action,
+                status: status.to_owned(),
+                diagnostic,
+                remote_mta: host,
+                orcpt: r.orcpt.clone(),
+            };
         let rec = match o {
-            Outcome::Delivered => {
-                info!(queue_id, rcpt = r.rcpt, "delivered to remote server");
+            Outcome::Delivered { relayed, host } => {
+                info!(
+                    queue_id,
+                    rcpt = r.rcpt,
+                    host,
+                    relayed,
+                    "delivered to remote server"
+                );
+                if notify.success && relayed {
+                    successes.push(report(Action::Relayed, "2.0.0", String::new(), Some(host)));
+                }
                 Attempt::Delivered
             }
             Outcome::Temporary(e) => {
@@ -735,29 +709,21 @@ async fn finish(
                             retry_in = at - now,
                             "deferred"
                         );
-                        if ob.delay_warning > 0 && !r.warned && now - r.created >= ob.delay_warning
+                        if notify.delay
+                            && ob.delay_warning > 0
+                            && !r.warned
+                            && now - r.created >= ob.delay_warning
                         {
-                            warnings.push((
-                                r.id,
-                                Failure {
-                                    rcpt: r.rcpt.clone(),
-                                    delayed: true,
-                                    status: "4.4.1".into(),
-                                    diagnostic: e.clone(),
-                                    remote_mta: None,
-                                },
-                            ));
+                            warnings
+                                .push((r.id, report(Action::Delayed, "4.4.1", e.clone(), None)));
                         }
                         Attempt::Retry { at, error: e }
                     }
                     None => {
-                        failures.push(Failure {
-                            rcpt: r.rcpt.clone(),
-                            delayed: false,
-                            status: "4.4.7".into(),
-                            diagnostic: format!("gave up after {} attempts: {e}", r.attempts + 1),
-                            remote_mta: None,
-                        });
+                        if notify.failure {
+                            let why = format!("gave up after {} attempts: {e}", r.attempts + 1);
+                            failures.push(report(Action::Failed, "4.4.7", why, None));
+                        }
                         Attempt::Failed { error: e }
                     }
                 }
@@ -770,13 +736,9 @@ async fn finish(
                     .filter(|s| s.starts_with('5') && s.contains('.'))
                     .unwrap_or("5.0.0")
                     .to_owned();
-                failures.push(Failure {
-                    rcpt: r.rcpt.clone(),
-                    delayed: false,
-                    status,
-                    diagnostic: reply.clone(),
-                    remote_mta: host,
-                });
+                if notify.failure {
+                    failures.push(report(Action::Failed, &status, reply.clone(), host));
+                }
                 Attempt::Failed { error: reply }
             }
         };
@@ -786,13 +748,28 @@ async fn finish(
             warn!(error = %e, "cannot record a delivery attempt");
         }
     }
-    if !failures.is_empty() && !mail_from.is_empty() {
-        bounce(ob, mail_from, data, &failures, rcpts[0].created).await;
+    let Some(first) = rcpts.first() else { return };
+    // Never to the null sender: a report never causes another (RFC 3464 §2).
+    if first.mail_from.is_empty() {
+        return;
     }
-    // RFC 3464 "delayed": once per recipient, never for bounces (null sender).
-    if !warnings.is_empty() && !mail_from.is_empty() {
+    let about = Reported {
+        to: &first.mail_from,
+        original: data,
+        created: first.created,
+        envid: first.envid.as_deref(),
+        full: first.ret.as_deref() == Some("FULL"),
+    };
+    if !failures.is_empty() {
+        send_report(ob, &about, &failures).await;
+    }
+    if !successes.is_empty() {
+        send_report(ob, &about, &successes).await;
+    }
+    // RFC 3464 "delayed": once per recipient.
+    if !warnings.is_empty() {
         let (ids, reports): (Vec<i64>, Vec<Failure>) = warnings.into_iter().unzip();
-        bounce(ob, mail_from, data, &reports, rcpts[0].created).await;
+        send_report(ob, &about, &reports).await;
         let store = ob.store.clone();
         let _ = tokio::task::spawn_blocking(move || {
             for id in ids {
@@ -804,17 +781,19 @@ async fn finish(
 }
 
 /// What goes on the wire: without our Return-Path (RFC 5321 §4.4: final delivery adds
-/// it) and, when the author's domain has a key, with a DKIM signature (RFC 6376).
-fn prepare(dkim_dir: &std::path::Path, data: Vec<u8>, mail_from: &str) -> Vec<u8> {
+/// it) and, when the author's domain has a key, with a DKIM signature (RFC 6376). Second,
+/// for an 8-bit message that can be converted, the 7-bit form, signed after the
+/// conversion (RFC 6376 §5.3).
+fn prepare(dkim_dir: &std::path::Path, data: &[u8], mail_from: &str) -> (Vec<u8>, Option<Vec<u8>>) {
     let body = match data.strip_prefix(b"Return-Path:") {
         Some(rest) => match rest.iter().position(|&b| b == b'\n') {
-            Some(p) => rest[p + 1..].to_vec(),
-            None => data.clone(),
+            Some(p) => rest.get(p + 1..).unwrap_or_default(),
+            None => data,
         },
-        None => data.clone(),
+        None => data,
     };
     // The signing domain is the From: domain (DMARC alignment), else the envelope's.
-    let from_domain = yubin_model::mime::parse_header(&body)
+    let from_domain = yubin_model::mime::parse_header(body)
         .map(|(m, _)| m)
         .and_then(|m| {
             m.from()
@@ -823,30 +802,57 @@ fn prepare(dkim_dir: &std::path::Path, data: Vec<u8>, mail_from: &str) -> Vec<u8
                 .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_lowercase()))
         })
         .or_else(|| mail_from.rsplit_once('@').map(|(_, d)| d.to_lowercase()));
-    match from_domain.and_then(|d| crate::dkim::sign(dkim_dir, &d, &body)) {
+    let sign = |body: &[u8]| match from_domain
+        .as_deref()
+        .and_then(|d| crate::dkim::sign(dkim_dir, d, body))
+    {
         Some(sig) => {
             let mut out = sig.into_bytes();
-            out.extend_from_slice(&body);
+            out.extend_from_slice(body);
             out
         }
-        None => body,
-    }
+        None => body.to_vec(),
+    };
+    let seven_bit = if body.is_ascii() {
+        None
+    } else {
+        yubin_model::downgrade::downgrade_8bit(body).map(|d| sign(&d))
+    };
+    (sign(body), seven_bit)
+}
+
+/// The message a report is about.
+struct Reported<'a> {
+    to: &'a str,
+    original: &'a [u8],
+    created: i64,
+    envid: Option<&'a str>,
+    full: bool,
 }
 
 /// Send an RFC 3464 report to the envelope sender: to the local mailbox, or through the
-/// queue with the null sender (so a bounce never bounces).
-async fn bounce(ob: &Outbox, to: &str, original: &[u8], failures: &[Failure], created: i64) {
+/// queue with the null sender (so a report never bounces).
+async fn send_report(ob: &Outbox, about: &Reported<'_>, rcpts: &[Failure]) {
     let id = format!("{}@{}", new_id(), ob.hostname);
-    let dsn = yubin_queue::bounce(
-        &ob.hostname,
-        to,
-        original,
-        failures,
-        &crate::rfc5322_date(created),
-        &id,
+    let date = crate::rfc5322_date(about.created);
+    let dsn = yubin_queue::report(
+        &yubin_queue::Report {
+            hostname: &ob.hostname,
+            to: about.to,
+            original: about.original,
+            arrival_date: &date,
+            message_id: &id,
+            envid: about.envid,
+            full: about.full,
+        },
+        rcpts,
     );
-    let store = ob.store.clone();
-    let to = to.to_owned();
+    submit_report(ob.store.clone(), about.to.to_owned(), dsn).await;
+    ob.wake.notify_one();
+}
+
+/// Put a report into the sender's mailbox when local, else into the queue (null sender).
+pub(crate) async fn submit_report(store: Arc<dyn Store>, to: String, dsn: Vec<u8>) {
     let now = unix_now();
     let r = tokio::task::spawn_blocking(move || {
         let local = match store.resolve(&to)? {
@@ -854,14 +860,14 @@ async fn bounce(ob: &Outbox, to: &str, original: &[u8], failures: &[Failure], cr
             _ => Vec::new(),
         };
         let outbound = Outbound {
-            mail_from: String::new(),
             rcpts: if local.is_empty() {
-                vec![to.clone()]
+                vec![to.as_str().into()]
             } else {
                 vec![]
             },
+            ..Default::default()
         };
-        // Final delivery of a bounce records its null reverse-path (RFC 5321 §4.4).
+        // Final delivery of a report records its null reverse-path (RFC 5321 §4.4).
         let blob = if local.is_empty() {
             store.stage(&[&dsn])?
         } else {
@@ -870,9 +876,8 @@ async fn bounce(ob: &Outbox, to: &str, original: &[u8], failures: &[Failure], cr
         store.accept(blob, &local, &outbound, now)
     })
     .await;
-    match r {
-        Ok(Ok(_)) => ob.wake.notify_one(),
-        other => warn!(?other, "could not send a bounce"),
+    if !matches!(r, Ok(Ok(_))) {
+        warn!(?r, "could not send a delivery report");
     }
 }
 
@@ -880,13 +885,14 @@ async fn bounce(ob: &Outbox, to: &str, original: &[u8], failures: &[Failure], cr
 mod tests {
     #[test]
     fn dot_stuffing() {
-        assert_eq!(super::dot_stuff(b".a\r\nb\n.\r\n"), b"..a\r\nb\r\n..\r\n");
-        assert_eq!(super::dot_stuff(b"x"), b"x\r\n");
+        use yubin_smtp::client::dot_stuff;
+        assert_eq!(dot_stuff(b".a\r\nb\n.\r\n"), b"..a\r\nb\r\n..\r\n.\r\n");
+        assert_eq!(dot_stuff(b"x"), b"x\r\n.\r\n");
         // A bare CR is a line end too: `<CR>.<CR><LF>` cannot end the data early.
         assert_eq!(
-            super::dot_stuff(b"a\r.\r\nMAIL FROM:<x@y>\r\n"),
-            b"a\r\n..\r\nMAIL FROM:<x@y>\r\n"
+            dot_stuff(b"a\r.\r\nMAIL FROM:<x@y>\r\n"),
+            b"a\r\n..\r\nMAIL FROM:<x@y>\r\n.\r\n"
         );
-        assert_eq!(super::dot_stuff(b"a\r\r\n.\r"), b"a\r\n\r\n..\r\n");
+        assert_eq!(dot_stuff(b"a\r\r\n.\r"), b"a\r\n\r\n..\r\n.\r\n");
     }
 }

@@ -472,10 +472,67 @@ impl Conn {
             .into_iter()
             .filter(|r| msg.rcpt_to.iter().any(|x| x.eq_ignore_ascii_case(r)))
             .collect();
+        // With what the sender asked of delivery reports (RFC 3461), kept in the queue.
+        let dsn_of = |addr: &str| {
+            msg.rcpt_to
+                .iter()
+                .position(|x| x.eq_ignore_ascii_case(addr))
+                .and_then(|i| msg.rcpt_dsn.get(i))
+                .cloned()
+                .unwrap_or_default()
+        };
         let outbound = yubin_store::Outbound {
             mail_from: msg.mail_from.clone(),
-            rcpts: remote,
+            rcpts: remote
+                .iter()
+                .map(|addr| {
+                    let d = dsn_of(addr);
+                    yubin_store::OutRcpt {
+                        addr: addr.clone(),
+                        notify: d.notify.map(|n| n.keyword()),
+                        orcpt: d.orcpt.map(|(t, a)| format!("{t};{a}")),
+                    }
+                })
+                .collect(),
+            envid: msg.envid.clone(),
+            ret: msg.ret.map(|r| r.keyword().to_owned()),
+            require_tls: msg.require_tls,
         };
+        // RFC 3461 §4.1: local recipients that asked for NOTIFY=SUCCESS are told of the
+        // delivery once it is durable.
+        let delivered_reports: Vec<yubin_queue::Failure> = msg
+            .rcpt_to
+            .iter()
+            .zip(&msg.rcpt_dsn)
+            .filter(|(a, d)| {
+                d.notify.is_some_and(|n| n.success)
+                    && !remote.iter().any(|r| r.eq_ignore_ascii_case(a))
+            })
+            .map(|(a, d)| yubin_queue::Failure {
+                rcpt: a.clone(),
+                action: yubin_queue::Action::Delivered,
+                status: "2.0.0".into(),
+                diagnostic: String::new(),
+                remote_mta: None,
+                orcpt: d.orcpt.as_ref().map(|(t, a)| format!("{t};{a}")),
+            })
+            .collect();
+        let report_of = (!delivered_reports.is_empty() && !msg.mail_from.is_empty()).then(|| {
+            // The header section is what such a report returns (RFC 3461 §4.3).
+            let end = msg
+                .data
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(msg.data.len(), |p| p + 4);
+            let mut head = received.clone().into_bytes();
+            head.extend_from_slice(msg.data.get(..end).unwrap_or_default());
+            (
+                msg.mail_from.clone(),
+                msg.envid.clone(),
+                head,
+                delivered_reports,
+            )
+        });
         let queued = !outbound.rcpts.is_empty();
         let result = tokio::task::spawn_blocking(move || {
             let added = submitted.as_ref().map_or("", |s| s.1.as_str());
@@ -508,6 +565,29 @@ impl Conn {
             Ok(Ok(copies)) => {
                 if queued {
                     self.server.queue_wake.notify_one();
+                }
+                if let Some((to, envid, head, reports)) = report_of {
+                    // After the reply, not before it: the report is one more commit.
+                    let (store, wake) = (self.server.store.clone(), self.server.queue_wake.clone());
+                    let hostname = self.server.cfg.hostname.clone();
+                    tokio::spawn(async move {
+                        let date = crate::rfc5322_date(now);
+                        let mid = format!("{}@{hostname}", new_id());
+                        let dsn = yubin_queue::report(
+                            &yubin_queue::Report {
+                                hostname: &hostname,
+                                to: &to,
+                                original: &head,
+                                arrival_date: &date,
+                                message_id: &mid,
+                                envid: envid.as_deref(),
+                                full: false,
+                            },
+                            &reports,
+                        );
+                        crate::outbound::submit_report(store, to, dsn).await;
+                        wake.notify_one();
+                    });
                 }
                 info!(
                     id,

@@ -321,11 +321,35 @@ pub trait MailStore: Send + Sync {
 }
 
 /// Recipients on other domains, to be delivered by the outbound queue.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outbound {
     /// The reverse-path; empty for a bounce (which must never bounce, RFC 3464 §2).
     pub mail_from: String,
-    pub rcpts: Vec<String>,
+    pub rcpts: Vec<OutRcpt>,
+    /// RFC 3461 §4.4 ENVID and §4.3 RET (`FULL`/`HDRS`) of the sender's MAIL.
+    pub envid: Option<String>,
+    pub ret: Option<String>,
+    /// RFC 8689 REQUIRETLS.
+    pub require_tls: bool,
+}
+
+/// One remote recipient and what its sender asked to be told (RFC 3461).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutRcpt {
+    pub addr: String,
+    /// NOTIFY as given (`SUCCESS,DELAY`, `NEVER`); `None`: not given.
+    pub notify: Option<String>,
+    /// ORCPT as `type;address` (decoded).
+    pub orcpt: Option<String>,
+}
+
+impl From<&str> for OutRcpt {
+    fn from(addr: &str) -> Self {
+        OutRcpt {
+            addr: addr.to_owned(),
+            ..Default::default()
+        }
+    }
 }
 
 /// One recipient of a queued message.
@@ -344,6 +368,12 @@ pub struct QueuedRcpt {
     pub size: u64,
     /// A delay warning went to the sender already.
     pub warned: bool,
+    /// The DSN parameters (see [`Outbound`], [`OutRcpt`]).
+    pub notify: Option<String>,
+    pub orcpt: Option<String>,
+    pub envid: Option<String>,
+    pub ret: Option<String>,
+    pub require_tls: bool,
 }
 
 /// What one delivery attempt to a recipient came to.

@@ -858,6 +858,7 @@ fn outbound_queue_lifecycle() {
     let out = Outbound {
         mail_from: "a@example.com".into(),
         rcpts: vec!["x@Remote.ORG".into(), "y@other.net".into()],
+        ..Default::default()
     };
     // A message to one local and two remote recipients: one transaction.
     let blob = s.stage(&[b"Subject: q\r\n\r\nbody\r\n"]).unwrap();

@@ -1599,15 +1599,33 @@ fn apply_part(
     // message is now ours to deliver or bounce).
     let mut queue_id = None;
     if let Some(o) = &job.outbound {
-        c.prepare_cached("INSERT INTO queue(blob_id, mail_from, created) VALUES (?1, ?2, ?3)")?
-            .execute(params![blob_id, o.mail_from, internal_date])?;
+        c.prepare_cached(
+            "INSERT INTO queue(blob_id, mail_from, created, envid, ret, require_tls)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            blob_id,
+            o.mail_from,
+            internal_date,
+            o.envid,
+            o.ret,
+            o.require_tls
+        ])?;
         let id = c.last_insert_rowid();
         for r in &o.rcpts {
-            let domain = r.rsplit_once('@').map_or("", |d| d.1).to_lowercase();
+            let domain = r.addr.rsplit_once('@').map_or("", |d| d.1).to_lowercase();
             c.prepare_cached(
-                "INSERT INTO queue_rcpts(queue_id, rcpt, domain, next_attempt) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO queue_rcpts(queue_id, rcpt, domain, next_attempt, notify, orcpt)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
-            .execute(params![id, r, domain, internal_date])?;
+            .execute(params![
+                id,
+                r.addr,
+                domain,
+                internal_date,
+                r.notify,
+                r.orcpt
+            ])?;
         }
         queue_id = Some(id);
     }

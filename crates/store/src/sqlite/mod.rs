@@ -42,7 +42,7 @@ mod reserve;
 mod snapshot;
 
 const DB_FILE: &str = "yubin.db";
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 /// Upgrades from each older schema version, applied in order in one transaction.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -109,6 +109,16 @@ const MIGRATIONS: &[(i64, &str)] = &[
              entry TEXT NOT NULL,
              value BLOB NOT NULL,
              PRIMARY KEY(account_id, mailbox_id, entry)) WITHOUT ROWID;",
+    ),
+    // 6 -> 7: what the sender of queued mail asked of delivery reports (RFC 3461) and
+    // REQUIRETLS (RFC 8689); older entries have none (the defaults).
+    (
+        6,
+        "ALTER TABLE queue ADD COLUMN envid TEXT;
+         ALTER TABLE queue ADD COLUMN ret TEXT;
+         ALTER TABLE queue ADD COLUMN require_tls INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE queue_rcpts ADD COLUMN notify TEXT;
+         ALTER TABLE queue_rcpts ADD COLUMN orcpt TEXT;",
     ),
 ];
 
@@ -226,7 +236,11 @@ CREATE TABLE queue(
     id INTEGER PRIMARY KEY,
     blob_id INTEGER NOT NULL REFERENCES blobs(id),
     mail_from TEXT NOT NULL,
-    created INTEGER NOT NULL);
+    created INTEGER NOT NULL,
+    -- RFC 3461 ENVID and RET, RFC 8689 REQUIRETLS of the sender's MAIL.
+    envid TEXT,
+    ret TEXT,
+    require_tls INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE queue_rcpts(
     id INTEGER PRIMARY KEY,
     queue_id INTEGER NOT NULL REFERENCES queue(id) ON DELETE CASCADE,
@@ -236,7 +250,10 @@ CREATE TABLE queue_rcpts(
     next_attempt INTEGER NOT NULL,
     last_error TEXT,
     warned INTEGER NOT NULL DEFAULT 0,
-    done INTEGER NOT NULL DEFAULT 0);
+    done INTEGER NOT NULL DEFAULT 0,
+    -- RFC 3461 NOTIFY as given (NULL: not given) and ORCPT as type;address.
+    notify TEXT,
+    orcpt TEXT);
 CREATE INDEX queue_due ON queue_rcpts(done, next_attempt);
 -- Messages the user moved into (spam = 1) or out of (spam = 0) Junk: filter training.
 CREATE TABLE training(

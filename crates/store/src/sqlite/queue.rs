@@ -6,7 +6,8 @@ use super::SqliteStore;
 use crate::{Attempt, Error, Queue, QueuedRcpt, Result};
 
 const COLUMNS: &str = "r.id, r.queue_id, q.mail_from, r.rcpt, r.domain, r.attempts, q.created,
-    r.next_attempt, r.last_error, b.size, r.warned";
+    r.next_attempt, r.last_error, b.size, r.warned, r.notify, r.orcpt, q.envid, q.ret,
+    q.require_tls";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedRcpt> {
     Ok(QueuedRcpt {
@@ -21,6 +22,11 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedRcpt> {
         last_error: r.get(8)?,
         size: r.get::<_, i64>(9)? as u64,
         warned: r.get(10)?,
+        notify: r.get(11)?,
+        orcpt: r.get(12)?,
+        envid: r.get(13)?,
+        ret: r.get(14)?,
+        require_tls: r.get(15)?,
     })
 }
 
