@@ -9,10 +9,10 @@ cd "$(dirname "$0")/.."
 
 PY=.venv/bin/python
 have_all() {
-    for tool in cargo swaks openssl curl mbsync fetchmail getmail dnsmasq; do
+    for tool in cargo swaks openssl curl mbsync fetchmail getmail dnsmasq unbound ldns-signzone; do
         command -v "$tool" >/dev/null || return 1
     done
-    [ -x "$PY" ] && "$PY" -c 'import pytest, dkim' 2>/dev/null
+    [ -x "$PY" ] && "$PY" -c 'import pytest, dkim, scramp' 2>/dev/null
 }
 if ! have_all; then
     # First run on this machine: install what the tests need (Debian/Ubuntu; needs root).

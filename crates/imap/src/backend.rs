@@ -32,6 +32,23 @@ pub type BResult<T> = Result<T, BackendError>;
 pub trait Backend: Send {
     /// Check a password; `Ok(false)` for unknown users, disabled accounts and wrong passwords.
     fn login(&mut self, user: &str, password: &str) -> BResult<bool>;
+    /// SCRAM-SHA-256 (RFC 7677): the user's stored credentials; `None` for an unknown or
+    /// disabled account or one without them (the exchange then fails at the proof).
+    fn scram_lookup(&mut self, _user: &str) -> BResult<Option<yubin_sasl::ScramCredentials>> {
+        Ok(None)
+    }
+    /// SCRAM: the proof was checked (`ok`); `Ok(true)` logs the user in, as [`Backend::login`].
+    fn scram_verified(&mut self, _user: &str, _ok: bool) -> BResult<bool> {
+        Ok(false)
+    }
+    /// The secret for unknown users' SCRAM salts (random per server start).
+    fn sasl_secret(&self) -> [u8; 32] {
+        [0; 32]
+    }
+    /// A fresh SCRAM server nonce.
+    fn scram_nonce(&self) -> String {
+        "nonce".into()
+    }
     /// The account logged in (its address), for ACL identifiers and URLAUTH.
     fn user(&self) -> Option<String> {
         None

@@ -144,6 +144,15 @@ enum Mode {
     Closed,
 }
 
+/// Where an AUTHENTICATE exchange is (RFC 9051 §6.2.2).
+enum SaslStep {
+    /// The mechanism's next client message.
+    Exchange(Box<yubin_sasl::Exchange>),
+    /// SCRAM's server-final was sent and the backend let the user in: an empty response
+    /// completes the login.
+    FinalAck,
+}
+
 #[derive(PartialEq, Eq)]
 enum State {
     NotAuthenticated,
@@ -204,6 +213,8 @@ pub struct Session<B: Backend> {
     /// A FETCH paused by [`Event::Flush`], resumed by the next [`Session::poll`].
     fetching: Option<FetchJob>,
     auth_failures: u32,
+    /// The SASL exchange of an AUTHENTICATE in progress.
+    sasl: Option<SaslStep>,
     /// Bytes pushed since the last complete command (bounded: see `input_budget`).
     pending: usize,
     /// RFC 7162: MODSEQ in FETCH responses, HIGHESTMODSEQ, once a client used CONDSTORE.
@@ -784,6 +795,7 @@ impl<B: Backend> Session<B> {
             selected: None,
             fetching: None,
             auth_failures: 0,
+            sasl: None,
             pending: 0,
             condstore: false,
             qresync: false,
@@ -1401,6 +1413,7 @@ impl<B: Backend> Session<B> {
                 caps.push(Capability::StartTls);
             }
             if self.tls || self.cfg.plaintext_auth {
+                caps.push(Capability::Auth(AuthMechanism::ScramSha256));
                 caps.push(Capability::Auth(AuthMechanism::Plain));
             } else {
                 caps.push(Capability::LoginDisabled);
@@ -1474,19 +1487,24 @@ impl<B: Backend> Session<B> {
                 mechanism,
                 initial_response,
             } if !authed => {
-                if mechanism != AuthMechanism::Plain {
-                    self.no(&tag, None, "Unsupported authentication mechanism");
-                } else if let Some(ir) = initial_response {
-                    let data = ir.declassify().to_vec();
-                    self.auth_plain(&tag, &data);
-                } else {
-                    self.send(Response::CommandContinuationRequest(
-                        CommandContinuationRequest::basic(None, " ").unwrap_or_else(|_| {
-                            CommandContinuationRequest::basic(None, "go").expect("valid")
-                        }),
-                    ));
-                    self.mode = Mode::AuthData(tag);
+                let mech = match mechanism {
+                    AuthMechanism::Plain => yubin_sasl::Mechanism::Plain,
+                    AuthMechanism::Login => yubin_sasl::Mechanism::Login,
+                    AuthMechanism::ScramSha256 => yubin_sasl::Mechanism::ScramSha256,
+                    _ => return self.no(&tag, None, "Unsupported authentication mechanism"),
+                };
+                if !self.tls && !self.cfg.plaintext_auth {
+                    return self.no(
+                        &tag,
+                        Some(code("PRIVACYREQUIRED")),
+                        "Use STARTTLS or port 993 before logging in",
+                    );
                 }
+                // RFC 4959: SASL-IR (imap-codec decodes it; `=` is empty).
+                let initial = initial_response.map(|ir| ir.declassify().to_vec());
+                let secret = self.backend.sasl_secret();
+                let (x, next) = yubin_sasl::Exchange::start(mech, initial.as_deref(), secret);
+                self.sasl_next(tag, x, next);
             }
             CommandBody::Id { .. } => {
                 let params = vec![
@@ -2339,11 +2357,7 @@ impl<B: Backend> Session<B> {
         if !self.tls && !self.cfg.plaintext_auth {
             self.no(
                 tag,
-                Some(Code::Other(
-                    imap_codec::imap_types::response::CodeOther::unvalidated(
-                        b"PRIVACYREQUIRED".as_slice(),
-                    ),
-                )),
+                Some(code("PRIVACYREQUIRED")),
                 "Use STARTTLS or port 993 before logging in",
             );
             return;
@@ -2354,57 +2368,101 @@ impl<B: Backend> Session<B> {
                 let caps = self.capabilities();
                 self.ok(tag, Some(Code::Capability(caps)), "Logged in");
             }
-            Ok(false) => {
-                self.auth_failures += 1;
-                self.no(
-                    tag,
-                    Some(Code::Other(
-                        imap_codec::imap_types::response::CodeOther::unvalidated(
-                            b"AUTHENTICATIONFAILED".as_slice(),
-                        ),
-                    )),
-                    "Authentication failed",
-                );
-                if self.auth_failures >= MAX_AUTH_FAILURES {
-                    self.send(Response::Status(
-                        Status::bye(None, "Too many failed logins").expect("valid"),
-                    ));
-                    self.mode = Mode::Closed;
-                }
-            }
+            Ok(false) => self.auth_failed(tag),
             Err(e) => self.backend_no(tag, e),
         }
     }
 
-    /// SASL PLAIN (RFC 4616): `authzid NUL authcid NUL password`.
-    fn auth_plain(&mut self, tag: &Tag<'static>, data: &[u8]) {
-        let parts: Vec<&[u8]> = data.split(|&b| b == 0).collect();
-        let [authz, user, pass] = parts.as_slice() else {
-            self.bad(tag, "Malformed PLAIN credentials");
-            return;
-        };
-        let user = String::from_utf8_lossy(user).into_owned();
-        if !authz.is_empty() && *authz != user.as_bytes() {
-            self.no(
-                tag,
-                Some(Code::Other(
-                    imap_codec::imap_types::response::CodeOther::unvalidated(
-                        b"AUTHORIZATIONFAILED".as_slice(),
-                    ),
-                )),
+    /// Go on with an AUTHENTICATE after the mechanism's step (yubin_sasl).
+    fn sasl_next(
+        &mut self,
+        tag: Tag<'static>,
+        mut x: yubin_sasl::Exchange,
+        next: yubin_sasl::Next,
+    ) {
+        use yubin_sasl::{Error, Next};
+        match next {
+            Next::Challenge(c) => {
+                self.sasl = Some(SaslStep::Exchange(Box::new(x)));
+                self.continue_with(c);
+                self.mode = Mode::AuthData(tag);
+            }
+            Next::CheckPassword { user, password } => self.login(&tag, &user, &password),
+            Next::Lookup { user } => match self.backend.scram_lookup(&user) {
+                Ok(creds) => {
+                    let nonce = self.backend.scram_nonce();
+                    let next = x.credentials(creds, &nonce);
+                    self.sasl_next(tag, x, next);
+                }
+                Err(e) => self.backend_no(&tag, e),
+            },
+            Next::Verified {
+                user,
+                ok,
+                server_final,
+            } => match self.backend.scram_verified(&user, ok) {
+                Ok(true) => {
+                    // RFC 9051 §6.2.2: the server-final as a last challenge.
+                    self.sasl = Some(SaslStep::FinalAck);
+                    self.continue_with(server_final);
+                    self.mode = Mode::AuthData(tag);
+                }
+                Ok(false) => self.auth_failed(&tag),
+                Err(e) => self.backend_no(&tag, e),
+            },
+            Next::Failed(Error::Authzid) => self.no(
+                &tag,
+                Some(code("AUTHORIZATIONFAILED")),
                 "Cannot act as another user",
-            );
-            return;
+            ),
+            Next::Failed(Error::Cancelled) => self.bad(&tag, "Authentication cancelled"),
+            Next::Failed(e) => self.bad(&tag, &format!("Authentication failed: {e}")),
         }
-        let pass = String::from_utf8_lossy(pass).into_owned();
-        self.login(tag, &user, &pass);
+    }
+
+    /// A `+` continuation carrying SASL data (empty: `+ `).
+    fn continue_with(&mut self, data: Vec<u8>) {
+        let req = if data.is_empty() {
+            CommandContinuationRequest::basic(None, " ")
+                .unwrap_or_else(|_| CommandContinuationRequest::basic(None, "go").expect("valid"))
+        } else {
+            CommandContinuationRequest::base64(data)
+        };
+        self.send(Response::CommandContinuationRequest(req));
+    }
+
+    fn auth_failed(&mut self, tag: &Tag<'static>) {
+        self.auth_failures += 1;
+        self.no(
+            tag,
+            Some(code("AUTHENTICATIONFAILED")),
+            "Authentication failed",
+        );
+        if self.auth_failures >= MAX_AUTH_FAILURES {
+            self.send(Response::Status(
+                Status::bye(None, "Too many failed logins").expect("valid"),
+            ));
+            self.mode = Mode::Closed;
+        }
     }
 
     fn auth_data(&mut self, tag: Tag<'static>) {
+        let step = self.sasl.take();
         match self.frag.decode_message(&AuthenticateDataCodec::default()) {
             Ok(AuthenticateData::Continue(data)) => {
                 let data = data.declassify().to_vec();
-                self.auth_plain(&tag, &data);
+                match step {
+                    Some(SaslStep::Exchange(mut x)) => {
+                        let next = x.respond(&data);
+                        self.sasl_next(tag, *x, next);
+                    }
+                    Some(SaslStep::FinalAck) if data.is_empty() => {
+                        self.state = State::Authenticated;
+                        let caps = self.capabilities();
+                        self.ok(&tag, Some(Code::Capability(caps)), "Logged in");
+                    }
+                    _ => self.bad(&tag, "Unexpected authentication data"),
+                }
             }
             Ok(AuthenticateData::Cancel) => self.bad(&tag, "Authentication cancelled"),
             Err(_) => self.bad(&tag, "Invalid base64 in authentication data"),
@@ -4642,6 +4700,13 @@ impl<B: Backend> Session<B> {
             }
         }
     }
+}
+
+/// A response code yubin_imap has no type for (RFC 5530 and others).
+fn code(name: &'static str) -> Code<'static> {
+    Code::Other(imap_codec::imap_types::response::CodeOther::unvalidated(
+        name.as_bytes(),
+    ))
 }
 
 #[cfg(test)]

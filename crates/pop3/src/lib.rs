@@ -43,6 +43,23 @@ pub struct Entry {
 pub trait Backend: Send {
     /// Check a password; `Ok(false)` for unknown users, disabled accounts, wrong passwords.
     fn login(&mut self, user: &str, password: &str) -> BResult<bool>;
+    /// SCRAM-SHA-256 (RFC 7677): the user's stored credentials; `None` for an unknown or
+    /// disabled account or one without them (the exchange then fails at the proof).
+    fn scram_lookup(&mut self, _user: &str) -> BResult<Option<yubin_sasl::ScramCredentials>> {
+        Ok(None)
+    }
+    /// SCRAM: the proof was checked (`ok`); `Ok(true)` logs the user in, as [`Backend::login`].
+    fn scram_verified(&mut self, _user: &str, _ok: bool) -> BResult<bool> {
+        Ok(false)
+    }
+    /// The secret for unknown users' SCRAM salts (random per server start).
+    fn sasl_secret(&self) -> [u8; 32] {
+        [0; 32]
+    }
+    /// A fresh SCRAM server nonce.
+    fn scram_nonce(&self) -> String {
+        "nonce".into()
+    }
     /// Take the maildrop lock; `Ok(false)` when another POP3 session holds it.
     fn lock(&mut self) -> BResult<bool>;
     /// The maildrop (INBOX) by ascending UID, and the mailbox's UIDVALIDITY.
@@ -71,12 +88,20 @@ pub enum Event {
     Close,
 }
 
+/// Where an AUTH exchange is.
+enum SaslStep {
+    Exchange(Box<yubin_sasl::Exchange>),
+    /// SCRAM's server-final was sent and the backend let the user in: an empty line
+    /// completes the login.
+    FinalAck,
+}
+
 enum State {
     Authorization {
         user: Option<String>,
     },
-    /// Waiting for the SASL PLAIN response line after `AUTH PLAIN`.
-    AuthPlain,
+    /// An AUTH exchange (RFC 5034 §4): the next client line is SASL data.
+    Sasl(SaslStep),
     Transaction,
     Closed,
 }
@@ -96,31 +121,6 @@ pub struct Session<B: Backend> {
     uidvalidity: u32,
     drop: Vec<Entry>,
     deleted: BTreeSet<usize>,
-}
-
-fn b64_decode(s: &str) -> Option<Vec<u8>> {
-    // RFC 4648 base64 for SASL (RFC 5034 §4); twenty lines rather than a dependency.
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in s.trim().bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            b'=' => continue,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
 }
 
 /// The bytes RETR sends for a message, without the final `.` line: CRLF line ends and
@@ -282,7 +282,7 @@ impl<B: Backend> Session<B> {
         if matches!(self.state, State::Authorization { .. }) {
             if auth_ok {
                 caps.push("USER");
-                caps.push("SASL PLAIN");
+                caps.push("SASL SCRAM-SHA-256 PLAIN LOGIN");
             }
             if self.cfg.stls {
                 caps.push("STLS");
@@ -296,12 +296,13 @@ impl<B: Backend> Session<B> {
     }
 
     fn command(&mut self, text: &str) {
-        if matches!(self.state, State::AuthPlain) {
-            self.state = State::Authorization { user: None };
-            if text == "*" {
-                return self.err("authentication cancelled");
-            }
-            return self.auth_plain(text);
+        if matches!(self.state, State::Sasl(_)) {
+            let State::Sasl(step) =
+                std::mem::replace(&mut self.state, State::Authorization { user: None })
+            else {
+                return;
+            };
+            return self.auth_continue(step, text);
         }
         let (cmd, args) = text.split_once(' ').unwrap_or((text, ""));
         let cmd = cmd.to_ascii_uppercase();
@@ -346,23 +347,31 @@ impl<B: Backend> Session<B> {
             (State::Authorization { .. }, "AUTH") => match args.as_slice() {
                 [] => {
                     self.ok("SASL mechanisms follow");
-                    self.line("PLAIN");
+                    for m in yubin_sasl::Mechanism::ALL {
+                        self.line(m.name());
+                    }
                     self.line(".");
                 }
-                [m, rest @ ..] if m.eq_ignore_ascii_case("PLAIN") => {
+                [m, rest @ ..] => {
+                    let Some(mech) = yubin_sasl::Mechanism::parse(m) else {
+                        return self.err("unsupported SASL mechanism");
+                    };
                     if !self.tls && !self.cfg.plaintext_auth {
                         return self.err("[AUTH] use STLS or port 995 before logging in");
                     }
-                    match rest {
-                        // RFC 5034 §4: `=` is an empty initial response.
-                        [ir] if *ir != "=" => self.auth_plain(ir),
-                        _ => {
-                            self.line("+ ");
-                            self.state = State::AuthPlain;
-                        }
-                    }
+                    // RFC 5034 §4: an initial response, `=` for an empty one.
+                    let initial = match rest {
+                        [] => None,
+                        [ir] => match yubin_sasl::decode_response(ir.as_bytes()) {
+                            Ok(d) => Some(d),
+                            Err(e) => return self.sasl_failed(e),
+                        },
+                        _ => return self.err("usage: AUTH mechanism [initial-response]"),
+                    };
+                    let secret = self.backend.sasl_secret();
+                    let (x, next) = yubin_sasl::Exchange::start(mech, initial.as_deref(), secret);
+                    self.sasl_next(x, next);
                 }
-                _ => self.err("unsupported SASL mechanism"),
             },
             (State::Authorization { .. }, "APOP") => self.err("APOP is not supported"),
             (State::Transaction, "STAT") => {
@@ -411,34 +420,76 @@ impl<B: Backend> Session<B> {
                     self.err("unknown command");
                 }
             }
-            (State::AuthPlain | State::Closed, _) => {}
+            (State::Sasl(_) | State::Closed, _) => {}
         }
     }
 
-    fn auth_plain(&mut self, b64: &str) {
-        let Some(data) = b64_decode(b64) else {
-            return self.err("invalid base64");
-        };
-        let parts: Vec<&[u8]> = data.split(|&b| b == 0).collect();
-        let [authz, user, pass] = parts.as_slice() else {
-            return self.err("malformed PLAIN credentials");
-        };
-        if !authz.is_empty() && authz != user {
-            return self.err("[AUTH] cannot act as another user");
+    /// Go on with an AUTH exchange after the mechanism's step (yubin_sasl).
+    fn sasl_next(&mut self, mut x: yubin_sasl::Exchange, next: yubin_sasl::Next) {
+        use yubin_sasl::Next;
+        match next {
+            Next::Challenge(c) => {
+                self.line(&format!("+ {}", yubin_sasl::encode(&c)));
+                self.state = State::Sasl(SaslStep::Exchange(Box::new(x)));
+            }
+            Next::CheckPassword { user, password } => self.login(&user, &password),
+            Next::Lookup { user } => match self.backend.scram_lookup(&user) {
+                Ok(creds) => {
+                    let nonce = self.backend.scram_nonce();
+                    let next = x.credentials(creds, &nonce);
+                    self.sasl_next(x, next);
+                }
+                Err(e) => self.backend_err(e),
+            },
+            Next::Verified {
+                user,
+                ok,
+                server_final,
+            } => match self.backend.scram_verified(&user, ok) {
+                Ok(true) => {
+                    // RFC 5034 §4: the server-final as a last challenge.
+                    self.line(&format!("+ {}", yubin_sasl::encode(&server_final)));
+                    self.state = State::Sasl(SaslStep::FinalAck);
+                }
+                Ok(false) => self.err("[AUTH] authentication failed"),
+                Err(e) => self.backend_err(e),
+            },
+            Next::Failed(e) => self.sasl_failed(e),
         }
-        let (user, pass) = (
-            String::from_utf8_lossy(user).into_owned(),
-            String::from_utf8_lossy(pass).into_owned(),
-        );
-        self.login(&user, &pass);
+    }
+
+    fn sasl_failed(&mut self, e: yubin_sasl::Error) {
+        match e {
+            yubin_sasl::Error::Authzid => self.err("[AUTH] cannot act as another user"),
+            e => self.err(&e.to_string()),
+        }
+    }
+
+    fn auth_continue(&mut self, step: SaslStep, line: &str) {
+        let data = match yubin_sasl::decode_response(line.trim().as_bytes()) {
+            Ok(d) => d,
+            Err(e) => return self.sasl_failed(e),
+        };
+        match step {
+            SaslStep::Exchange(mut x) => {
+                let next = x.respond(&data);
+                self.sasl_next(*x, next);
+            }
+            SaslStep::FinalAck if data.is_empty() => self.open_maildrop(),
+            SaslStep::FinalAck => self.err("expected an empty response"),
+        }
     }
 
     fn login(&mut self, user: &str, pass: &str) {
         match self.backend.login(user, pass) {
-            Ok(true) => {}
-            Ok(false) => return self.err("[AUTH] authentication failed"),
-            Err(e) => return self.backend_err(e),
+            Ok(true) => self.open_maildrop(),
+            Ok(false) => self.err("[AUTH] authentication failed"),
+            Err(e) => self.backend_err(e),
         }
+    }
+
+    /// After a successful login: lock and read the maildrop (RFC 1939 §4).
+    fn open_maildrop(&mut self) {
         match self.backend.lock() {
             Ok(true) => {}
             Ok(false) => {

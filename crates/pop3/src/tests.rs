@@ -106,7 +106,7 @@ fn greeting_capa_and_authorization_state() {
     assert_eq!(ev, Event::NeedInput);
     assert_eq!(
         out,
-        "+OK mx.test POP3 yubin ready\r\n+OK Capability list follows\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nUSER\r\nSASL PLAIN\r\nSTLS\r\nIMPLEMENTATION yubin\r\n.\r\n"
+        "+OK mx.test POP3 yubin ready\r\n+OK Capability list follows\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nUSER\r\nSASL SCRAM-SHA-256 PLAIN LOGIN\r\nSTLS\r\nIMPLEMENTATION yubin\r\n.\r\n"
     );
     let (out, _) = talk(
         &mut s,
@@ -213,7 +213,9 @@ fn sasl_plain_and_stls() {
     let mut s = Session::new(cfg(), mem(), false);
     let (out, _) = talk(&mut s, "AUTH\r\nAUTH PLAIN\r\n");
     assert!(
-        out.ends_with("+OK SASL mechanisms follow\r\nPLAIN\r\n.\r\n+ \r\n"),
+        out.ends_with(
+            "+OK SASL mechanisms follow\r\nSCRAM-SHA-256\r\nPLAIN\r\nLOGIN\r\n.\r\n+ \r\n"
+        ),
         "{out}"
     );
     // base64("\0bob\0secret pw")

@@ -117,6 +117,8 @@ pub struct Guard {
     /// Signalled when an attempt finishes: logins waiting on `Blocked::Busy` look again.
     finished: (Mutex<u64>, std::sync::Condvar),
     cache: LoginCache,
+    /// SCRAM's secret for unknown users' salts (yubin_sasl): random per server start.
+    sasl_secret: [u8; 32],
 }
 
 /// Why a login may not even be tried now.
@@ -171,7 +173,16 @@ impl Guard {
             rates: Mutex::default(),
             finished: (Mutex::new(0), std::sync::Condvar::new()),
             cache: LoginCache::default(),
+            sasl_secret: {
+                let mut k = [0u8; 32];
+                let _ = getrandom::fill(&mut k);
+                k
+            },
         }
+    }
+
+    pub fn sasl_secret(&self) -> [u8; 32] {
+        self.sasl_secret
     }
 
     /// The name a login is looked up under: `user@default_domain` for a bare `user`.
@@ -597,4 +608,63 @@ pub fn login(
             Err(LoginError::Store(e))
         }
     }
+}
+
+/// SCRAM-SHA-256, step one: the user's stored credentials (`None` for an unknown,
+/// disabled or not yet converted account: the exchange goes on and fails at the proof,
+/// as a wrong password does). A blocked source or account gets `None` as well; the
+/// verdict of [`scram_verified`] then says so.
+pub fn scram_lookup(
+    store: &dyn yubin_store::Store,
+    guard: &Guard,
+    user: &str,
+) -> Result<Option<(yubin_store::Account, yubin_sasl::ScramCredentials)>, LoginError> {
+    let user = &*guard.qualify(user);
+    match store.scram_credentials(user) {
+        Ok(Some((a, stored))) => {
+            Ok(yubin_sasl::ScramCredentials::from_stored(&stored).map(|c| (a, c)))
+        }
+        Ok(None) => Ok(None),
+        Err(e) => Err(LoginError::Store(e)),
+    }
+}
+
+/// SCRAM, step two: the proof was checked (`ok`). Counted by the guard as a password
+/// check is (blocks, growing delays); `Ok(Some(account))` lets the user in.
+pub fn scram_verified(
+    guard: &Guard,
+    ip: IpAddr,
+    user: &str,
+    account: Option<yubin_store::Account>,
+    ok: bool,
+    proto: &str,
+) -> Result<Option<yubin_store::Account>, LoginError> {
+    let user = &*guard.qualify(user);
+    let attempt = match guard.begin(ip, user, Instant::now()) {
+        Ok(a) => a,
+        Err(why) => {
+            tracing::info!(%ip, user = log_name(user), proto, ?why, "login refused: throttled");
+            return Err(LoginError::Throttled);
+        }
+    };
+    match account {
+        Some(a) if ok => {
+            guard.finish(attempt, true, Instant::now());
+            tracing::info!(%ip, user = a.address, proto, mechanism = "SCRAM-SHA-256", "login");
+            Ok(Some(a))
+        }
+        _ => {
+            let delay = guard.finish(attempt, false, Instant::now());
+            tracing::info!(%ip, user = log_name(user), proto, mechanism = "SCRAM-SHA-256", "login failed");
+            std::thread::sleep(delay);
+            Ok(None)
+        }
+    }
+}
+
+/// A fresh SCRAM server nonce.
+pub fn scram_nonce() -> String {
+    let mut n = [0u8; 18];
+    let _ = getrandom::fill(&mut n);
+    yubin_sasl::nonce(n)
 }

@@ -32,6 +32,8 @@ pub struct StoreBackend {
     /// Sessions per account, when limited; the slot is held while logged in.
     per_account: Option<Arc<crate::limits::AccountSessions>>,
     slot: Option<crate::limits::AccountSlot>,
+    /// SCRAM: the account found at the lookup, let in if the proof checks out.
+    scram_account: Option<yubin_store::Account>,
 }
 
 impl StoreBackend {
@@ -50,6 +52,7 @@ impl StoreBackend {
             owned: Default::default(),
             per_account: None,
             slot: None,
+            scram_account: None,
         }
     }
 
@@ -64,6 +67,23 @@ impl StoreBackend {
     pub fn limit_sessions(mut self, per_account: Arc<crate::limits::AccountSessions>) -> Self {
         self.per_account = Some(per_account);
         self
+    }
+
+    /// Logged in as `a` (after a password or a SCRAM proof), within the session limit.
+    fn enter(&mut self, a: yubin_store::Account) -> BResult<bool> {
+        if let Some(limit) = &self.per_account {
+            match limit.acquire(a.id) {
+                Some(slot) => self.slot = Some(slot),
+                None => {
+                    return Err(BackendError::Failed(
+                        "too many connections for this account, close some".into(),
+                    ));
+                }
+            }
+        }
+        self.account = Some(a.id);
+        self.address = Some(a.address.clone());
+        Ok(true)
     }
 
     fn account(&self) -> BResult<AccountId> {
@@ -130,21 +150,7 @@ impl Backend for StoreBackend {
             password,
             "imap",
         ) {
-            Ok(Some(a)) => {
-                if let Some(limit) = &self.per_account {
-                    match limit.acquire(a.id) {
-                        Some(slot) => self.slot = Some(slot),
-                        None => {
-                            return Err(BackendError::Failed(
-                                "too many connections for this account, close some".into(),
-                            ));
-                        }
-                    }
-                }
-                self.account = Some(a.id);
-                self.address = Some(a.address.clone());
-                Ok(true)
-            }
+            Ok(Some(a)) => self.enter(a),
             Ok(None) => Ok(false),
             // RFC 5530 [UNAVAILABLE]: a temporary failure, try later.
             Err(LoginError::Throttled) => Err(BackendError::Failed(
@@ -152,6 +158,39 @@ impl Backend for StoreBackend {
             )),
             Err(LoginError::Store(e)) => Err(err(e)),
         }
+    }
+
+    fn scram_lookup(&mut self, user: &str) -> BResult<Option<yubin_sasl::ScramCredentials>> {
+        match crate::guard::scram_lookup(&*self.store, &self.guard, user) {
+            Ok(Some((a, c))) => {
+                self.scram_account = Some(a);
+                Ok(Some(c))
+            }
+            Ok(None) => Ok(None),
+            Err(crate::guard::LoginError::Store(e)) => Err(err(e)),
+            Err(crate::guard::LoginError::Throttled) => Ok(None),
+        }
+    }
+
+    fn scram_verified(&mut self, user: &str, ok: bool) -> BResult<bool> {
+        use crate::guard::{LoginError, scram_verified};
+        let account = self.scram_account.take();
+        match scram_verified(&self.guard, self.peer.ip(), user, account, ok, "imap") {
+            Ok(Some(a)) => self.enter(a),
+            Ok(None) => Ok(false),
+            Err(LoginError::Throttled) => Err(BackendError::Failed(
+                "too many failed logins, try again later".into(),
+            )),
+            Err(LoginError::Store(e)) => Err(err(e)),
+        }
+    }
+
+    fn sasl_secret(&self) -> [u8; 32] {
+        self.guard.sasl_secret()
+    }
+
+    fn scram_nonce(&self) -> String {
+        crate::guard::scram_nonce()
     }
 
     fn user(&self) -> Option<String> {

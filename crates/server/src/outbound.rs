@@ -880,19 +880,3 @@ pub(crate) async fn submit_report(store: Arc<dyn Store>, to: String, dsn: Vec<u8
         warn!(?r, "could not send a delivery report");
     }
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn dot_stuffing() {
-        use yubin_smtp::client::dot_stuff;
-        assert_eq!(dot_stuff(b".a\r\nb\n.\r\n"), b"..a\r\nb\r\n..\r\n.\r\n");
-        assert_eq!(dot_stuff(b"x"), b"x\r\n.\r\n");
-        // A bare CR is a line end too: `<CR>.<CR><LF>` cannot end the data early.
-        assert_eq!(
-            dot_stuff(b"a\r.\r\nMAIL FROM:<x@y>\r\n"),
-            b"a\r\n..\r\nMAIL FROM:<x@y>\r\n.\r\n"
-        );
-        assert_eq!(dot_stuff(b"a\r\r\n.\r"), b"a\r\n\r\n..\r\n.\r\n");
-    }
-}

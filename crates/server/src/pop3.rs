@@ -27,6 +27,8 @@ pub struct StoreMaildrop {
     account: Option<AccountId>,
     locked: bool,
     inbox: Option<i64>,
+    /// SCRAM: the account found at the lookup, let in if the proof checks out.
+    scram_account: Option<yubin_store::Account>,
 }
 
 impl StoreMaildrop {
@@ -49,6 +51,7 @@ impl StoreMaildrop {
             account: None,
             locked: false,
             inbox: None,
+            scram_account: None,
         }
     }
 
@@ -97,6 +100,42 @@ impl Backend for StoreMaildrop {
             )),
             Err(LoginError::Store(e)) => Err(temp(e)),
         }
+    }
+
+    fn scram_lookup(&mut self, user: &str) -> BResult<Option<yubin_sasl::ScramCredentials>> {
+        use crate::guard::LoginError;
+        match crate::guard::scram_lookup(&*self.store, &self.guard, user) {
+            Ok(Some((a, c))) => {
+                self.scram_account = Some(a);
+                Ok(Some(c))
+            }
+            Ok(None) | Err(LoginError::Throttled) => Ok(None),
+            Err(LoginError::Store(e)) => Err(temp(e)),
+        }
+    }
+
+    fn scram_verified(&mut self, user: &str, ok: bool) -> BResult<bool> {
+        use crate::guard::{LoginError, scram_verified};
+        let account = self.scram_account.take();
+        match scram_verified(&self.guard, self.peer.ip(), user, account, ok, "pop3") {
+            Ok(Some(a)) => {
+                self.account = Some(a.id);
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(LoginError::Throttled) => Err(BackendError::Temporary(
+                "too many failed logins, try again later".into(),
+            )),
+            Err(LoginError::Store(e)) => Err(temp(e)),
+        }
+    }
+
+    fn sasl_secret(&self) -> [u8; 32] {
+        self.guard.sasl_secret()
+    }
+
+    fn scram_nonce(&self) -> String {
+        crate::guard::scram_nonce()
     }
 
     fn lock(&mut self) -> BResult<bool> {

@@ -49,6 +49,7 @@ pub async fn handle(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, mode:
         submission: mode.submission,
         // RFC 4468: submission resolves IMAP URLs of the user's own mailboxes.
         burl: mode.submission,
+        sasl_secret: server.guard.sasl_secret(),
     };
     let session = if mode.implicit_tls {
         Session::new_tls(cfg)
@@ -136,6 +137,8 @@ impl Conn {
         let mut deadline = tokio::time::Instant::now() + idle;
         let mut in_message = false;
         let mut account = crate::limits::SessionAccount::default();
+        // SCRAM: the account found at the lookup, let in if the proof checks out.
+        let mut scram_account: Option<yubin_store::Account> = None;
         loop {
             // A submission session of an account removed, disabled or given a new password
             // since its AUTH ends before it can send anything more.
@@ -181,6 +184,38 @@ impl Conn {
                 Event::Authenticate { user, password } => {
                     let outcome = self.authenticate(user, password).await;
                     session.auth_result(outcome);
+                }
+                Event::ScramLookup { user } => {
+                    let (store, guard) = (self.server.store.clone(), self.server.guard.clone());
+                    let found = tokio::task::spawn_blocking(move || {
+                        crate::guard::scram_lookup(&*store, &guard, &user)
+                    })
+                    .await;
+                    let creds = match found {
+                        Ok(Ok(Some((a, c)))) => {
+                            scram_account = Some(a);
+                            Some(c)
+                        }
+                        _ => None,
+                    };
+                    session.scram_credentials(creds, &crate::guard::scram_nonce());
+                }
+                Event::ScramVerified { user, ok } => {
+                    let (guard, ip) = (self.server.guard.clone(), self.peer.ip());
+                    let account = scram_account.take();
+                    let verdict = tokio::task::spawn_blocking(move || {
+                        crate::guard::scram_verified(&guard, ip, &user, account, ok, "smtp")
+                    })
+                    .await;
+                    session.auth_result(match verdict {
+                        Ok(Ok(Some(a))) => {
+                            self.account = Some((a.id, a.address.clone()));
+                            AuthOutcome::Success(a.address)
+                        }
+                        Ok(Ok(None)) => AuthOutcome::Failure,
+                        Ok(Err(crate::guard::LoginError::Throttled)) => AuthOutcome::Throttled,
+                        _ => AuthOutcome::TempFail,
+                    });
                 }
                 Event::CheckSender(addr) => {
                     let ok = self.owns(&addr).await;

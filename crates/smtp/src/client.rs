@@ -865,6 +865,37 @@ mod tests {
         assert!(r.partial());
     }
 
+    #[test]
+    fn dot_stuffing() {
+        assert_eq!(dot_stuff(b".a\r\nb\n.\r\n"), b"..a\r\nb\r\n..\r\n.\r\n");
+        assert_eq!(dot_stuff(b"x"), b"x\r\n.\r\n");
+        assert_eq!(dot_stuff(b""), b".\r\n");
+        // A bare CR is a line end too: `<CR>.<CR><LF>` cannot end the data early.
+        assert_eq!(
+            dot_stuff(b"a\r.\r\nMAIL FROM:<x@y>\r\n"),
+            b"a\r\n..\r\nMAIL FROM:<x@y>\r\n.\r\n"
+        );
+        assert_eq!(dot_stuff(b"a\r\r\n.\r"), b"a\r\n\r\n..\r\n.\r\n");
+    }
+
+    /// Generated servers (the fuzz target's generator) against the client state machine.
+    #[test]
+    fn generated_servers() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for len in 0..3000 {
+            let mut data = Vec::new();
+            for _ in 0..(len % 40) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                data.push((x >> 24) as u8);
+            }
+            crate::testing::exercise_client(&data);
+        }
+        // A well-behaved server all the way.
+        crate::testing::exercise_client(&[0x11, 0x61, 0x01, 0x01, 0x02, 0x01]);
+    }
+
     /// Random bytes and glued pieces of replies: never a panic, always progress.
     #[test]
     fn random_input() {

@@ -50,6 +50,8 @@ pub struct Config {
     pub submission: bool,
     /// Offer BURL (RFC 4468) once authenticated: the host resolves IMAP URLs.
     pub burl: bool,
+    /// The host's secret for SCRAM's answers to unknown users (random per server start).
+    pub sasl_secret: [u8; 32],
 }
 
 impl Default for Config {
@@ -65,6 +67,7 @@ impl Default for Config {
             auth_requires_tls: true,
             submission: false,
             burl: false,
+            sasl_secret: [0; 32],
         }
     }
 }
@@ -82,6 +85,12 @@ pub enum Event {
     StartTls,
     /// Check these credentials and answer with [`Session::auth_result`].
     Authenticate { user: String, password: String },
+    /// SCRAM-SHA-256 (RFC 7677): the stored credentials of this user, answered with
+    /// [`Session::scram_credentials`] (`None` for an unknown or disabled account).
+    ScramLookup { user: String },
+    /// SCRAM: the client's proof was checked (`ok`); answer with [`Session::auth_result`]
+    /// as after a password check (a failure counts as one).
+    ScramVerified { user: String, ok: bool },
     /// The authenticated user wants this reverse-path: is it one of theirs? Answer with
     /// [`Session::sender_verdict`].
     CheckSender(String),
@@ -242,16 +251,25 @@ enum Phase {
         user: String,
         password: String,
     },
+    /// SCRAM: the host looks up the user's credentials.
+    AwaitScram(yubin_sasl::Exchange, String),
+    /// SCRAM: the proof was checked; the host decides as after a password check.
+    AwaitScramVerdict {
+        user: String,
+        ok: bool,
+        server_final: Vec<u8>,
+    },
     AwaitSender(Envelope),
     Closed,
 }
 
 /// Where a multi-line AUTH exchange is (RFC 4954 §4).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum AuthStep {
-    Plain,
-    LoginUser,
-    LoginPassword(String),
+    /// The mechanism's next client message.
+    Sasl(Box<yubin_sasl::Exchange>),
+    /// SCRAM's server-final was sent: an empty line completes the login as this user.
+    FinalAck(String),
 }
 
 pub struct Session {
@@ -347,6 +365,15 @@ impl Session {
                     return Event::Authenticate {
                         user: user.clone(),
                         password: password.clone(),
+                    };
+                }
+                Phase::AwaitScram(_, user) => {
+                    return Event::ScramLookup { user: user.clone() };
+                }
+                Phase::AwaitScramVerdict { user, ok, .. } => {
+                    return Event::ScramVerified {
+                        user: user.clone(),
+                        ok: *ok,
                     };
                 }
                 Phase::AwaitSender(env) => return Event::CheckSender(env.mail_from.clone()),
@@ -493,12 +520,25 @@ impl Session {
 
     /// The host's answer to [`Event::Authenticate`].
     pub fn auth_result(&mut self, outcome: AuthOutcome) {
-        if !matches!(self.phase, Phase::AwaitAuth { .. }) {
-            return;
-        }
-        self.phase = Phase::Command;
+        let server_final = match std::mem::replace(&mut self.phase, Phase::Command) {
+            Phase::AwaitAuth { .. } => None,
+            Phase::AwaitScramVerdict { server_final, .. } => Some(server_final),
+            other => {
+                self.phase = other;
+                return;
+            }
+        };
         // RFC 4954 §6 and RFC 3463: X.7.8 invalid credentials, X.7.0 temporary failure.
         let reply = match outcome {
+            AuthOutcome::Success(user) if server_final.is_some() => {
+                // RFC 4954 §4: SCRAM's server-final goes as one more challenge; the empty
+                // response to it completes the login.
+                let data = server_final.unwrap_or_default();
+                self.auth_step = Some(AuthStep::FinalAck(user));
+                self.out
+                    .push_back(Reply::new(334, None, yubin_sasl::encode(&data)));
+                return;
+            }
             AuthOutcome::Success(user) => {
                 self.authenticated = Some(user);
                 r(235, (2, 7, 0), "Authentication successful")
@@ -512,6 +552,15 @@ impl Session {
             AuthOutcome::TempFail => r(454, (4, 7, 0), "Temporary authentication failure"),
         };
         self.reply(reply);
+    }
+
+    /// The host's answer to [`Event::ScramLookup`]; `nonce` from [`yubin_sasl::nonce`].
+    pub fn scram_credentials(&mut self, creds: Option<yubin_sasl::ScramCredentials>, nonce: &str) {
+        let Phase::AwaitScram(mut x, _) = std::mem::replace(&mut self.phase, Phase::Command) else {
+            return;
+        };
+        let next = x.credentials(creds, nonce);
+        self.sasl_next(x, next);
     }
 
     /// The host's answer to [`Event::CheckSender`].
@@ -569,6 +618,8 @@ impl Session {
             | Phase::AwaitTls
             | Phase::AwaitRcpt(..)
             | Phase::AwaitAuth { .. }
+            | Phase::AwaitScram(..)
+            | Phase::AwaitScramVerdict { .. }
                 if self.envelope.is_none() =>
             {
                 self.out.push_back(r(
@@ -801,64 +852,82 @@ impl Session {
         if self.helo.is_none() {
             return self.reply(r(503, (5, 5, 1), "Send EHLO first"));
         }
-        match mechanism {
-            smtp_proto::AUTH_PLAIN => {
-                if initial.is_empty() {
-                    self.auth_step = Some(AuthStep::Plain);
-                    self.out.push_back(Reply::new(334, None, ""));
-                } else {
-                    self.auth_continue(AuthStep::Plain, initial.as_bytes());
+        let mech = match mechanism {
+            smtp_proto::AUTH_PLAIN => yubin_sasl::Mechanism::Plain,
+            smtp_proto::AUTH_LOGIN => yubin_sasl::Mechanism::Login,
+            smtp_proto::AUTH_SCRAM_SHA_256 => yubin_sasl::Mechanism::ScramSha256,
+            _ => return self.reply(r(504, (5, 5, 4), "Unrecognized authentication type")),
+        };
+        // RFC 4954 §4: an initial response (`=` for an empty one).
+        let initial = if initial.is_empty() {
+            None
+        } else {
+            match yubin_sasl::decode_response(initial.as_bytes()) {
+                Ok(d) => Some(d),
+                Err(e) => return self.sasl_failed(e),
+            }
+        };
+        let (x, next) = yubin_sasl::Exchange::start(mech, initial.as_deref(), self.cfg.sasl_secret);
+        self.sasl_next(x, next);
+    }
+
+    /// Go on with an exchange after the mechanism's step.
+    fn sasl_next(&mut self, x: yubin_sasl::Exchange, next: yubin_sasl::Next) {
+        use yubin_sasl::Next;
+        match next {
+            Next::Challenge(c) => {
+                self.auth_step = Some(AuthStep::Sasl(Box::new(x)));
+                self.out
+                    .push_back(Reply::new(334, None, yubin_sasl::encode(&c)));
+            }
+            Next::CheckPassword { user, password } => {
+                self.phase = Phase::AwaitAuth { user, password };
+            }
+            Next::Lookup { user } => self.phase = Phase::AwaitScram(x, user),
+            Next::Verified {
+                user,
+                ok,
+                server_final,
+            } => {
+                self.phase = Phase::AwaitScramVerdict {
+                    user,
+                    ok,
+                    server_final,
                 }
             }
-            smtp_proto::AUTH_LOGIN => {
-                if initial.is_empty() {
-                    self.auth_step = Some(AuthStep::LoginUser);
-                    self.out.push_back(Reply::new(334, None, "VXNlcm5hbWU6"));
-                } else {
-                    self.auth_continue(AuthStep::LoginUser, initial.as_bytes());
-                }
-            }
-            _ => self.reply(r(504, (5, 5, 4), "Unrecognized authentication type")),
+            Next::Failed(e) => self.sasl_failed(e),
         }
+    }
+
+    fn sasl_failed(&mut self, e: yubin_sasl::Error) {
+        use yubin_sasl::Error;
+        let reply = match e {
+            Error::Cancelled => r(501, (5, 0, 0), "Authentication cancelled"),
+            Error::Base64 => r(501, (5, 5, 2), "Invalid base64 data"),
+            Error::Authzid => r(535, (5, 7, 8), "Cannot act as another user"),
+            Error::TooLong => r(500, (5, 5, 6), "Authentication exchange line is too long"),
+            e => r(501, (5, 5, 2), format!("Authentication failed: {e}")),
+        };
+        self.reply(reply)
     }
 
     /// One line of an AUTH exchange: base64, or `*` to cancel (RFC 4954 §4).
     fn auth_continue(&mut self, step: AuthStep, line: &[u8]) {
-        use base64::Engine as _;
-        let text = String::from_utf8_lossy(line);
-        let text = text.trim_end_matches(['\r', '\n']).trim();
-        if text == "*" {
-            return self.reply(r(501, (5, 0, 0), "Authentication cancelled"));
-        }
-        let Ok(data) = base64::engine::general_purpose::STANDARD.decode(text) else {
-            return self.reply(r(501, (5, 5, 2), "Invalid base64 data"));
+        let data = match yubin_sasl::decode_response(line.trim_ascii()) {
+            Ok(d) => d,
+            Err(e) => return self.sasl_failed(e),
         };
         match step {
-            AuthStep::Plain => {
-                // RFC 4616: authzid NUL authcid NUL password.
-                let parts: Vec<&[u8]> = data.split(|&b| b == 0).collect();
-                let [authz, user, pass] = parts.as_slice() else {
-                    return self.reply(r(501, (5, 5, 2), "Malformed PLAIN credentials"));
-                };
-                if !authz.is_empty() && authz != user {
-                    return self.reply(r(535, (5, 7, 8), "Cannot act as another user"));
+            AuthStep::Sasl(mut x) => {
+                let next = x.respond(&data);
+                self.sasl_next(*x, next);
+            }
+            AuthStep::FinalAck(user) => {
+                if !data.is_empty() {
+                    return self.reply(r(501, (5, 5, 2), "Expected an empty response"));
                 }
-                self.phase = Phase::AwaitAuth {
-                    user: String::from_utf8_lossy(user).into_owned(),
-                    password: String::from_utf8_lossy(pass).into_owned(),
-                };
-            }
-            AuthStep::LoginUser => {
-                self.auth_step = Some(AuthStep::LoginPassword(
-                    String::from_utf8_lossy(&data).into_owned(),
-                ));
-                self.out.push_back(Reply::new(334, None, "UGFzc3dvcmQ6"));
-            }
-            AuthStep::LoginPassword(user) => {
-                self.phase = Phase::AwaitAuth {
-                    user,
-                    password: String::from_utf8_lossy(&data).into_owned(),
-                };
+                self.authenticated = Some(user);
+                self.reply(r(235, (2, 7, 0), "Authentication successful"));
             }
         }
     }
@@ -895,7 +964,7 @@ impl Session {
             lines.push("STARTTLS".into());
         }
         if self.cfg.auth && (self.tls || !self.cfg.auth_requires_tls) {
-            lines.push("AUTH PLAIN LOGIN".into());
+            lines.push("AUTH SCRAM-SHA-256 PLAIN LOGIN".into());
         }
         // RFC 4468 §3: BURL, with the URL scheme it resolves.
         if self.cfg.burl && self.cfg.auth {

@@ -88,6 +88,18 @@ fn drain(s: &mut Session, delivered: &mut Vec<Message>) -> Vec<String> {
                     _ => AuthOutcome::Failure,
                 })
             }
+            // SCRAM: bob@example.com's password is `secret` (salt `salt`, 4096 rounds);
+            // the server nonce is always `SNONCE`.
+            Event::ScramLookup { user } => s.scram_credentials(
+                (user == "bob@example.com")
+                    .then(|| yubin_sasl::ScramCredentials::derive("secret", b"salt", 4096)),
+                "SNONCE",
+            ),
+            Event::ScramVerified { user, ok } => s.auth_result(if ok {
+                AuthOutcome::Success(user)
+            } else {
+                AuthOutcome::Failure
+            }),
             Event::CheckSender(a) => s.sender_verdict(a.starts_with("bob")),
             // BURL: `imap://.../;UID=n` names n bytes of `x`; `busy` is a temporary failure.
             Event::ResolveUrl { url, user } => s.burl_result(
@@ -121,6 +133,7 @@ fn run_script(name: &str, script: &str) {
         auth_requires_tls: !script.contains("#! auth-plaintext"),
         submission: script.contains("#! submission"),
         burl: script.contains("#! burl"),
+        sasl_secret: [1; 32],
     };
     let mut s = Session::new(cfg);
     let mut delivered = Vec::new();

@@ -168,6 +168,10 @@ pub trait Directory: Send + Sync {
         };
         Ok(self.account_stamp(a.id)?.map(|s| (a, s)))
     }
+    /// The SCRAM-SHA-256 credentials of an enabled account (stored form), `None` for an
+    /// unknown or disabled account or one whose password was set before schema 7 and not
+    /// proven since.
+    fn scram_credentials(&self, address: &str) -> Result<Option<(Account, String)>>;
     /// A number that moves whenever an account is removed, disabled or given a new
     /// password (by any process). One database read: the server asks a few times a second
     /// and hands the value to its sessions.

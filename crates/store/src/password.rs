@@ -27,6 +27,16 @@ pub fn hash(password: &str) -> Result<String> {
         .map_err(|e| Error::Password(e.to_string()))
 }
 
+/// What SCRAM-SHA-256 keeps of the password (RFC 5802 §3), in Dovecot's stored form.
+pub fn scram(password: &str) -> Result<String> {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| Error::Password(format!("random salt: {e}")))?;
+    Ok(
+        yubin_sasl::ScramCredentials::derive(password, &salt, yubin_sasl::SCRAM_ITERATIONS)
+            .to_stored(),
+    )
+}
+
 /// Does `password` match the PHC string `stored`? (Constant-time comparison.)
 pub fn verify(password: &str, stored: &str) -> bool {
     let Ok(h) = PasswordHash::new(stored) else {

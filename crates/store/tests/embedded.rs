@@ -754,6 +754,12 @@ fn schema_1_is_upgraded() {
          DROP TRIGGER messages_removed;
          ALTER TABLE mailboxes DROP COLUMN octets;
          ALTER TABLE blobs DROP COLUMN data;
+         ALTER TABLE queue DROP COLUMN envid;
+         ALTER TABLE queue DROP COLUMN ret;
+         ALTER TABLE queue DROP COLUMN require_tls;
+         ALTER TABLE queue_rcpts DROP COLUMN notify;
+         ALTER TABLE queue_rcpts DROP COLUMN orcpt;
+         ALTER TABLE accounts DROP COLUMN scram;
          CREATE VIRTUAL TABLE search USING fts5(
              headers, hfrom, hto, hcc, hbcc, subject, body, tokenize = 'trigram');
          PRAGMA user_version = 1;",
@@ -806,7 +812,18 @@ fn schema_1_is_upgraded() {
     let v: i64 = db
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 6);
+    assert_eq!(v, 7);
+    // SCRAM credentials (schema 7) come with the first login that proves the password.
+    assert!(s.scram_credentials("a@example.com").unwrap().is_none());
+    assert!(s.authenticate("a@example.com", "wrong").unwrap().is_none());
+    assert!(s.scram_credentials("a@example.com").unwrap().is_none());
+    assert!(s.authenticate("a@example.com", "pw").unwrap().is_some());
+    let (_, stored) = s.scram_credentials("a@example.com").unwrap().unwrap();
+    let creds = yubin_sasl::ScramCredentials::from_stored(&stored).unwrap();
+    assert_eq!(
+        creds,
+        yubin_sasl::ScramCredentials::derive("pw", &creds.salt, creds.iterations)
+    );
     let total: u64 = s.messages(inbox).unwrap().iter().map(|m| m.size).sum();
     assert_eq!(
         s.usage(a).unwrap().0,

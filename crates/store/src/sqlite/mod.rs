@@ -111,14 +111,16 @@ const MIGRATIONS: &[(i64, &str)] = &[
              PRIMARY KEY(account_id, mailbox_id, entry)) WITHOUT ROWID;",
     ),
     // 6 -> 7: what the sender of queued mail asked of delivery reports (RFC 3461) and
-    // REQUIRETLS (RFC 8689); older entries have none (the defaults).
+    // REQUIRETLS (RFC 8689); older entries have none (the defaults). SCRAM-SHA-256
+    // credentials beside the password hash (made at the next password login).
     (
         6,
         "ALTER TABLE queue ADD COLUMN envid TEXT;
          ALTER TABLE queue ADD COLUMN ret TEXT;
          ALTER TABLE queue ADD COLUMN require_tls INTEGER NOT NULL DEFAULT 0;
          ALTER TABLE queue_rcpts ADD COLUMN notify TEXT;
-         ALTER TABLE queue_rcpts ADD COLUMN orcpt TEXT;",
+         ALTER TABLE queue_rcpts ADD COLUMN orcpt TEXT;
+         ALTER TABLE accounts ADD COLUMN scram TEXT;",
     ),
 ];
 
@@ -137,6 +139,9 @@ CREATE TABLE accounts(
     admin INTEGER NOT NULL DEFAULT 0,
     created INTEGER NOT NULL,
     quota INTEGER,
+    -- SCRAM-SHA-256 StoredKey/ServerKey (yubin_sasl::ScramCredentials::to_stored); NULL
+    -- until the password is set or first proven after the upgrade to schema 7.
+    scram TEXT,
     UNIQUE(domain_id, local));
 CREATE TABLE aliases(
     domain_id INTEGER NOT NULL REFERENCES domains(id) ON DELETE CASCADE,
@@ -870,6 +875,7 @@ impl Directory for SqliteStore {
             ));
         }
         let hash = password::hash(password)?;
+        let scram = password::scram(password)?;
         let mut c = self.conn();
         let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let domain_id = Self::domain_id(&tx, &a.domain)?
@@ -888,9 +894,9 @@ impl Directory for SqliteStore {
         let created = now();
         let id = Self::next_account_id(&tx)?;
         match tx.execute(
-            "INSERT INTO accounts(id, domain_id, local, password, admin, created)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![id, domain_id, a.local, hash, admin, created],
+            "INSERT INTO accounts(id, domain_id, local, password, admin, created, scram)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![id, domain_id, a.local, hash, admin, created, scram],
         ) {
             Err(e) if is_constraint(&e) => return Err(Error::AccountExists(a.to_string())),
             r => r?,
@@ -966,12 +972,13 @@ impl Directory for SqliteStore {
 
     fn set_password(&self, address: &str, password: &str) -> Result<()> {
         let hash = password::hash(password)?;
+        let scram = password::scram(password)?;
         let mut c = self.conn();
         let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (acct, _) = Self::account_row(&tx, address)?;
         tx.execute(
-            "UPDATE accounts SET password = ?1 WHERE id = ?2",
-            params![hash, acct.id],
+            "UPDATE accounts SET password = ?1, scram = ?2 WHERE id = ?3",
+            params![hash, scram, acct.id],
         )?;
         Self::bump_account_epoch(&tx)?;
         tx.commit()?;
@@ -1124,6 +1131,24 @@ impl Directory for SqliteStore {
             Some((acct, hash)) => {
                 // The stamp is the hash itself (what `account_stamp` reads).
                 let ok = password::verify(password, &hash);
+                if ok && !acct.disabled {
+                    // Accounts from before SCRAM get their credentials at the first login
+                    // that proves the password (the hash alone cannot make them).
+                    let missing: bool = self
+                        .reader()
+                        .query_row(
+                            "SELECT scram IS NULL FROM accounts WHERE id = ?1",
+                            [acct.id],
+                            |r| r.get(0),
+                        )
+                        .unwrap_or(false);
+                    if missing && let Ok(scram) = password::scram(password) {
+                        let _ = self.conn().execute(
+                            "UPDATE accounts SET scram = ?1 WHERE id = ?2 AND password = ?3",
+                            params![scram, acct.id, hash],
+                        );
+                    }
+                }
                 Ok((ok && !acct.disabled).then_some((acct, hash)))
             }
             None => {
@@ -1134,6 +1159,38 @@ impl Directory for SqliteStore {
                 Ok(None)
             }
         }
+    }
+
+    fn scram_credentials(&self, address: &str) -> Result<Option<(Account, String)>> {
+        let a = match normalize_address(address) {
+            Ok(a) => a,
+            Err(_) => return Ok(None),
+        };
+        let row = self
+            .reader()
+            .query_row(
+                "SELECT a.id, a.disabled, a.admin, a.created, a.quota, a.scram FROM accounts a
+                 JOIN domains d ON d.id = a.domain_id WHERE d.name = ?1 AND a.local = ?2",
+                params![a.domain, a.local],
+                |r| {
+                    Ok((
+                        Account {
+                            id: r.get(0)?,
+                            address: a.to_string(),
+                            disabled: r.get(1)?,
+                            admin: r.get(2)?,
+                            created: r.get(3)?,
+                            quota: r.get::<_, Option<i64>>(4)?.map(|q| q as u64),
+                        },
+                        r.get::<_, Option<String>>(5)?,
+                    ))
+                },
+            )
+            .optional()?;
+        Ok(match row {
+            Some((acct, Some(scram))) if !acct.disabled => Some((acct, scram)),
+            _ => None,
+        })
     }
 
     fn add_alias(&self, alias: &str, targets: &[String]) -> Result<()> {
