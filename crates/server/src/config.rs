@@ -23,7 +23,29 @@ pub struct Config {
     pub submission: Submission,
     pub auth: Auth,
     pub queue: QueueCfg,
+    pub mta_sts: MtaSts,
     pub log: Log,
+}
+
+/// Our own MTA-STS policy (RFC 8461 §3.2), served on `[listen] mta_sts`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MtaSts {
+    /// `testing` to start with (failures are only reported), then `enforce`.
+    pub mode: String,
+    pub max_age: u64,
+    /// The MX hosts senders may use; empty: this server's hostname.
+    pub mx: Vec<String>,
+}
+
+impl Default for MtaSts {
+    fn default() -> Self {
+        MtaSts {
+            mode: "testing".into(),
+            max_age: 604_800,
+            mx: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -43,6 +65,8 @@ pub struct Listen {
     pub imaps: Vec<SocketAddr>,
     pub pop3: Vec<SocketAddr>,
     pub pop3s: Vec<SocketAddr>,
+    /// HTTPS for our own MTA-STS policy (RFC 8461 §3.3): none unless set.
+    pub mta_sts: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -102,6 +126,12 @@ pub struct QueueCfg {
     pub source_addresses: Vec<std::net::IpAddr>,
     /// The same per sender domain, before `source_addresses`.
     pub source_by_domain: std::collections::BTreeMap<String, Vec<std::net::IpAddr>>,
+    /// Look up and keep recipient domains' MTA-STS policies (RFC 8461).
+    pub mta_sts: bool,
+    /// Port of the policy hosts (443 on the internet; tests change it).
+    pub mta_sts_port: u16,
+    /// More CA certificates (PEM) to trust beside Mozilla's, for MTA-STS and MX hosts.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -140,6 +170,7 @@ impl Default for Config {
             submission: Submission::default(),
             auth: Auth::default(),
             queue: QueueCfg::default(),
+            mta_sts: MtaSts::default(),
             log: Log::default(),
         }
     }
@@ -155,6 +186,7 @@ impl Default for Listen {
             imaps: both(993),
             pop3: both(110),
             pop3s: both(995),
+            mta_sts: Vec::new(),
         }
     }
 }
@@ -221,6 +253,9 @@ impl Default for QueueCfg {
             delay_warning_seconds: 14_400,
             source_addresses: Vec::new(),
             source_by_domain: Default::default(),
+            mta_sts: true,
+            mta_sts_port: 443,
+            tls_ca_file: None,
         }
     }
 }
@@ -269,6 +304,7 @@ impl Config {
         cfg.data_dir = base.join(&cfg.data_dir);
         cfg.tls.cert = cfg.tls.cert.map(|p| base.join(p));
         cfg.tls.key = cfg.tls.key.map(|p| base.join(p));
+        cfg.queue.tls_ca_file = cfg.queue.tls_ca_file.map(|p| base.join(p));
         Ok(cfg)
     }
 
@@ -282,6 +318,9 @@ impl Config {
         }
         if cfg.smtp.max_recipients == 0 || cfg.smtp.max_errors == 0 {
             bail!("[smtp] max_recipients and max_errors must be at least 1");
+        }
+        if !["enforce", "testing", "none"].contains(&cfg.mta_sts.mode.as_str()) {
+            bail!("[mta_sts] mode must be \"enforce\", \"testing\" or \"none\"");
         }
         Ok(cfg)
     }
@@ -309,24 +348,16 @@ impl Config {
             imaps: lo(993),
             pop3: lo(110),
             pop3s: lo(995),
+            mta_sts: Vec::new(),
         };
     }
 
     /// Every address the server would listen on, with its service's name.
     pub fn listen_addrs(&self) -> Vec<(&'static str, SocketAddr)> {
-        let l = &self.listen;
-        [
-            ("smtp", &l.smtp),
-            ("submission", &l.submission),
-            ("submissions", &l.submissions),
-            ("imap", &l.imap),
-            ("imaps", &l.imaps),
-            ("pop3", &l.pop3),
-            ("pop3s", &l.pop3s),
-        ]
-        .into_iter()
-        .flat_map(|(name, addrs)| addrs.iter().map(move |&a| (name, a)))
-        .collect()
+        crate::LISTENERS
+            .iter()
+            .flat_map(|k| k.addresses(&self.listen).iter().map(move |&a| (k.name, a)))
+            .collect()
     }
 
     pub fn tls_dir(&self) -> PathBuf {

@@ -72,11 +72,14 @@ fn b64(data: &[u8]) -> String {
 }
 
 /// The DNS records to publish for a domain: DKIM key, and SPF/DMARC suggestions.
-pub fn records(domain: &str, public_key: &str, hostname: &str) -> String {
+pub fn records(domain: &str, public_key: &str, hostname: &str, sts_id: &str) -> String {
     format!(
         "{SELECTOR}._domainkey.{domain}. IN TXT \"v=DKIM1; k=rsa; p={public_key}\"\n\
          {domain}. IN TXT \"v=spf1 mx a:{hostname} -all\"\n\
-         _dmarc.{domain}. IN TXT \"v=DMARC1; p=quarantine; rua=mailto:postmaster@{domain}\"\n"
+         _dmarc.{domain}. IN TXT \"v=DMARC1; p=quarantine; rua=mailto:postmaster@{domain}\"\n\
+         _mta-sts.{domain}. IN TXT \"v=STSv1; id={sts_id}\"\n\
+         mta-sts.{domain}. IN CNAME {hostname}.\n\
+         _smtp._tls.{domain}. IN TXT \"v=TLSRPTv1; rua=mailto:postmaster@{domain}\"\n"
     )
 }
 

@@ -4,9 +4,11 @@
 pub mod config;
 pub mod dkim;
 pub mod guard;
+pub mod https;
 pub mod imap;
 mod limits;
 pub mod login_cache;
+pub mod mta_sts;
 mod outbound;
 pub mod pop3;
 mod smtp;
@@ -40,6 +42,8 @@ pub struct Server {
     imap_limits: Arc<ConnLimiter>,
     imap_accounts: Arc<limits::AccountSessions>,
     pop3_limits: Arc<ConnLimiter>,
+    /// The MTA-STS policy host (HTTPS).
+    https_limits: Arc<ConnLimiter>,
     /// Accounts with an open POP3 session.
     pop3_locks: pop3::Locks,
     /// Wakes the outbound queue runner when mail for other domains is accepted.
@@ -328,25 +332,13 @@ pub async fn serve(cfg: Config) -> Result<()> {
     let (cert, key) = tls::paths(&cfg);
     let tls = Some(TlsAcceptor::from(tls::load(&cert, &key)?));
 
-    let smtp = bind_all("smtp", &cfg.listen.smtp)?;
-    let imap = bind_all("imap", &cfg.listen.imap)?;
-    let imaps = bind_all("imaps", &cfg.listen.imaps)?;
-    let pop3 = bind_all("pop3", &cfg.listen.pop3)?;
-    let pop3s = bind_all("pop3s", &cfg.listen.pop3s)?;
-    let submission = bind_all("submission", &cfg.listen.submission)?;
-    let submissions = bind_all("submissions", &cfg.listen.submissions)?;
-    if [
-        &smtp,
-        &imap,
-        &imaps,
-        &pop3,
-        &pop3s,
-        &submission,
-        &submissions,
-    ]
-    .iter()
-    .all(|l| l.is_empty())
-    {
+    let mut bound = Vec::new();
+    for kind in LISTENERS {
+        for l in bind_all(kind.name, kind.addresses(&cfg.listen))? {
+            bound.push((kind, l));
+        }
+    }
+    if bound.is_empty() {
         bail!("no listener is enabled; set [listen] in the config file");
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -363,6 +355,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
         imap_limits: ConnLimiter::new(cfg.imap.max_connections, cfg.imap.max_connections_per_ip),
         imap_accounts: limits::AccountSessions::new(cfg.imap.max_connections_per_account),
         pop3_limits: ConnLimiter::new(cfg.pop3.max_connections, cfg.pop3.max_connections_per_ip),
+        https_limits: ConnLimiter::new(200, 20),
         pop3_locks: Default::default(),
         queue_wake: Arc::new(tokio::sync::Notify::new()),
         guard: Arc::new(guard::Guard::new(guard::Limits {
@@ -396,6 +389,10 @@ pub async fn serve(cfg: Config) -> Result<()> {
         });
     }
     // The outbound queue runner.
+    let roots = Arc::new(
+        mta_sts::roots(server.cfg.queue.tls_ca_file.as_deref())
+            .context("cannot load [queue] tls_ca_file")?,
+    );
     let outbox = outbound::Outbox {
         store: server.store.clone(),
         hostname: server.cfg.hostname.clone(),
@@ -419,6 +416,12 @@ pub async fn serve(cfg: Config) -> Result<()> {
         domain_limits: Default::default(),
         delay_warning: i64::from(server.cfg.queue.delay_warning_seconds),
         sources: server.cfg.queue.source_addresses.clone(),
+        sts: server
+            .cfg
+            .queue
+            .mta_sts
+            .then(|| mta_sts::Sts::new(server.cfg.queue.mta_sts_port, roots.clone())),
+        roots: roots.clone(),
         sources_by_domain: server
             .cfg
             .queue
@@ -447,20 +450,10 @@ pub async fn serve(cfg: Config) -> Result<()> {
         }
     }
     let mut acceptors = Vec::new();
-    for (proto, listeners) in [
-        (Proto::Smtp, smtp),
-        (Proto::Imap, imap),
-        (Proto::Imaps, imaps),
-        (Proto::Pop3, pop3),
-        (Proto::Pop3s, pop3s),
-        (Proto::Submission, submission),
-        (Proto::Submissions, submissions),
-    ] {
-        for l in listeners {
-            let addr = l.local_addr()?;
-            info!(%addr, proto = proto.name(), "listening");
-            acceptors.push(tokio::spawn(accept(server.clone(), l, proto)));
-        }
+    for (kind, l) in bound {
+        let addr = l.local_addr()?;
+        info!(%addr, proto = kind.name, "listening");
+        acceptors.push(tokio::spawn(accept(server.clone(), l, kind)));
     }
     shutdown_signal().await;
     // Stop accepting, tell idle sessions, let messages in flight finish (RFC 5321 §3.8).
@@ -470,8 +463,12 @@ pub async fn serve(cfg: Config) -> Result<()> {
     }
     let _ = stop_tx.send(true);
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-    let active =
-        || server.smtp_limits.active() + server.imap_limits.active() + server.pop3_limits.active();
+    let active = || {
+        server.smtp_limits.active()
+            + server.imap_limits.active()
+            + server.pop3_limits.active()
+            + server.https_limits.active()
+    };
     while active() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
@@ -484,45 +481,105 @@ pub async fn serve(cfg: Config) -> Result<()> {
     Ok(())
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Proto {
-    Smtp,
-    Imap,
-    Imaps,
-    Pop3,
-    Pop3s,
-    Submission,
-    Submissions,
+/// What runs a connection of one listener kind.
+type Handler = fn(Arc<Server>, tokio::net::TcpStream, SocketAddr) -> futures_lite::BoxFuture;
+
+/// One kind of listener: its `[listen]` key, its connection limits, what an
+/// over-the-limit client is told (per address, in total), and its handler.
+pub struct ListenerKind {
+    pub name: &'static str,
+    addrs: fn(&config::Listen) -> &[SocketAddr],
+    limits: fn(&Server) -> &Arc<ConnLimiter>,
+    refuse_per_ip: &'static [u8],
+    refuse_total: &'static [u8],
+    handle: Handler,
 }
 
-impl Proto {
-    fn name(self) -> &'static str {
-        match self {
-            Proto::Smtp => "smtp",
-            Proto::Imap => "imap",
-            Proto::Imaps => "imaps",
-            Proto::Pop3 => "pop3",
-            Proto::Pop3s => "pop3s",
-            Proto::Submission => "submission",
-            Proto::Submissions => "submissions",
-        }
-    }
+const SMTP_PER_IP: &[u8] = b"421 4.7.0 Too many connections from your address, try again later\r\n";
+const SMTP_TOTAL: &[u8] = b"421 4.3.2 Too many connections, try again later\r\n";
+const IMAP_FULL: &[u8] = b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n";
+const POP3_FULL: &[u8] = b"-ERR [SYS/TEMP] Too many connections, try again later\r\n";
+const HTTP_FULL: &[u8] = b"";
 
-    /// What to say when a connection is over the limit (RFC 5321 §3.1, RFC 9051 §7.1.5).
-    fn refusal(self, why: &Refused) -> &'static [u8] {
-        match (self, why) {
-            (Proto::Smtp | Proto::Submission | Proto::Submissions, Refused::PerIp) => {
-                b"421 4.7.0 Too many connections from your address, try again later\r\n"
-            }
-            (Proto::Smtp | Proto::Submission | Proto::Submissions, Refused::Total) => {
-                b"421 4.3.2 Too many connections, try again later\r\n"
-            }
-            (Proto::Pop3 | Proto::Pop3s, _) => {
-                b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
-            }
-            (_, _) => b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
-        }
+/// Every listener yubin has: a new protocol is one row (RFC 5321 §3.1, RFC 9051 §7.1.5,
+/// RFC 2449 for the refusals).
+pub static LISTENERS: &[ListenerKind] = &[
+    ListenerKind {
+        name: "smtp",
+        addrs: |l| &l.smtp,
+        limits: |s| &s.smtp_limits,
+        refuse_per_ip: SMTP_PER_IP,
+        refuse_total: SMTP_TOTAL,
+        handle: |s, t, p| Box::pin(smtp::handle(s, t, p, SMTP)),
+    },
+    ListenerKind {
+        name: "submission",
+        addrs: |l| &l.submission,
+        limits: |s| &s.smtp_limits,
+        refuse_per_ip: SMTP_PER_IP,
+        refuse_total: SMTP_TOTAL,
+        handle: |s, t, p| Box::pin(smtp::handle(s, t, p, SUBMISSION)),
+    },
+    ListenerKind {
+        name: "submissions",
+        addrs: |l| &l.submissions,
+        limits: |s| &s.smtp_limits,
+        refuse_per_ip: SMTP_PER_IP,
+        refuse_total: SMTP_TOTAL,
+        handle: |s, t, p| Box::pin(smtp::handle(s, t, p, SUBMISSIONS)),
+    },
+    ListenerKind {
+        name: "imap",
+        addrs: |l| &l.imap,
+        limits: |s| &s.imap_limits,
+        refuse_per_ip: IMAP_FULL,
+        refuse_total: IMAP_FULL,
+        handle: |s, t, p| Box::pin(imap::handle(s, t, p, false)),
+    },
+    ListenerKind {
+        name: "imaps",
+        addrs: |l| &l.imaps,
+        limits: |s| &s.imap_limits,
+        refuse_per_ip: IMAP_FULL,
+        refuse_total: IMAP_FULL,
+        handle: |s, t, p| Box::pin(imap::handle(s, t, p, true)),
+    },
+    ListenerKind {
+        name: "pop3",
+        addrs: |l| &l.pop3,
+        limits: |s| &s.pop3_limits,
+        refuse_per_ip: POP3_FULL,
+        refuse_total: POP3_FULL,
+        handle: |s, t, p| Box::pin(pop3::handle(s, t, p, false)),
+    },
+    ListenerKind {
+        name: "pop3s",
+        addrs: |l| &l.pop3s,
+        limits: |s| &s.pop3_limits,
+        refuse_per_ip: POP3_FULL,
+        refuse_total: POP3_FULL,
+        handle: |s, t, p| Box::pin(pop3::handle(s, t, p, true)),
+    },
+    ListenerKind {
+        name: "mta_sts",
+        addrs: |l| &l.mta_sts,
+        limits: |s| &s.https_limits,
+        refuse_per_ip: HTTP_FULL,
+        refuse_total: HTTP_FULL,
+        handle: |s, t, p| Box::pin(https::handle(s, t, p)),
+    },
+];
+
+impl ListenerKind {
+    /// Its addresses in the configuration.
+    pub fn addresses<'a>(&self, l: &'a config::Listen) -> &'a [SocketAddr] {
+        (self.addrs)(l)
     }
+}
+
+/// The boxed future a [`Handler`] returns (no extra crate for one type).
+mod futures_lite {
+    pub type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 }
 
 const SMTP: smtp::Mode = smtp::Mode {
@@ -538,13 +595,9 @@ const SUBMISSIONS: smtp::Mode = smtp::Mode {
     submission: true,
 };
 
-async fn accept(server: Arc<Server>, listener: TcpListener, proto: Proto) {
+async fn accept(server: Arc<Server>, listener: TcpListener, kind: &'static ListenerKind) {
     use tracing::Instrument;
-    let limits = match proto {
-        Proto::Smtp | Proto::Submission | Proto::Submissions => server.smtp_limits.clone(),
-        Proto::Imap | Proto::Imaps => server.imap_limits.clone(),
-        Proto::Pop3 | Proto::Pop3s => server.pop3_limits.clone(),
-    };
+    let limits = (kind.limits)(&server).clone();
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -558,8 +611,11 @@ async fn accept(server: Arc<Server>, listener: TcpListener, proto: Proto) {
         let slot = match limits.acquire(peer.ip()) {
             Ok(slot) => slot,
             Err(why) => {
-                info!(%peer, ?why, proto = proto.name(), "connection refused: limit reached");
-                let msg = proto.refusal(&why);
+                info!(%peer, ?why, proto = kind.name, "connection refused: limit reached");
+                let msg = match why {
+                    Refused::PerIp => kind.refuse_per_ip,
+                    Refused::Total => kind.refuse_total,
+                };
                 tokio::spawn(async move {
                     use tokio::io::AsyncWriteExt;
                     let mut tcp = tcp;
@@ -569,21 +625,13 @@ async fn accept(server: Arc<Server>, listener: TcpListener, proto: Proto) {
                 continue;
             }
         };
-        let span = tracing::info_span!("conn", proto = proto.name(), session = %new_id(), %peer);
+        let span = tracing::info_span!("conn", proto = kind.name, session = %new_id(), %peer);
         let server = server.clone();
         tokio::spawn(
             async move {
                 let _slot = slot;
                 tracing::debug!("connected");
-                match proto {
-                    Proto::Smtp => smtp::handle(server, tcp, peer, SMTP).await,
-                    Proto::Submission => smtp::handle(server, tcp, peer, SUBMISSION).await,
-                    Proto::Submissions => smtp::handle(server, tcp, peer, SUBMISSIONS).await,
-                    Proto::Imap => imap::handle(server, tcp, peer, false).await,
-                    Proto::Imaps => imap::handle(server, tcp, peer, true).await,
-                    Proto::Pop3 => pop3::handle(server, tcp, peer, false).await,
-                    Proto::Pop3s => pop3::handle(server, tcp, peer, true).await,
-                }
+                (kind.handle)(server, tcp, peer).await
             }
             .instrument(span),
         );

@@ -20,6 +20,8 @@ use yubin_smtp::client::{
     dot_stuff,
 };
 use yubin_smtp::dsn::{Notify, Ret};
+
+use crate::mta_sts::Mode;
 use yubin_store::{Attempt, Outbound, QueuedRcpt, Resolved, Store};
 
 use crate::{new_id, unix_now};
@@ -45,6 +47,10 @@ pub struct Outbox {
     /// Source addresses of outbound connections: global, and by sender domain (lower case).
     pub sources: Vec<IpAddr>,
     pub sources_by_domain: std::collections::HashMap<String, Vec<IpAddr>>,
+    /// MTA-STS policies of recipient domains (RFC 8461); `None` when turned off.
+    pub sts: Option<crate::mta_sts::Sts>,
+    /// What MX certificates are verified against.
+    pub roots: Arc<rustls::RootCertStore>,
 }
 
 impl Outbox {
@@ -151,20 +157,42 @@ async fn resolve(
     Ok(Route::Hosts(hosts))
 }
 
-/// Accept any certificate: opportunistic TLS protects against passive listeners only
-/// (RFC 7435); MTA-STS/DANE would pin certificates and are not implemented yet.
+/// Checks the certificate against the roots and the MX name, and records what it found
+/// instead of failing the handshake: opportunistic TLS takes any certificate (RFC 7435),
+/// an MTA-STS `enforce` policy then refuses to send over one that did not verify, and a
+/// `testing` one only reports it (RFC 8461 §5).
 #[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+struct Checking {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    result: std::sync::Mutex<Option<Result<(), String>>>,
+}
 
-impl rustls::client::danger::ServerCertVerifier for AnyCert {
+impl Checking {
+    fn result(&self) -> Result<(), String> {
+        self.result
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| Err("no certificate".into()))
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for Checking {
     fn verify_server_cert(
         &self,
-        _: &rustls_pki_types::CertificateDer<'_>,
-        _: &[rustls_pki_types::CertificateDer<'_>],
-        _: &rustls_pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls_pki_types::UnixTime,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        name: &rustls_pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls_pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let r = self
+            .webpki
+            .verify_server_cert(end_entity, intermediates, name, ocsp, now)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        *self.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
         Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
     fn verify_tls12_signature(
@@ -177,7 +205,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
     fn verify_tls13_signature(
@@ -190,23 +218,38 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
-fn tls_client() -> Option<tokio_rustls::TlsConnector> {
+fn tls_client(
+    roots: &Arc<rustls::RootCertStore>,
+) -> Option<(tokio_rustls::TlsConnector, Arc<Checking>)> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        roots.clone(),
+        provider.clone(),
+    )
+    .build()
+    .ok()?;
+    let checking = Arc::new(Checking {
+        webpki,
+        provider: provider.clone(),
+        result: Default::default(),
+    });
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .ok()?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_custom_certificate_verifier(checking.clone())
         .with_no_client_auth();
-    Some(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
+    Some((tokio_rustls::TlsConnector::from(Arc::new(cfg)), checking))
 }
 
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
@@ -264,6 +307,43 @@ async fn attempt(
         }
         Route::Hosts(h) => h,
     };
+    // RFC 8461 §5: the recipient domain's MTA-STS policy, if it has one.
+    let policy = match &ob.sts {
+        Some(sts) => match sts.policy(&ob.resolver, domain).await {
+            Ok(p) => p.filter(|p| p.mode != Mode::None),
+            Err(e) => {
+                warn!(
+                    domain,
+                    error = e,
+                    "MTA-STS policy not available; delivering without"
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let hosts: Vec<_> = match &policy {
+        Some(p) if p.mode == Mode::Enforce => {
+            let (ok, refused): (Vec<_>, Vec<_>) =
+                hosts.into_iter().partition(|(h, _)| p.matches(h));
+            for (h, _) in &refused {
+                info!(
+                    domain,
+                    host = h,
+                    "MX host not in the MTA-STS policy (enforce): skipped"
+                );
+            }
+            if ok.is_empty() {
+                let why = format!(
+                    "no MX host of {domain} matches its MTA-STS policy (enforce: {})",
+                    p.mx.join(", ")
+                );
+                return all(&|| Outcome::Temporary(why.clone()));
+            }
+            ok
+        }
+        _ => hosts,
+    };
     let mut results: Vec<Option<Vec<Outcome>>> = jobs.iter().map(|_| None).collect();
     let mut last = String::from("no mail server reachable");
     'hosts: for (host, ips) in hosts {
@@ -273,7 +353,13 @@ async fn attempt(
             }
             let addr = SocketAddr::new(ip, ob.port);
             let source = source_for(sources, ip);
-            if let Err(e) = session(ob, &host, addr, source, jobs, &mut results).await {
+            let at = Target {
+                host: &host,
+                addr,
+                source,
+                policy: policy.as_ref(),
+            };
+            if let Err(e) = session(ob, &at, jobs, &mut results).await {
                 info!(host, %ip, error = e, "outbound connection ended; trying the next");
                 last = e;
             }
@@ -295,15 +381,29 @@ async fn attempt(
 
 /// One connection driven by the sans-IO client of `yubin_smtp::client`: the jobs not yet
 /// done are sent over it in turn. `Err` (with the reason) when it ended before all were.
-async fn session(
-    ob: &Outbox,
-    host: &str,
+/// Where one connection goes, and the policy it is held to.
+struct Target<'a> {
+    host: &'a str,
     addr: SocketAddr,
     source: Option<IpAddr>,
+    policy: Option<&'a crate::mta_sts::Policy>,
+}
+
+async fn session(
+    ob: &Outbox,
+    at: &Target<'_>,
     jobs: &[&Job<'_>],
     results: &mut [Option<Vec<Outcome>>],
 ) -> Result<(), String> {
+    let (host, addr, source) = (at.host, at.addr, at.source);
+    let enforce = at.policy.is_some_and(|p| p.mode == Mode::Enforce);
+    // What the log and a report say of the policy in force.
+    let policy_name = match at.policy {
+        Some(p) => format!("MTA-STS {}", p.mode.name()),
+        None => "opportunistic TLS".to_owned(),
+    };
     let err = |e: &dyn std::fmt::Display| format!("{host}: {e}");
+    let tls_err = |e: &dyn std::fmt::Display| format!("{host}: {e} ({policy_name})");
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, connect_from(source, addr))
         .await
         .map_err(|_| err(&"connect timeout"))?
@@ -313,7 +413,7 @@ async fn session(
     let mut c = Client::new(ClientConfig {
         helo: ob.hostname.clone(),
         starttls: true,
-        require_tls: false,
+        require_tls: enforce,
     });
     let mut current: Option<usize> = None;
     let todo: Vec<usize> = (0..jobs.len())
@@ -332,7 +432,7 @@ async fn session(
                 Err(e) => c.closed(e),
             },
             Step::StartTls => {
-                let Some(tls) = tls_client() else {
+                let Some((tls, checking)) = tls_client(&ob.roots) else {
                     return Err(err(&"no TLS client configuration"));
                 };
                 let name = rustls_pki_types::ServerName::try_from(host.to_owned())
@@ -350,7 +450,26 @@ async fn session(
                     .map_err(|e| err(&format!("TLS handshake failed: {e}")))?;
                 io = BufReader::new(Box::new(stream));
                 reader = ReplyReader::new();
-                c.tls_started(false);
+                // RFC 8461 §4.2: under a policy the certificate must verify for the MX name.
+                let verified = match (at.policy, checking.result()) {
+                    (Some(_), Ok(())) => true,
+                    (Some(p), Err(e)) if p.mode == Mode::Enforce => {
+                        let _ = io.get_mut().shutdown().await;
+                        return Err(tls_err(&format!("certificate not valid: {e}")));
+                    }
+                    (Some(_), Err(e)) => {
+                        warn!(
+                            host,
+                            error = e,
+                            policy = policy_name,
+                            "certificate not valid; sending anyway"
+                        );
+                        false
+                    }
+                    (None, _) => false,
+                };
+                info!(host, policy = policy_name, verified, "TLS started");
+                c.tls_started(verified);
             }
             Step::Data { seven_bit } => {
                 let Some(job) = current.and_then(|i| jobs.get(i)) else {
@@ -399,6 +518,9 @@ async fn session(
             }
             Step::Close(why) => {
                 return match why {
+                    Some(e @ (ClientError::NoStartTls | ClientError::StartTlsRefused(_))) => {
+                        Err(tls_err(&e))
+                    }
                     Some(e) if results.iter().any(Option::is_none) => Err(err(&e)),
                     _ => Ok(()),
                 };

@@ -132,13 +132,18 @@ pub fn exercise_client(data: &[u8]) {
             12 => format!("{code}é\r\n").into_bytes(),
             13 => format!("{code} 5.1.1 x\r\n").into_bytes(),
             _ => {
+                // A repeat of the last reply (not of a repeat: the input stays linear).
                 let n = data.get(i).copied().unwrap_or(1) % 64;
                 i += 1;
-                last.repeat(usize::from(n))
+                wire.extend(last.repeat(usize::from(n)));
+                continue;
             }
         };
         last.clone_from(&one);
         wire.extend(one);
+        if wire.len() > 1 << 20 {
+            break;
+        }
     }
     let cfg = ClientConfig {
         helo: "fuzz.test".into(),

@@ -580,7 +580,12 @@ fn domain_cmd(config: &Path, cmd: DomainCmd) -> Result<()> {
             }
             print!(
                 "{}",
-                yubin_server::dkim::records(&name, &public, &cfg.hostname)
+                yubin_server::dkim::records(
+                    &name,
+                    &public,
+                    &cfg.hostname,
+                    &yubin_server::https::policy_id(&cfg)
+                )
             );
         }
         DomainCmd::Remove { name, force } => {
