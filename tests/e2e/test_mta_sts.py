@@ -13,6 +13,8 @@ recipient's policy served over HTTPS by the test (Python's http.server and ssl):
 
 import email
 import email.policy
+import gzip
+import json
 import http.client
 import http.server
 import smtplib
@@ -63,6 +65,8 @@ def sts_dns(tmp_path):
         f"--host-record=mta-sts.b.test,{POLICY_IP}",
         f"--host-record=mta-sts.c.test,{POLICY_IP}",
         f"--host-record=mta-sts.d.test,{POLICY_IP}",
+        "--txt-record=_smtp._tls.b.test,v=TLSRPTv1; rua=mailto:tlsrpt@b.test",
+        "--txt-record=_smtp._tls.c.test,v=TLSRPTv1; rua=mailto:tlsrpt@b.test",
     ], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(0.3)
     assert proc.poll() is None, proc.stderr.read().decode()
@@ -114,7 +118,8 @@ def test_mta_sts_enforce_and_requiretls(make_server, sts_dns, tmp_path):
     https_port, smtp_port, own_port = free_port(), free_port(), free_port()
     srv, fetched = policy_server(certs, https_port)
     queue = (f"[queue]\ndns_servers = [\"{DNS_IP}:{sts_dns}\"]\nremote_port = {smtp_port}\n"
-             f"retry_seconds = [1]\nmta_sts_port = {https_port}\ntls_ca_file = \"{certs / 'ca.pem'}\"\n")
+             f"retry_seconds = [1]\nmta_sts_port = {https_port}\ntls_ca_file = \"{certs / 'ca.pem'}\"\n"
+             "tls_report_seconds = 4\n")
     a = make_server(domain="a.test", ip=A_IP, port=smtp_port, hostname="mx.a.test", extra=queue)
     b_tls = f"[tls]\ncert = \"{certs / 'good.pem'}\"\nkey = \"{certs / 'good.key'}\"\n"
     b = make_server(domain="b.test", ip=B_IP, port=smtp_port, hostname="mx.b.test",
@@ -123,6 +128,7 @@ def test_mta_sts_enforce_and_requiretls(make_server, sts_dns, tmp_path):
     b.config.write_text(b.config.read_text().replace("[listen]\n", f"[listen]\nmta_sts = [\"{B_IP}:{own_port}\"]\n"))
     b.cli("domain", "add", "plain.test")
     b.add_user("carol@plain.test")
+    b.add_user("tlsrpt@b.test")
     a.start()
     b.start()
 
@@ -195,4 +201,31 @@ def test_mta_sts_enforce_and_requiretls(make_server, sts_dns, tmp_path):
     records = b.cli("domain", "dkim", "b.test").stdout.decode()
     assert '_mta-sts.b.test. IN TXT "v=STSv1; id=' in records
     assert '_smtp._tls.b.test. IN TXT "v=TLSRPTv1; rua=mailto:' in records
+
+    # 6. TLS reports (RFC 8460) from A: JSON, gzipped, in multipart/report mail, for b.test
+    # (successes under its policy) and c.test (the certificate that did not match).
+    def reports():
+        out = {}
+        for raw in b.messages("tlsrpt@b.test"):
+            msg = email.message_from_bytes(raw, policy=email.policy.default)
+            assert msg.get_content_type() == "multipart/report" and msg.get_param("report-type") == "tlsrpt"
+            part = next(p for p in msg.walk() if p.get_content_type() == "application/tlsrpt+gzip")
+            assert part.get_filename().endswith(".json.gz")
+            r = json.loads(gzip.decompress(part.get_content()))
+            out.setdefault(msg["TLS-Report-Domain"], []).append((msg, r))
+        return out
+
+    assert wait_for(lambda: {"b.test", "c.test"} <= set(reports()), timeout=60), (
+        reports().keys(), a.log_text()[-2000:])
+    got = reports()
+    msg, r = got["b.test"][0]
+    assert msg["TLS-Report-Submitter"] == "mx.a.test"
+    assert r["organization-name"] == "mx.a.test" and r["date-range"]["start-datetime"].endswith("Z")
+    p = r["policies"][0]
+    assert p["policy"]["policy-type"] == "sts" and p["policy"]["policy-domain"] == "b.test"
+    assert p["policy"]["mx-host"] == ["mx.b.test"] and "mode: enforce" in p["policy"]["policy-string"]
+    assert sum(x["policies"][0]["summary"]["total-successful-session-count"] for _, x in got["b.test"]) >= 1
+    c_fail = [d for _, x in got["c.test"] for d in x["policies"][0].get("failure-details", [])]
+    assert any(d["result-type"] == "certificate-host-mismatch" and d["receiving-mx-hostname"] == "mx.c.test"
+               and d["receiving-ip"] == B_IP for d in c_fail), c_fail
     srv.shutdown()

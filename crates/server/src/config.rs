@@ -132,6 +132,9 @@ pub struct QueueCfg {
     pub mta_sts_port: u16,
     /// More CA certificates (PEM) to trust beside Mozilla's, for MTA-STS and MX hosts.
     pub tls_ca_file: Option<PathBuf>,
+    /// Seconds between TLS reports to the domains that ask for them (RFC 8460: a day);
+    /// 0: none.
+    pub tls_report_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -256,6 +259,7 @@ impl Default for QueueCfg {
             mta_sts: true,
             mta_sts_port: 443,
             tls_ca_file: None,
+            tls_report_seconds: 86_400,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod pop3;
 mod smtp;
 mod stream;
 pub mod tls;
+mod tlsrpt;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -422,6 +423,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
             .mta_sts
             .then(|| mta_sts::Sts::new(server.cfg.queue.mta_sts_port, roots.clone())),
         roots: roots.clone(),
+        tls_reports: Arc::new(tlsrpt::Reports::new(unix_now())),
         sources_by_domain: server
             .cfg
             .queue
@@ -433,7 +435,18 @@ pub async fn serve(cfg: Config) -> Result<()> {
             server.cfg.queue.concurrency.max(1),
         )),
     };
-    tokio::spawn(outbound::run(Arc::new(outbox)));
+    let outbox = Arc::new(outbox);
+    tokio::spawn(outbound::run(outbox.clone()));
+    // RFC 8460: TLS reports, once a day (or as configured).
+    if server.cfg.queue.tls_report_seconds > 0 {
+        let every = std::time::Duration::from_secs(server.cfg.queue.tls_report_seconds);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                tlsrpt::send_all(&outbox, unix_now()).await;
+            }
+        });
+    }
     // SIGHUP: new certificate for new connections; open ones keep theirs (no drops).
     {
         use tokio::signal::unix::{SignalKind, signal};

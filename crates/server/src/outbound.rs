@@ -51,6 +51,8 @@ pub struct Outbox {
     pub sts: Option<crate::mta_sts::Sts>,
     /// What MX certificates are verified against.
     pub roots: Arc<rustls::RootCertStore>,
+    /// What TLS sessions came to, for RFC 8460 reports.
+    pub tls_reports: Arc<crate::tlsrpt::Reports>,
 }
 
 impl Outbox {
@@ -317,6 +319,18 @@ async fn attempt(
                     error = e,
                     "MTA-STS policy not available; delivering without"
                 );
+                // RFC 8460 §4.3.2: a policy that could not be had, or not be read.
+                let kind = if e.contains(": HTTP")
+                    || e.contains("TLS")
+                    || e.contains("timeout")
+                    || e.contains("address")
+                {
+                    "sts-policy-fetch-error"
+                } else {
+                    "sts-policy-invalid"
+                };
+                let held = crate::tlsrpt::Held { policy: None };
+                ob.tls_reports.failure(domain, &held, kind, "", "", "");
                 None
             }
         },
@@ -354,6 +368,7 @@ async fn attempt(
             let addr = SocketAddr::new(ip, ob.port);
             let source = source_for(sources, ip);
             let at = Target {
+                domain,
                 host: &host,
                 addr,
                 source,
@@ -383,6 +398,7 @@ async fn attempt(
 /// done are sent over it in turn. `Err` (with the reason) when it ended before all were.
 /// Where one connection goes, and the policy it is held to.
 struct Target<'a> {
+    domain: &'a str,
     host: &'a str,
     addr: SocketAddr,
     source: Option<IpAddr>,
@@ -408,6 +424,16 @@ async fn session(
         .await
         .map_err(|_| err(&"connect timeout"))?
         .map_err(|e| err(&e))?;
+    let local_ip = tcp
+        .local_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    let held = crate::tlsrpt::Held { policy: at.policy };
+    let report_failure = |kind: &str| {
+        let ip = addr.ip().to_string();
+        ob.tls_reports
+            .failure(at.domain, &held, kind, &local_ip, host, &ip)
+    };
     let mut io: BufReader<Box<dyn Io>> = BufReader::new(Box::new(tcp));
     let mut reader = ReplyReader::new();
     let mut c = Client::new(ClientConfig {
@@ -444,20 +470,30 @@ async fn session(
                     return Err(err(&"data after the STARTTLS reply"));
                 }
                 let plain = io.into_inner();
-                let stream = tokio::time::timeout(COMMAND_TIMEOUT, tls.connect(name, plain))
-                    .await
-                    .map_err(|_| err(&"TLS handshake timeout"))?
-                    .map_err(|e| err(&format!("TLS handshake failed: {e}")))?;
+                let stream =
+                    match tokio::time::timeout(COMMAND_TIMEOUT, tls.connect(name, plain)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            report_failure("validation-failure");
+                            return Err(tls_err(&format!("TLS handshake failed: {e}")));
+                        }
+                        Err(_) => {
+                            report_failure("validation-failure");
+                            return Err(tls_err(&"TLS handshake timeout"));
+                        }
+                    };
                 io = BufReader::new(Box::new(stream));
                 reader = ReplyReader::new();
                 // RFC 8461 §4.2: under a policy the certificate must verify for the MX name.
                 let verified = match (at.policy, checking.result()) {
                     (Some(_), Ok(())) => true,
                     (Some(p), Err(e)) if p.mode == Mode::Enforce => {
+                        report_failure(crate::tlsrpt::result_type(&e));
                         let _ = io.get_mut().shutdown().await;
                         return Err(tls_err(&format!("certificate not valid: {e}")));
                     }
                     (Some(_), Err(e)) => {
+                        report_failure(crate::tlsrpt::result_type(&e));
                         warn!(
                             host,
                             error = e,
@@ -468,6 +504,9 @@ async fn session(
                     }
                     (None, _) => false,
                 };
+                if verified || at.policy.is_none() {
+                    ob.tls_reports.success(at.domain, &held);
+                }
                 info!(host, policy = policy_name, verified, "TLS started");
                 c.tls_started(verified);
             }
@@ -519,6 +558,7 @@ async fn session(
             Step::Close(why) => {
                 return match why {
                     Some(e @ (ClientError::NoStartTls | ClientError::StartTlsRefused(_))) => {
+                        report_failure("starttls-not-supported");
                         Err(tls_err(&e))
                     }
                     Some(e) if results.iter().any(Option::is_none) => Err(err(&e)),
