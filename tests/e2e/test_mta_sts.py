@@ -35,11 +35,14 @@ def openssl(*args, cwd):
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def make_certs(d):
+GOOD_NAMES = "DNS:mx.b.test,DNS:mx.d.test,DNS:mta-sts.b.test,DNS:mta-sts.c.test,DNS:mta-sts.d.test"
+
+
+def make_certs(d, good_names=GOOD_NAMES):
     """A CA, a certificate it signs for the MX and policy hosts, and one for a wrong name."""
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
             "-days", "2", "-subj", "/CN=yubin test CA", cwd=d)
-    for name, sans in (("good", "DNS:mx.b.test,DNS:mx.d.test,DNS:mta-sts.b.test,DNS:mta-sts.c.test,DNS:mta-sts.d.test"),
+    for name, sans in (("good", good_names),
                        ("wrong", "DNS:somewhere.else.test")):
         openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
                 "-subj", f"/CN={name}", cwd=d)

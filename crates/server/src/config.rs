@@ -132,6 +132,10 @@ pub struct QueueCfg {
     pub mta_sts_port: u16,
     /// More CA certificates (PEM) to trust beside Mozilla's, for MTA-STS and MX hosts.
     pub tls_ca_file: Option<PathBuf>,
+    /// Look up DNSSEC-validated TLSA records of MX hosts (DANE, RFC 7672).
+    pub dane: bool,
+    /// DNSKEY records (a file) to validate from instead of the IANA root key.
+    pub dnssec_trust_anchor: Option<PathBuf>,
     /// Seconds between TLS reports to the domains that ask for them (RFC 8460: a day);
     /// 0: none.
     pub tls_report_seconds: u64,
@@ -260,6 +264,8 @@ impl Default for QueueCfg {
             mta_sts_port: 443,
             tls_ca_file: None,
             tls_report_seconds: 86_400,
+            dane: true,
+            dnssec_trust_anchor: None,
         }
     }
 }
@@ -309,6 +315,7 @@ impl Config {
         cfg.tls.cert = cfg.tls.cert.map(|p| base.join(p));
         cfg.tls.key = cfg.tls.key.map(|p| base.join(p));
         cfg.queue.tls_ca_file = cfg.queue.tls_ca_file.map(|p| base.join(p));
+        cfg.queue.dnssec_trust_anchor = cfg.queue.dnssec_trust_anchor.map(|p| base.join(p));
         Ok(cfg)
     }
 

@@ -2,6 +2,7 @@
 //! sans-IO protocol sessions to sockets and to the store.
 
 pub mod config;
+mod dane;
 pub mod dkim;
 pub mod guard;
 pub mod https;
@@ -424,6 +425,17 @@ pub async fn serve(cfg: Config) -> Result<()> {
             .then(|| mta_sts::Sts::new(server.cfg.queue.mta_sts_port, roots.clone())),
         roots: roots.clone(),
         tls_reports: Arc::new(tlsrpt::Reports::new(unix_now())),
+        dane: if server.cfg.queue.dane {
+            Some(dane::Dane::new(
+                dane::resolver(
+                    &server.cfg.queue.dns_servers,
+                    server.cfg.queue.dnssec_trust_anchor.as_deref(),
+                )
+                .context("cannot set up DNSSEC validation for DANE; set [queue] dane = false to go without")?,
+            ))
+        } else {
+            None
+        },
         sources_by_domain: server
             .cfg
             .queue

@@ -53,6 +53,8 @@ pub struct Outbox {
     pub roots: Arc<rustls::RootCertStore>,
     /// What TLS sessions came to, for RFC 8460 reports.
     pub tls_reports: Arc<crate::tlsrpt::Reports>,
+    /// DNSSEC-validated TLSA lookups (RFC 7672); `None` when turned off.
+    pub dane: Option<crate::dane::Dane>,
 }
 
 impl Outbox {
@@ -168,6 +170,8 @@ struct Checking {
     webpki: Arc<rustls::client::WebPkiServerVerifier>,
     provider: Arc<rustls::crypto::CryptoProvider>,
     result: std::sync::Mutex<Option<Result<(), String>>>,
+    /// The chain presented, leaf first (for DANE).
+    chain: std::sync::Mutex<Vec<rustls_pki_types::CertificateDer<'static>>>,
 }
 
 impl Checking {
@@ -195,6 +199,9 @@ impl rustls::client::danger::ServerCertVerifier for Checking {
             .map(|_| ())
             .map_err(|e| e.to_string());
         *self.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        let mut chain = vec![end_entity.clone().into_owned()];
+        chain.extend(intermediates.iter().map(|c| c.clone().into_owned()));
+        *self.chain.lock().unwrap_or_else(|e| e.into_inner()) = chain;
         Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
     fn verify_tls12_signature(
@@ -244,6 +251,7 @@ fn tls_client(
         webpki,
         provider: provider.clone(),
         result: Default::default(),
+        chain: Default::default(),
     });
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -309,8 +317,40 @@ async fn attempt(
         }
         Route::Hosts(h) => h,
     };
+    // RFC 7672 §2.2: DANE, where the MX answer and a host's TLSA answer are secure. It
+    // takes the place of MTA-STS for the domain (RFC 8461 §2).
+    let mut dane: std::collections::HashMap<String, Vec<crate::dane::Tlsa>> = Default::default();
+    let mut hosts = hosts;
+    if let Some(d) = &ob.dane
+        && d.mx_secure(domain).await
+    {
+        let mut usable = Vec::new();
+        for (h, ips) in hosts {
+            match d.tlsa(&h, ob.port).await {
+                crate::dane::HostTlsa::Records(r) => {
+                    dane.insert(h.clone(), r);
+                    usable.push((h, ips));
+                }
+                crate::dane::HostTlsa::None => usable.push((h, ips)),
+                crate::dane::HostTlsa::Bogus => {
+                    warn!(
+                        domain,
+                        host = h,
+                        "TLSA answer failed DNSSEC validation: host skipped (DANE)"
+                    );
+                }
+            }
+        }
+        if usable.is_empty() {
+            let why =
+                format!("the TLSA records of {domain}'s MX hosts failed DNSSEC validation (DANE)");
+            return all(&|| Outcome::Temporary(why.clone()));
+        }
+        hosts = usable;
+    }
     // RFC 8461 §5: the recipient domain's MTA-STS policy, if it has one.
     let policy = match &ob.sts {
+        _ if !dane.is_empty() => None,
         Some(sts) => match sts.policy(&ob.resolver, domain).await {
             Ok(p) => p.filter(|p| p.mode != Mode::None),
             Err(e) => {
@@ -329,7 +369,10 @@ async fn attempt(
                 } else {
                     "sts-policy-invalid"
                 };
-                let held = crate::tlsrpt::Held { policy: None };
+                let held = crate::tlsrpt::Held {
+                    policy: None,
+                    tlsa: None,
+                };
                 ob.tls_reports.failure(domain, &held, kind, "", "", "");
                 None
             }
@@ -369,6 +412,7 @@ async fn attempt(
             let source = source_for(sources, ip);
             let at = Target {
                 domain,
+                dane: dane.get(&host).map(Vec::as_slice),
                 host: &host,
                 addr,
                 source,
@@ -399,6 +443,8 @@ async fn attempt(
 /// Where one connection goes, and the policy it is held to.
 struct Target<'a> {
     domain: &'a str,
+    /// Secure TLSA records of the host (RFC 7672): they, not the policy, decide.
+    dane: Option<&'a [crate::dane::Tlsa]>,
     host: &'a str,
     addr: SocketAddr,
     source: Option<IpAddr>,
@@ -412,11 +458,12 @@ async fn session(
     results: &mut [Option<Vec<Outcome>>],
 ) -> Result<(), String> {
     let (host, addr, source) = (at.host, at.addr, at.source);
-    let enforce = at.policy.is_some_and(|p| p.mode == Mode::Enforce);
+    let enforce = at.dane.is_some() || at.policy.is_some_and(|p| p.mode == Mode::Enforce);
     // What the log and a report say of the policy in force.
-    let policy_name = match at.policy {
-        Some(p) => format!("MTA-STS {}", p.mode.name()),
-        None => "opportunistic TLS".to_owned(),
+    let policy_name = match (at.dane, at.policy) {
+        (Some(_), _) => "DANE".to_owned(),
+        (None, Some(p)) => format!("MTA-STS {}", p.mode.name()),
+        (None, None) => "opportunistic TLS".to_owned(),
     };
     let err = |e: &dyn std::fmt::Display| format!("{host}: {e}");
     let tls_err = |e: &dyn std::fmt::Display| format!("{host}: {e} ({policy_name})");
@@ -428,7 +475,10 @@ async fn session(
         .local_addr()
         .map(|a| a.ip().to_string())
         .unwrap_or_default();
-    let held = crate::tlsrpt::Held { policy: at.policy };
+    let held = crate::tlsrpt::Held {
+        policy: at.policy,
+        tlsa: at.dane,
+    };
     let report_failure = |kind: &str| {
         let ip = addr.ip().to_string();
         ob.tls_reports
@@ -484,8 +534,28 @@ async fn session(
                     };
                 io = BufReader::new(Box::new(stream));
                 reader = ReplyReader::new();
+                // RFC 7672 §3: the certificate must match the TLSA records.
+                let dane_result = at.dane.map(|records| {
+                    let chain = checking
+                        .chain
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone();
+                    crate::dane::verify(records, &chain, host)
+                });
                 // RFC 8461 §4.2: under a policy the certificate must verify for the MX name.
                 let verified = match (at.policy, checking.result()) {
+                    _ if dane_result.is_some() => match dane_result.clone() {
+                        Some(Ok(authenticated)) => authenticated,
+                        Some(Err(e)) => {
+                            report_failure("validation-failure");
+                            let _ = io.get_mut().shutdown().await;
+                            return Err(tls_err(&format!(
+                                "certificate does not match its TLSA records: {e}"
+                            )));
+                        }
+                        None => false,
+                    },
                     (Some(_), Ok(())) => true,
                     (Some(p), Err(e)) if p.mode == Mode::Enforce => {
                         report_failure(crate::tlsrpt::result_type(&e));
@@ -504,7 +574,7 @@ async fn session(
                     }
                     (None, _) => false,
                 };
-                if verified || at.policy.is_none() {
+                if verified || (at.policy.is_none() && at.dane.is_none()) {
                     ob.tls_reports.success(at.domain, &held);
                 }
                 info!(host, policy = policy_name, verified, "TLS started");

@@ -52,10 +52,22 @@ pub fn result_type(error: &str) -> &'static str {
 /// What a session was held to, as the report names it (RFC 8460 §4.4).
 pub struct Held<'a> {
     pub policy: Option<&'a crate::mta_sts::Policy>,
+    pub tlsa: Option<&'a [crate::dane::Tlsa]>,
 }
 
 impl Held<'_> {
     fn describe(&self) -> (&'static str, Vec<String>, Vec<String>) {
+        if let Some(t) = self.tlsa {
+            // §4.4: the TLSA records as presentation text.
+            let text = t
+                .iter()
+                .map(|r| {
+                    let hex: String = r.data.iter().map(|b| format!("{b:02x}")).collect();
+                    format!("{} {} {} {hex}", r.usage, r.selector, r.matching)
+                })
+                .collect();
+            return ("tlsa", text, Vec::new());
+        }
         match self.policy {
             Some(p) => (
                 "sts",
@@ -367,7 +379,10 @@ mod tests {
         );
         assert_eq!(parse_record("v=TLSRPTv2; rua=mailto:x@y"), None);
         let r = Reports::new(0);
-        let held = Held { policy: None };
+        let held = Held {
+            policy: None,
+            tlsa: None,
+        };
         r.success("Example.com", &held);
         r.failure(
             "example.com",
