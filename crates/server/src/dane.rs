@@ -299,7 +299,11 @@ mod tests {
             },
         ];
         for t in ok {
-            assert_eq!(verify(&[t.clone()], &chain, "any.name"), Ok(true), "{t:?}");
+            assert_eq!(
+                verify(std::slice::from_ref(&t), &chain, "any.name"),
+                Ok(true),
+                "{t:?}"
+            );
         }
         let wrong = Tlsa {
             usage: 3,
@@ -307,7 +311,7 @@ mod tests {
             matching: 1,
             data: vec![0; 32],
         };
-        assert!(verify(&[wrong.clone()], &chain, "mx.example").is_err());
+        assert!(verify(std::slice::from_ref(&wrong), &chain, "mx.example").is_err());
         // One good record among bad ones is enough; only unusable ones: TLS unauthenticated.
         let good = Tlsa {
             usage: 3,
