@@ -585,9 +585,202 @@ ROWS = [
     ("smtp_4k_50", "msg/s", True),
     ("smtp_256k_10", "msg/s", True),
     ("smtp_256k_50", "msg/s", True),
+    ("outbound_4k", "msg/s", True),
+    ("outbound_256k", "msg/s", True),
 ]
 SMTP_ROWS = [("smtp_4k_10", 10, 4096), ("smtp_4k_50", 50, 4096),
              ("smtp_256k_10", 10, 262144), ("smtp_256k_50", 50, 262144)]
+
+
+OUT_DOMAIN = "out.bench.test"
+OUT_USER = f"far@{OUT_DOMAIN}"
+SENDER_IP, RECEIVER_IP = "127.0.0.2", "127.0.0.3"
+OUT_SESSIONS = 20
+
+
+class Outbound:
+    """Outbound throughput: messages submitted to a sender (yubin, or Postfix relaying to
+    its relayhost, as it is deployed) over 20 sessions, until a receiving yubin on another
+    loopback address has the last one. The same receiver for both; yubin finds it through
+    an MX record (dnsmasq), Postfix through relayhost. Both fsync their queue before 250,
+    both deliver with up to 20 connections to the destination."""
+
+    def __init__(self, base: Path, bin_dir: Path):
+        self.base = base / "outbound"
+        self.base.mkdir()
+        self.bin = str(bin_dir / "yubin")
+        self.port = free_port()  # the SMTP port of both yubins (as port 25 on the internet)
+        self.dns_port = free_port()
+        self.procs: list = []
+
+    def yubin(self, name: str, ip: str, hostname: str, domain: str, extra: str, users):
+        d = self.base / name
+        d.mkdir()
+        cfg = d / "yubin.toml"
+        imap, sub = free_port(), free_port()
+        cfg.write_text(
+            f'hostname = "{hostname}"\n{extra}\n[listen]\n'
+            f'smtp = ["{ip}:{self.port}"]\nimap = ["{ip}:{imap}"]\n'
+            f'submission = ["{ip}:{sub}"]\n'
+            "imaps = []\npop3 = []\npop3s = []\nsubmissions = []\n"
+            "[smtp]\nmax_connections_per_ip = 1000\n"
+            "[submission]\nmessages_per_hour = 10000000\nrecipients_per_hour = 10000000\n"
+            "save_sent = false\n")
+        run = lambda *a, inp=None: subprocess.run([self.bin, "--config", str(cfg), *a], check=True,
+                                                  capture_output=True, input=inp)
+        run("init", "--domain", domain)
+        for u in users:
+            run("user", "add", u, "--password-stdin", inp=(PASSWORD + "\n").encode())
+        p = subprocess.Popen([self.bin, "--config", str(cfg), "serve"],
+                             stdout=open(d / "serve.log", "ab"), stderr=subprocess.STDOUT,
+                             env={**os.environ, "YUBIN_LOG": "warn"}, preexec_fn=raise_nofile)
+        self.procs.append(p)
+        wait_port_at(ip, imap, p, name)
+        return p, imap, sub
+
+    def start(self, with_postfix: bool) -> None:
+        self.dns = subprocess.Popen([
+            "dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
+            "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={self.dns_port}",
+            f"--mx-host={OUT_DOMAIN},mx.{OUT_DOMAIN},10", f"--host-record=mx.{OUT_DOMAIN},{RECEIVER_IP}",
+        ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(self.dns)
+        self.receiver, self.recv_imap, _ = self.yubin(
+            "receiver", RECEIVER_IP, f"mx.{OUT_DOMAIN}", OUT_DOMAIN, "", [OUT_USER])
+        queue = (f"[queue]\ndns_servers = [\"127.0.0.1:{self.dns_port}\"]\n"
+                 f"remote_port = {self.port}\nper_domain_concurrency = {OUT_SESSIONS}\n")
+        self.sender, _, self.sub_port = self.yubin(
+            "sender", SENDER_IP, "mx.bench.test", DOMAIN, queue, [USER])
+        self.pf = None
+        if with_postfix:
+            self.pf = PostfixRelay(self.base, RECEIVER_IP, self.port)
+            self.pf.start()
+
+    def stored(self) -> int:
+        return imap_count_at(RECEIVER_IP, self.recv_imap, OUT_USER)
+
+    def run(self, who: str, count: int, size: int) -> float:
+        import re
+        # From the submitting user (RFC 6409 §6.1: yubin checks it), to the far user.
+        msgs = [re.sub(rb"^From: [^\r]*", f"From: <{USER}>".encode(),
+                       message(i, size).replace(f"To: {USER}".encode(), f"To: {OUT_USER}".encode()))
+                for i in range(count)]
+        chunks = [msgs[k::OUT_SESSIONS] for k in range(OUT_SESSIONS)]
+        errors = []
+        before = self.stored()
+
+        def worker(chunk):
+            try:
+                if who == "yubin":
+                    s = smtplib.SMTP(SENDER_IP, self.sub_port, timeout=120)
+                    s.login(USER, PASSWORD)
+                    sender = USER
+                else:
+                    s = smtplib.SMTP("127.0.0.1", self.pf.port, timeout=120)
+                    sender = "sender@example.net"
+                for m in chunk:
+                    s.sendmail(sender, [OUT_USER], m)
+                s.quit()
+            except Exception as e:
+                errors.append(e)
+
+        t = time.time()
+        threads = [threading.Thread(target=worker, args=(c,)) for c in chunks]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        if errors:
+            raise SystemExit(f"submission to {who} failed: {errors[0]}")
+        end = time.time() + 900
+        while self.stored() < before + count:
+            if time.time() > end:
+                raise SystemExit(f"{who}: only {self.stored() - before} of {count} relayed")
+            time.sleep(0.05)
+        return count / (time.time() - t)
+
+    def stop(self) -> None:
+        if self.pf:
+            self.pf.stop()
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+class PostfixRelay:
+    """Postfix from Debian relaying everything to one relayhost (opportunistic TLS), as a
+    smarthost or outbound MTA is set up."""
+
+    def __init__(self, base: Path, ip: str, port: int):
+        self.dir = base / "postfix-relay"
+        self.etc = self.dir / "etc"
+        self.etc.mkdir(parents=True)
+        self.port = free_port()
+        (self.etc / "main.cf").write_text(f"""compatibility_level = 3.6
+queue_directory = {self.dir}/queue
+data_directory = {self.dir}/data
+maillog_file = {self.dir}/maillog
+maillog_file_prefixes = {self.dir}
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = relay.postfix.test
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+mydestination =
+relayhost = [{ip}]:{port}
+smtp_tls_security_level = may
+smtpd_relay_restrictions = permit_mynetworks, reject
+message_size_limit = 52428800
+""")
+        lines = []
+        for line in Path("/etc/postfix/master.cf").read_text().splitlines():
+            f = line.split()
+            if line and not line[0].isspace() and not line.startswith("#") and len(f) >= 8:
+                f[4] = "n"
+                if f[0] == "smtp" and f[1] == "inet":
+                    f[0] = f"127.0.0.1:{self.port}"
+                line = " ".join(f)
+            lines.append(line)
+        (self.etc / "master.cf").write_text("\n".join(lines) + "\n")
+
+    def start(self) -> None:
+        (self.dir / "queue").mkdir(exist_ok=True)
+        for args in (("post-install", "create-missing"), ("start",)):
+            r = subprocess.run(["/usr/sbin/postfix", "-c", str(self.etc), *args],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                raise SystemExit(f"postfix {' '.join(args)} failed: {r.stderr}")
+        wait_port_at("127.0.0.1", self.port, None, "postfix relay")
+
+    def stop(self) -> None:
+        subprocess.run(["/usr/sbin/postfix", "-c", str(self.etc), "stop"], capture_output=True)
+
+
+def wait_port_at(ip: str, port: int, proc, what: str, timeout: float = 30) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"{what} exited")
+        try:
+            socket.create_connection((ip, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{what} did not listen on {ip}:{port}")
+
+
+def imap_count_at(ip: str, port: int, user: str) -> int:
+    import imaplib
+    m = imaplib.IMAP4(ip, port)
+    m.login(user, PASSWORD)
+    typ, data = m.status("INBOX", "(MESSAGES)")
+    m.logout()
+    return int(data[0].split(b"MESSAGES ")[1].rstrip(b")"))
 
 
 def table(ours: dict, theirs: dict, title: str) -> str:
@@ -622,7 +815,11 @@ def main() -> None:
                     help="times each SMTP row runs per server, alternating; the median counts")
     ap.add_argument("--bin-dir", default=str(ROOT / "target" / "release"),
                     help="where yubin and yubin-bench are (built by bench/run)")
-    ap.add_argument("--only", default="imap,stress,pop3,smtp",
+    ap.add_argument("--outbound-small", type=int, default=5_000,
+                    help="4 KiB messages of the outbound row")
+    ap.add_argument("--outbound-large", type=int, default=500,
+                    help="256 KiB messages of the outbound row")
+    ap.add_argument("--only", default="imap,stress,pop3,smtp,outbound",
                     help="comma-separated areas to run (imap, stress, pop3, smtp); the table "
                          "says which")
     ap.add_argument("--stress-seconds", type=int, default=20,
@@ -634,10 +831,11 @@ def main() -> None:
         args.idle = 20
         args.smtp_small, args.smtp_large, args.smtp_rounds = 20, 4, 1
         args.stress_seconds = 1
+        args.outbound_small, args.outbound_large = 10, 2
 
     areas = set(args.only.split(","))
-    if areas - {"imap", "stress", "pop3", "smtp"}:
-        ap.error("--only takes imap, stress, pop3 and smtp")
+    if areas - {"imap", "stress", "pop3", "smtp", "outbound"}:
+        ap.error("--only takes imap, stress, pop3, smtp and outbound")
     if "imap" not in areas:
         args.messages = 0
     if "pop3" not in areas:
@@ -736,6 +934,24 @@ def main() -> None:
                     store[row] = sorted(runs[name])[len(runs[name]) // 2]
                 log(f"  {row}: " + ", ".join(f"{n} {' '.join(f'{r:.0f}' for r in v)} msg/s"
                                              for n, v in runs.items()))
+        if "outbound" in areas and shutil.which("dnsmasq"):
+            y.stop()
+            if pf:
+                pf.stop()
+            if d:
+                d.stop()
+            ob = Outbound(base, bin_dir)
+            try:
+                ob.start(with_postfix=pf is not None)
+                for row, count, size in (("outbound_4k", args.outbound_small, 4096),
+                                         ("outbound_256k", args.outbound_large, 262144)):
+                    senders = [("yubin", ours)] + ([("postfix", theirs)] if ob.pf else [])
+                    for who, store in senders:
+                        log(f"outbound {row} from {who}: {count} messages to another yubin")
+                        store[row] = ob.run(who, count, size)
+                        log(f"  {store[row]:.0f} msg/s")
+            finally:
+                ob.stop()
     finally:
         y.stop()
         if pf:
@@ -751,7 +967,8 @@ def main() -> None:
         f"{args.seconds}s; POP3 {args.pop3_clients} clients x {args.pop3_messages} messages; yubin SMTP import "
         f"{ours.get('smtp_import', 0):.0f} msg/s; areas: {args.only}. SMTP rows: smtp-source, {args.smtp_small} × 4 KiB and "
         f"{args.smtp_large} × 256 KiB per row, 10 or 50 sessions, timed until the last message "
-        "is in the mailbox.", "",
+        "is in the mailbox. Outbound rows: 20 submission sessions into the sender, timed until a "
+        "second yubin has the last message; the reference is Postfix relaying to it.", "",
         "Reference: Dovecot (Maildir, mail_fsync=always) for IMAP and POP3; Postfix delivering "
         "into Dovecot's Maildir with virtual(8) for SMTP.", "",
         table(ours, theirs, "yubin vs reference"), "",

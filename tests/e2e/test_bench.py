@@ -21,6 +21,7 @@ def test_bench_smoke(tmp_path):
     assert names == ["noop", "select", "fetch_flags_all", "fetch_1000_bodies", "search_header",
                      "search_body", "store_10000", "mixed", "mixed_p50", "mixed_p99", "idle_rss", "pop3",
                      "smtp_4k_10", "smtp_4k_50", "smtp_256k_10", "smtp_256k_50",
+                     "outbound_4k", "outbound_256k",
                      "stress_10", "stress_10_login_p50", "stress_10_errors",
                      "stress_50", "stress_50_login_p50", "stress_50_errors"]
     # The stress rows check every reply: yubin (and Dovecot, when measured) found no errors.

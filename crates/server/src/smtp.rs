@@ -227,6 +227,13 @@ impl Conn {
                 Event::ResolveUrl { url, .. } => {
                     let outcome = self.resolve_url(url).await;
                     session.burl_result(outcome);
+                    // What BURL added counts in the budget of messages in flight, as
+                    // bytes read from the socket do.
+                    if inflight.set(session.buffered()) > budget {
+                        warn!("messages in flight over budget; session told to retry");
+                        session.overloaded();
+                        inflight.set(0);
+                    }
                 }
                 Event::Close => {
                     self.flush().await?;
