@@ -79,6 +79,28 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         seconds: u64,
     },
+    /// SMTP submission: `sessions` connections, each (after AUTH PLAIN when a user is
+    /// given) sends its share of `count` messages of `size` bytes, one transaction at a
+    /// time with MAIL/RCPT/DATA pipelined; prints the seconds it took. A client in Rust so
+    /// that the sender under test, not the client, is what is measured.
+    Smtp {
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, default_value = "")]
+        password: String,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value_t = 20)]
+        sessions: usize,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        #[arg(long, default_value_t = 4096)]
+        size: usize,
+    },
     /// Open many connections that log in, select a mailbox and IDLE; print `ready N` and
     /// hold them until stdin closes (the caller measures the server's memory meanwhile).
     Idle {
@@ -535,5 +557,117 @@ async fn main() -> Result<()> {
             clients,
             seconds,
         } => stress::stress(account, clients, seconds),
+        Cmd::Smtp {
+            addr,
+            user,
+            password,
+            from,
+            to,
+            sessions,
+            count,
+            size,
+        } => {
+            let t = Instant::now();
+            let mut tasks = Vec::new();
+            for k in 0..sessions {
+                let n = count / sessions + usize::from(k < count % sessions);
+                let job = SmtpJob {
+                    addr: addr.clone(),
+                    user: user.clone(),
+                    password: password.clone(),
+                    from: from.clone(),
+                    to: to.clone(),
+                };
+                tasks.push(tokio::spawn(smtp_session(job, n, size, k)));
+            }
+            for t in tasks {
+                t.await??;
+            }
+            println!("{:.3}", t.elapsed().as_secs_f64());
+            Ok(())
+        }
     }
+}
+
+struct SmtpJob {
+    addr: String,
+    user: Option<String>,
+    password: String,
+    from: String,
+    to: String,
+}
+
+async fn smtp_reply(io: &mut BufReader<TcpStream>, want: u8) -> Result<()> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if io.read_line(&mut line).await? == 0 {
+            bail!("connection closed");
+        }
+        if line.as_bytes().get(3) != Some(&b'-') {
+            break;
+        }
+    }
+    if line.as_bytes().first() != Some(&want) {
+        bail!("unexpected reply: {}", line.trim_end());
+    }
+    Ok(())
+}
+
+/// One session's messages: a header naming the sender, then `size` bytes of text lines.
+async fn smtp_session(job: SmtpJob, n: usize, size: usize, k: usize) -> Result<()> {
+    let mut io = BufReader::new(TcpStream::connect(&job.addr).await?);
+    io.get_ref().set_nodelay(true)?;
+    smtp_reply(&mut io, b'2').await?;
+    io.get_mut().write_all(b"EHLO bench.client\r\n").await?;
+    smtp_reply(&mut io, b'2').await?;
+    if let Some(u) = &job.user {
+        let plain = format!("\0{u}\0{}", job.password);
+        let b64 = base64_encode(plain.as_bytes());
+        io.get_mut()
+            .write_all(format!("AUTH PLAIN {b64}\r\n").as_bytes())
+            .await?;
+        smtp_reply(&mut io, b'2').await?;
+    }
+    let line = "delivery queue mailbox storage network latency index alpha delivery queue\r\n";
+    for i in 0..n {
+        let mut body = format!(
+            "From: <{}>\r\nTo: <{}>\r\nSubject: bench {k}-{i}\r\nMessage-ID: <{k}.{i}@bench.client>\r\n\r\n",
+            job.from, job.to
+        )
+        .into_bytes();
+        while body.len() < size {
+            body.extend_from_slice(line.as_bytes());
+        }
+        body.extend_from_slice(b".\r\n");
+        let cmds = format!(
+            "MAIL FROM:<{}>\r\nRCPT TO:<{}>\r\nDATA\r\n",
+            job.from, job.to
+        );
+        io.get_mut().write_all(cmds.as_bytes()).await?;
+        smtp_reply(&mut io, b'2').await?;
+        smtp_reply(&mut io, b'2').await?;
+        smtp_reply(&mut io, b'3').await?;
+        io.get_mut().write_all(&body).await?;
+        smtp_reply(&mut io, b'2').await?;
+    }
+    io.get_mut().write_all(b"QUIT\r\n").await?;
+    Ok(())
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= c.len() {
+                out.push(char::from(T[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }

@@ -415,7 +415,6 @@ pub async fn serve(cfg: Config) -> Result<()> {
         wake: server.queue_wake.clone(),
         dkim_dir: server.cfg.dkim_dir(),
         per_domain: server.cfg.queue.per_domain_concurrency,
-        domain_limits: Default::default(),
         delay_warning: i64::from(server.cfg.queue.delay_warning_seconds),
         sources: server.cfg.queue.source_addresses.clone(),
         sts: server

@@ -30,6 +30,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// RFC 5321 §4.5.3.2: generous per-command timeouts (shortened; the queue retries anyway).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 const DATA_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long the runner lets new mail gather after starting delivery tasks.
+const GATHER: Duration = Duration::from_millis(20);
 
 pub struct Outbox {
     pub store: Arc<dyn Store>,
@@ -41,7 +43,6 @@ pub struct Outbox {
     pub limit: Arc<Semaphore>,
     pub dkim_dir: std::path::PathBuf,
     pub per_domain: usize,
-    pub domain_limits: std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>,
     /// Seconds after acceptance when a still-queued sender gets a delay warning (0: never).
     pub delay_warning: i64,
     /// Source addresses of outbound connections: global, and by sender domain (lower case).
@@ -283,10 +284,10 @@ enum Outcome {
 /// One message for one domain: what goes on the wire, its envelope, its recipients there.
 struct Job<'a> {
     /// Signed, Return-Path removed.
-    data: Vec<u8>,
+    data: &'a [u8],
     /// The same converted to 7-bit (RFC 6152 §3) and signed again, when it has 8-bit
     /// octets and can be converted.
-    seven_bit: Option<Vec<u8>>,
+    seven_bit: Option<&'a [u8]>,
     envelope: Envelope,
     rcpts: Vec<&'a QueuedRcpt>,
 }
@@ -471,6 +472,9 @@ async fn session(
         .await
         .map_err(|_| err(&"connect timeout"))?
         .map_err(|e| err(&e))?;
+    // Commands and bodies are written whole; Nagle's algorithm would hold the last
+    // segment of a large body until the receiver's delayed ACK (40 ms a message).
+    let _ = tcp.set_nodelay(true);
     let local_ip = tcp
         .local_addr()
         .map(|a| a.ip().to_string())
@@ -584,9 +588,9 @@ async fn session(
                 let Some(job) = current.and_then(|i| jobs.get(i)) else {
                     return Err(err(&"data asked for with no message"));
                 };
-                let data = match (&job.seven_bit, seven_bit) {
+                let data = match (job.seven_bit, seven_bit) {
                     (Some(d), true) => d,
-                    _ => &job.data,
+                    _ => job.data,
                 };
                 let body = dot_stuff(data);
                 if let Err(e) = write(&mut io, &body, DATA_TIMEOUT).await {
@@ -698,22 +702,45 @@ async fn read(
     }
 }
 
-/// The queue runner: wakes on new mail and every few seconds, delivers what is due.
+/// What the runner has handed to delivery tasks: the recipients in flight (never taken
+/// twice), and the domains whose connection slots are all in use (left out of the next
+/// read, so their due mail cannot hide other domains' behind the limit).
+#[derive(Default)]
+struct InFlight {
+    rcpts: std::collections::BTreeSet<i64>,
+    tasks: std::collections::BTreeMap<String, usize>,
+}
+
+type Shared = Arc<std::sync::Mutex<InFlight>>;
+
+fn lock(s: &Shared) -> std::sync::MutexGuard<'_, InFlight> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The queue runner: wakes on new mail and every few seconds, delivers what is due. Each
+/// domain gets up to `per_domain` delivery tasks at once, each with its own messages and
+/// connection; a slow or unreachable domain fills only its own slots.
 pub async fn run(ob: Arc<Outbox>) {
-    // Domains a delivery task is working on: each domain runs on its own, so a slow or
-    // unreachable one never holds up the rest (they are left out of the next `due`).
-    let busy: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>> = Default::default();
+    let state: Shared = Default::default();
     loop {
         let now = unix_now();
-        let skip: Vec<String> = busy
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect();
+        let (full, in_flight): (Vec<String>, Vec<i64>) = {
+            let st = lock(&state);
+            (
+                st.tasks
+                    .iter()
+                    .filter(|(_, n)| **n >= ob.per_domain.max(1))
+                    .map(|(d, _)| d.clone())
+                    .collect(),
+                st.rcpts.iter().copied().collect(),
+            )
+        };
         let store = ob.store.clone();
         // The store read on a blocking thread, not on an async worker.
-        let due = match tokio::task::spawn_blocking(move || store.due_except(now, 200, &skip)).await
+        let due = match tokio::task::spawn_blocking(move || {
+            store.due_except(now, 200, &full, &in_flight)
+        })
+        .await
         {
             Ok(due) => due,
             Err(e) => {
@@ -724,7 +751,7 @@ pub async fn run(ob: Arc<Outbox>) {
         };
         match due {
             Ok(due) if !due.is_empty() => {
-                // Per domain: one connection carries all its due messages.
+                // Per domain: one connection carries all of a task's messages.
                 let mut groups: BTreeMap<String, BTreeMap<i64, Vec<QueuedRcpt>>> = BTreeMap::new();
                 for r in due {
                     groups
@@ -739,23 +766,16 @@ pub async fn run(ob: Arc<Outbox>) {
                     let Ok(permit) = ob.limit.clone().acquire_owned().await else {
                         return;
                     };
-                    // At most `per_domain` connections to one domain's servers at a time.
-                    let domain_limit = ob
-                        .domain_limits
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .entry(domain.clone())
-                        .or_insert_with(|| Arc::new(Semaphore::new(ob.per_domain.max(1))))
-                        .clone();
-                    let busy = Busy::take(&busy, &domain, ob.clone());
+                    let task = Task::take(&state, &domain, &messages, ob.clone());
                     tokio::spawn(async move {
                         let _permit = permit;
-                        let _busy = busy;
-                        if let Ok(_domain_permit) = domain_limit.acquire_owned().await {
-                            deliver_domain(&ob, &domain, messages).await;
-                        }
+                        let _task = task;
+                        deliver_domain(&ob, &domain, messages).await;
                     });
                 }
+                // Let mail arriving meanwhile gather for a moment: one task (and one
+                // connection, TLS handshake and EHLO) then carries it, not one each.
+                tokio::time::sleep(GATHER).await;
                 continue;
             }
             Ok(_) => {}
@@ -765,37 +785,48 @@ pub async fn run(ob: Arc<Outbox>) {
     }
 }
 
-/// A domain marked busy while its delivery task runs; unmarked when the task ends, however
-/// it ends (a panic included), and the runner woken to look at it again.
-struct Busy {
-    set: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+/// A delivery task's claim on its recipients and one of its domain's slots; given back
+/// when the task ends, however it ends (a panic included), and the runner woken.
+struct Task {
+    state: Shared,
     domain: String,
+    rcpts: Vec<i64>,
     ob: Arc<Outbox>,
 }
 
-impl Busy {
+impl Task {
     fn take(
-        set: &Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+        state: &Shared,
         domain: &str,
+        messages: &BTreeMap<i64, Vec<QueuedRcpt>>,
         ob: Arc<Outbox>,
     ) -> Self {
-        set.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(domain.to_owned());
-        Busy {
-            set: set.clone(),
+        let rcpts: Vec<i64> = messages.values().flatten().map(|r| r.id).collect();
+        let mut st = lock(state);
+        st.rcpts.extend(&rcpts);
+        *st.tasks.entry(domain.to_owned()).or_insert(0) += 1;
+        Task {
+            state: state.clone(),
             domain: domain.to_owned(),
+            rcpts,
             ob,
         }
     }
 }
 
-impl Drop for Busy {
+impl Drop for Task {
     fn drop(&mut self) {
-        self.set
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.domain);
+        let mut st = lock(&self.state);
+        for id in &self.rcpts {
+            st.rcpts.remove(id);
+        }
+        if let Some(n) = st.tasks.get_mut(&self.domain) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                st.tasks.remove(&self.domain);
+            }
+        }
+        drop(st);
         self.ob.wake.notify_one();
     }
 }
@@ -844,8 +875,8 @@ async fn deliver_domain(ob: &Outbox, domain: &str, messages: BTreeMap<i64, Vec<Q
                 envid: first.envid.clone(),
                 require_tls: first.require_tls,
             },
-            data: data.clone(),
-            seven_bit: seven_bit.clone(),
+            data,
+            seven_bit: seven_bit.as_deref(),
             rcpts: rcpts.iter().collect(),
         })
         .collect();
@@ -867,15 +898,26 @@ async fn deliver_domain(ob: &Outbox, domain: &str, messages: BTreeMap<i64, Vec<Q
             }
         }
     }
+    // Every outcome of the task in one transaction (one fsync, not one per recipient),
+    // then the reports they call for.
+    let mut records = Vec::new();
+    let mut pending = Vec::new();
     for ((queue_id, original, _, _, _, rcpts), outcomes) in loaded.into_iter().zip(outcomes) {
-        finish(
+        pending.extend(finish(
             ob,
             queue_id,
             &original,
             &rcpts,
             outcomes.unwrap_or_default(),
-        )
-        .await;
+            &mut records,
+        ));
+    }
+    let store = ob.store.clone();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.record_many(&records)).await {
+        warn!(error = %e, "cannot record delivery attempts");
+    }
+    for p in pending {
+        p.send(ob).await;
     }
 }
 
@@ -890,13 +932,14 @@ fn notify_of(r: &QueuedRcpt) -> Notify {
 
 /// Record one message's outcomes, and tell its sender what it asked to be told: failures,
 /// delays, and successes where no later hop will (RFC 3461 §4.1).
-async fn finish(
+fn finish(
     ob: &Outbox,
     queue_id: i64,
     data: &[u8],
     rcpts: &[QueuedRcpt],
     outcomes: Vec<Outcome>,
-) {
+    records: &mut Vec<(i64, Attempt)>,
+) -> Option<Pending> {
     let now = unix_now();
     let mut failures = Vec::new();
     let mut successes = Vec::new();
@@ -974,41 +1017,66 @@ async fn finish(
                 Attempt::Failed { error: reply }
             }
         };
-        let store = ob.store.clone();
-        let id = r.id;
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.record(id, &rec)).await {
-            warn!(error = %e, "cannot record a delivery attempt");
-        }
+        records.push((r.id, rec));
     }
-    let Some(first) = rcpts.first() else { return };
+    let first = rcpts.first()?;
     // Never to the null sender: a report never causes another (RFC 3464 §2).
-    if first.mail_from.is_empty() {
-        return;
+    if first.mail_from.is_empty()
+        || (failures.is_empty() && successes.is_empty() && warnings.is_empty())
+    {
+        return None;
     }
-    let about = Reported {
-        to: &first.mail_from,
-        original: data,
+    Some(Pending {
+        to: first.mail_from.clone(),
+        original: data.to_vec(),
         created: first.created,
-        envid: first.envid.as_deref(),
+        envid: first.envid.clone(),
         full: first.ret.as_deref() == Some("FULL"),
-    };
-    if !failures.is_empty() {
-        send_report(ob, &about, &failures).await;
-    }
-    if !successes.is_empty() {
-        send_report(ob, &about, &successes).await;
-    }
-    // RFC 3464 "delayed": once per recipient.
-    if !warnings.is_empty() {
-        let (ids, reports): (Vec<i64>, Vec<Failure>) = warnings.into_iter().unzip();
-        send_report(ob, &about, &reports).await;
-        let store = ob.store.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            for id in ids {
-                let _ = store.mark_warned(id);
-            }
-        })
-        .await;
+        failures,
+        successes,
+        warnings,
+    })
+}
+
+/// The reports one message's outcomes call for, sent once the outcomes are recorded.
+struct Pending {
+    to: String,
+    original: Vec<u8>,
+    created: i64,
+    envid: Option<String>,
+    full: bool,
+    failures: Vec<Failure>,
+    successes: Vec<Failure>,
+    /// RFC 3464 "delayed", once per recipient: (recipient id, report).
+    warnings: Vec<(i64, Failure)>,
+}
+
+impl Pending {
+    async fn send(self, ob: &Outbox) {
+        let about = Reported {
+            to: &self.to,
+            original: &self.original,
+            created: self.created,
+            envid: self.envid.as_deref(),
+            full: self.full,
+        };
+        if !self.failures.is_empty() {
+            send_report(ob, &about, &self.failures).await;
+        }
+        if !self.successes.is_empty() {
+            send_report(ob, &about, &self.successes).await;
+        }
+        if !self.warnings.is_empty() {
+            let (ids, reports): (Vec<i64>, Vec<Failure>) = self.warnings.into_iter().unzip();
+            send_report(ob, &about, &reports).await;
+            let store = ob.store.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                for id in ids {
+                    let _ = store.mark_warned(id);
+                }
+            })
+            .await;
+        }
     }
 }
 

@@ -740,30 +740,28 @@ pub fn summary(r: &Reply) -> String {
 /// §2.3.8 forbids both): some receivers take `<CR>.<CR>` for the end of data, so leaving
 /// either would let a body smuggle a second message to the next hop.
 pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() + 64);
+    let mut out = Vec::with_capacity(data.len() + data.len() / 64 + 8);
+    let mut rest = data;
     let mut start = true;
-    let mut i = 0;
-    while let Some(&b) = data.get(i) {
-        i += 1;
-        match b {
-            b'\r' => {
-                if data.get(i) == Some(&b'\n') {
-                    i += 1;
-                }
-                out.extend_from_slice(b"\r\n");
-                start = true;
-                continue;
-            }
-            b'\n' => {
-                out.extend_from_slice(b"\r\n");
-                start = true;
-                continue;
-            }
-            b'.' if start => out.push(b'.'),
-            _ => {}
+    // Line by line with memchr: the bytes between line ends are copied in one go.
+    while let Some(&first) = rest.first() {
+        if start && first == b'.' {
+            out.push(b'.');
         }
-        out.push(b);
-        start = false;
+        match memchr::memchr2(b'\r', b'\n', rest) {
+            None => {
+                out.extend_from_slice(rest);
+                start = false;
+                break;
+            }
+            Some(p) => {
+                out.extend_from_slice(rest.get(..p).unwrap_or_default());
+                out.extend_from_slice(b"\r\n");
+                let crlf = rest.get(p) == Some(&b'\r') && rest.get(p + 1) == Some(&b'\n');
+                rest = rest.get(p + if crlf { 2 } else { 1 }..).unwrap_or_default();
+                start = true;
+            }
+        }
     }
     if !start {
         out.extend_from_slice(b"\r\n");

@@ -400,17 +400,31 @@ pub enum Attempt {
 pub trait Queue: Send + Sync {
     /// Recipients whose next attempt is due at `now`, oldest first.
     fn due(&self, now: i64, limit: usize) -> Result<Vec<QueuedRcpt>> {
-        self.due_except(now, limit, &[])
+        self.due_except(now, limit, &[], &[])
     }
     /// The same, leaving out these domains (those a delivery is already working on), so
     /// that a domain that takes long does not hide the others behind the limit.
-    fn due_except(&self, now: i64, limit: usize, busy: &[String]) -> Result<Vec<QueuedRcpt>>;
+    /// `in_flight`: recipient ids being delivered right now, left out as well.
+    fn due_except(
+        &self,
+        now: i64,
+        limit: usize,
+        busy: &[String],
+        in_flight: &[i64],
+    ) -> Result<Vec<QueuedRcpt>>;
     /// Every queued recipient, for `yubin queue list`.
     fn queued(&self) -> Result<Vec<QueuedRcpt>>;
     /// The message of a queue entry, exactly as stored.
     fn queued_message(&self, queue_id: i64) -> Result<Vec<u8>>;
     /// Record an attempt; a message whose recipients are all done leaves the queue.
     fn record(&self, rcpt_id: i64, attempt: &Attempt) -> Result<()>;
+    /// Several attempts in one durable transaction (a delivery task's results).
+    fn record_many(&self, attempts: &[(i64, Attempt)]) -> Result<()> {
+        for (id, a) in attempts {
+            self.record(*id, a)?;
+        }
+        Ok(())
+    }
     /// Remember that the sender was warned about a delay for this recipient.
     fn mark_warned(&self, rcpt_id: i64) -> Result<()>;
     /// Make entries (all, or one message's) due now; returns how many.

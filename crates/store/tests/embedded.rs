@@ -893,17 +893,27 @@ fn outbound_queue_lifecycle() {
         ["remote.org", "other.net"]
     );
     // A domain being delivered to is left out, so the limit reaches the others.
-    let others = s.due_except(100, 10, &["remote.org".into()]).unwrap();
+    let others = s.due_except(100, 10, &["remote.org".into()], &[]).unwrap();
     assert_eq!(
         others.iter().map(|r| r.domain.as_str()).collect::<Vec<_>>(),
         ["other.net"]
     );
     assert_eq!(
-        s.due_except(100, 1, &["remote.org".into()]).unwrap().len(),
+        s.due_except(100, 1, &["remote.org".into()], &[])
+            .unwrap()
+            .len(),
         1
     );
+    // Recipients in flight are left out one by one.
+    let first = due[0].id;
+    let rest = s.due_except(100, 10, &[], &[first]).unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_ne!(rest[0].id, first);
     // A quote or backslash in a name cannot break the query.
-    assert_eq!(s.due_except(100, 10, &["\"]\\".into()]).unwrap().len(), 2);
+    assert_eq!(
+        s.due_except(100, 10, &["\"]\\".into()], &[]).unwrap().len(),
+        2
+    );
     assert_eq!(
         s.queued_message(qid).unwrap(),
         b"Subject: q\r\n\r\nbody\r\n"

@@ -1531,9 +1531,12 @@ fn apply_part(
         blob.packed.map(|at| at.off as i64),
     ])?;
     let t = &blob.text;
-    // The full-text entry is built after the commit (indexer.rs).
-    c.prepare_cached("INSERT INTO index_pending(blob_id) VALUES (?1)")?
-        .execute([blob_id])?;
+    // The full-text entry is built after the commit (indexer.rs); a body that only
+    // leaves through the queue is in no mailbox, so nothing will search it.
+    if !job.accounts.is_empty() {
+        c.prepare_cached("INSERT INTO index_pending(blob_id) VALUES (?1)")?
+            .execute([blob_id])?;
+    }
     let e = &t.sort;
     c.prepare_cached(
         "INSERT INTO envelopes(blob_id, sent, subject, from_addr, from_display, to_addr,

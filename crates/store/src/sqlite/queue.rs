@@ -31,7 +31,13 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedRcpt> {
 }
 
 impl Queue for SqliteStore {
-    fn due_except(&self, now: i64, limit: usize, busy: &[String]) -> Result<Vec<QueuedRcpt>> {
+    fn due_except(
+        &self,
+        now: i64,
+        limit: usize,
+        busy: &[String],
+        in_flight: &[i64],
+    ) -> Result<Vec<QueuedRcpt>> {
         let c = self.conn();
         // The busy domains as one JSON array parameter (SQLite's json_each).
         let busy = format!(
@@ -46,10 +52,19 @@ impl Queue for SqliteStore {
              JOIN blobs b ON b.id = q.blob_id
              WHERE r.done = 0 AND r.next_attempt <= ?1
                AND r.domain NOT IN (SELECT value FROM json_each(?3))
+               AND r.id NOT IN (SELECT value FROM json_each(?4))
              ORDER BY r.next_attempt, r.id LIMIT ?2"
         ))?;
+        let in_flight = format!(
+            "[{}]",
+            in_flight
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
         let rows = st
-            .query_map(params![now, limit as i64, busy], row)?
+            .query_map(params![now, limit as i64, busy, in_flight], row)?
             .collect::<std::result::Result<_, _>>()?;
         Ok(rows)
     }
@@ -79,40 +94,56 @@ impl Queue for SqliteStore {
     }
 
     fn record(&self, rcpt_id: i64, attempt: &Attempt) -> Result<()> {
+        self.record_many(&[(rcpt_id, attempt.clone())])
+    }
+
+    fn record_many(&self, attempts: &[(i64, Attempt)]) -> Result<()> {
         let dead = {
             let mut c = self.conn();
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            match attempt {
-                Attempt::Delivered => tx.execute(
-                    "UPDATE queue_rcpts SET done = 1, attempts = attempts + 1, last_error = NULL
-                     WHERE id = ?1",
-                    [rcpt_id],
-                )?,
-                Attempt::Retry { at, error } => tx.execute(
-                    "UPDATE queue_rcpts SET attempts = attempts + 1, next_attempt = ?2,
-                     last_error = ?3 WHERE id = ?1",
-                    params![rcpt_id, at, error],
-                )?,
-                Attempt::Failed { error } => tx.execute(
-                    "UPDATE queue_rcpts SET done = 1, attempts = attempts + 1, last_error = ?2
-                     WHERE id = ?1",
-                    params![rcpt_id, error],
-                )?,
-            };
+            let mut messages = std::collections::BTreeSet::new();
+            for (rcpt_id, attempt) in attempts {
+                match attempt {
+                    Attempt::Delivered => tx.execute(
+                        "UPDATE queue_rcpts SET done = 1, attempts = attempts + 1, last_error = NULL
+                         WHERE id = ?1",
+                        [rcpt_id],
+                    )?,
+                    Attempt::Retry { at, error } => tx.execute(
+                        "UPDATE queue_rcpts SET attempts = attempts + 1, next_attempt = ?2,
+                         last_error = ?3 WHERE id = ?1",
+                        params![rcpt_id, at, error],
+                    )?,
+                    Attempt::Failed { error } => tx.execute(
+                        "UPDATE queue_rcpts SET done = 1, attempts = attempts + 1, last_error = ?2
+                         WHERE id = ?1",
+                        params![rcpt_id, error],
+                    )?,
+                };
+                let qid: Option<i64> = tx
+                    .query_row(
+                        "SELECT queue_id FROM queue_rcpts WHERE id = ?1",
+                        [rcpt_id],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                messages.extend(qid);
+            }
             // A message with every recipient done leaves the queue (and its body, if unused).
-            let finished: Vec<(i64, i64)> = {
-                let mut st = tx.prepare(
-                    "SELECT q.id, q.blob_id FROM queue q
-                     WHERE q.id = (SELECT queue_id FROM queue_rcpts WHERE id = ?1)
-                       AND NOT EXISTS (SELECT 1 FROM queue_rcpts r WHERE r.queue_id = q.id AND r.done = 0)",
-                )?;
-                st.query_map([rcpt_id], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<std::result::Result<_, _>>()?
-            };
             let mut blobs = Vec::new();
-            for (qid, blob) in finished {
-                tx.execute("DELETE FROM queue WHERE id = ?1", [qid])?;
-                blobs.push(blob);
+            for qid in messages {
+                let finished: Option<i64> = tx
+                    .query_row(
+                        "SELECT q.blob_id FROM queue q WHERE q.id = ?1
+                           AND NOT EXISTS (SELECT 1 FROM queue_rcpts r WHERE r.queue_id = q.id AND r.done = 0)",
+                        [qid],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(blob) = finished {
+                    tx.execute("DELETE FROM queue WHERE id = ?1", [qid])?;
+                    blobs.push(blob);
+                }
             }
             let dead = Self::drop_unreferenced_blobs(&tx, blobs)?;
             tx.commit()?;
