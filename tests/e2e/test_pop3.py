@@ -43,7 +43,7 @@ def test_poplib_journey_and_exact_octet_counts(server):
     caps = pre.capa()
     for c in ("TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "USER", "SASL", "STLS"):
         assert c in caps, caps
-    assert caps["SASL"] == ["PLAIN"]
+    assert caps["SASL"] == ["SCRAM-SHA-256", "PLAIN", "LOGIN"]
     pre.quit()
     p = pop(server)
     count, total = p.stat()

@@ -493,25 +493,7 @@ fn encode_word(s: &str) -> String {
     if s.is_ascii() {
         return s.to_owned();
     }
-    format!("=?utf-8?b?{}?=", base64(s.as_bytes()))
-}
-
-fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for c in data.chunks(3) {
-        let v = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[((v >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    format!("=?utf-8?b?{}?=", yubin_sasl::encode(s.as_bytes()))
 }
 
 /// The `; name=value` parameters of a raw Content-Type/-Disposition value, as sent

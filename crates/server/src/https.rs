@@ -39,9 +39,10 @@ pub fn policy_id(cfg: &crate::config::Config) -> String {
 }
 
 pub async fn handle(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
-    let Some(acceptor) = server.tls() else { return };
     let serve = async {
-        let tls = acceptor.accept(tcp).await.ok()?;
+        let tls = crate::stream::upgrade(&server, crate::stream::Stream::Plain(tcp))
+            .await
+            .ok()?;
         let svc = hyper::service::service_fn(|req| {
             let server = server.clone();
             async move { Ok::<_, std::convert::Infallible>(answer(&server, &req)) }

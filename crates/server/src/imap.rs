@@ -17,8 +17,6 @@ use yubin_store::{
 use crate::Server;
 use crate::stream::Stream;
 
-const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// The store seen by one IMAP session: every call acts on the logged-in account.
 pub struct StoreBackend {
     store: Arc<dyn Store>,
@@ -483,7 +481,7 @@ pub async fn handle(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, impli
     let _ = tcp.set_nodelay(true);
     let mut stream = Stream::Plain(tcp);
     if implicit_tls {
-        match upgrade_stream(&server, stream).await {
+        match crate::stream::upgrade(&server, stream).await {
             Ok(s) => stream = s,
             Err(e) => return debug!(error = %e, "TLS handshake failed"),
         }
@@ -504,22 +502,6 @@ pub async fn handle(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, impli
         Ok(()) => debug!("session closed"),
         Err(e) => debug!(error = %e, "session ended"),
     }
-}
-
-/// Run the server side of a TLS handshake on a plain connection.
-pub(crate) async fn upgrade_stream(server: &Server, stream: Stream) -> std::io::Result<Stream> {
-    let Some(acceptor) = server.tls() else {
-        return Err(std::io::Error::other("no TLS configuration"));
-    };
-    let Stream::Plain(tcp) = stream else {
-        return Err(std::io::Error::other("already TLS"));
-    };
-    let tls = tokio::time::timeout(WRITE_TIMEOUT, acceptor.accept(tcp))
-        .await
-        .map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timeout")
-        })??;
-    Ok(Stream::Tls(Box::new(tls)))
 }
 
 /// COMPRESS=DEFLATE state (RFC 4978): raw DEFLATE, each write flushed with a sync flush.
@@ -579,16 +561,7 @@ impl Deflate {
 }
 
 async fn write_out(stream: &mut Stream, out: &[u8]) -> std::io::Result<()> {
-    if out.is_empty() {
-        return Ok(());
-    }
-    let w = async {
-        stream.write_all(out).await?;
-        stream.flush().await
-    };
-    tokio::time::timeout(WRITE_TIMEOUT, w)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timeout"))?
+    crate::stream::write_within(stream, out).await
 }
 
 async fn run(
@@ -673,7 +646,7 @@ async fn run(
                 session.compression_started();
             }
             Event::StartTls => {
-                stream = upgrade_stream(server, stream).await?;
+                stream = crate::stream::upgrade(server, stream).await?;
                 session.tls_started();
             }
             Event::NeedInput | Event::Idle => {

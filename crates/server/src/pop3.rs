@@ -14,8 +14,6 @@ use yubin_store::{AccountId, FlagOp, Flags, Store, flags};
 use crate::Server;
 use crate::stream::Stream;
 
-const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Accounts with an open POP3 session (RFC 1939 §8: one maildrop lock each).
 pub type Locks = Arc<Mutex<HashSet<AccountId>>>;
 
@@ -198,7 +196,7 @@ pub async fn handle(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, impli
     let _ = tcp.set_nodelay(true);
     let mut stream = Stream::Plain(tcp);
     if implicit_tls {
-        match crate::imap::upgrade_stream(&server, stream).await {
+        match crate::stream::upgrade(&server, stream).await {
             Ok(s) => stream = s,
             Err(e) => return debug!(error = %e, "TLS handshake failed"),
         }
@@ -254,22 +252,14 @@ async fn run(
             continue; // the check at the top ends the session
         }
         let out = session.take_output();
-        if !out.is_empty() {
-            let w = async {
-                stream.write_all(&out).await?;
-                stream.flush().await
-            };
-            tokio::time::timeout(WRITE_TIMEOUT, w).await.map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "write timeout")
-            })??;
-        }
+        crate::stream::write_within(&mut stream, &out).await?;
         match event {
             Event::Close => {
                 let _ = stream.shutdown().await;
                 return Ok(());
             }
             Event::StartTls => {
-                stream = crate::imap::upgrade_stream(server, stream).await?;
+                stream = crate::stream::upgrade(server, stream).await?;
                 session.tls_started();
             }
             Event::NeedInput => {

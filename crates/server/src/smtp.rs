@@ -15,9 +15,6 @@ use yubin_store::{AccountId, Flags, Resolved};
 use crate::stream::Stream;
 use crate::{Server, new_id, unix_now};
 
-/// How long a write to a client that does not read may block.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Which SMTP service a listener offers.
 #[derive(Debug, Clone, Copy)]
 pub struct Mode {
@@ -31,7 +28,7 @@ pub async fn handle(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, mode:
     let _ = tcp.set_nodelay(true);
     let mut stream = Stream::Plain(tcp);
     if mode.implicit_tls {
-        match crate::imap::upgrade_stream(&server, stream).await {
+        match crate::stream::upgrade(&server, stream).await {
             Ok(s) => stream = s,
             Err(e) => return debug!(error = %e, "TLS handshake failed"),
         }
@@ -313,38 +310,17 @@ impl Conn {
             return Ok(());
         }
         let out = std::mem::take(&mut self.out);
-        let write = async {
-            self.stream.write_all(&out).await?;
-            self.stream.flush().await
-        };
-        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "write timeout",
-                ));
-            }
-        }
+        crate::stream::write_within(&mut self.stream, &out).await?;
         self.out = out;
         self.out.clear();
         Ok(())
     }
 
     async fn start_tls(&mut self) -> std::io::Result<()> {
-        let Some(acceptor) = self.server.tls() else {
-            return Err(std::io::Error::other("STARTTLS without TLS configuration"));
-        };
-        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Upgrading) else {
-            return Err(std::io::Error::other("STARTTLS on a TLS stream"));
-        };
-        let tls = tokio::time::timeout(WRITE_TIMEOUT, acceptor.accept(tcp))
+        let plain = std::mem::replace(&mut self.stream, Stream::Upgrading);
+        self.stream = crate::stream::upgrade(&self.server, plain)
             .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timeout")
-            })?
             .inspect_err(|e| info!(error = %e, "TLS handshake failed"))?;
-        self.stream = Stream::Tls(Box::new(tls));
         debug!(tls = ?self.stream.tls_description(), "TLS started");
         Ok(())
     }

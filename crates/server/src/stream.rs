@@ -4,7 +4,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -81,4 +81,36 @@ impl AsyncWrite for Stream {
             Stream::Upgrading => Poll::Ready(Ok(())),
         }
     }
+}
+
+/// One deadline for a whole write (and for a TLS handshake): a peer that reads slowly, or
+/// not at all, cannot hold a session by it.
+pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Write all of `out` and flush, within [`WRITE_TIMEOUT`] (SMTP, IMAP and POP3 alike).
+pub async fn write_within<W: AsyncWrite + Unpin>(w: &mut W, out: &[u8]) -> io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let go = async {
+        w.write_all(out).await?;
+        w.flush().await
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, go)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "write timeout"))?
+}
+
+/// The TLS handshake of implicit TLS or STARTTLS/STLS, within [`WRITE_TIMEOUT`].
+pub async fn upgrade(server: &crate::Server, stream: Stream) -> io::Result<Stream> {
+    let Some(acceptor) = server.tls() else {
+        return Err(io::Error::other("no TLS configuration"));
+    };
+    let Stream::Plain(tcp) = stream else {
+        return Err(io::Error::other("already TLS"));
+    };
+    let tls = tokio::time::timeout(WRITE_TIMEOUT, acceptor.accept(tcp))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
+    Ok(Stream::Tls(Box::new(tls)))
 }
