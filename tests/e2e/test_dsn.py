@@ -14,6 +14,8 @@ import threading
 from conftest import PASSWORD, free_port
 from test_outbound import A_IP, B_IP, DNS_IP, SLOW_IP, ctx, dns, wait_for  # noqa: F401
 
+SOURCE_IP = "127.0.0.9"
+
 
 def status_blocks(raw: bytes):
     """The report and its message/delivery-status blocks, as the email package reads them:
@@ -49,7 +51,9 @@ def submit(server, to, body, mail_options=(), rcpt_options=()):
 def test_dsn_round_trip(make_server, dns):
     port = free_port()
     queue = f"[queue]\ndns_servers = [\"{DNS_IP}:{dns}\"]\nremote_port = {port}\nretry_seconds = [1]\n"
-    a = make_server(domain="a.test", ip=A_IP, port=port, hostname="mx.a.test", extra=queue)
+    # A sends from a source address of its own (SPF and reverse DNS on multi-address hosts).
+    a = make_server(domain="a.test", ip=A_IP, port=port, hostname="mx.a.test",
+                    extra=queue + f"source_addresses = [\"{SOURCE_IP}\"]\n")
     b = make_server(domain="b.test", ip=B_IP, port=port, hostname="mx.b.test", extra=queue)
     a.start()
     b.start()
@@ -60,6 +64,7 @@ def test_dsn_round_trip(make_server, dns):
                      rcpt_options=["NOTIFY=SUCCESS,DELAY,FAILURE", "ORCPT=rfc822;Carol+2Btag@b.test"])
     assert refused == {}
     assert wait_for(lambda: len(b.uids("carol@b.test")) == 1, timeout=30), a.log_text()[-2000:]
+    assert f"([{SOURCE_IP}])".encode() in b.cat("carol@b.test", 1), "not sent from the source address"
     # Two reports come back to Bob: "failed" from A (B refused nobody at RCPT), and
     # "delivered" from B (the DSN parameters went along, B did the final delivery).
     assert wait_for(lambda: len(reports(a, "bob@a.test")) == 2, timeout=30), (
