@@ -27,6 +27,8 @@ pub const MAX_POLICY: usize = 64 * 1024;
 pub const MAX_MX: usize = 100;
 /// RFC 8461 §3.2: max_age at most 31557600 seconds.
 pub const MAX_AGE: u64 = 31_557_600;
+/// Most domains whose policies are kept (expired ones go first, then the oldest).
+pub const MAX_CACHED: usize = 10_000;
 /// One deadline for the TXT lookup, connect, TLS and the body together.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -212,7 +214,20 @@ impl Sts {
                     .map_err(|e| format!("MTA-STS policy of {domain}: {e}"));
                 match policy {
                     Ok(p) => {
-                        self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+                        if cache.len() >= MAX_CACHED && !cache.contains_key(&domain) {
+                            cache.retain(|_, c| c.expires > now);
+                            if cache.len() >= MAX_CACHED {
+                                let oldest = cache
+                                    .iter()
+                                    .min_by_key(|(_, c)| c.expires)
+                                    .map(|(d, _)| d.clone());
+                                if let Some(d) = oldest {
+                                    cache.remove(&d);
+                                }
+                            }
+                        }
+                        cache.insert(
                             domain.clone(),
                             Cached {
                                 policy: p.clone(),
@@ -269,7 +284,8 @@ impl Sts {
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
                 .await
                 .map_err(|e| format!("{host}: {e}"))?;
-        tokio::spawn(conn);
+        // The connection's own task ends with the fetch's deadline at the latest.
+        tokio::spawn(tokio::time::timeout(FETCH_TIMEOUT, conn));
         let req = hyper::Request::get("/.well-known/mta-sts.txt")
             .header(hyper::header::HOST, &host)
             .header(hyper::header::USER_AGENT, "yubin")
