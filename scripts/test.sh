@@ -12,7 +12,7 @@ have_all() {
     for tool in cargo swaks openssl curl mbsync fetchmail getmail dnsmasq unbound ldns-signzone; do
         command -v "$tool" >/dev/null || return 1
     done
-    [ -x "$PY" ] && "$PY" -c 'import pytest, dkim, scramp' 2>/dev/null
+    [ -x "$PY" ] && "$PY" -c 'import pytest, dkim, scramp, spf, authres, nacl' 2>/dev/null
 }
 if ! have_all; then
     # First run on this machine: install what the tests need (Debian/Ubuntu; needs root).

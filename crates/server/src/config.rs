@@ -24,7 +24,100 @@ pub struct Config {
     pub auth: Auth,
     pub queue: QueueCfg,
     pub mta_sts: MtaSts,
+    pub filter: Filter,
     pub log: Log,
+}
+
+/// The judgement of inbound mail on port 25 (`server::analyze`, `yubin-filter`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Filter {
+    /// SPF, DKIM, ARC and DMARC of mail from other servers.
+    pub sender_auth: bool,
+    /// Judge clients on loopback too (they are trusted by default, like Rspamd's
+    /// `check_local = false`).
+    pub check_local: bool,
+    /// Resolvers for the checks; empty: `[queue] dns_servers`, then the system's.
+    pub dns_servers: Vec<SocketAddr>,
+    /// Seconds per DNS query before it counts as `temperror`.
+    pub dns_timeout_seconds: u64,
+    /// Seconds for every check of one message together.
+    pub deadline_seconds: u64,
+    /// `accept` (decide on what arrived) or `tempfail` (451 4.7.1, the sender retries).
+    pub on_timeout: String,
+    /// DMARC `p=reject` failures: `reject` (550 5.7.1) or `quarantine` (Junk).
+    pub dmarc_reject: String,
+    /// A local domain in From: without passing authentication: `junk` or `reject`.
+    pub forgery: String,
+    /// Score at which a message is filed into Junk.
+    pub junk_score: f32,
+    /// Score at which a message is refused at SMTP time.
+    pub reject_score: f32,
+}
+
+impl Default for Filter {
+    fn default() -> Self {
+        Filter {
+            sender_auth: true,
+            check_local: false,
+            dns_servers: Vec::new(),
+            dns_timeout_seconds: 5,
+            deadline_seconds: 20,
+            on_timeout: "accept".into(),
+            dmarc_reject: "reject".into(),
+            forgery: "junk".into(),
+            junk_score: 5.0,
+            reject_score: 15.0,
+        }
+    }
+}
+
+impl Filter {
+    /// The policy of `yubin-filter`; unknown words are refused when the file is loaded.
+    pub fn policy(&self) -> yubin_filter::Policy {
+        use yubin_filter::{OnDmarcReject, OnForgery, OnTimeout, Policy, Thresholds};
+        Policy {
+            dmarc_reject: if self.dmarc_reject == "quarantine" {
+                OnDmarcReject::Quarantine
+            } else {
+                OnDmarcReject::Reject
+            },
+            forgery: if self.forgery == "reject" {
+                OnForgery::Reject
+            } else {
+                OnForgery::Junk
+            },
+            on_timeout: if self.on_timeout == "tempfail" {
+                OnTimeout::TempFail
+            } else {
+                OnTimeout::Accept
+            },
+            thresholds: Thresholds {
+                junk: self.junk_score,
+                reject: self.reject_score,
+            },
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        for (key, value, allowed) in [
+            ("on_timeout", &self.on_timeout, ["accept", "tempfail"]),
+            ("dmarc_reject", &self.dmarc_reject, ["reject", "quarantine"]),
+            ("forgery", &self.forgery, ["junk", "reject"]),
+        ] {
+            if !allowed.contains(&value.as_str()) {
+                bail!(
+                    "[filter] {key} = {value:?}: use {:?} or {:?}",
+                    allowed[0],
+                    allowed[1]
+                );
+            }
+        }
+        if self.junk_score > self.reject_score {
+            bail!("[filter] junk_score must not be above reject_score");
+        }
+        Ok(())
+    }
 }
 
 /// Our own MTA-STS policy (RFC 8461 §3.2), served on `[listen] mta_sts`.
@@ -178,6 +271,7 @@ impl Default for Config {
             auth: Auth::default(),
             queue: QueueCfg::default(),
             mta_sts: MtaSts::default(),
+            filter: Filter::default(),
             log: Log::default(),
         }
     }
@@ -333,6 +427,7 @@ impl Config {
         if !["enforce", "testing", "none"].contains(&cfg.mta_sts.mode.as_str()) {
             bail!("[mta_sts] mode must be \"enforce\", \"testing\" or \"none\"");
         }
+        cfg.filter.validate()?;
         Ok(cfg)
     }
 

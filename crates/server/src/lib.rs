@@ -1,6 +1,7 @@
 //! yubin's runtime: configuration, first run, TLS, listeners, and the drivers that connect
 //! sans-IO protocol sessions to sockets and to the store.
 
+mod analyze;
 pub mod config;
 mod dane;
 pub mod dkim;
@@ -62,6 +63,8 @@ pub struct Server {
     pub account_epoch: tokio::sync::watch::Receiver<u64>,
     /// Becomes true when the server starts shutting down.
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The decision step of inbound mail.
+    analyzer: analyze::Analyzer,
 }
 
 impl Server {
@@ -350,7 +353,9 @@ pub async fn serve(cfg: Config) -> Result<()> {
         let _ = notify.send(m);
     }));
     let (epoch_tx, epoch_rx) = tokio::sync::watch::channel(store.account_epoch().unwrap_or(0));
+    let analyzer = analyze::Analyzer::new(&cfg)?;
     let server = Arc::new(Server {
+        analyzer,
         account_epoch: epoch_rx,
         shutdown: stop_rx,
         smtp_limits: ConnLimiter::new(cfg.smtp.max_connections, cfg.smtp.max_connections_per_ip),

@@ -80,10 +80,29 @@ fn source_for(sources: &[IpAddr], to: IpAddr) -> Option<IpAddr> {
 
 /// Build the resolver: the configured servers (`ip:port`), or the system's.
 pub fn resolver(servers: &[SocketAddr]) -> anyhow::Result<hickory_resolver::TokioResolver> {
+    resolver_with(servers, None)
+}
+
+/// [`resolver`] with a per-query timeout other than hickory's default.
+pub fn resolver_with(
+    servers: &[SocketAddr],
+    timeout: Option<std::time::Duration>,
+) -> anyhow::Result<hickory_resolver::TokioResolver> {
     use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
     use hickory_resolver::net::runtime::TokioRuntimeProvider;
+    let opts = |mut o: hickory_resolver::config::ResolverOpts| {
+        if let Some(t) = timeout {
+            o.timeout = t;
+            o.attempts = 1;
+        }
+        o
+    };
     if servers.is_empty() {
-        match hickory_resolver::TokioResolver::builder_tokio().and_then(|b| b.build()) {
+        match hickory_resolver::TokioResolver::builder_tokio().and_then(|mut b| {
+            let o = opts(b.options_mut().clone());
+            *b.options_mut() = o;
+            b.build()
+        }) {
             Ok(r) => return Ok(r),
             // No usable /etc/resolv.conf: start anyway; outbound mail waits in the queue
             // (with the reason in `yubin queue list`) until DNS is configured.
@@ -100,6 +119,7 @@ pub fn resolver(servers: &[SocketAddr]) -> anyhow::Result<hickory_resolver::Toki
     }
     let r =
         hickory_resolver::TokioResolver::builder_with_config(cfg, TokioRuntimeProvider::default())
+            .with_options(opts(Default::default()))
             .build()?;
     let _ = ConnectionConfig::udp; // (the type is named for the reader)
     Ok(r)
@@ -1173,6 +1193,10 @@ pub(crate) async fn submit_report(store: Arc<dyn Store>, to: String, dsn: Vec<u8
         } else {
             store.stage(&[b"Return-Path: <>\r\n", &dsn])?
         };
+        let local: Vec<_> = local
+            .into_iter()
+            .map(yubin_store::Placement::inbox)
+            .collect();
         store.accept(blob, &local, &outbound, now)
     })
     .await;

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 use yubin_smtp::{AuthOutcome, DeliveryOutcome, Event, Message, RcptVerdict, Session, trace};
-use yubin_store::{AccountId, Flags, Resolved};
+use yubin_store::{AccountId, Flags, Placement, Resolved};
 
 use crate::stream::Stream;
 use crate::{Server, new_id, unix_now};
@@ -442,9 +442,12 @@ impl Conn {
             }
         }
         let mut accounts: Vec<AccountId> = Vec::new();
-        for r in &msg.rcpt_to {
+        // Which recipient (index into rcpt_to) each account came from.
+        let mut account_rcpt: Vec<usize> = Vec::new();
+        for (i, r) in msg.rcpt_to.iter().enumerate() {
             if let Some(ids) = self.accepted.get(&r.to_lowercase()) {
                 accounts.extend(ids);
+                account_rcpt.extend(std::iter::repeat_n(i, ids.len()));
             }
         }
         // The quota again with the real size (a client need not declare SIZE): the message
@@ -467,6 +470,17 @@ impl Conn {
             return DeliveryOutcome::MailboxFull;
         }
         let id = new_id();
+        // The decision step (server::analyze): mail from other servers is judged, mail
+        // of authenticated users is not spam-scored (RFC 6409 submission).
+        let (placements, judged, data) = if submitted.is_some() {
+            let p: Vec<_> = accounts.iter().copied().map(Placement::inbox).collect();
+            (p, String::new(), None)
+        } else {
+            match self.judge(&msg, &accounts, &account_rcpt, &id).await {
+                Ok(j) => j,
+                Err(refused) => return refused,
+            }
+        };
         let now = unix_now();
         let tls = self.stream.tls_description();
         let return_path = trace::return_path(&msg.mail_from);
@@ -557,20 +571,21 @@ impl Conn {
             let parts = [
                 return_path.as_bytes(),
                 received.as_bytes(),
+                judged.as_bytes(),
                 added.as_bytes(),
-                &msg.data,
+                data.as_deref().unwrap_or(&msg.data),
             ];
             // Return-Path belongs to final delivery (RFC 5321 §4.4): a message that only
             // leaves through the queue is stored without it.
-            let blob = if accounts.is_empty() {
+            let blob = if placements.is_empty() {
                 store.stage(&parts[1..])?
             } else {
                 store.stage(&parts)?
             };
-            let (copies, _) = store.accept(blob, &accounts, &outbound, now)?;
+            let (copies, _) = store.accept(blob, &placements, &outbound, now)?;
             // RFC 6409 leaves it to the server; users expect their Sent folder to hold it.
             if save_sent && let Some((sender, _)) = &submitted {
-                let blob = store.stage(&parts[2..])?;
+                let blob = store.stage(&parts[3..])?;
                 let seen = Flags::system(yubin_store::flags::SEEN);
                 if let Err(e) = store.deliver(blob, &[*sender], "Sent", &seen, now) {
                     warn!(error = %e, "could not save a copy to Sent");
@@ -631,6 +646,77 @@ impl Conn {
 }
 
 impl Conn {
+    /// The decision step for mail from another server: each local copy's placement, the
+    /// header fields to prepend, and the message with forged `Authentication-Results`
+    /// of ours removed (RFC 8601 §5) if there were any; or the SMTP refusal when no recipient takes it.
+    async fn judge(
+        &self,
+        msg: &Message,
+        accounts: &[AccountId],
+        account_rcpt: &[usize],
+        id: &str,
+    ) -> Result<(Vec<Placement>, String, Option<Vec<u8>>), DeliveryOutcome> {
+        let server = &self.server;
+        let trusted = self.peer.ip().is_loopback() && !server.cfg.filter.check_local;
+        let decision = server
+            .analyzer
+            .analyze(
+                &server.store,
+                &crate::analyze::Inbound {
+                    peer: self.peer.ip(),
+                    helo: &msg.helo,
+                    mail_from: &msg.mail_from,
+                    data: &msg.data,
+                    rcpts: msg.rcpt_to.len(),
+                },
+                trusted,
+            )
+            .await;
+        let outcomes: Vec<&str> = decision.rcpts.iter().map(outcome_word).collect();
+        info!(
+            id,
+            from = msg.mail_from,
+            score = decision.score,
+            reasons = decision.summary(),
+            outcomes = outcomes.join(","),
+            "judged"
+        );
+        if let Some(refusal) = decision.refusal() {
+            return Err(match refusal {
+                yubin_filter::Outcome::TempFail(why) => {
+                    DeliveryOutcome::PolicyTempFail(why.clone())
+                }
+                yubin_filter::Outcome::Reject { code, text } => DeliveryOutcome::PolicyReject {
+                    code: *code,
+                    text: text.clone(),
+                },
+                _ => DeliveryOutcome::TempFail("Local error, try again later".into()),
+            });
+        }
+        let junk = Flags {
+            system: 0,
+            keywords: vec!["$Junk".into()],
+        };
+        let placements = accounts
+            .iter()
+            .zip(account_rcpt)
+            .filter_map(|(&account, &i)| match decision.rcpts.get(i) {
+                Some(yubin_filter::Outcome::Inbox) | None => Some(Placement::inbox(account)),
+                // Quarantine is not produced yet; until it has its own store it is Junk.
+                Some(yubin_filter::Outcome::Junk | yubin_filter::Outcome::Quarantine(_)) => {
+                    Some(Placement {
+                        account,
+                        mailbox: "Junk".into(),
+                        flags: junk.clone(),
+                    })
+                }
+                Some(_) => None,
+            })
+            .collect();
+        let stripped = yubin_filter::headers::strip_results(&msg.data, &server.cfg.hostname);
+        Ok((placements, decision.headers, stripped))
+    }
+
     /// Submission rules (RFC 6409): the sending rate, every From: address owned by the user
     /// (§6.1), and the Date and Message-ID headers a client left out (§8.2, §8.3), returned
     /// as header lines to put before the message.
@@ -757,4 +843,14 @@ fn owns(store: &dyn yubin_store::Store, me: &str, addr: &str) -> bool {
             (al.alias == plain || al.alias == a.to_string()) && al.targets.iter().any(|t| t == me)
         })
     })
+}
+
+fn outcome_word(o: &yubin_filter::Outcome) -> &'static str {
+    match o {
+        yubin_filter::Outcome::Inbox => "inbox",
+        yubin_filter::Outcome::Junk => "junk",
+        yubin_filter::Outcome::Quarantine(_) => "quarantine",
+        yubin_filter::Outcome::Reject { .. } => "reject",
+        yubin_filter::Outcome::TempFail(_) => "tempfail",
+    }
 }

@@ -163,6 +163,10 @@ pub enum DeliveryOutcome {
     Forbidden(String),
     /// A recipient has no room for it now: 452 4.2.2 (RFC 3463 §3.3), the client retries.
     MailboxFull,
+    /// Refused by the inbound checks (forged sender, virus, spam): `550 5.7.1`, `554 5.7.1`.
+    PolicyReject { code: u16, text: String },
+    /// The checks could not finish (DNS, virus scanner): `451 4.7.1`, the client retries.
+    PolicyTempFail(String),
 }
 
 /// One received message and its envelope.
@@ -514,6 +518,16 @@ impl Session {
             DeliveryOutcome::Rejected(why) => r(554, (5, 6, 0), why),
             DeliveryOutcome::Forbidden(why) => r(553, (5, 7, 1), why),
             DeliveryOutcome::MailboxFull => r(452, (4, 2, 2), "Mailbox full, try again later"),
+            // RFC 3463 §3.8: 5.7.1 "delivery not authorized, message refused".
+            DeliveryOutcome::PolicyReject { code, text } => {
+                let code = if (550..=554).contains(&code) {
+                    code
+                } else {
+                    550
+                };
+                r(code, (5, 7, 1), text)
+            }
+            DeliveryOutcome::PolicyTempFail(why) => r(451, (4, 7, 1), why),
         };
         self.out.push_back(reply);
     }

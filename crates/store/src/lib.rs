@@ -189,6 +189,27 @@ pub trait Directory: Send + Sync {
     fn resolve(&self, address: &str) -> Result<Resolved>;
 }
 
+/// Where one local recipient's copy of an accepted message goes: the inbound decision
+/// step's answer (INBOX, Junk with `$Junk`, later a Sieve `fileinto`). A mailbox that no
+/// longer exists falls back to INBOX.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub account: AccountId,
+    pub mailbox: String,
+    /// Added to the message's own flags.
+    pub flags: Flags,
+}
+
+impl Placement {
+    pub fn inbox(account: AccountId) -> Self {
+        Placement {
+            account,
+            mailbox: "INBOX".into(),
+            flags: Flags::default(),
+        }
+    }
+}
+
 /// Message bodies and mailboxes. Mailbox names are full paths with `/` as the separator;
 /// `INBOX` is case-insensitive.
 pub trait MailStore: Send + Sync {
@@ -199,7 +220,7 @@ pub trait MailStore: Send + Sync {
     fn accept(
         &self,
         blob: StagedBlob,
-        accounts: &[AccountId],
+        placements: &[Placement],
         outbound: &Outbound,
         internal_date: i64,
     ) -> Result<(Vec<Delivered>, Option<i64>)>;

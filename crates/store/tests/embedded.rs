@@ -879,7 +879,9 @@ fn outbound_queue_lifecycle() {
     };
     // A message to one local and two remote recipients: one transaction.
     let blob = s.stage(&[b"Subject: q\r\n\r\nbody\r\n"]).unwrap();
-    let (local, qid) = s.accept(blob, &[a], &out, 100).unwrap();
+    let (local, qid) = s
+        .accept(blob, &[yubin_store::Placement::inbox(a)], &out, 100)
+        .unwrap();
     assert_eq!(local.len(), 1);
     let qid = qid.unwrap();
     assert_eq!(
@@ -1385,4 +1387,45 @@ fn per_account_row_limits() {
     // Replacing a value within the bound is fine.
     let e = [("/private/e0".to_string(), Some(vec![b'w'; 10]))];
     s.set_metadata(a, Some(inbox), &e).unwrap();
+}
+
+/// The decision step files each recipient's copy: Junk with `$Junk` for one, INBOX for
+/// another, and a deleted target falls back to INBOX with the flags kept.
+#[test]
+fn accept_files_per_recipient() {
+    use yubin_store::{Outbound, Placement};
+    let (_d, s) = store();
+    s.add_domain("example.com").unwrap();
+    let a = s.add_account("a@example.com", "pw", false).unwrap().id;
+    let b = s.add_account("b@example.com", "pw", false).unwrap().id;
+    let c = s.add_account("c@example.com", "pw", false).unwrap().id;
+    s.delete_mailbox(c, "Junk").unwrap();
+    let junk = Flags {
+        system: 0,
+        keywords: vec!["$Junk".into()],
+    };
+    let to = |account, mailbox: &str, flags: &Flags| Placement {
+        account,
+        mailbox: mailbox.into(),
+        flags: flags.clone(),
+    };
+    let blob = s.stage(&[b"Subject: spam\r\n\r\nbuy\r\n"]).unwrap();
+    let placements = [
+        to(a, "Junk", &junk),
+        Placement::inbox(b),
+        to(c, "Junk", &junk),
+    ];
+    let (copies, q) = s
+        .accept(blob, &placements, &Outbound::default(), 100)
+        .unwrap();
+    assert_eq!((copies.len(), q), (3, None));
+    let sel = s.select(a, "Junk").unwrap();
+    assert_eq!(sel.messages.len(), 1);
+    assert!(sel.messages[0].flags.has_keyword("$Junk"));
+    assert_eq!(s.select(a, "INBOX").unwrap().messages.len(), 0);
+    let sel = s.select(b, "INBOX").unwrap();
+    assert!(!sel.messages[0].flags.has_keyword("$Junk"));
+    let sel = s.select(c, "INBOX").unwrap();
+    assert_eq!(sel.messages.len(), 1, "deleted Junk falls back to INBOX");
+    assert!(sel.messages[0].flags.has_keyword("$Junk"));
 }

@@ -15,8 +15,8 @@ use super::{DeadBody, Listeners, SqliteStore, canonical_mailbox, now};
 use crate::index;
 use crate::{
     AccountId, ChangeListener, Changes, Copied, Delivered, Error, FlagOp, Flags, FlagsUpdate,
-    MailStore, Mailbox, MailboxId, MessageMeta, Outbound, Result, Selection, SortInfo, StagedBlob,
-    TextField, TrainingEvent,
+    MailStore, Mailbox, MailboxId, MessageMeta, Outbound, Placement, Result, Selection, SortInfo,
+    StagedBlob, TextField, TrainingEvent,
 };
 
 /// Largest number of deliveries committed in one transaction.
@@ -28,8 +28,11 @@ const INLINE_MAX: usize = 64 * 1024;
 
 pub(super) struct Job {
     blob: StagedBlob,
-    accounts: Vec<AccountId>,
-    mailbox: String,
+    /// Each recipient's mailbox, and flags added to the message's own.
+    placements: Vec<Placement>,
+    /// A placement's missing mailbox means INBOX (inbound filing) rather than an error
+    /// (APPEND, COPY: the client is told to create it).
+    inbox_fallback: bool,
     flags: Flags,
     internal_date: i64,
     outbound: Option<Outbound>,
@@ -399,13 +402,13 @@ impl SqliteStore {
     fn write_job(
         &self,
         blob: StagedBlob,
-        accounts: &[AccountId],
-        mailbox: &str,
+        placements: Vec<Placement>,
+        inbox_fallback: bool,
         flags: &Flags,
         internal_date: i64,
         outbound: Option<Outbound>,
     ) -> Result<(Vec<Delivered>, Option<i64>)> {
-        if accounts.is_empty() && outbound.is_none() {
+        if placements.is_empty() && outbound.is_none() {
             if let Some(at) = blob.packed {
                 self.blob_dirs.packs.release([(at, blob.size)]);
             }
@@ -414,8 +417,8 @@ impl SqliteStore {
         let (reply, rx) = mpsc::sync_channel(1);
         let job = Job {
             blob,
-            accounts: accounts.to_vec(),
-            mailbox: canonical_mailbox(mailbox).to_owned(),
+            inbox_fallback,
+            placements,
             flags: flags.clone(),
             internal_date,
             outbound,
@@ -478,7 +481,15 @@ impl MailStore for SqliteStore {
         flags: &Flags,
         internal_date: i64,
     ) -> Result<Vec<Delivered>> {
-        self.write_job(blob, accounts, mailbox, flags, internal_date, None)
+        let placements = accounts
+            .iter()
+            .map(|&account| Placement {
+                account,
+                mailbox: canonical_mailbox(mailbox).to_owned(),
+                flags: Flags::default(),
+            })
+            .collect();
+        self.write_job(blob, placements, false, flags, internal_date, None)
             .map(|(d, _)| d)
     }
 
@@ -495,8 +506,12 @@ impl MailStore for SqliteStore {
         let (reply, rx) = mpsc::sync_channel(1);
         let job = Job {
             blob,
-            accounts: vec![account],
-            mailbox: canonical_mailbox(mailbox).to_owned(),
+            inbox_fallback: false,
+            placements: vec![Placement {
+                account,
+                mailbox: canonical_mailbox(mailbox).to_owned(),
+                flags: Flags::default(),
+            }],
             flags,
             internal_date,
             outbound: None,
@@ -510,15 +525,22 @@ impl MailStore for SqliteStore {
     fn accept(
         &self,
         blob: StagedBlob,
-        accounts: &[AccountId],
+        placements: &[Placement],
         outbound: &Outbound,
         internal_date: i64,
     ) -> Result<(Vec<Delivered>, Option<i64>)> {
         let outbound = (!outbound.rcpts.is_empty()).then(|| outbound.clone());
+        let placements = placements
+            .iter()
+            .map(|p| Placement {
+                mailbox: canonical_mailbox(&p.mailbox).to_owned(),
+                ..p.clone()
+            })
+            .collect();
         self.write_job(
             blob,
-            accounts,
-            "INBOX",
+            placements,
+            true,
             &Flags::default(),
             internal_date,
             outbound,
@@ -1533,7 +1555,7 @@ fn apply_part(
     let t = &blob.text;
     // The full-text entry is built after the commit (indexer.rs); a body that only
     // leaves through the queue is in no mailbox, so nothing will search it.
-    if !job.accounts.is_empty() {
+    if !job.placements.is_empty() {
         c.prepare_cached("INSERT INTO index_pending(blob_id) VALUES (?1)")?
             .execute([blob_id])?;
     }
@@ -1558,23 +1580,34 @@ fn apply_part(
         e.sent_day
     ])?;
     let mut seen = BTreeSet::new();
-    let mut out = Vec::with_capacity(job.accounts.len());
-    let keywords = keywords_text(flags);
-    for &account in &job.accounts {
+    let mut out = Vec::with_capacity(job.placements.len());
+    for p in &job.placements {
+        let account = p.account;
         if !seen.insert(account) {
             continue;
         }
-        let (mailbox, uidvalidity, uid, modseq): (i64, u32, u32, i64) = c
-            .prepare_cached(
+        let mut flags = flags.clone();
+        flags.apply(FlagOp::Add, &p.flags);
+        let keywords = keywords_text(&flags);
+        let take_uid = |name: &str| {
+            c.prepare_cached(
                 "UPDATE mailboxes SET uid_next = uid_next + 1, highest_modseq = highest_modseq + 1
                  WHERE account_id = ?1 AND name = ?2
                  RETURNING id, uidvalidity, uid_next - 1, highest_modseq",
             )?
-            .query_row(params![account, job.mailbox], |r| {
+            .query_row(params![account, name], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })
-            .optional()?
-            .ok_or_else(|| Error::NoSuchMailbox(job.mailbox.clone()))?;
+            .optional()
+        };
+        // A filing target the user has deleted (Junk, a rule's folder) falls back to INBOX
+        // rather than losing or refusing the message; INBOX always exists.
+        let found = match take_uid(&p.mailbox)? {
+            None if job.inbox_fallback && p.mailbox != "INBOX" => take_uid("INBOX")?,
+            found => found,
+        };
+        let (mailbox, uidvalidity, uid, modseq): (i64, u32, u32, i64) =
+            found.ok_or_else(|| Error::NoSuchMailbox(p.mailbox.clone()))?;
         c.prepare_cached(
             "INSERT INTO messages(mailbox_id, uid, blob_id, size, internal_date, flags, keywords,
                                   modseq, saved)

@@ -1,0 +1,499 @@
+//! The judgement of inbound mail, without I/O.
+//!
+//! Implementation notes. The server gathers [`Evidence`] about one message (sender
+//! authentication, blocklist answers, whether the checks finished in time) and hands it
+//! to [`decide`], which returns a [`Decision`]: a score with every rule's contribution,
+//! one [`Outcome`] per recipient (INBOX, Junk, quarantine, reject, try later) and the
+//! header fields to prepend. This is the one per-recipient decision step of inbound
+//! mail (mox calls it `analyze`); later checks (content rules, the classifier, the virus
+//! scan, Sieve) add evidence or refine outcomes here rather than in the SMTP driver.
+//! Everything is a plain function of its inputs, tested without DNS or sockets.
+//!
+//! Decisions, in order of precedence:
+//! 1. the checks did not finish within their deadline and policy says try later;
+//! 2. a blocklist marked "reject if listed" lists the client (`554 5.7.1`);
+//! 3. DMARC fails under `p=reject` (`550 5.7.1`, RFC 7489 §6.6.3; or Junk if so
+//!    configured) or `p=quarantine` (Junk);
+//! 4. a local domain in From: from outside without passing authentication (forged);
+//! 5. the score against each recipient's thresholds: reject / Junk / INBOX.
+
+pub mod headers;
+
+/// A verdict of one authentication method, in RFC 8601 §2.7 terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthResult {
+    Pass,
+    Fail,
+    SoftFail,
+    Neutral,
+    None,
+    TempError,
+    PermError,
+}
+
+impl AuthResult {
+    pub fn keyword(self) -> &'static str {
+        match self {
+            AuthResult::Pass => "pass",
+            AuthResult::Fail => "fail",
+            AuthResult::SoftFail => "softfail",
+            AuthResult::Neutral => "neutral",
+            AuthResult::None => "none",
+            AuthResult::TempError => "temperror",
+            AuthResult::PermError => "permerror",
+        }
+    }
+}
+
+/// The policy a DMARC record asks for (RFC 7489 §6.3 `p`/`sp`, after `pct` or `t`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DmarcPolicy {
+    None,
+    Quarantine,
+    Reject,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dmarc {
+    pub result: AuthResult,
+    pub policy: DmarcPolicy,
+    /// The RFC5322.From domain it was evaluated for.
+    pub domain: String,
+}
+
+/// A blocklist that listed something about the message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listing {
+    /// The zone (or `local` for the admin's own block list).
+    pub zone: String,
+    /// What was listed: an IP address or a domain.
+    pub what: String,
+    pub weight: f32,
+    /// The zone is configured "reject if listed".
+    pub reject: bool,
+}
+
+/// What the server learned about one message before deciding.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Evidence {
+    /// Sender authentication ran (it is skipped for authenticated and local clients).
+    pub checked: bool,
+    pub spf_helo: Option<AuthResult>,
+    pub spf_mail_from: Option<AuthResult>,
+    /// One per DKIM-Signature examined: its result and signing domain (`d=`).
+    pub dkim: Vec<(AuthResult, String)>,
+    pub arc: Option<AuthResult>,
+    pub dmarc: Option<Dmarc>,
+    /// The RFC5322.From domain is one of ours.
+    pub from_is_local: bool,
+    pub from_domain: Option<String>,
+    pub listings: Vec<Listing>,
+    /// The client or sender is on the admin's allow list: scoring and blocklists are
+    /// skipped, DMARC `p=reject` still applies.
+    pub allowed: bool,
+    /// The checks were cut off by their deadline; the evidence is what had arrived.
+    pub timed_out: bool,
+    /// `Authentication-Results` as the server wrote it (ends in CRLF), if any.
+    pub auth_results: Option<String>,
+}
+
+/// What to do with DMARC `p=reject` failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDmarcReject {
+    Reject,
+    Quarantine,
+}
+
+/// What to do with a message whose local From: domain is not authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnForgery {
+    Reject,
+    Junk,
+}
+
+/// What to do when the checks do not finish in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnTimeout {
+    /// Decide on what arrived; the header says the checks were incomplete.
+    Accept,
+    /// `451 4.7.1`: the sender retries, nothing is lost.
+    TempFail,
+}
+
+/// The server-wide policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub dmarc_reject: OnDmarcReject,
+    pub forgery: OnForgery,
+    pub on_timeout: OnTimeout,
+    pub thresholds: Thresholds,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            dmarc_reject: OnDmarcReject::Reject,
+            forgery: OnForgery::Junk,
+            on_timeout: OnTimeout::Accept,
+            thresholds: Thresholds::default(),
+        }
+    }
+}
+
+/// Scores at which a message is filed into Junk or refused at SMTP time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    pub junk: f32,
+    pub reject: f32,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            junk: 5.0,
+            reject: 15.0,
+        }
+    }
+}
+
+/// A recipient's overrides of the server's thresholds.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RcptPolicy {
+    pub junk: Option<f32>,
+    pub reject: Option<f32>,
+}
+
+/// What happens to one recipient's copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Inbox,
+    /// Filed into the account's Junk mailbox with `$Junk`.
+    Junk,
+    /// Held by the server for the admin (`yubin quarantine`), not shown to the user.
+    Quarantine(String),
+    /// Refused at SMTP time with this code (5xx) and text; never bounced afterwards.
+    Reject {
+        code: u16,
+        text: String,
+    },
+    /// `451 4.7.1` with this text.
+    TempFail(String),
+}
+
+/// One rule's contribution to the score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reason {
+    pub rule: &'static str,
+    pub score: f32,
+    /// What it saw (a domain, a zone), for the log and the explanation.
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub score: f32,
+    pub reasons: Vec<Reason>,
+    /// One per recipient, in the order given.
+    pub rcpts: Vec<Outcome>,
+    /// Header fields to prepend, each ending in CRLF.
+    pub headers: String,
+}
+
+impl Decision {
+    /// Everyone to INBOX, nothing added: the decision for mail that is not judged.
+    pub fn deliver_all(n: usize) -> Self {
+        Decision {
+            score: 0.0,
+            reasons: Vec::new(),
+            rcpts: vec![Outcome::Inbox; n],
+            headers: String::new(),
+        }
+    }
+
+    /// The SMTP answer for the whole message when no recipient takes it: the first
+    /// refusal (by precedence temporary failure, then rejection). `None` when at least
+    /// one copy is stored or quarantined.
+    pub fn refusal(&self) -> Option<&Outcome> {
+        if self
+            .rcpts
+            .iter()
+            .any(|o| matches!(o, Outcome::Inbox | Outcome::Junk | Outcome::Quarantine(_)))
+        {
+            return None;
+        }
+        self.rcpts
+            .iter()
+            .find(|o| matches!(o, Outcome::TempFail(_)))
+            .or_else(|| self.rcpts.first())
+    }
+
+    /// `RULE(score) RULE(score)`, for logs.
+    pub fn summary(&self) -> String {
+        self.reasons
+            .iter()
+            .map(|r| format!("{}({:.1})", r.rule, r.score))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// Rule weights of sender authentication (SpamAssassin's and Rspamd's are the
+/// reference: a failed SPF or DKIM alone does not make spam, a failed DMARC nearly does).
+fn auth_rules(e: &Evidence, out: &mut Vec<Reason>) {
+    let mut add = |rule, score, detail: &str| {
+        out.push(Reason {
+            rule,
+            score,
+            detail: detail.to_owned(),
+        })
+    };
+    match e.spf_mail_from {
+        Some(AuthResult::Fail) => add("SPF_FAIL", 2.0, ""),
+        Some(AuthResult::SoftFail) => add("SPF_SOFTFAIL", 1.0, ""),
+        Some(AuthResult::Neutral) => add("SPF_NEUTRAL", 0.2, ""),
+        Some(AuthResult::PermError) => add("SPF_PERMERROR", 0.5, ""),
+        Some(AuthResult::Pass) => add("SPF_PASS", -0.2, ""),
+        _ => {}
+    }
+    if e.spf_helo == Some(AuthResult::Fail) {
+        add("SPF_HELO_FAIL", 1.0, "");
+    }
+    let passed: Vec<&str> = e
+        .dkim
+        .iter()
+        .filter(|(r, _)| *r == AuthResult::Pass)
+        .map(|(_, d)| d.as_str())
+        .collect();
+    if passed.is_empty() && e.dkim.iter().any(|(r, _)| *r == AuthResult::Fail) {
+        let d = e.dkim.first().map_or("", |(_, d)| d.as_str());
+        add("DKIM_FAIL", 1.0, d);
+    } else if let Some(d) = passed.first() {
+        add("DKIM_PASS", -0.2, d);
+    }
+    if e.arc == Some(AuthResult::Fail) {
+        add("ARC_FAIL", 0.5, "");
+    }
+    if let Some(d) = &e.dmarc {
+        match (d.result, d.policy) {
+            (AuthResult::Pass, _) => add("DMARC_PASS", -1.0, &d.domain),
+            (AuthResult::Fail, DmarcPolicy::Reject) => add("DMARC_REJECT", 4.0, &d.domain),
+            (AuthResult::Fail, DmarcPolicy::Quarantine) => add("DMARC_QUARANTINE", 3.0, &d.domain),
+            (AuthResult::Fail, DmarcPolicy::None) => add("DMARC_NONE_FAIL", 0.5, &d.domain),
+            _ => {}
+        }
+    }
+}
+
+fn dmarc_passes(e: &Evidence) -> bool {
+    e.dmarc
+        .as_ref()
+        .is_some_and(|d| d.result == AuthResult::Pass)
+}
+
+/// RFC 8601 §2.7.1 and DMARC alignment in one question: did anything tie the From:
+/// domain to the sender? Without a DMARC record, an aligned DKIM pass or an SPF pass of
+/// the same domain counts.
+fn from_authenticated(e: &Evidence) -> bool {
+    if dmarc_passes(e) {
+        return true;
+    }
+    let Some(from) = &e.from_domain else {
+        return false;
+    };
+    e.dkim
+        .iter()
+        .any(|(r, d)| *r == AuthResult::Pass && aligned(d, from))
+}
+
+/// Relaxed alignment without a public-suffix list: one domain is the other or a
+/// subdomain of it.
+fn aligned(a: &str, b: &str) -> bool {
+    let (a, b) = (a.trim_end_matches('.'), b.trim_end_matches('.'));
+    a.eq_ignore_ascii_case(b)
+        || a.len() > b.len()
+            && a.to_ascii_lowercase()
+                .ends_with(&format!(".{}", b.to_ascii_lowercase()))
+        || b.len() > a.len()
+            && b.to_ascii_lowercase()
+                .ends_with(&format!(".{}", a.to_ascii_lowercase()))
+}
+
+/// The one decision for a message and its recipients.
+pub fn decide(e: &Evidence, p: &Policy, rcpts: &[RcptPolicy]) -> Decision {
+    let mut reasons = Vec::new();
+    if e.checked {
+        auth_rules(e, &mut reasons);
+    }
+    if !e.allowed {
+        for l in &e.listings {
+            reasons.push(Reason {
+                rule: "BLOCKLISTED",
+                score: l.weight,
+                detail: format!("{} in {}", l.what, l.zone),
+            });
+        }
+    } else {
+        reasons.push(Reason {
+            rule: "ALLOWLISTED",
+            score: -100.0,
+            detail: String::new(),
+        });
+    }
+    let forged = e.checked && e.from_is_local && !from_authenticated(e);
+    if forged {
+        reasons.push(Reason {
+            rule: "FORGED_LOCAL_FROM",
+            score: 6.0,
+            detail: e.from_domain.clone().unwrap_or_default(),
+        });
+    }
+    if e.timed_out {
+        reasons.push(Reason {
+            rule: "CHECKS_TIMED_OUT",
+            score: 0.0,
+            detail: String::new(),
+        });
+    }
+    let score: f32 = reasons.iter().map(|r| r.score).sum();
+
+    // Message-wide verdicts, by precedence; then each recipient's thresholds.
+    let whole: Option<Outcome> = if e.timed_out && p.on_timeout == OnTimeout::TempFail {
+        Some(Outcome::TempFail(
+            "Checks of this message did not finish in time, try again later".into(),
+        ))
+    } else if let Some(l) = e.listings.iter().find(|l| l.reject && !e.allowed) {
+        Some(Outcome::Reject {
+            code: 554,
+            text: format!(
+                "{} is listed by {}",
+                headers::clean(&l.what, 100),
+                headers::clean(&l.zone, 100)
+            ),
+        })
+    } else if let Some(d) = e.dmarc.as_ref().filter(|d| d.result == AuthResult::Fail) {
+        match (d.policy, p.dmarc_reject) {
+            (DmarcPolicy::Reject, OnDmarcReject::Reject) => Some(Outcome::Reject {
+                code: 550,
+                text: format!(
+                    "DMARC policy of {} rejects this message (not authenticated)",
+                    headers::clean(&d.domain, 100)
+                ),
+            }),
+            (DmarcPolicy::Reject | DmarcPolicy::Quarantine, _) => Some(Outcome::Junk),
+            (DmarcPolicy::None, _) => None,
+        }
+    } else {
+        None
+    };
+    let whole = match whole {
+        None | Some(Outcome::Junk) if forged && p.forgery == OnForgery::Reject => {
+            Some(Outcome::Reject {
+                code: 550,
+                text:
+                    "Forged sender: the From: domain is ours and the message is not authenticated"
+                        .into(),
+            })
+        }
+        None if forged => Some(Outcome::Junk),
+        w => w,
+    };
+    let rcpts: Vec<Outcome> = rcpts
+        .iter()
+        .map(|r| {
+            let junk = r.junk.unwrap_or(p.thresholds.junk);
+            let reject = r.reject.unwrap_or(p.thresholds.reject);
+            match &whole {
+                Some(Outcome::Junk) | None if score >= reject => Outcome::Reject {
+                    code: 550,
+                    text: format!("Message refused as spam (score {score:.1})"),
+                },
+                Some(o) => o.clone(),
+                None if score >= junk => Outcome::Junk,
+                None => Outcome::Inbox,
+            }
+        })
+        .collect();
+    let mut decision = Decision {
+        score,
+        reasons,
+        rcpts,
+        headers: String::new(),
+    };
+    decision.headers = header_fields(e, p, &decision);
+    decision
+}
+
+/// `Authentication-Results` (the server's) and the spam verdict in the convention
+/// clients and Sieve scripts already know (SpamAssassin's `X-Spam-Status`, `X-Spam-Flag`),
+/// with each rule's contribution.
+fn header_fields(e: &Evidence, p: &Policy, d: &Decision) -> String {
+    let mut out = String::new();
+    if let Some(ar) = &e.auth_results {
+        out.push_str(ar);
+    }
+    let junk = d.rcpts.iter().any(|o| matches!(o, Outcome::Junk));
+    let items: Vec<String> = d
+        .reasons
+        .iter()
+        .map(|r| format!("{}({:.1})", r.rule, r.score))
+        .collect();
+    let head = format!(
+        "{}, score={:.1} required={:.1}{}",
+        if junk { "Yes" } else { "No" },
+        d.score,
+        p.thresholds.junk,
+        if items.is_empty() { "" } else { " tests=" }
+    );
+    out.push_str(&headers::folded("X-Spam-Status", &head, &items, ","));
+    if junk {
+        out.push_str("X-Spam-Flag: YES\r\n");
+    }
+    out
+}
+
+/// `Authentication-Results` (RFC 8601) from evidence alone, for when the checks were
+/// cut off before mail-auth could write its own: what finished is reported, what did not
+/// is `temperror` (§2.7: "could not be completed due to a transient error").
+pub fn partial_results(authserv_id: &str, e: &Evidence, mail_from: &str) -> String {
+    let pv = |v: &str| {
+        let v = headers::clean(v, 200);
+        if !v.is_empty()
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "@.-_+".contains(c))
+        {
+            v
+        } else {
+            format!("\"{}\"", v.replace(['\\', '"'], ""))
+        }
+    };
+    let kw = |r: Option<AuthResult>| r.unwrap_or(AuthResult::TempError).keyword();
+    let mut out = format!(
+        "Authentication-Results: {}",
+        headers::clean(authserv_id, 255)
+    );
+    if e.dkim.is_empty() {
+        out.push_str(";\r\n\tdkim=temperror");
+    }
+    for (r, d) in &e.dkim {
+        out.push_str(&format!(";\r\n\tdkim={} header.d={}", r.keyword(), pv(d)));
+    }
+    out.push_str(&format!(
+        ";\r\n\tspf={} smtp.mailfrom={}",
+        kw(e.spf_mail_from),
+        if mail_from.is_empty() {
+            "<>".to_owned()
+        } else {
+            pv(mail_from)
+        }
+    ));
+    let dmarc = e.dmarc.as_ref().map(|d| d.result);
+    out.push_str(&format!(";\r\n\tdmarc={}", kw(dmarc)));
+    if let Some(d) = &e.from_domain {
+        out.push_str(&format!(" header.from={}", pv(d)));
+    }
+    out.push_str("\r\n");
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,292 @@
+//! The one decision step of inbound mail: after end of DATA/BDAT and before the `250`,
+//! gather the evidence about a message (sender authentication with mail-auth: SPF of
+//! HELO and MAIL FROM, DKIM, ARC, DMARC) within one deadline, and let
+//! `yubin_filter::decide` say what happens to each recipient's copy.
+//!
+//! DNS goes through hickory's resolver, whose cache keeps answers for their TTL; every
+//! query has `[filter] dns_timeout_seconds` (a timeout is `temperror`, RFC 7208 §2.6.6)
+//! and all checks together `[filter] deadline_seconds`, past which the message is
+//! answered per `[filter] on_timeout` with whatever evidence had arrived.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mail_auth::{
+    AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator,
+    SpfResult, dmarc::Policy as DmarcRecordPolicy, dmarc::verify::DmarcParameters,
+    spf::verify::SpfParameters,
+};
+use tokio::sync::Mutex;
+use tracing::warn;
+use yubin_filter::{AuthResult, Decision, Dmarc, DmarcPolicy, Evidence, RcptPolicy};
+
+use crate::config::Config;
+
+/// DKIM signatures verified per message: each costs a key lookup and a body hash, and a
+/// message with fifty must not buy fifty (RFC 6376 §6.1 lets a verifier stop early).
+pub const MAX_DKIM_SIGNATURES: usize = 10;
+
+/// What the decision step knows of the transaction.
+pub struct Inbound<'a> {
+    pub peer: IpAddr,
+    pub helo: &'a str,
+    pub mail_from: &'a str,
+    pub data: &'a [u8],
+    pub rcpts: usize,
+}
+
+pub struct Analyzer {
+    auth: MessageAuthenticator,
+    hostname: String,
+    cfg: crate::config::Filter,
+    /// Local domains, read from the store at most once per minute.
+    domains: Mutex<(std::time::Instant, Arc<Vec<String>>)>,
+}
+
+impl Analyzer {
+    pub fn new(cfg: &Config) -> anyhow::Result<Self> {
+        let servers = if cfg.filter.dns_servers.is_empty() {
+            &cfg.queue.dns_servers
+        } else {
+            &cfg.filter.dns_servers
+        };
+        let timeout = Duration::from_secs(cfg.filter.dns_timeout_seconds.max(1));
+        let resolver = crate::outbound::resolver_with(servers, Some(timeout))?;
+        Ok(Analyzer {
+            auth: MessageAuthenticator(resolver),
+            hostname: cfg.hostname.clone(),
+            cfg: cfg.filter.clone(),
+            domains: Mutex::new((
+                std::time::Instant::now() - Duration::from_secs(3600),
+                Arc::new(Vec::new()),
+            )),
+        })
+    }
+
+    async fn local_domains(&self, store: &Arc<dyn yubin_store::Store>) -> Arc<Vec<String>> {
+        let mut g = self.domains.lock().await;
+        if g.0.elapsed() > Duration::from_secs(60) {
+            let store = store.clone();
+            let read = tokio::task::spawn_blocking(move || store.list_domains()).await;
+            if let Ok(Ok(list)) = read {
+                *g = (
+                    std::time::Instant::now(),
+                    Arc::new(list.into_iter().map(|d| d.name.to_lowercase()).collect()),
+                );
+            }
+        }
+        g.1.clone()
+    }
+
+    /// The decision for one message from an unauthenticated client. `trusted` (a
+    /// client on loopback while `[filter] check_local` is off) skips the checks.
+    pub async fn analyze(
+        &self,
+        store: &Arc<dyn yubin_store::Store>,
+        m: &Inbound<'_>,
+        trusted: bool,
+    ) -> Decision {
+        let policy = self.cfg.policy();
+        let rcpts = vec![RcptPolicy::default(); m.rcpts];
+        if trusted || !self.cfg.sender_auth {
+            return Decision::deliver_all(m.rcpts);
+        }
+        let domains = self.local_domains(store).await;
+        let mut evidence = Evidence {
+            checked: true,
+            ..Default::default()
+        };
+        let deadline = Duration::from_secs(self.cfg.deadline_seconds.max(1));
+        // The checks fill `evidence` as they go; past the deadline, what arrived counts.
+        let done = tokio::time::timeout(deadline, self.authenticate(m, &domains, &mut evidence))
+            .await
+            .is_ok();
+        if !done {
+            evidence.timed_out = true;
+            warn!(peer = %m.peer, "inbound checks past their deadline");
+            if evidence.auth_results.is_none() {
+                evidence.auth_results = Some(yubin_filter::partial_results(
+                    &self.hostname,
+                    &evidence,
+                    m.mail_from,
+                ));
+            }
+        }
+        yubin_filter::decide(&evidence, &policy, &rcpts)
+    }
+
+    async fn authenticate(&self, m: &Inbound<'_>, domains: &[String], e: &mut Evidence) {
+        let Some(mut msg) = AuthenticatedMessage::parse(m.data) else {
+            // Not even a header section mail-auth can read: no identity to check.
+            e.dmarc = None;
+            return;
+        };
+        msg.dkim_headers.truncate(MAX_DKIM_SIGNATURES);
+        let from_domain = msg
+            .from
+            .first()
+            .and_then(|f| f.rsplit_once('@'))
+            .map(|(_, d)| d.trim_end_matches('.').to_lowercase());
+        e.from_is_local = from_domain
+            .as_ref()
+            .is_some_and(|d| domains.iter().any(|x| x == d));
+        e.from_domain = from_domain.clone();
+        let helo = m.helo;
+        let host = self.hostname.as_str();
+        // RFC 7208 §2.3, §2.4: HELO first; a null reverse-path is checked as
+        // postmaster@HELO.
+        let spf_helo = self
+            .auth
+            .verify_spf(SpfParameters::verify_ehlo(m.peer, helo, host))
+            .await;
+        e.spf_helo = Some(spf(spf_helo.result()));
+        let spf_mail = if m.mail_from.is_empty() {
+            spf_helo.clone()
+        } else {
+            self.auth
+                .verify_spf(SpfParameters::verify_mail_from(
+                    m.peer,
+                    helo,
+                    host,
+                    m.mail_from,
+                ))
+                .await
+        };
+        e.spf_mail_from = Some(spf(spf_mail.result()));
+        let dkim = self.auth.verify_dkim(&msg).await;
+        e.dkim = dkim
+            .iter()
+            .map(|o| {
+                let d = o.signature().map_or(String::new(), |s| s.d.to_lowercase());
+                (dkim_result(o.result()), d)
+            })
+            .collect();
+        let arc = self.auth.verify_arc(&msg).await;
+        e.arc = (!msg.as_headers.is_empty()).then(|| dkim_result(arc.result()));
+        let mail_from_domain = m
+            .mail_from
+            .rsplit_once('@')
+            .map_or(helo, |(_, d)| d)
+            .to_owned();
+        let dmarc = self
+            .auth
+            .verify_dmarc(DmarcParameters::new(
+                &msg,
+                &dkim,
+                &mail_from_domain,
+                &spf_mail,
+            ))
+            .await;
+        let mut ar = AuthenticationResults::new(host)
+            .with_spf_ehlo_result(&spf_helo, m.peer, helo)
+            .with_spf_mailfrom_result(&spf_mail, m.peer, m.mail_from, helo);
+        if e.arc.is_some() {
+            ar = ar.with_arc_result(&arc, m.peer);
+        }
+        let dmarc_applies = dmarc.dmarc_record().is_some();
+        if dmarc_applies || dmarc.result() != DmarcResult::None {
+            ar = ar.with_dmarc_result(&dmarc);
+        }
+        // DKIM is written here rather than by mail-auth, which calls a body that no longer
+        // matches its hash "neutral"; RFC 6376 §6.1.3 makes it a failure (PERMFAIL), and
+        // so do dkimpy and OpenDKIM.
+        let rest = ar.to_string();
+        let rest = rest.strip_prefix(host).unwrap_or(&rest);
+        e.auth_results = Some(format!(
+            "Authentication-Results: {host}{}{rest}\r\n",
+            dkim_results(&dkim)
+        ));
+        e.dmarc = from_domain.map(|domain| Dmarc {
+            result: match dmarc.result() {
+                DmarcResult::Pass => AuthResult::Pass,
+                DmarcResult::Fail(_) => AuthResult::Fail,
+                DmarcResult::TempError(_) => AuthResult::TempError,
+                DmarcResult::PermError(_) => AuthResult::PermError,
+                DmarcResult::None => AuthResult::None,
+            },
+            policy: match dmarc.policy() {
+                DmarcRecordPolicy::Reject => DmarcPolicy::Reject,
+                DmarcRecordPolicy::Quarantine => DmarcPolicy::Quarantine,
+                DmarcRecordPolicy::None | DmarcRecordPolicy::Unspecified => DmarcPolicy::None,
+            },
+            domain,
+        });
+    }
+}
+
+fn spf(r: SpfResult) -> AuthResult {
+    match r {
+        SpfResult::Pass => AuthResult::Pass,
+        SpfResult::Fail => AuthResult::Fail,
+        SpfResult::SoftFail => AuthResult::SoftFail,
+        SpfResult::Neutral => AuthResult::Neutral,
+        SpfResult::TempError => AuthResult::TempError,
+        SpfResult::PermError => AuthResult::PermError,
+        SpfResult::None => AuthResult::None,
+    }
+}
+
+/// The `dkim=` items of Authentication-Results (RFC 8601 §2.7.1), one per signature.
+fn dkim_results(outputs: &[mail_auth::DkimOutput<'_>]) -> String {
+    use std::fmt::Write;
+    if outputs.is_empty() {
+        return ";\r\n\tdkim=none".into();
+    }
+    let mut out = String::new();
+    for o in outputs {
+        let why = match o.result() {
+            DkimResult::Pass | DkimResult::None => String::new(),
+            DkimResult::Neutral(e)
+            | DkimResult::Fail(e)
+            | DkimResult::PermError(e)
+            | DkimResult::TempError(e) => {
+                format!(
+                    " ({})",
+                    yubin_filter::headers::clean(&e.to_string(), 80).replace(['(', ')', '\\'], "")
+                )
+            }
+        };
+        let _ = write!(
+            out,
+            ";\r\n\tdkim={}{why}",
+            dkim_result(o.result()).keyword()
+        );
+        if let Some(sig) = o.signature() {
+            let token = |v: &str| {
+                let v = yubin_filter::headers::clean(v, 255);
+                if !v.is_empty()
+                    && v.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
+                {
+                    v
+                } else {
+                    format!("\"{}\"", v.replace(['"', '\\'], ""))
+                }
+            };
+            let b = yubin_sasl::encode(&sig.b);
+            let _ = write!(
+                out,
+                " header.d={} header.s={} header.b=\"{}\"",
+                token(&sig.d),
+                token(&sig.s),
+                b.get(..8).unwrap_or(&b)
+            );
+        }
+    }
+    out
+}
+
+fn dkim_result(r: &DkimResult) -> AuthResult {
+    match r {
+        DkimResult::Pass => AuthResult::Pass,
+        DkimResult::Neutral(mail_auth::Error::Dkim(
+            mail_auth::dkim::DkimError::FailedBodyHashMatch,
+        )) => AuthResult::Fail,
+        DkimResult::Fail(_) => AuthResult::Fail,
+        DkimResult::Neutral(_) => AuthResult::Neutral,
+        DkimResult::PermError(_) => AuthResult::PermError,
+        DkimResult::TempError(_) => AuthResult::TempError,
+        DkimResult::None => AuthResult::None,
+    }
+}
