@@ -83,7 +83,13 @@ class Zone:
                 f"--listen-address={IP}", "--bind-interfaces", f"--port={self.port}",
                 "--local=/test/",  # authoritative: unknown names are NXDOMAIN, not refused
                 f"--server=/slow.test/{IP}#{self.blackhole.getsockname()[1]}",
-                "--host-record=nomx.test,192.0.2.1"]
+                "--host-record=nomx.test,192.0.2.1",
+                # Blocklists (RFC 5782): 127.0.0.1 and ::1 listed, one list refusing us.
+                "--host-record=1.0.0.127.bl.test,127.0.0.2",
+                "--host-record=1.0.0.127.refuse.test,127.255.255.254",
+                "--host-record=1.0.0.127.hard.test,127.0.0.4",
+                "--host-record=" + ".".join("1" + "0" * 31) + ".bl6.test,127.0.0.2",
+                "--host-record=spam-link.test.dbl.test,127.0.1.2"]
         args += [txt(k, v) for k, v in records.items()]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(0.3)
@@ -354,3 +360,61 @@ def test_hostile_signatures_and_dns(yubin, zone):
         results(stored(yubin))
     code, text = send(yubin, "a@pass.test", message("a@pass.test"))
     assert code == 250, text
+
+
+DNSBL = """
+[[filter.dnsbl]]
+zone = "bl.test"
+weight = 6.0
+[[filter.dnsbl]]
+zone = "refuse.test"
+weight = 50.0
+[[filter.dnsbl]]
+zone = "bl6.test"
+weight = 6.0
+[[filter.dnsbl]]
+zone = "dbl.test"
+kind = "domain"
+weight = 5.5
+"""
+
+
+def filter_cfg(zone, more=""):
+    return ("[filter]\ncheck_local = true\n"
+            f'dns_servers = ["{IP}:{zone.port}"]\ndns_timeout_seconds = 2\n{more}')
+
+
+def test_dnsbl_ip_and_refusal(make_server, zone):
+    """A listed client IP scores its weight (Junk); a list answering 127.255.255.254
+    ("query refused") counts as an error, not a listing."""
+    y = make_server(extra=filter_cfg(zone) + DNSBL).start()
+    code, text = send(y, "a@nospf.test", message("a@nospf.test"))
+    assert code == 250, text
+    raw = stored(y, "Junk").decode()
+    assert "BLOCKLISTED(6.0)" in raw and "BLOCKLISTED(50.0)" not in raw, raw[:800]
+    assert "refused the query" in y.log_text()
+
+
+def test_dnsbl_ipv6(make_server, zone):
+    y = make_server(ip="::1", extra=filter_cfg(zone) + DNSBL).start()
+    with smtplib.SMTP("::1", y.port, local_hostname="helo.pass.test", timeout=30) as s:
+        s.sendmail("a@nospf.test", [f"bob@{DOMAIN}"], message("a@nospf.test"))
+    raw = stored(y, "Junk").decode()
+    assert "BLOCKLISTED(6.0)" in raw, raw[:800]
+
+
+def test_dnsbl_link_domain(make_server, zone):
+    y = make_server(extra=filter_cfg(zone, '[[filter.dnsbl]]\nzone = "dbl.test"\nkind = "domain"\nweight = 5.5\n')).start()
+    code, text = send(y, "a@nospf.test", message("a@nospf.test", body="Buy at https://Spam-Link.test/now\r\n"))
+    assert code == 250, text
+    assert "BLOCKLISTED(5.5)" in stored(y, "Junk").decode()
+    code, text = send(y, "a@nospf.test", message("a@nospf.test", body="Clean https://pass.test/\r\n"))
+    assert code == 250, text
+    assert y.uids(f"bob@{DOMAIN}") != []
+
+
+def test_dnsbl_reject(make_server, zone):
+    y = make_server(extra=filter_cfg(zone, '[[filter.dnsbl]]\nzone = "hard.test"\nreject = true\n')).start()
+    code, text = send(y, "a@pass.test", message("a@pass.test"))
+    assert code == 554 and "5.7.1" in text and "hard.test" in text, (code, text)
+    assert y.uids(f"bob@{DOMAIN}") == [] and y.uids(f"bob@{DOMAIN}", "Junk") == []

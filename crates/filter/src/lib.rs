@@ -17,6 +17,7 @@
 //! 4. a local domain in From: from outside without passing authentication (forged);
 //! 5. the score against each recipient's thresholds: reject / Junk / INBOX.
 
+pub mod dnsbl;
 pub mod headers;
 
 /// A verdict of one authentication method, in RFC 8601 §2.7 terms.

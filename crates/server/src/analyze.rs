@@ -98,10 +98,18 @@ impl Analyzer {
             ..Default::default()
         };
         let deadline = Duration::from_secs(self.cfg.deadline_seconds.max(1));
-        // The checks fill `evidence` as they go; past the deadline, what arrived counts.
-        let done = tokio::time::timeout(deadline, self.authenticate(m, &domains, &mut evidence))
-            .await
-            .is_ok();
+        // The checks fill `evidence` (and `listings`) as they go, side by side; past the
+        // deadline, what arrived counts.
+        let mut listings = Vec::new();
+        let done = tokio::time::timeout(deadline, async {
+            tokio::join!(
+                self.authenticate(m, &domains, &mut evidence),
+                self.blocklists(m, &mut listings)
+            )
+        })
+        .await
+        .is_ok();
+        evidence.listings = listings;
         if !done {
             evidence.timed_out = true;
             warn!(peer = %m.peer, "inbound checks past their deadline");
@@ -212,6 +220,65 @@ impl Analyzer {
             },
             domain,
         });
+    }
+}
+
+impl Analyzer {
+    /// RFC 5782 lookups: the client IP in every `ip` list; the MAIL FROM, From: and link
+    /// domains in every `domain` list. Refusals (127.255.255.x) and errors are logged,
+    /// not counted.
+    async fn blocklists(&self, m: &Inbound<'_>, out: &mut Vec<yubin_filter::Listing>) {
+        use yubin_filter::dnsbl;
+        if self.cfg.dnsbl.is_empty() {
+            return;
+        }
+        let mut domains: Vec<String> = Vec::new();
+        if self.cfg.dnsbl.iter().any(|l| l.kind == "domain") {
+            let from = AuthenticatedMessage::parse(m.data)
+                .and_then(|p| p.from.first().cloned())
+                .unwrap_or_default();
+            for d in [m.mail_from, from.as_str()]
+                .iter()
+                .filter_map(|a| a.rsplit_once('@').map(|(_, d)| d.to_lowercase()))
+                .chain(dnsbl::link_domains(m.data))
+            {
+                if !domains.contains(&d) {
+                    domains.push(d);
+                }
+            }
+        }
+        for list in &self.cfg.dnsbl {
+            let names: Vec<(String, String)> = if list.kind == "ip" {
+                vec![(m.peer.to_string(), dnsbl::ip_name(m.peer, &list.zone))]
+            } else {
+                domains
+                    .iter()
+                    .filter_map(|d| Some((d.clone(), dnsbl::domain_name(d, &list.zone)?)))
+                    .collect()
+            };
+            for (what, name) in names {
+                let records = match self.auth.ipv4_lookup_raw(&name).await {
+                    Ok(r) => r.entry,
+                    Err(mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(_))) => continue,
+                    Err(e) => {
+                        warn!(zone = list.zone, name, error = %e, "blocklist lookup failed");
+                        continue;
+                    }
+                };
+                match dnsbl::interpret(&records) {
+                    Some(dnsbl::Answer::Listed(code)) => out.push(yubin_filter::Listing {
+                        zone: list.zone.clone(),
+                        what: format!("{what} ({code})"),
+                        weight: list.weight,
+                        reject: list.reject,
+                    }),
+                    Some(dnsbl::Answer::Error(code)) => {
+                        warn!(zone = list.zone, name, %code, "blocklist refused the query (not a listing)")
+                    }
+                    None => {}
+                }
+            }
+        }
     }
 }
 

@@ -53,6 +53,34 @@ pub struct Filter {
     pub junk_score: f32,
     /// Score at which a message is refused at SMTP time.
     pub reject_score: f32,
+    /// DNS blocklists (`[[filter.dnsbl]]`).
+    pub dnsbl: Vec<Dnsbl>,
+}
+
+/// One DNS blocklist: of client IPs (RFC 5782 §2.1, IPv4 octets or IPv6 nibbles
+/// reversed) or of domains (§2.2: MAIL FROM, From: and link domains).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Dnsbl {
+    pub zone: String,
+    /// `ip` or `domain`.
+    #[serde(default = "Dnsbl::default_kind")]
+    pub kind: String,
+    /// Added to the score when listed.
+    #[serde(default = "Dnsbl::default_weight")]
+    pub weight: f32,
+    /// Refuse listed mail at SMTP time (554 5.7.1) instead of scoring it.
+    #[serde(default)]
+    pub reject: bool,
+}
+
+impl Dnsbl {
+    fn default_kind() -> String {
+        "ip".into()
+    }
+    fn default_weight() -> f32 {
+        3.0
+    }
 }
 
 impl Default for Filter {
@@ -68,6 +96,7 @@ impl Default for Filter {
             forgery: "junk".into(),
             junk_score: 5.0,
             reject_score: 15.0,
+            dnsbl: Vec::new(),
         }
     }
 }
@@ -111,6 +140,17 @@ impl Filter {
                     allowed[0],
                     allowed[1]
                 );
+            }
+        }
+        for l in &self.dnsbl {
+            if !["ip", "domain"].contains(&l.kind.as_str()) {
+                bail!(
+                    "[[filter.dnsbl]] {}: kind must be \"ip\" or \"domain\"",
+                    l.zone
+                );
+            }
+            if l.zone.trim_matches('.').is_empty() {
+                bail!("[[filter.dnsbl]] needs a zone");
             }
         }
         if self.junk_score > self.reject_score {
