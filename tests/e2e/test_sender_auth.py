@@ -418,3 +418,27 @@ def test_dnsbl_reject(make_server, zone):
     code, text = send(y, "a@pass.test", message("a@pass.test"))
     assert code == 554 and "5.7.1" in text and "hard.test" in text, (code, text)
     assert y.uids(f"bob@{DOMAIN}") == [] and y.uids(f"bob@{DOMAIN}", "Junk") == []
+
+
+def test_local_lists_while_running(make_server, zone):
+    """`yubin filter block|allow` take effect on the running server's next message."""
+    y = make_server(extra=filter_cfg(zone) + DNSBL).start()
+    y.cli("filter", "block", "add", "spammer@nospf.test")
+    code, text = send(y, "spammer@nospf.test", message("a@nospf.test"))
+    assert code == 554 and "local block list" in text, (code, text)
+    # Another sender from the same (listed) client: scored by the DNSBL, into Junk.
+    code, text = send(y, "other@nospf.test", message("other@nospf.test"))
+    assert code == 250, text
+    assert y.uids(f"bob@{DOMAIN}", "Junk")
+    # The client network on the allow list: no score, no block, INBOX.
+    y.cli("filter", "allow", "add", "127.0.0.0/8")
+    assert "allow\t127.0.0.0/8" in y.cli("filter", "list").stdout.decode()
+    code, text = send(y, "spammer@nospf.test", message("a@nospf.test"))
+    assert code == 250, text
+    assert "ALLOWLISTED" in stored(y).decode()
+    y.cli("filter", "allow", "remove", "127.0.0.1/8")  # the same network, respelled
+    y.cli("filter", "block", "add", "NOSPF.test.")
+    code, text = send(y, "x@nospf.test", message("x@nospf.test"))
+    assert code == 554, (code, text)
+    bad = y.cli("filter", "block", "add", "not a thing", check=False)
+    assert bad.returncode != 0 and b"not an IP address" in bad.stderr

@@ -19,6 +19,7 @@
 
 pub mod dnsbl;
 pub mod headers;
+pub mod lists;
 
 /// A verdict of one authentication method, in RFC 8601 §2.7 terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -89,12 +89,19 @@ impl Analyzer {
     ) -> Decision {
         let policy = self.cfg.policy();
         let rcpts = vec![RcptPolicy::default(); m.rcpts];
-        if trusted || !self.cfg.sender_auth {
+        if trusted {
             return Decision::deliver_all(m.rcpts);
         }
         let domains = self.local_domains(store).await;
+        let lists = {
+            let store = store.clone();
+            match tokio::task::spawn_blocking(move || store.filter_list()).await {
+                Ok(Ok(l)) => l,
+                _ => Vec::new(),
+            }
+        };
         let mut evidence = Evidence {
-            checked: true,
+            checked: self.cfg.sender_auth,
             ..Default::default()
         };
         let deadline = Duration::from_secs(self.cfg.deadline_seconds.max(1));
@@ -103,13 +110,18 @@ impl Analyzer {
         let mut listings = Vec::new();
         let done = tokio::time::timeout(deadline, async {
             tokio::join!(
-                self.authenticate(m, &domains, &mut evidence),
+                async {
+                    if self.cfg.sender_auth {
+                        self.authenticate(m, &domains, &mut evidence).await
+                    }
+                },
                 self.blocklists(m, &mut listings)
             )
         })
         .await
         .is_ok();
         evidence.listings = listings;
+        apply_lists(&lists, m, &mut evidence);
         if !done {
             evidence.timed_out = true;
             warn!(peer = %m.peer, "inbound checks past their deadline");
@@ -278,6 +290,45 @@ impl Analyzer {
                     None => {}
                 }
             }
+        }
+    }
+}
+
+/// The admin's lists (`yubin filter allow|block`): a blocked client IP, MAIL FROM or
+/// From: is refused; an allowed client IP skips scoring, and so does an allowed sender
+/// once authentication ties it to the message (a From: alone is anyone's to write).
+fn apply_lists(lists: &[(String, String)], m: &Inbound<'_>, e: &mut Evidence) {
+    use yubin_filter::lists::Entry;
+    if lists.is_empty() {
+        return;
+    }
+    let from = AuthenticatedMessage::parse(m.data)
+        .and_then(|p| p.from.first().cloned())
+        .unwrap_or_default();
+    let senders = [m.mail_from, from.as_str()];
+    let authenticated = e
+        .dmarc
+        .as_ref()
+        .is_some_and(|d| d.result == AuthResult::Pass)
+        || e.spf_mail_from == Some(AuthResult::Pass)
+        || e.dkim.iter().any(|(r, _)| *r == AuthResult::Pass);
+    for (list, value) in lists {
+        let Ok(entry) = Entry::parse(value) else {
+            continue;
+        };
+        let by_ip = entry.matches_ip(m.peer);
+        let by_sender = senders
+            .iter()
+            .any(|s| !s.is_empty() && entry.matches_sender(s));
+        if list == "block" && (by_ip || by_sender) {
+            e.listings.push(yubin_filter::Listing {
+                zone: "the local block list".into(),
+                what: entry.text(),
+                weight: 0.0,
+                reject: true,
+            });
+        } else if list == "allow" && (by_ip || (by_sender && authenticated)) {
+            e.allowed = true;
         }
     }
 }

@@ -129,6 +129,13 @@ pub struct Delivered {
 pub trait Directory: Send + Sync {
     fn add_domain(&self, name: &str) -> Result<Domain>;
     fn list_domains(&self) -> Result<Vec<Domain>>;
+    /// The admin's allow and block lists of inbound mail, as `(list, value)` with list
+    /// `allow` or `block`; values are checked by the caller (`yubin filter`).
+    fn filter_list(&self) -> Result<Vec<(String, String)>>;
+    /// False when it was there already.
+    fn filter_list_add(&self, list: &str, value: &str) -> Result<bool>;
+    /// False when it was not there.
+    fn filter_list_remove(&self, list: &str, value: &str) -> Result<bool>;
     /// Refuses while accounts exist, unless `force` (which removes them and their mail).
     fn remove_domain(&self, name: &str, force: bool) -> Result<()>;
     fn is_local_domain(&self, name: &str) -> Result<bool>;

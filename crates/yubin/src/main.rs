@@ -60,6 +60,39 @@ enum Command {
     /// The outbound queue: mail waiting for other domains' servers.
     #[command(subcommand)]
     Queue(QueueCmd),
+    /// The judgement of inbound mail: the allow and block lists (read by the running
+    /// server for every message).
+    #[command(subcommand)]
+    Filter(FilterCmd),
+}
+
+#[derive(Subcommand)]
+enum FilterCmd {
+    /// Never refuse or score mail from this client IP or network, or from this sender
+    /// domain or address once it is authenticated (SPF, DKIM or DMARC pass).
+    #[command(subcommand)]
+    Allow(ListCmd),
+    /// Refuse (554 5.7.1) mail from this client IP or network, MAIL FROM or From:
+    /// domain or address.
+    #[command(subcommand)]
+    Block(ListCmd),
+    /// Both lists: one entry per line, list and value.
+    List,
+}
+
+#[derive(Subcommand)]
+enum ListCmd {
+    /// Add an entry.
+    Add {
+        /// An IP (192.0.2.1, 2001:db8::1), a network (192.0.2.0/24), a domain
+        /// (example.com, its subdomains too) or an address (someone@example.com).
+        value: String,
+    },
+    /// Remove an entry.
+    Remove {
+        /// The entry as `yubin filter list` shows it.
+        value: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -312,6 +345,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Alias(cmd) => alias_cmd(&open(&cli.config)?, cmd),
         Command::Mail(cmd) => mail_cmd(&open(&cli.config)?, cmd),
         Command::Queue(cmd) => queue_cmd(&open(&cli.config)?, cmd),
+        Command::Filter(cmd) => filter_cmd(&open(&cli.config)?, cmd),
     }
 }
 
@@ -690,6 +724,40 @@ fn user_cmd(store: &SqliteStore, cmd: UserCmd) -> Result<()> {
                 0 => bail!("no removed account {address}; see `yubin user removed`"),
                 n => println!("{n} removed account(s) {address} deleted with their mail"),
             }
+        }
+    }
+    Ok(())
+}
+
+fn filter_cmd(store: &SqliteStore, cmd: FilterCmd) -> Result<()> {
+    let (list, cmd) = match cmd {
+        FilterCmd::List => {
+            for (list, value) in store.filter_list()? {
+                println!("{list}\t{value}");
+            }
+            return Ok(());
+        }
+        FilterCmd::Allow(c) => ("allow", c),
+        FilterCmd::Block(c) => ("block", c),
+    };
+    match cmd {
+        ListCmd::Add { value } => {
+            let entry = yubin_filter::lists::Entry::parse(&value).map_err(anyhow::Error::msg)?;
+            let text = entry.text();
+            if store.filter_list_add(list, &text)? {
+                println!("{list}: added {text}");
+            } else {
+                println!("{list}: {text} was there already");
+            }
+        }
+        ListCmd::Remove { value } => {
+            let text = yubin_filter::lists::Entry::parse(&value)
+                .map(|e| e.text())
+                .unwrap_or(value);
+            if !store.filter_list_remove(list, &text)? {
+                bail!("{list}: no entry {text} (see `yubin filter list`)");
+            }
+            println!("{list}: removed {text}");
         }
     }
     Ok(())

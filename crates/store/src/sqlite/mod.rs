@@ -42,7 +42,7 @@ mod reserve;
 mod snapshot;
 
 const DB_FILE: &str = "yubin.db";
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 /// Upgrades from each older schema version, applied in order in one transaction.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -121,6 +121,16 @@ const MIGRATIONS: &[(i64, &str)] = &[
          ALTER TABLE queue_rcpts ADD COLUMN notify TEXT;
          ALTER TABLE queue_rcpts ADD COLUMN orcpt TEXT;
          ALTER TABLE accounts ADD COLUMN scram TEXT;",
+    ),
+    // 7 -> 8: the admin's allow and block lists of inbound mail (IPs, CIDRs, domains,
+    // addresses), read by the server per message.
+    (
+        7,
+        "CREATE TABLE filter_lists(
+             list TEXT NOT NULL CHECK (list IN ('allow', 'block')),
+             value TEXT NOT NULL,
+             created INTEGER NOT NULL,
+             PRIMARY KEY(list, value)) WITHOUT ROWID;",
     ),
 ];
 
@@ -267,6 +277,12 @@ CREATE TABLE training(
     blob_id INTEGER NOT NULL,
     spam INTEGER NOT NULL,
     created INTEGER NOT NULL);
+-- The admin's allow and block lists of inbound mail: IPs, CIDRs, domains, addresses.
+CREATE TABLE filter_lists(
+    list TEXT NOT NULL CHECK (list IN ('allow', 'block')),
+    value TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    PRIMARY KEY(list, value)) WITHOUT ROWID;
 INSERT INTO meta(key, value) VALUES ('uidvalidity', 0);
 INSERT INTO meta(key, value) VALUES ('mailbox_seq', 0);
 INSERT INTO meta(key, value) VALUES ('account_seq', 0);
@@ -813,6 +829,31 @@ impl Directory for SqliteStore {
         )?;
         tx.commit()?;
         Ok(Domain { name, accounts: 0 })
+    }
+
+    fn filter_list(&self) -> Result<Vec<(String, String)>> {
+        let c = self.conn();
+        let mut st = c.prepare("SELECT list, value FROM filter_lists ORDER BY list, value")?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    fn filter_list_add(&self, list: &str, value: &str) -> Result<bool> {
+        let n = self.conn().execute(
+            "INSERT OR IGNORE INTO filter_lists(list, value, created) VALUES (?1, ?2, ?3)",
+            params![list, value, now()],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn filter_list_remove(&self, list: &str, value: &str) -> Result<bool> {
+        let n = self.conn().execute(
+            "DELETE FROM filter_lists WHERE list = ?1 AND value = ?2",
+            params![list, value],
+        )?;
+        Ok(n == 1)
     }
 
     fn list_domains(&self) -> Result<Vec<Domain>> {
