@@ -66,6 +66,8 @@ class Zone:
             "_dmarc.fail.test": "v=DMARC1; p=reject",
             "quarantine.test": "v=spf1 -all",
             "_dmarc.quarantine.test": "v=DMARC1; p=quarantine",
+            "pct0.test": "v=spf1 -all",
+            "_dmarc.pct0.test": "v=DMARC1; p=reject; pct=0",
             "soft.test": "v=spf1 ~all",
             "neutral.test": "v=spf1 ?all",
             "loop.test": "v=spf1 include:loop.test -all",
@@ -281,6 +283,14 @@ def test_dmarc_quarantine_goes_to_junk(yubin, zone):
     assert "X-Spam-Flag: YES" in raw.decode()
     out = yubin.cli("mail", "list", f"bob@{DOMAIN}", "--mailbox", "Junk").stdout.decode()
     assert "$Junk" in out or out  # listed in Junk
+
+
+def test_dmarc_pct(yubin, zone):
+    """RFC 7489 §6.6.4: outside the sampled pct (here 0 %), p=reject becomes quarantine."""
+    code, text = send(yubin, "a@pct0.test", message("a@pct0.test"))
+    assert code == 250, text
+    raw = stored(yubin, "Junk").decode()
+    assert "DMARC_QUARANTINE" in raw, raw[:900]
 
 
 def test_dmarc_reject_as_quarantine(make_server, zone):

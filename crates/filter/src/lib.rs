@@ -453,6 +453,32 @@ fn header_fields(e: &Evidence, p: &Policy, d: &Decision) -> String {
     out
 }
 
+/// RFC 7489 §6.3 `pct`: the percentage of failing mail the policy applies to, from a
+/// DMARC record's text; `None` when absent or not a number in 0..=100.
+pub fn dmarc_pct(record: &str) -> Option<u8> {
+    if !record.trim_start().starts_with("v=DMARC1") {
+        return None;
+    }
+    record.split(';').find_map(|tag| {
+        let (k, v) = tag.split_once('=')?;
+        (k.trim().eq_ignore_ascii_case("pct"))
+            .then(|| v.trim().parse::<u8>().ok().filter(|p| *p <= 100))
+            .flatten()
+    })
+}
+
+/// RFC 7489 §6.6.4: a failing message outside the sampled `pct` gets the next lower
+/// policy (reject → quarantine, quarantine → none). `draw` is uniform in 0..100.
+pub fn apply_pct(policy: DmarcPolicy, pct: u8, draw: u8) -> DmarcPolicy {
+    if draw < pct {
+        return policy;
+    }
+    match policy {
+        DmarcPolicy::Reject => DmarcPolicy::Quarantine,
+        _ => DmarcPolicy::None,
+    }
+}
+
 /// `Authentication-Results` (RFC 8601) from evidence alone, for when the checks were
 /// cut off before mail-auth could write its own: what finished is reported, what did not
 /// is `temperror` (§2.7: "could not be completed due to a transient error").

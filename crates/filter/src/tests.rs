@@ -221,3 +221,25 @@ fn partial_results_name_what_did_not_finish() {
          spf=pass smtp.mailfrom=a@example.com;\r\n\tdmarc=temperror header.from=\"ex  ample.com\"\r\n"
     );
 }
+
+#[test]
+fn dmarc_percentages() {
+    assert_eq!(dmarc_pct("v=DMARC1; p=reject; pct=20"), Some(20));
+    assert_eq!(dmarc_pct("v=DMARC1; p=reject; PCT = 0 ;"), Some(0));
+    assert_eq!(dmarc_pct("v=DMARC1; p=reject"), None);
+    assert_eq!(dmarc_pct("v=DMARC1; pct=101"), None);
+    assert_eq!(dmarc_pct("v=spf1 pct=5"), None);
+    assert_eq!(
+        apply_pct(DmarcPolicy::Reject, 0, 0),
+        DmarcPolicy::Quarantine
+    );
+    assert_eq!(apply_pct(DmarcPolicy::Reject, 100, 99), DmarcPolicy::Reject);
+    assert_eq!(
+        apply_pct(DmarcPolicy::Quarantine, 50, 50),
+        DmarcPolicy::None
+    );
+    assert_eq!(
+        apply_pct(DmarcPolicy::Quarantine, 50, 49),
+        DmarcPolicy::Quarantine
+    );
+}

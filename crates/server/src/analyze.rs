@@ -217,7 +217,7 @@ impl Analyzer {
             "Authentication-Results: {host}{}{rest}\r\n",
             dkim_results(&dkim)
         ));
-        e.dmarc = from_domain.map(|domain| Dmarc {
+        let mut dmarc_out = from_domain.map(|domain| Dmarc {
             result: match dmarc.result() {
                 DmarcResult::Pass => AuthResult::Pass,
                 DmarcResult::Fail(_) => AuthResult::Fail,
@@ -232,6 +232,34 @@ impl Analyzer {
             },
             domain,
         });
+        // mail-auth follows DMARCbis, which dropped `pct`; RFC 7489 §6.6.4 still has it.
+        if let Some(d) = dmarc_out.as_mut()
+            && d.result == AuthResult::Fail
+            && d.policy != DmarcPolicy::None
+            && let Some(pct) = self.dmarc_pct(&d.domain).await
+        {
+            let mut byte = [0u8; 1];
+            let draw = getrandom::fill(&mut byte).map_or(0, |()| byte[0] % 100);
+            d.policy = yubin_filter::apply_pct(d.policy, pct, draw);
+        }
+        e.dmarc = dmarc_out;
+    }
+
+    /// The `pct` of the DMARC record of `domain`, or of its parent when it has none (the
+    /// organizational domain, approximated as the last two labels).
+    async fn dmarc_pct(&self, domain: &str) -> Option<u8> {
+        let labels: Vec<&str> = domain.split('.').collect();
+        let org = labels
+            .len()
+            .checked_sub(2)
+            .and_then(|i| labels.get(i..))
+            .map(|l| l.join("."));
+        for d in std::iter::once(domain.to_owned()).chain(org.filter(|o| o != domain)) {
+            if let Ok(raw) = self.auth.txt_raw_lookup(format!("_dmarc.{d}.")).await {
+                return yubin_filter::dmarc_pct(&String::from_utf8_lossy(&raw));
+            }
+        }
+        None
     }
 }
 
