@@ -291,6 +291,10 @@ def test_dmarc_pct(yubin, zone):
     assert code == 250, text
     raw = stored(yubin, "Junk").decode()
     assert "DMARC_QUARANTINE" in raw, raw[:900]
+    uid = yubin.uids(f"bob@{DOMAIN}", "Junk")[-1]
+    out = yubin.cli("filter", "explain", f"bob@{DOMAIN}", str(uid), "--mailbox", "Junk").stdout.decode()
+    assert out.startswith("Verdict: Yes, score=") and "asks for quarantine" in out, out
+    assert "dmarc=fail" in out, out
 
 
 def test_dmarc_reject_as_quarantine(make_server, zone):
@@ -452,3 +456,16 @@ def test_local_lists_while_running(make_server, zone):
     assert code == 554, (code, text)
     bad = y.cli("filter", "block", "add", "not a thing", check=False)
     assert bad.returncode != 0 and b"not an IP address" in bad.stderr
+
+
+def test_deadline_tempfail(make_server, zone):
+    """Checks that cannot finish (DNS never answers) past the deadline: 451 4.7.1 when so
+    configured; the sender retries and nothing is stored."""
+    y = make_server(extra=filter_cfg(zone, 'deadline_seconds = 1\non_timeout = "tempfail"\n')).start()
+    started = time.monotonic()
+    code, text = send(y, "a@slow.test", message("a@slow.test"))
+    assert code == 451 and "4.7.1" in text, (code, text)
+    assert time.monotonic() - started < 10
+    assert y.uids(f"bob@{DOMAIN}") == [] and y.uids(f"bob@{DOMAIN}", "Junk") == []
+    code, text = send(y, "a@pass.test", message("a@pass.test"))
+    assert code == 250, text

@@ -453,6 +453,81 @@ fn header_fields(e: &Evidence, p: &Policy, d: &Decision) -> String {
     out
 }
 
+/// What each rule means, for `yubin filter explain`.
+pub fn describe(rule: &str) -> &'static str {
+    match rule {
+        "SPF_FAIL" => "SPF: the sending IP is not allowed to send for the MAIL FROM domain (-all)",
+        "SPF_SOFTFAIL" => "SPF: the MAIL FROM domain says the IP is probably not allowed (~all)",
+        "SPF_NEUTRAL" => "SPF: the MAIL FROM domain makes no assertion about the IP (?all)",
+        "SPF_PERMERROR" => {
+            "SPF: the MAIL FROM domain's record is broken (syntax, loops, too many lookups)"
+        }
+        "SPF_PASS" => "SPF: the sending IP is allowed for the MAIL FROM domain",
+        "SPF_HELO_FAIL" => "SPF: the sending IP is not allowed for the HELO name",
+        "DKIM_FAIL" => {
+            "DKIM: a signature does not verify (message changed or wrong key) and none passes"
+        }
+        "DKIM_PASS" => "DKIM: a signature verifies",
+        "ARC_FAIL" => "ARC: the chain of forwarders' seals is broken",
+        "DMARC_PASS" => "DMARC: the From: domain is authenticated by aligned SPF or DKIM",
+        "DMARC_REJECT" => "DMARC: not authenticated, and the From: domain asks for rejection",
+        "DMARC_QUARANTINE" => "DMARC: not authenticated, and the From: domain asks for quarantine",
+        "DMARC_NONE_FAIL" => "DMARC: not authenticated; the From: domain only monitors (p=none)",
+        "BLOCKLISTED" => "a DNS blocklist or the local block list lists the client IP or a domain",
+        "ALLOWLISTED" => "the local allow list covers the client IP or the authenticated sender",
+        "FORGED_LOCAL_FROM" => {
+            "From: is one of our domains, but the message came from outside unauthenticated"
+        }
+        "CHECKS_TIMED_OUT" => "the checks did not finish within [filter] deadline_seconds",
+        _ => "(unknown rule)",
+    }
+}
+
+/// The explanation of a stored message's verdict: its score, each rule with its part
+/// and meaning, and the authentication results, from the header fields yubin wrote.
+pub fn explain(message: &[u8]) -> String {
+    let mut status = None;
+    let mut results = Vec::new();
+    for (start, end, name) in headers::fields(message) {
+        let text = String::from_utf8_lossy(message.get(start..end).unwrap_or_default());
+        let value = text
+            .split_once(':')
+            .map_or("", |(_, v)| v)
+            .replace("\r\n", "")
+            .replace('\t', " ");
+        if status.is_none() && name.eq_ignore_ascii_case(b"X-Spam-Status") {
+            status = Some(value.trim().to_owned());
+        } else if name.eq_ignore_ascii_case(b"Authentication-Results") && results.is_empty() {
+            results.push(value.trim().to_owned());
+        }
+    }
+    let Some(status) = status else {
+        return "No verdict: the message was not judged (submission, a trusted local client, \
+                or stored before the filter)\n"
+            .into();
+    };
+    let (head, tests) = status.split_once("tests=").unwrap_or((status.as_str(), ""));
+    let mut out = format!("Verdict: {}\n", head.trim().trim_end_matches(','));
+    for t in tests.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let (rule, score) = t.split_once('(').unwrap_or((t, ""));
+        out.push_str(&format!(
+            "  {:>6}  {rule:<18} {}\n",
+            score.trim_end_matches(')'),
+            describe(rule)
+        ));
+    }
+    for r in results {
+        out.push_str("Authentication-Results:\n");
+        for item in r.split(';') {
+            out.push_str(&format!(
+                "  {}\n",
+                item.split_whitespace().collect::<Vec<_>>().join(" ")
+            ));
+        }
+    }
+    out
+}
+
 /// RFC 7489 §6.3 `pct`: the percentage of failing mail the policy applies to, from a
 /// DMARC record's text; `None` when absent or not a number in 0..=100.
 pub fn dmarc_pct(record: &str) -> Option<u8> {

@@ -243,3 +243,30 @@ fn dmarc_percentages() {
         DmarcPolicy::Quarantine
     );
 }
+
+#[test]
+fn explanation_of_a_stored_verdict() {
+    let d = decide(
+        &dmarc_fail(DmarcPolicy::Quarantine),
+        &Policy::default(),
+        ONE,
+    );
+    let msg = format!(
+        "Authentication-Results: mx.example.org;\r\n\tspf=fail smtp.mailfrom=a@example.com\r\n{}Subject: x\r\n\r\nbody",
+        d.headers
+    );
+    let e = explain(msg.as_bytes());
+    assert!(
+        e.starts_with("Verdict: Yes, score=6.0 required=5.0\n"),
+        "{e}"
+    );
+    assert!(
+        e.contains("DMARC_QUARANTINE") && e.contains("asks for quarantine"),
+        "{e}"
+    );
+    assert!(
+        e.contains("  spf=fail smtp.mailfrom=a@example.com\n"),
+        "{e}"
+    );
+    assert!(explain(b"Subject: x\r\n\r\n").starts_with("No verdict"));
+}

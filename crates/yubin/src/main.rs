@@ -78,6 +78,17 @@ enum FilterCmd {
     Block(ListCmd),
     /// Both lists: one entry per line, list and value.
     List,
+    /// Why a stored message was filed where it is: its score, each rule's part and what
+    /// it means, and the authentication results.
+    Explain {
+        /// The account's address.
+        address: String,
+        /// The message's UID (first column of `mail list`).
+        uid: u32,
+        /// The mailbox, e.g. INBOX or Junk.
+        #[arg(long, default_value = "INBOX")]
+        mailbox: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -735,6 +746,17 @@ fn filter_cmd(store: &SqliteStore, cmd: FilterCmd) -> Result<()> {
             for (list, value) in store.filter_list()? {
                 println!("{list}\t{value}");
             }
+            return Ok(());
+        }
+        FilterCmd::Explain {
+            address,
+            uid,
+            mailbox,
+        } => {
+            let a = store.account(&address)?;
+            let mb = store.mailbox(a.id, &mailbox)?;
+            let data = store.read(mb.id, uid)?;
+            print!("{}", yubin_filter::explain(&data));
             return Ok(());
         }
         FilterCmd::Allow(c) => ("allow", c),
