@@ -453,6 +453,56 @@ fn header_fields(e: &Evidence, p: &Policy, d: &Decision) -> String {
     out
 }
 
+/// Every parser of this crate on `data` (for the fuzz target and its seeded test): none
+/// may panic, loop or take more than linear time.
+pub fn exercise(data: &[u8]) {
+    let _ = headers::fields(data);
+    let _ = headers::strip_results(data, "mx.example.org");
+    let _ = dnsbl::link_domains(data);
+    let _ = explain(data);
+    let text = String::from_utf8_lossy(data);
+    let _ = lists::Entry::parse(&text);
+    let _ = dmarc_pct(&text);
+    let _ = dnsbl::domain_name(&text, "dbl.example");
+}
+
+/// Hostile messages for [`exercise`]: deep comments, endless folding, many fields and
+/// links, bare CR and LF, from a seed.
+pub fn generate(seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n.max(1)
+    };
+    let pieces: [&[u8]; 12] = [
+        b"Authentication-Results: ",
+        b"mx.example.org",
+        b"(",
+        b")",
+        b"\\",
+        b";",
+        b"\r\n",
+        b"\n",
+        b"\r\n\t",
+        b"X-Spam-Status: Yes, score=1 tests=A(1),",
+        b"http://",
+        b"@evil.example/",
+    ];
+    let mut out = Vec::new();
+    for _ in 0..next(2000) {
+        let p = pieces
+            .get(next(pieces.len() as u64) as usize)
+            .copied()
+            .unwrap_or_default();
+        for _ in 0..=next(4).pow(3) {
+            out.extend_from_slice(p);
+        }
+    }
+    out
+}
+
 /// What each rule means, for `yubin filter explain`.
 pub fn describe(rule: &str) -> &'static str {
     match rule {

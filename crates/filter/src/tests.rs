@@ -270,3 +270,15 @@ fn explanation_of_a_stored_verdict() {
     );
     assert!(explain(b"Subject: x\r\n\r\n").starts_with("No verdict"));
 }
+
+#[test]
+fn hostile_input_seeded() {
+    for seed in 0..300 {
+        exercise(&generate(seed));
+    }
+    // Deep and long: a megabyte of open comments, of folding, of links.
+    exercise(&vec![b'('; 1 << 20]);
+    exercise(&b"A: x\r\n\t".repeat(100_000));
+    exercise(&b"http://a.b/ ".repeat(100_000));
+    exercise(&b"\r".repeat(1 << 20));
+}
