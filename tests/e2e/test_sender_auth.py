@@ -469,3 +469,28 @@ def test_deadline_tempfail(make_server, zone):
     assert y.uids(f"bob@{DOMAIN}") == [] and y.uids(f"bob@{DOMAIN}", "Junk") == []
     code, text = send(y, "a@pass.test", message("a@pass.test"))
     assert code == 250, text
+
+
+def test_per_account_thresholds(make_server, zone):
+    """`yubin user spam --junk`: one recipient's copy in Junk, another's in INBOX; and one
+    refusing account alone does not refuse the message for the others (its copy goes to
+    Junk: one reply to DATA cannot refuse one recipient)."""
+    y = make_server(extra=filter_cfg(zone)).start()
+    assert "junk at 1" in y.cli("user", "spam", f"carol@{DOMAIN}", "--junk", "1").stdout.decode()
+    y.cli("user", "spam", f"dave@{DOMAIN}", "--junk", "0.5", "--reject", "1")
+    assert "server default" in y.cli("user", "spam", f"bob@{DOMAIN}").stdout.decode()
+    bad = y.cli("user", "spam", f"bob@{DOMAIN}", "--junk", "9", "--reject", "2", check=False)
+    assert bad.returncode != 0
+    with smtplib.SMTP(IP, y.port, local_hostname="helo.pass.test", timeout=30) as s:
+        # softfail (1.0): below the server's 5, at carol's 1, past dave's reject 1.
+        refused = s.sendmail("a@soft.test", [f"{u}@{DOMAIN}" for u in ("bob", "carol", "dave")],
+                             message("a@soft.test"))
+        assert refused == {}
+    assert y.uids(f"bob@{DOMAIN}") and not y.uids(f"bob@{DOMAIN}", "Junk")
+    assert y.uids(f"carol@{DOMAIN}", "Junk") and not y.uids(f"carol@{DOMAIN}")
+    assert not y.uids(f"dave@{DOMAIN}") and y.uids(f"dave@{DOMAIN}", "Junk")
+    # dave alone: refused at SMTP time.
+    with smtplib.SMTP(IP, y.port, local_hostname="helo.pass.test", timeout=30) as s:
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            s.sendmail("a@soft.test", [f"dave@{DOMAIN}"], message("a@soft.test"))
+        assert e.value.smtp_code == 550

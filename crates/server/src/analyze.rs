@@ -33,7 +33,8 @@ pub struct Inbound<'a> {
     pub helo: &'a str,
     pub mail_from: &'a str,
     pub data: &'a [u8],
-    pub rcpts: usize,
+    /// One per local copy (account), with that account's thresholds.
+    pub rcpts: Vec<RcptPolicy>,
 }
 
 pub struct Analyzer {
@@ -88,9 +89,8 @@ impl Analyzer {
         trusted: bool,
     ) -> Decision {
         let policy = self.cfg.policy();
-        let rcpts = vec![RcptPolicy::default(); m.rcpts];
         if trusted {
-            return Decision::deliver_all(m.rcpts);
+            return Decision::deliver_all(m.rcpts.len());
         }
         let domains = self.local_domains(store).await;
         let lists = {
@@ -133,7 +133,7 @@ impl Analyzer {
                 ));
             }
         }
-        yubin_filter::decide(&evidence, &policy, &rcpts)
+        yubin_filter::decide(&evidence, &policy, &m.rcpts)
     }
 
     async fn authenticate(&self, m: &Inbound<'_>, domains: &[String], e: &mut Evidence) {

@@ -442,12 +442,9 @@ impl Conn {
             }
         }
         let mut accounts: Vec<AccountId> = Vec::new();
-        // Which recipient (index into rcpt_to) each account came from.
-        let mut account_rcpt: Vec<usize> = Vec::new();
-        for (i, r) in msg.rcpt_to.iter().enumerate() {
+        for r in &msg.rcpt_to {
             if let Some(ids) = self.accepted.get(&r.to_lowercase()) {
                 accounts.extend(ids);
-                account_rcpt.extend(std::iter::repeat_n(i, ids.len()));
             }
         }
         // The quota again with the real size (a client need not declare SIZE): the message
@@ -476,7 +473,7 @@ impl Conn {
             let p: Vec<_> = accounts.iter().copied().map(Placement::inbox).collect();
             (p, String::new(), None)
         } else {
-            match self.judge(&msg, &accounts, &account_rcpt, &id).await {
+            match self.judge(&msg, &accounts, &id).await {
                 Ok(j) => j,
                 Err(refused) => return refused,
             }
@@ -653,11 +650,24 @@ impl Conn {
         &self,
         msg: &Message,
         accounts: &[AccountId],
-        account_rcpt: &[usize],
         id: &str,
     ) -> Result<(Vec<Placement>, String, Option<Vec<u8>>), DeliveryOutcome> {
         let server = &self.server;
         let trusted = self.peer.ip().is_loopback() && !server.cfg.filter.check_local;
+        // Each account's own thresholds (`yubin user filter`).
+        let rcpts = {
+            let (store, ids) = (server.store.clone(), accounts.to_vec());
+            tokio::task::spawn_blocking(move || {
+                ids.iter()
+                    .map(|&id| {
+                        let (junk, reject) = store.filter_scores(id).unwrap_or((None, None));
+                        yubin_filter::RcptPolicy { junk, reject }
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_else(|_| vec![yubin_filter::RcptPolicy::default(); accounts.len()])
+        };
         let decision = server
             .analyzer
             .analyze(
@@ -667,7 +677,7 @@ impl Conn {
                     helo: &msg.helo,
                     mail_from: &msg.mail_from,
                     data: &msg.data,
-                    rcpts: msg.rcpt_to.len(),
+                    rcpts,
                 },
                 trusted,
             )
@@ -699,18 +709,18 @@ impl Conn {
         };
         let placements = accounts
             .iter()
-            .zip(account_rcpt)
-            .filter_map(|(&account, &i)| match decision.rcpts.get(i) {
-                Some(yubin_filter::Outcome::Inbox) | None => Some(Placement::inbox(account)),
+            .enumerate()
+            .map(|(i, &account)| match decision.rcpts.get(i) {
+                Some(yubin_filter::Outcome::Inbox) | None => Placement::inbox(account),
                 // Quarantine is not produced yet; until it has its own store it is Junk.
-                Some(yubin_filter::Outcome::Junk | yubin_filter::Outcome::Quarantine(_)) => {
-                    Some(Placement {
-                        account,
-                        mailbox: "Junk".into(),
-                        flags: junk.clone(),
-                    })
-                }
-                Some(_) => None,
+                // A copy refused by its own account's threshold while others take the
+                // message cannot be refused in SMTP (one reply to DATA); it goes to Junk
+                // rather than being dropped unseen.
+                Some(_) => Placement {
+                    account,
+                    mailbox: "Junk".into(),
+                    flags: junk.clone(),
+                },
             })
             .collect();
         let stripped = yubin_filter::headers::strip_results(&msg.data, &server.cfg.hostname);

@@ -147,6 +147,15 @@ pub trait Directory: Send + Sync {
     fn set_disabled(&self, address: &str, disabled: bool) -> Result<()>;
     /// Limit the bytes an account may store; `None` removes the limit.
     fn set_quota(&self, address: &str, bytes: Option<u64>) -> Result<()>;
+    /// The account's own spam thresholds (score to file into Junk, to refuse at SMTP
+    /// time); `None` follows the server's `[filter]`.
+    fn set_filter_scores(
+        &self,
+        address: &str,
+        junk: Option<f32>,
+        reject: Option<f32>,
+    ) -> Result<()>;
+    fn filter_scores(&self, account: AccountId) -> Result<(Option<f32>, Option<f32>)>;
     /// Takes the account away (its address is free again, logins and mail to it refused,
     /// open sessions end) but keeps its mail until [`Directory::purge_account`]; undone by
     /// [`Directory::restore_account`].

@@ -204,6 +204,18 @@ enum UserCmd {
         /// Bytes, with K, M, G or T (powers of 1024), or `none`.
         limit: String,
     },
+    /// The account's own spam thresholds (the server's `[filter] junk_score` and
+    /// `reject_score` otherwise); without options, shows them.
+    Spam {
+        /// The account's address.
+        address: String,
+        /// Score from which its mail goes to Junk, or `default`.
+        #[arg(long)]
+        junk: Option<String>,
+        /// Score from which its mail is refused at SMTP time, or `default`.
+        #[arg(long)]
+        reject: Option<String>,
+    },
     /// Take an account away (asks first unless --yes): logins and mail to it stop at
     /// once, its open sessions end; its mail is kept until `purge` (`restore` undoes it).
     Remove {
@@ -684,6 +696,43 @@ fn user_cmd(store: &SqliteStore, cmd: UserCmd) -> Result<()> {
         UserCmd::Disable { address } => {
             store.set_disabled(&address, true)?;
             println!("account {address} disabled (mail is kept; `yubin user enable` undoes this)");
+        }
+        UserCmd::Spam {
+            address,
+            junk,
+            reject,
+        } => {
+            let a = store.account(&address)?;
+            let (mut j, mut r) = store.filter_scores(a.id)?;
+            let parse = |v: &str| -> Result<Option<f32>> {
+                if v == "default" {
+                    return Ok(None);
+                }
+                let n: f32 = v
+                    .parse()
+                    .ok()
+                    .filter(|n: &f32| n.is_finite())
+                    .with_context(|| {
+                        format!("{v:?}: give a score such as 5 or 7.5, or `default`")
+                    })?;
+                Ok(Some(n))
+            };
+            if let Some(v) = &junk {
+                j = parse(v)?;
+            }
+            if let Some(v) = &reject {
+                r = parse(v)?;
+            }
+            if let (Some(j), Some(r)) = (j, r)
+                && j > r
+            {
+                bail!("the junk score ({j}) must not be above the reject score ({r})");
+            }
+            if junk.is_some() || reject.is_some() {
+                store.set_filter_scores(&a.address, j, r)?;
+            }
+            let show = |v: Option<f32>| v.map_or("server default".to_owned(), |v| v.to_string());
+            println!("{}: junk at {}, reject at {}", a.address, show(j), show(r));
         }
         UserCmd::Quota { address, limit } => {
             let bytes = parse_size(&limit)?;

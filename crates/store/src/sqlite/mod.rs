@@ -130,7 +130,9 @@ const MIGRATIONS: &[(i64, &str)] = &[
              list TEXT NOT NULL CHECK (list IN ('allow', 'block')),
              value TEXT NOT NULL,
              created INTEGER NOT NULL,
-             PRIMARY KEY(list, value)) WITHOUT ROWID;",
+             PRIMARY KEY(list, value)) WITHOUT ROWID;
+         ALTER TABLE accounts ADD COLUMN junk_score REAL;
+         ALTER TABLE accounts ADD COLUMN reject_score REAL;",
     ),
 ];
 
@@ -152,6 +154,9 @@ CREATE TABLE accounts(
     -- SCRAM-SHA-256 StoredKey/ServerKey (yubin_sasl::ScramCredentials::to_stored); NULL
     -- until the password is set or first proven after the upgrade to schema 7.
     scram TEXT,
+    -- The account's own spam thresholds ([filter] junk_score / reject_score when NULL).
+    junk_score REAL,
+    reject_score REAL,
     UNIQUE(domain_id, local));
 CREATE TABLE aliases(
     domain_id INTEGER NOT NULL REFERENCES domains(id) ON DELETE CASCADE,
@@ -1037,6 +1042,34 @@ impl Directory for SqliteStore {
         Self::bump_account_epoch(&tx)?;
         tx.commit()?;
         Ok(())
+    }
+
+    fn set_filter_scores(
+        &self,
+        address: &str,
+        junk: Option<f32>,
+        reject: Option<f32>,
+    ) -> Result<()> {
+        let c = self.conn();
+        let (acct, _) = Self::account_row(&c, address)?;
+        c.execute(
+            "UPDATE accounts SET junk_score = ?1, reject_score = ?2 WHERE id = ?3",
+            params![junk.map(f64::from), reject.map(f64::from), acct.id],
+        )?;
+        Ok(())
+    }
+
+    fn filter_scores(&self, account: AccountId) -> Result<(Option<f32>, Option<f32>)> {
+        let c = self.conn();
+        let r = c
+            .query_row(
+                "SELECT junk_score, reject_score FROM accounts WHERE id = ?1",
+                [account],
+                |r| Ok((r.get::<_, Option<f64>>(0)?, r.get::<_, Option<f64>>(1)?)),
+            )
+            .optional()?
+            .unwrap_or((None, None));
+        Ok((r.0.map(|v| v as f32), r.1.map(|v| v as f32)))
     }
 
     fn set_quota(&self, address: &str, bytes: Option<u64>) -> Result<()> {
