@@ -760,6 +760,9 @@ fn schema_1_is_upgraded() {
          ALTER TABLE queue_rcpts DROP COLUMN notify;
          ALTER TABLE queue_rcpts DROP COLUMN orcpt;
          ALTER TABLE accounts DROP COLUMN scram;
+         DROP TABLE filter_lists;
+         ALTER TABLE accounts DROP COLUMN junk_score;
+         ALTER TABLE accounts DROP COLUMN reject_score;
          CREATE VIRTUAL TABLE search USING fts5(
              headers, hfrom, hto, hcc, hbcc, subject, body, tokenize = 'trigram');
          PRAGMA user_version = 1;",
