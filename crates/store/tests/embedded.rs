@@ -815,9 +815,17 @@ fn schema_1_is_upgraded() {
     let v: i64 = db
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 7);
+    assert_eq!(v, 8);
     // SCRAM credentials (schema 7) come with the first login that proves the password.
     assert!(s.scram_credentials("a@example.com").unwrap().is_none());
+    // Schema 8: empty allow/block lists, the server's spam thresholds.
+    assert!(s.filter_list().unwrap().is_empty());
+    assert_eq!(s.filter_scores(a).unwrap(), (None, None));
+    assert!(s.filter_list_add("block", "192.0.2.0/24").unwrap());
+    assert!(!s.filter_list_add("block", "192.0.2.0/24").unwrap());
+    s.set_filter_scores("a@example.com", Some(3.0), None)
+        .unwrap();
+    assert_eq!(s.filter_scores(a).unwrap(), (Some(3.0), None));
     assert!(s.authenticate("a@example.com", "wrong").unwrap().is_none());
     assert!(s.scram_credentials("a@example.com").unwrap().is_none());
     assert!(s.authenticate("a@example.com", "pw").unwrap().is_some());
