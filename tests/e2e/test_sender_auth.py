@@ -494,3 +494,18 @@ def test_per_account_thresholds(make_server, zone):
         with pytest.raises(smtplib.SMTPDataError) as e:
             s.sendmail("a@soft.test", [f"dave@{DOMAIN}"], message("a@soft.test"))
         assert e.value.smtp_code == 550
+
+
+def test_junk_is_the_special_use_mailbox(yubin, zone):
+    """Junk copies go to the mailbox marked \\Junk (RFC 6154), whatever it is called now."""
+    import imaplib
+    from conftest import PASSWORD
+    with imaplib.IMAP4(IP, yubin.imap_port) as c:
+        c.login(f"bob@{DOMAIN}", PASSWORD)
+        typ, _ = c.rename("Junk", "Spam")
+        assert typ == "OK"
+        typ, data = c.list('""', "Spam")
+        assert b"\\Junk" in data[0], data
+    code, text = send(yubin, "a@quarantine.test", message("a@quarantine.test"))
+    assert code == 250, text
+    assert yubin.uids(f"bob@{DOMAIN}", "Spam") and not yubin.uids(f"bob@{DOMAIN}")

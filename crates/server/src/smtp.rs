@@ -707,6 +707,34 @@ impl Conn {
             system: 0,
             keywords: vec!["$Junk".into()],
         };
+        // Junk is the account's `\Junk` mailbox (RFC 6154), whatever the user named it.
+        let junk_boxes: HashMap<AccountId, String> = {
+            let store = server.store.clone();
+            let ids: Vec<AccountId> = accounts
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| {
+                    !matches!(
+                        decision.rcpts.get(*i),
+                        Some(yubin_filter::Outcome::Inbox) | None
+                    )
+                })
+                .map(|(_, &a)| a)
+                .collect();
+            tokio::task::spawn_blocking(move || {
+                ids.into_iter()
+                    .filter_map(|id| {
+                        let boxes = store.list_mailboxes(id).ok()?;
+                        let b = boxes
+                            .into_iter()
+                            .find(|b| b.special_use.as_deref() == Some("\\Junk"))?;
+                        Some((id, b.name))
+                    })
+                    .collect()
+            })
+            .await
+            .unwrap_or_default()
+        };
         let placements = accounts
             .iter()
             .enumerate()
@@ -718,7 +746,10 @@ impl Conn {
                 // rather than being dropped unseen.
                 Some(_) => Placement {
                     account,
-                    mailbox: "Junk".into(),
+                    mailbox: junk_boxes
+                        .get(&account)
+                        .cloned()
+                        .unwrap_or_else(|| "Junk".into()),
                     flags: junk.clone(),
                 },
             })
