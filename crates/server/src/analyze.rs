@@ -108,20 +108,30 @@ impl Analyzer {
         // The checks fill `evidence` (and `listings`) as they go, side by side; past the
         // deadline, what arrived counts.
         let mut listings = Vec::new();
+        // One parse (headers, DKIM body hashes) for every check below.
+        let parsed = AuthenticatedMessage::parse(m.data).map(|mut p| {
+            p.dkim_headers.truncate(MAX_DKIM_SIGNATURES);
+            p
+        });
+        let from = parsed
+            .as_ref()
+            .and_then(|p| p.from.first().cloned())
+            .unwrap_or_default();
         let done = tokio::time::timeout(deadline, async {
             tokio::join!(
                 async {
                     if self.cfg.sender_auth {
-                        self.authenticate(m, &domains, &mut evidence).await
+                        self.authenticate(m, parsed.as_ref(), &domains, &mut evidence)
+                            .await
                     }
                 },
-                self.blocklists(m, &mut listings)
+                self.blocklists(m, &from, &mut listings)
             )
         })
         .await
         .is_ok();
         evidence.listings = listings;
-        apply_lists(&lists, m, &mut evidence);
+        apply_lists(&lists, m, &from, &mut evidence);
         if !done {
             evidence.timed_out = true;
             warn!(peer = %m.peer, "inbound checks past their deadline");
@@ -136,13 +146,18 @@ impl Analyzer {
         yubin_filter::decide(&evidence, &policy, &m.rcpts)
     }
 
-    async fn authenticate(&self, m: &Inbound<'_>, domains: &[String], e: &mut Evidence) {
-        let Some(mut msg) = AuthenticatedMessage::parse(m.data) else {
+    async fn authenticate(
+        &self,
+        m: &Inbound<'_>,
+        msg: Option<&AuthenticatedMessage<'_>>,
+        domains: &[String],
+        e: &mut Evidence,
+    ) {
+        let Some(msg) = msg else {
             // Not even a header section mail-auth can read: no identity to check.
             e.dmarc = None;
             return;
         };
-        msg.dkim_headers.truncate(MAX_DKIM_SIGNATURES);
         let from_domain = msg
             .from
             .first()
@@ -174,7 +189,7 @@ impl Analyzer {
                 .await
         };
         e.spf_mail_from = Some(spf(spf_mail.result()));
-        let dkim = self.auth.verify_dkim(&msg).await;
+        let dkim = self.auth.verify_dkim(msg).await;
         e.dkim = dkim
             .iter()
             .map(|o| {
@@ -182,7 +197,7 @@ impl Analyzer {
                 (dkim_result(o.result()), d)
             })
             .collect();
-        let arc = self.auth.verify_arc(&msg).await;
+        let arc = self.auth.verify_arc(msg).await;
         e.arc = (!msg.as_headers.is_empty()).then(|| dkim_result(arc.result()));
         let mail_from_domain = m
             .mail_from
@@ -192,7 +207,7 @@ impl Analyzer {
         let dmarc = self
             .auth
             .verify_dmarc(DmarcParameters::new(
-                &msg,
+                msg,
                 &dkim,
                 &mail_from_domain,
                 &spf_mail,
@@ -267,17 +282,14 @@ impl Analyzer {
     /// RFC 5782 lookups: the client IP in every `ip` list; the MAIL FROM, From: and link
     /// domains in every `domain` list. Refusals (127.255.255.x) and errors are logged,
     /// not counted.
-    async fn blocklists(&self, m: &Inbound<'_>, out: &mut Vec<yubin_filter::Listing>) {
+    async fn blocklists(&self, m: &Inbound<'_>, from: &str, out: &mut Vec<yubin_filter::Listing>) {
         use yubin_filter::dnsbl;
         if self.cfg.dnsbl.is_empty() {
             return;
         }
         let mut domains: Vec<String> = Vec::new();
         if self.cfg.dnsbl.iter().any(|l| l.kind == "domain") {
-            let from = AuthenticatedMessage::parse(m.data)
-                .and_then(|p| p.from.first().cloned())
-                .unwrap_or_default();
-            for d in [m.mail_from, from.as_str()]
+            for d in [m.mail_from, from]
                 .iter()
                 .filter_map(|a| a.rsplit_once('@').map(|(_, d)| d.to_lowercase()))
                 .chain(dnsbl::link_domains(m.data))
@@ -325,15 +337,12 @@ impl Analyzer {
 /// The admin's lists (`yubin filter allow|block`): a blocked client IP, MAIL FROM or
 /// From: is refused; an allowed client IP skips scoring, and so does an allowed sender
 /// once authentication ties it to the message (a From: alone is anyone's to write).
-fn apply_lists(lists: &[(String, String)], m: &Inbound<'_>, e: &mut Evidence) {
+fn apply_lists(lists: &[(String, String)], m: &Inbound<'_>, from: &str, e: &mut Evidence) {
     use yubin_filter::lists::Entry;
     if lists.is_empty() {
         return;
     }
-    let from = AuthenticatedMessage::parse(m.data)
-        .and_then(|p| p.from.first().cloned())
-        .unwrap_or_default();
-    let senders = [m.mail_from, from.as_str()];
+    let senders = [m.mail_from, from];
     let authenticated = e
         .dmarc
         .as_ref()

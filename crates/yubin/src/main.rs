@@ -789,6 +789,13 @@ fn user_cmd(store: &SqliteStore, cmd: UserCmd) -> Result<()> {
     Ok(())
 }
 
+/// A stored message by account, mailbox and UID (`mail cat`, `filter explain`).
+fn read_message(store: &SqliteStore, address: &str, mailbox: &str, uid: u32) -> Result<Vec<u8>> {
+    let a = store.account(address)?;
+    let mb = store.mailbox(a.id, mailbox)?;
+    Ok(store.read(mb.id, uid)?)
+}
+
 fn filter_cmd(store: &SqliteStore, cmd: FilterCmd) -> Result<()> {
     let (list, cmd) = match cmd {
         FilterCmd::List => {
@@ -802,9 +809,7 @@ fn filter_cmd(store: &SqliteStore, cmd: FilterCmd) -> Result<()> {
             uid,
             mailbox,
         } => {
-            let a = store.account(&address)?;
-            let mb = store.mailbox(a.id, &mailbox)?;
-            let data = store.read(mb.id, uid)?;
+            let data = read_message(store, &address, &mailbox, uid)?;
             print!("{}", yubin_filter::explain(&data));
             return Ok(());
         }
@@ -888,9 +893,7 @@ fn mail_cmd(store: &SqliteStore, cmd: MailCmd) -> Result<()> {
             uid,
             mailbox,
         } => {
-            let a = store.account(&address)?;
-            let mb = store.mailbox(a.id, &mailbox)?;
-            let data = store.read(mb.id, uid)?;
+            let data = read_message(store, &address, &mailbox, uid)?;
             std::io::stdout().write_all(&data)?;
         }
         MailCmd::Unprocessable { remove } => {
