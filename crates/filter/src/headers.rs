@@ -74,19 +74,22 @@ pub fn authserv_id(value: &[u8]) -> Vec<u8> {
 /// RFC 8601 §5: an `Authentication-Results` field from outside that claims our
 /// authserv-id is removed before our own is added, so that no reader trusts a forged
 /// verdict. Returns the message without those fields, or `None` when there were none.
-/// Matching ignores case and a trailing dot.
+/// Matching ignores case and a trailing dot. The spam verdict fields yubin writes
+/// (`X-Spam-Status`, `X-Spam-Flag`) go too: clients and Sieve scripts read them as ours.
 pub fn strip_results(data: &[u8], authserv_id_ours: &str) -> Option<Vec<u8>> {
     let ours = authserv_id_ours.trim_end_matches('.').as_bytes();
     let forged: Vec<(usize, usize)> = fields(data)
         .into_iter()
         .filter(|(s, e, name)| {
-            name.eq_ignore_ascii_case(b"Authentication-Results") && {
-                let field = data.get(*s..*e).unwrap_or_default();
-                let colon = memchr::memchr(b':', field).map_or(field.len(), |i| i + 1);
-                let id = authserv_id(field.get(colon..).unwrap_or_default());
-                let id = id.strip_suffix(b".").unwrap_or(&id);
-                id.eq_ignore_ascii_case(ours)
-            }
+            name.eq_ignore_ascii_case(b"X-Spam-Status")
+                || name.eq_ignore_ascii_case(b"X-Spam-Flag")
+                || name.eq_ignore_ascii_case(b"Authentication-Results") && {
+                    let field = data.get(*s..*e).unwrap_or_default();
+                    let colon = memchr::memchr(b':', field).map_or(field.len(), |i| i + 1);
+                    let id = authserv_id(field.get(colon..).unwrap_or_default());
+                    let id = id.strip_suffix(b".").unwrap_or(&id);
+                    id.eq_ignore_ascii_case(ours)
+                }
         })
         .map(|(s, e, _)| (s, e))
         .collect();

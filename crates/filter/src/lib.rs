@@ -17,6 +17,8 @@
 //! 4. a local domain in From: from outside without passing authentication (forged);
 //! 5. the score against each recipient's thresholds: reject / Junk / INBOX.
 
+pub mod bayes;
+pub mod content;
 pub mod dnsbl;
 pub mod headers;
 pub mod lists;
@@ -97,6 +99,10 @@ pub struct Evidence {
     pub timed_out: bool,
     /// `Authentication-Results` as the server wrote it (ends in CRLF), if any.
     pub auth_results: Option<String>,
+    /// What the content rules found ([`content::inspect`]).
+    pub content: content::Content,
+    /// The classifier's spam probability (0..1), when it has learned enough.
+    pub bayes: Option<f32>,
 }
 
 /// What to do with DMARC `p=reject` failures.
@@ -129,6 +135,18 @@ pub struct Policy {
     pub forgery: OnForgery,
     pub on_timeout: OnTimeout,
     pub thresholds: Thresholds,
+    /// What to do with a message the attachment policy refuses.
+    pub attachments: OnAttachment,
+}
+
+/// What to do with a dangerous attachment (program, disguised program, encrypted
+/// archive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnAttachment {
+    /// `554 5.7.1` at SMTP time.
+    Reject,
+    /// Held for the admin.
+    Quarantine,
 }
 
 impl Default for Policy {
@@ -138,6 +156,7 @@ impl Default for Policy {
             forgery: OnForgery::Junk,
             on_timeout: OnTimeout::Accept,
             thresholds: Thresholds::default(),
+            attachments: OnAttachment::Reject,
         }
     }
 }
@@ -163,6 +182,9 @@ impl Default for Thresholds {
 pub struct RcptPolicy {
     pub junk: Option<f32>,
     pub reject: Option<f32>,
+    /// The sender is someone this recipient wrote to: INBOX unless authentication fails
+    /// or a message-wide verdict (blocklist, DMARC, attachment) says otherwise.
+    pub known_sender: bool,
 }
 
 /// What happens to one recipient's copy.
@@ -286,6 +308,47 @@ fn auth_rules(e: &Evidence, out: &mut Vec<Reason>) {
     }
 }
 
+/// The classifier's probability as a rule, in SpamAssassin's bands.
+fn bayes_reason(p: f32) -> Reason {
+    let (rule, score) = match p {
+        p if p >= 0.99 => ("BAYES_99", 5.0),
+        p if p >= 0.95 => ("BAYES_95", 3.5),
+        p if p >= 0.80 => ("BAYES_80", 2.0),
+        p if p >= 0.60 => ("BAYES_60", 1.0),
+        p if p > 0.40 => ("BAYES_50", 0.0),
+        p if p > 0.20 => ("BAYES_40", -0.5),
+        p if p > 0.05 => ("BAYES_20", -1.0),
+        p if p > 0.01 => ("BAYES_05", -1.5),
+        _ => ("BAYES_00", -3.0),
+    };
+    Reason {
+        rule,
+        score,
+        detail: format!("{p:.3}"),
+    }
+}
+
+/// Sender authentication failed outright (what "unless its authentication fails"
+/// means for a known correspondent): DMARC fail, or SPF fail/softfail or DKIM fail with
+/// nothing passing.
+fn auth_failed(e: &Evidence) -> bool {
+    if !e.checked {
+        return false;
+    }
+    if let Some(d) = &e.dmarc
+        && d.result != AuthResult::None
+    {
+        return d.result == AuthResult::Fail;
+    }
+    let dkim_pass = e.dkim.iter().any(|(r, _)| *r == AuthResult::Pass);
+    let spf_bad = matches!(
+        e.spf_mail_from,
+        Some(AuthResult::Fail | AuthResult::SoftFail)
+    );
+    let dkim_bad = e.dkim.iter().any(|(r, _)| *r == AuthResult::Fail);
+    !dkim_pass && e.spf_mail_from != Some(AuthResult::Pass) && (spf_bad || dkim_bad)
+}
+
 fn dmarc_passes(e: &Evidence) -> bool {
     e.dmarc
         .as_ref()
@@ -327,6 +390,10 @@ pub fn decide(e: &Evidence, p: &Policy, rcpts: &[RcptPolicy]) -> Decision {
         auth_rules(e, &mut reasons);
     }
     if !e.allowed {
+        reasons.extend(e.content.reasons.iter().cloned());
+        if let Some(p) = e.bayes {
+            reasons.push(bayes_reason(p));
+        }
         for l in &e.listings {
             reasons.push(Reason {
                 rule: "BLOCKLISTED",
@@ -356,6 +423,13 @@ pub fn decide(e: &Evidence, p: &Policy, rcpts: &[RcptPolicy]) -> Decision {
             detail: String::new(),
         });
     }
+    if rcpts.iter().any(|r| r.known_sender) && !auth_failed(e) {
+        reasons.push(Reason {
+            rule: "KNOWN_CORRESPONDENT",
+            score: 0.0,
+            detail: e.content.from.clone().unwrap_or_default(),
+        });
+    }
     let score: f32 = reasons.iter().map(|r| r.score).sum();
 
     // Message-wide verdicts, by precedence; then each recipient's thresholds.
@@ -371,6 +445,14 @@ pub fn decide(e: &Evidence, p: &Policy, rcpts: &[RcptPolicy]) -> Decision {
                 headers::clean(&l.what, 100),
                 headers::clean(&l.zone, 100)
             ),
+        })
+    } else if let Some(what) = &e.content.blocked {
+        Some(match p.attachments {
+            OnAttachment::Reject => Outcome::Reject {
+                code: 554,
+                text: format!("Attachment refused: {what}"),
+            },
+            OnAttachment::Quarantine => Outcome::Quarantine(format!("attachment: {what}")),
         })
     } else if let Some(d) = e.dmarc.as_ref().filter(|d| d.result == AuthResult::Fail) {
         match (d.policy, p.dmarc_reject) {
@@ -404,7 +486,9 @@ pub fn decide(e: &Evidence, p: &Policy, rcpts: &[RcptPolicy]) -> Decision {
         .map(|r| {
             let junk = r.junk.unwrap_or(p.thresholds.junk);
             let reject = r.reject.unwrap_or(p.thresholds.reject);
+            let vouched = r.known_sender && !auth_failed(e);
             match &whole {
+                None if vouched => Outcome::Inbox,
                 Some(Outcome::Junk) | None if score >= reject => Outcome::Reject {
                     code: 550,
                     text: format!("Message refused as spam (score {score:.1})"),
@@ -464,6 +548,16 @@ pub fn exercise(data: &[u8]) {
     let _ = lists::Entry::parse(&text);
     let _ = dmarc_pct(&text);
     let _ = dnsbl::domain_name(&text, "dbl.example");
+    let local = ["example.org".to_owned()];
+    let c = content::inspect(
+        data,
+        &content::Envelope {
+            mail_from: "a@example.com",
+            local_domains: &local,
+            now: 0,
+        },
+    );
+    let _ = bayes::features(&c.words);
 }
 
 /// Hostile messages for [`exercise`]: deep comments, endless folding, many fields and
@@ -476,7 +570,13 @@ pub fn generate(seed: u64) -> Vec<u8> {
         x ^= x << 17;
         x % n.max(1)
     };
-    let pieces: [&[u8]; 12] = [
+    let pieces: [&[u8]; 18] = [
+        b"Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\n",
+        b"Content-Type: text/html\r\n\r\n<a href=\"http://",
+        b"\">www.x.example</a>",
+        b"Content-Disposition: attachment; filename=a.pdf.exe\r\n\r\nMZ",
+        b"PK\x03\x04PK\x01\x02PK\x05\x06",
+        b"From: \"x example.org\" <a@b.example>\r\n",
         b"Authentication-Results: ",
         b"mx.example.org",
         b"(",
@@ -529,6 +629,44 @@ pub fn describe(rule: &str) -> &'static str {
             "From: is one of our domains, but the message came from outside unauthenticated"
         }
         "CHECKS_TIMED_OUT" => "the checks did not finish within [filter] deadline_seconds",
+        "KNOWN_CORRESPONDENT" => "the recipient has written to this sender: INBOX",
+        "GTUBE" => "the GTUBE anti-spam test string (SpamAssassin's convention)",
+        "MISSING_HEADERS" => "no header section at all",
+        "MIME_MALFORMED" => "broken MIME structure (no boundary, bad encoding, too deep)",
+        "MISSING_DATE" => "no Date: field (RFC 5322 §3.6 requires one)",
+        "INVALID_DATE" => "a Date: field that is not a date",
+        "DATE_IN_FUTURE" => "Date: more than a day ahead",
+        "DATE_IN_PAST" => "Date: more than a week old",
+        "MISSING_MESSAGE_ID" => "no Message-ID: field",
+        "INVALID_MESSAGE_ID" => "a Message-ID: without <local@domain>",
+        "MULTIPLE_FROM" => "more than one From: field",
+        "MISSING_FROM" => "no usable From: address",
+        "MISSING_SUBJECT" => "no Subject: field",
+        "SUBJECT_ALL_CAPS" => "the subject is all capitals",
+        "MISSING_TO" => "neither To: nor Cc:",
+        "REPLY_TO_DIFFERS" => "Reply-To: sends answers to another domain than From:",
+        "ENVELOPE_FROM_DIFFERS" => "the MAIL FROM domain is not the From: domain",
+        "DISPLAY_NAME_IMPERSONATES_LOCAL" => {
+            "the From: display name shows one of our domains; the address is elsewhere"
+        }
+        "DISPLAY_NAME_OTHER_ADDRESS" => "the From: display name shows another address",
+        "HTML_ONLY" => "HTML without a plain-text alternative",
+        "LINK_TEXT_MISMATCH" => "a link's text shows one host and points to another",
+        "LINK_IP_LITERAL" => "a link to a bare IP address",
+        "LINK_SHORTENER" => "a link through a URL shortener",
+        "DANGEROUS_ATTACHMENT" => "an attachment that runs on a click (.exe, .js, .scr, .iso...)",
+        "DOUBLE_EXTENSION" => "an attachment name hiding its real type (invoice.pdf.exe)",
+        "EXECUTABLE_DISGUISED" => "a program under a harmless name (magic bytes say so)",
+        "ENCRYPTED_ARCHIVE" => "a password-protected archive: its contents cannot be checked",
+        "ARCHIVE_TOO_DEEP" => "archives nested deeper than yubin opens",
+        "ARCHIVE_MALFORMED" => "an archive that cannot be read",
+        "BAYES_99" | "BAYES_95" | "BAYES_80" | "BAYES_60" => {
+            "the classifier, learned from users' Junk labels, finds it spammy"
+        }
+        "BAYES_50" => "the classifier cannot tell",
+        "BAYES_40" | "BAYES_20" | "BAYES_05" | "BAYES_00" => {
+            "the classifier, learned from users' labels, finds it legitimate"
+        }
         _ => "(unknown rule)",
     }
 }

@@ -19,6 +19,8 @@ use mail_auth::{
 };
 use tokio::sync::Mutex;
 use tracing::warn;
+use yubin_filter::bayes::Model;
+use yubin_filter::content::{self, Content};
 use yubin_filter::{AuthResult, Decision, Dmarc, DmarcPolicy, Evidence, RcptPolicy};
 
 use crate::config::Config;
@@ -35,6 +37,8 @@ pub struct Inbound<'a> {
     pub data: &'a [u8],
     /// One per local copy (account), with that account's thresholds.
     pub rcpts: Vec<RcptPolicy>,
+    /// The accounts of those copies, in the same order.
+    pub accounts: &'a [yubin_store::AccountId],
 }
 
 pub struct Analyzer {
@@ -43,6 +47,9 @@ pub struct Analyzer {
     cfg: crate::config::Filter,
     /// Local domains, read from the store at most once per minute.
     domains: Mutex<(std::time::Instant, Arc<Vec<String>>)>,
+    /// The classifier, and the last training row it learned.
+    model: std::sync::RwLock<Model>,
+    cursor: std::sync::Mutex<i64>,
 }
 
 impl Analyzer {
@@ -62,7 +69,80 @@ impl Analyzer {
                 std::time::Instant::now() - Duration::from_secs(3600),
                 Arc::new(Vec::new()),
             )),
+            model: Default::default(),
+            cursor: std::sync::Mutex::new(0),
         })
+    }
+
+    /// Read the classifier's counts from the store (at start, and after a failed save).
+    pub fn load_model(&self, store: &dyn yubin_store::Store) -> anyhow::Result<()> {
+        let (cursor, rows) = store.bayes_load()?;
+        *self.model.write().unwrap_or_else(|e| e.into_inner()) = Model::from_counts(rows);
+        *self.cursor.lock().unwrap_or_else(|e| e.into_inner()) = cursor;
+        Ok(())
+    }
+
+    /// Learn the labels given since the last call (moves into and out of Junk, `$Junk`
+    /// and `$NotJunk`, `yubin filter train`, sent mail) and save the counts with the
+    /// cursor, so each label is learned once. Returns how many were learned.
+    pub fn learn_pending(&self, store: &dyn yubin_store::Store) -> anyhow::Result<usize> {
+        let mut cursor = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
+        let items = store.training_pending(*cursor, 200)?;
+        let Some(last) = items.last().map(|i| i.id) else {
+            return Ok(0);
+        };
+        let none: [String; 0] = [];
+        let env = content::Envelope {
+            mail_from: "",
+            local_domains: &none,
+            now: 0,
+        };
+        let learned: Vec<(Vec<u32>, Option<i64>, bool, bool)> = items
+            .into_iter()
+            .filter_map(|i| {
+                let f = match (i.features, i.message) {
+                    (Some(f), _) => f,
+                    (None, Some(m)) => {
+                        yubin_filter::bayes::features(&content::inspect(&m, &env).words)
+                    }
+                    // The message was expunged before it could be read: nothing to learn.
+                    (None, None) => return None,
+                };
+                Some((f, i.account, i.spam, i.relabel))
+            })
+            .collect();
+        let dirty = {
+            let mut m = self.model.write().unwrap_or_else(|e| e.into_inner());
+            for (f, account, spam, relabel) in &learned {
+                if *relabel {
+                    m.learn(f, *account, !spam, -1);
+                }
+                m.learn(f, *account, *spam, 1);
+            }
+            m.take_dirty()
+        };
+        match store.bayes_save(*cursor, last, &dirty) {
+            Ok(true) => {
+                *cursor = last;
+                Ok(learned.len())
+            }
+            other => {
+                drop(cursor);
+                // Memory is ahead of the store (or someone else saved): start again
+                // from what the store has.
+                self.load_model(store)?;
+                match other {
+                    Err(e) => Err(e.into()),
+                    _ => Ok(0),
+                }
+            }
+        }
+    }
+
+    /// Messages learned `(spam, ham)` and features kept, for `yubin filter status` and logs.
+    pub fn model_size(&self) -> ((u32, u32), usize) {
+        let m = self.model.read().unwrap_or_else(|e| e.into_inner());
+        (m.totals(None), m.len())
     }
 
     async fn local_domains(&self, store: &Arc<dyn yubin_store::Store>) -> Arc<Vec<String>> {
@@ -89,10 +169,41 @@ impl Analyzer {
         trusted: bool,
     ) -> Decision {
         let policy = self.cfg.policy();
-        if trusted {
-            return Decision::deliver_all(m.rcpts.len());
-        }
         let domains = self.local_domains(store).await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        // The content rules parse the whole message: on a blocking thread, beside the
+        // DNS checks.
+        let inspected = {
+            let (data, domains, mail_from) =
+                (m.data.to_vec(), domains.clone(), m.mail_from.to_owned());
+            tokio::task::spawn_blocking(move || {
+                content::inspect(
+                    &data,
+                    &content::Envelope {
+                        mail_from: &mail_from,
+                        local_domains: &domains,
+                        now,
+                    },
+                )
+            })
+        };
+        if trusted {
+            // Trusted clients skip the judgement, not the attachment policy.
+            let c = inspected.await.unwrap_or_default();
+            if c.blocked.is_none() {
+                return Decision::deliver_all(m.rcpts.len());
+            }
+            let e = Evidence {
+                content: Content {
+                    blocked: c.blocked,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            return yubin_filter::decide(&e, &policy, &m.rcpts);
+        }
         let lists = {
             let store = store.clone();
             match tokio::task::spawn_blocking(move || store.filter_list()).await {
@@ -131,6 +242,40 @@ impl Analyzer {
         .await
         .is_ok();
         evidence.listings = listings;
+        // Bounded and linear, so awaited whatever the deadline: the attachment policy is
+        // never skipped because DNS was slow.
+        let mut rcpts = m.rcpts.clone();
+        if let Ok(mut c) = inspected.await {
+            if self.cfg.classifier {
+                let f = yubin_filter::bayes::features(&c.words);
+                // One recipient account: its own features count too; several share
+                // the server's view (one header for every copy).
+                let account = match m.accounts {
+                    [one] => Some(*one),
+                    _ => None,
+                };
+                let model = self.model.read().unwrap_or_else(|e| e.into_inner());
+                evidence.bayes = model.classify(&f, account);
+            }
+            if let Some(sender) = c.from.clone() {
+                let (store, ids) = (store.clone(), m.accounts.to_vec());
+                let known = tokio::task::spawn_blocking(move || {
+                    ids.iter()
+                        .map(|&a| store.is_correspondent(a, &sender).unwrap_or(false))
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap_or_default();
+                for (r, k) in rcpts.iter_mut().zip(known) {
+                    r.known_sender = k;
+                }
+            }
+            if !self.cfg.content_rules {
+                c.reasons.clear();
+            }
+            c.words = Vec::new();
+            evidence.content = c;
+        }
         apply_lists(&lists, m, &from, &mut evidence);
         if !done {
             evidence.timed_out = true;
@@ -143,7 +288,7 @@ impl Analyzer {
                 ));
             }
         }
-        yubin_filter::decide(&evidence, &policy, &m.rcpts)
+        yubin_filter::decide(&evidence, &policy, &rcpts)
     }
 
     async fn authenticate(

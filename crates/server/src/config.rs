@@ -55,6 +55,16 @@ pub struct Filter {
     pub reject_score: f32,
     /// DNS blocklists (`[[filter.dnsbl]]`).
     pub dnsbl: Vec<Dnsbl>,
+    /// The fixed rules on header and body (dates, ids, links, display names...).
+    pub content_rules: bool,
+    /// Programs, disguised programs and password-protected archives in attachments:
+    /// `reject` (554 5.7.1) or `quarantine`; checked on submission too.
+    pub attachments: String,
+    /// The statistical classifier, learned from users' Junk labels.
+    pub classifier: bool,
+    /// Mail users send counts as legitimate (ham) for the classifier, and its
+    /// recipients as their correspondents.
+    pub learn_from_sent: bool,
 }
 
 /// One DNS blocklist: of client IPs (RFC 5782 §2.1, IPv4 octets or IPv6 nibbles
@@ -97,6 +107,10 @@ impl Default for Filter {
             junk_score: 5.0,
             reject_score: 15.0,
             dnsbl: Vec::new(),
+            content_rules: true,
+            attachments: "reject".into(),
+            classifier: true,
+            learn_from_sent: true,
         }
     }
 }
@@ -104,7 +118,7 @@ impl Default for Filter {
 impl Filter {
     /// The policy of `yubin-filter`; unknown words are refused when the file is loaded.
     pub fn policy(&self) -> yubin_filter::Policy {
-        use yubin_filter::{OnDmarcReject, OnForgery, OnTimeout, Policy, Thresholds};
+        use yubin_filter::{OnAttachment, OnDmarcReject, OnForgery, OnTimeout, Policy, Thresholds};
         Policy {
             dmarc_reject: if self.dmarc_reject == "quarantine" {
                 OnDmarcReject::Quarantine
@@ -125,6 +139,11 @@ impl Filter {
                 junk: self.junk_score,
                 reject: self.reject_score,
             },
+            attachments: if self.attachments == "quarantine" {
+                OnAttachment::Quarantine
+            } else {
+                OnAttachment::Reject
+            },
         }
     }
 
@@ -133,6 +152,7 @@ impl Filter {
             ("on_timeout", &self.on_timeout, ["accept", "tempfail"]),
             ("dmarc_reject", &self.dmarc_reject, ["reject", "quarantine"]),
             ("forgery", &self.forgery, ["junk", "reject"]),
+            ("attachments", &self.attachments, ["reject", "quarantine"]),
         ] {
             if !allowed.contains(&value.as_str()) {
                 bail!(

@@ -395,6 +395,35 @@ pub async fn serve(cfg: Config) -> Result<()> {
             }
         });
     }
+    // The classifier learns the labels users give (Junk moves, flags, sent mail,
+    // `yubin filter train`), a few seconds after they give them.
+    if let Err(e) = server.analyzer.load_model(server.store.as_ref()) {
+        tracing::warn!(error = %e, "cannot read the classifier's counts; it starts empty");
+    }
+    if server.cfg.filter.classifier {
+        let server = server.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                let s = server.clone();
+                let learned =
+                    tokio::task::spawn_blocking(move || s.analyzer.learn_pending(s.store.as_ref()))
+                        .await;
+                match learned {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => {
+                        let ((spam, ham), features) = server.analyzer.model_size();
+                        tracing::info!(n, spam, ham, features, "classifier learned labels");
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "classifier training failed"),
+                    Err(e) => tracing::warn!(error = %e, "classifier training task failed"),
+                }
+                if server.shutdown.has_changed().unwrap_or(true) {
+                    return;
+                }
+            }
+        });
+    }
     // The outbound queue runner.
     let roots = Arc::new(
         mta_sts::roots(server.cfg.queue.tls_ca_file.as_deref())

@@ -469,7 +469,12 @@ impl Conn {
         let id = new_id();
         // The decision step (server::analyze): mail from other servers is judged, mail
         // of authenticated users is not spam-scored (RFC 6409 submission).
-        let (placements, judged, data) = if submitted.is_some() {
+        let (placements, judged, data) = if let Some((sender, _)) = &submitted {
+            // Submission is policy-checked (attachments), not spam-scored; what users send
+            // teaches the classifier and their correspondents.
+            if let Err(refused) = self.check_sent(&msg, *sender).await {
+                return refused;
+            }
             let p: Vec<_> = accounts.iter().copied().map(Placement::inbox).collect();
             (p, String::new(), None)
         } else {
@@ -661,7 +666,11 @@ impl Conn {
                 ids.iter()
                     .map(|&id| {
                         let (junk, reject) = store.filter_scores(id).unwrap_or((None, None));
-                        yubin_filter::RcptPolicy { junk, reject }
+                        yubin_filter::RcptPolicy {
+                            junk,
+                            reject,
+                            known_sender: false,
+                        }
                     })
                     .collect::<Vec<_>>()
             })
@@ -678,6 +687,7 @@ impl Conn {
                     mail_from: &msg.mail_from,
                     data: &msg.data,
                     rcpts,
+                    accounts,
                 },
                 trusted,
             )
@@ -756,6 +766,49 @@ impl Conn {
             .collect();
         let stripped = yubin_filter::headers::strip_results(&msg.data, &server.cfg.hostname);
         Ok((placements, decision.headers, stripped))
+    }
+
+    /// The attachment policy on a message an authenticated user sends (`554 5.7.1`
+    /// when it refuses); otherwise, with `[filter] learn_from_sent`, the message is a
+    /// legitimate example for the classifier and its recipients the user's
+    /// correspondents (learned in the background, after the reply).
+    async fn check_sent(&self, msg: &Message, sender: AccountId) -> Result<(), DeliveryOutcome> {
+        let cfg = &self.server.cfg.filter;
+        let data = msg.data.clone();
+        let inspected = tokio::task::spawn_blocking(move || {
+            yubin_filter::content::inspect(
+                &data,
+                &yubin_filter::content::Envelope {
+                    mail_from: "",
+                    local_domains: &[],
+                    now: 0,
+                },
+            )
+        })
+        .await
+        .unwrap_or_default();
+        if let Some(what) = inspected.blocked {
+            info!(from = msg.mail_from, what, "submission refused: attachment");
+            return Err(DeliveryOutcome::PolicyReject {
+                code: 554,
+                text: format!("Attachment refused: {what}"),
+            });
+        }
+        if cfg.learn_from_sent {
+            let store = self.server.store.clone();
+            let rcpts: Vec<String> = msg.rcpt_to.iter().map(|r| r.to_lowercase()).collect();
+            let features = yubin_filter::bayes::features(&inspected.words);
+            let classifier = cfg.classifier;
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = store.correspondents_add(sender, &rcpts) {
+                    warn!(error = %e, "could not remember correspondents");
+                }
+                if classifier && let Err(e) = store.training_add(Some(sender), false, &features) {
+                    warn!(error = %e, "could not record sent mail for the classifier");
+                }
+            });
+        }
+        Ok(())
     }
 
     /// Submission rules (RFC 6409): the sending rate, every From: address owned by the user

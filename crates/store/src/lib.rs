@@ -92,6 +92,24 @@ pub struct TrainingEvent {
     pub size: u64,
 }
 
+/// The classifier's counts of one feature: `(feature, spam, ham)`.
+pub type BayesRow = (u32, u32, u32);
+
+/// One label for the classifier, from [`MailStore::training_pending`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrainingItem {
+    pub id: i64,
+    /// `None`: server-wide.
+    pub account: Option<AccountId>,
+    pub spam: bool,
+    /// The same message had the other label last: unlearn that one first.
+    pub relabel: bool,
+    /// The message, when the label refers to a stored body that still exists.
+    pub message: Option<Vec<u8>>,
+    /// Or its words' hashes.
+    pub features: Option<Vec<u32>>,
+}
+
 /// Called after a committed change with the mailbox it touched.
 pub type ChangeListener = Box<dyn Fn(MailboxId) + Send + Sync>;
 
@@ -336,6 +354,20 @@ pub trait MailStore: Send + Sync {
     /// keeping flags and internal dates. Moving into or out of Junk records training events.
     fn copy(&self, from: MailboxId, uids: &[u32], to: MailboxId, remove: bool) -> Result<Copied>;
     fn training_events(&self, account: AccountId) -> Result<Vec<TrainingEvent>>;
+    /// Labels after training row `after`, oldest first, at most `limit`.
+    fn training_pending(&self, after: i64, limit: usize) -> Result<Vec<TrainingItem>>;
+    /// A label given as the hashes of a message's words (`yubin filter train`, sent
+    /// mail); `account` `None` is server-wide.
+    fn training_add(&self, account: Option<AccountId>, spam: bool, features: &[u32]) -> Result<()>;
+    /// The classifier's counts `(feature, spam, ham)` and the training row they include.
+    fn bayes_load(&self) -> Result<(i64, Vec<BayesRow>)>;
+    /// Write changed counts (0/0 removes a feature) and move the cursor from `from` to
+    /// `to`, only if it is still at `from` (one writer applies each label once); `false`
+    /// when someone else moved it.
+    fn bayes_save(&self, from: i64, to: i64, rows: &[BayesRow]) -> Result<bool>;
+    /// Remember that an account sent mail to these addresses.
+    fn correspondents_add(&self, account: AccountId, addresses: &[String]) -> Result<()>;
+    fn is_correspondent(&self, account: AccountId, address: &str) -> Result<bool>;
     /// UIDs of the messages in a mailbox whose `field` contains `needle` (case-insensitive
     /// substring, RFC 9051 §6.4.4), answered from the full-text index.
     fn search_text(&self, mailbox: MailboxId, field: TextField, needle: &str) -> Result<Vec<u32>>;

@@ -743,7 +743,10 @@ fn schema_1_is_upgraded() {
          ALTER TABLE blobs DROP COLUMN pack;
          ALTER TABLE blobs DROP COLUMN off;
          DROP TABLE index_pending;
-         DELETE FROM meta WHERE key IN ('mailbox_seq', 'blob_seq', 'account_seq', 'account_epoch');
+         DELETE FROM meta WHERE key IN ('mailbox_seq', 'blob_seq', 'account_seq', 'account_epoch',
+                                        'bayes_cursor');
+         DROP TABLE bayes;
+         DROP TABLE correspondents;
          ALTER TABLE envelopes DROP COLUMN sent_day;
          ALTER TABLE mailboxes DROP COLUMN recent_uid;
          ALTER TABLE mailboxes ADD COLUMN subscribed INTEGER NOT NULL DEFAULT 1;
@@ -815,7 +818,7 @@ fn schema_1_is_upgraded() {
     let v: i64 = db
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 8);
+    assert_eq!(v, 9);
     // SCRAM credentials (schema 7) come with the first login that proves the password.
     assert!(s.scram_credentials("a@example.com").unwrap().is_none());
     // Schema 8: empty allow/block lists, the server's spam thresholds.
@@ -1439,4 +1442,68 @@ fn accept_files_per_recipient() {
     let sel = s.select(c, "INBOX").unwrap();
     assert_eq!(sel.messages.len(), 1, "deleted Junk falls back to INBOX");
     assert!(sel.messages[0].flags.has_keyword("$Junk"));
+}
+
+#[test]
+fn classifier_labels_counts_and_correspondents() {
+    use yubin_store::{FlagOp, flags};
+    let (_d, s) = store();
+    s.add_domain("example.com").unwrap();
+    let a = s.add_account("a@example.com", "pw", false).unwrap().id;
+    deliver_n(&s, a, "INBOX", 3);
+    let inbox = s.mailbox(a, "INBOX").unwrap();
+    let junk = s.mailbox(a, "Junk").unwrap();
+    let kw = |k: &str| Flags {
+        system: 0,
+        keywords: vec![k.into()],
+    };
+    // $Junk once is one label; setting it again is none; $NotJunk is ham.
+    s.store_flags(inbox.id, &[1], FlagOp::Add, &kw("$Junk"), None)
+        .unwrap();
+    s.store_flags(inbox.id, &[1], FlagOp::Add, &kw("$junk"), None)
+        .unwrap();
+    s.store_flags(inbox.id, &[2], FlagOp::Add, &kw("$NotJunk"), None)
+        .unwrap();
+    let seen = Flags::system(flags::SEEN);
+    s.store_flags(inbox.id, &[3], FlagOp::Add, &seen, None)
+        .unwrap();
+    // Appending into Junk is spam; moving the message back is ham, a relabel.
+    let blob = s.stage(&[b"Subject: buy\r\n\r\npills\r\n"]).unwrap();
+    s.deliver_many(vec![(blob, Flags::default(), 0)], a, "Junk")
+        .unwrap();
+    s.copy(junk.id, &[1], inbox.id, true).unwrap();
+    s.training_add(None, true, &[7, 8]).unwrap();
+    let p = s.training_pending(0, 100).unwrap();
+    let labels: Vec<(bool, bool, bool)> = p
+        .iter()
+        .map(|i| (i.spam, i.relabel, i.message.is_some()))
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            (true, false, true),
+            (false, false, true),
+            (true, false, true),
+            (false, true, true),
+            (true, false, false)
+        ]
+    );
+    assert_eq!(p[4].features.as_deref(), Some(&[7u32, 8][..]));
+    assert_eq!(p[4].account, None);
+    assert_eq!(s.training_pending(p[3].id, 100).unwrap().len(), 1);
+    // The counts move with the cursor, once.
+    assert!(s.bayes_save(0, p[4].id, &[(7, 1, 0), (9, 0, 0)]).unwrap());
+    assert!(
+        !s.bayes_save(0, p[4].id, &[(7, 2, 0)]).unwrap(),
+        "cursor moved"
+    );
+    assert!(
+        s.bayes_save(p[4].id, p[4].id, &[(7, 0, 0), (8, 3, 4)])
+            .unwrap()
+    );
+    assert_eq!(s.bayes_load().unwrap(), (p[4].id, vec![(8, 3, 4)]));
+    s.correspondents_add(a, &["Bob@Example.NET".into()])
+        .unwrap();
+    assert!(s.is_correspondent(a, "bob@example.net").unwrap());
+    assert!(!s.is_correspondent(a, "eve@example.net").unwrap());
 }

@@ -61,7 +61,7 @@ enum Command {
     #[command(subcommand)]
     Queue(QueueCmd),
     /// The judgement of inbound mail: the allow and block lists (read by the running
-    /// server for every message).
+    /// server for every message), explanations of verdicts, the classifier.
     #[command(subcommand)]
     Filter(FilterCmd),
 }
@@ -89,6 +89,25 @@ enum FilterCmd {
         #[arg(long, default_value = "INBOX")]
         mailbox: String,
     },
+    /// Teach the classifier from files: message files, Maildir folders (cur/ and new/),
+    /// directories of message files, or mbox files. The running server learns them
+    /// within seconds (a stopped one when it starts).
+    Train {
+        /// The messages are spam.
+        #[arg(long, conflicts_with = "ham", required_unless_present = "ham")]
+        spam: bool,
+        /// The messages are legitimate.
+        #[arg(long)]
+        ham: bool,
+        /// Teach this account's own features too (default: the server's only).
+        #[arg(long, value_name = "ADDRESS")]
+        user: Option<String>,
+        /// Files or directories to read.
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
+    },
+    /// What the classifier has learned: messages of each kind and features kept.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -813,6 +832,27 @@ fn filter_cmd(store: &SqliteStore, cmd: FilterCmd) -> Result<()> {
             print!("{}", yubin_filter::explain(&data));
             return Ok(());
         }
+        FilterCmd::Train {
+            spam,
+            ham: _,
+            user,
+            paths,
+        } => return train(store, spam, user.as_deref(), &paths),
+        FilterCmd::Status => {
+            let (cursor, rows) = store.bayes_load()?;
+            let model = yubin_filter::bayes::Model::from_counts(rows);
+            let (s, h) = model.totals(None);
+            println!("learned: {s} spam, {h} legitimate (through label #{cursor})");
+            println!("features: {}", model.len());
+            let need = yubin_filter::bayes::MIN_LABELS;
+            if s < need || h < need {
+                println!(
+                    "the classifier gives no opinion until it has {need} of each; \
+                     move mail into and out of Junk, or use `yubin filter train`"
+                );
+            }
+            return Ok(());
+        }
         FilterCmd::Allow(c) => ("allow", c),
         FilterCmd::Block(c) => ("block", c),
     };
@@ -837,6 +877,124 @@ fn filter_cmd(store: &SqliteStore, cmd: FilterCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `yubin filter train`: every message under `paths` as one label (its words' hashes),
+/// for the server's classifier to learn.
+fn train(
+    store: &SqliteStore,
+    spam: bool,
+    user: Option<&str>,
+    paths: &[std::path::PathBuf],
+) -> Result<()> {
+    let account = user.map(|u| store.account(u)).transpose()?.map(|a| a.id);
+    let kind = if spam { "spam" } else { "legitimate" };
+    let mut n = 0usize;
+    let mut learn = |raw: &[u8]| -> Result<()> {
+        let c = yubin_filter::content::inspect(
+            raw,
+            &yubin_filter::content::Envelope {
+                mail_from: "",
+                local_domains: &[],
+                now: 0,
+            },
+        );
+        store.training_add(account, spam, &yubin_filter::bayes::features(&c.words))?;
+        n += 1;
+        if n.is_multiple_of(500) {
+            eprintln!("{n} messages read");
+        }
+        Ok(())
+    };
+    for path in paths {
+        for file in message_files(path)? {
+            let is_mbox = {
+                use std::io::Read;
+                let mut head = [0u8; 5];
+                std::fs::File::open(&file)
+                    .and_then(|mut f| f.read_exact(&mut head))
+                    .is_ok()
+                    && &head == b"From "
+            };
+            if is_mbox {
+                for_each_mbox_message(&file, &mut learn)?;
+            } else {
+                let raw = std::fs::read(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                learn(&raw)?;
+            }
+        }
+    }
+    println!(
+        "{n} messages recorded as {kind}; the running server learns them within seconds \
+         (see `yubin filter status`)"
+    );
+    Ok(())
+}
+
+/// The files of a path: itself, the messages of a Maildir (cur/, new/), or every
+/// regular file of a directory (dot files and Dovecot's index files skipped).
+fn message_files(path: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let dirs: Vec<std::path::PathBuf> = if path.join("cur").is_dir() || path.join("new").is_dir() {
+        vec![path.join("cur"), path.join("new")]
+    } else {
+        vec![path.to_owned()]
+    };
+    let mut out = Vec::new();
+    for d in dirs.iter().filter(|d| d.is_dir()) {
+        let mut files: Vec<_> = std::fs::read_dir(d)
+            .with_context(|| format!("cannot list {}", d.display()))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                !name.starts_with('.') && !name.starts_with("dovecot")
+            })
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        out.extend(files);
+    }
+    Ok(out)
+}
+
+/// The messages of an mbox file (mboxo and mboxrd: `>From ` lines unquoted once), read
+/// line by line so that a large file does not fill memory.
+fn for_each_mbox_message(
+    path: &std::path::Path,
+    each: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    use std::io::BufRead;
+    let f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut r = std::io::BufReader::new(f);
+    let (mut msg, mut line, mut started) = (Vec::new(), Vec::new(), false);
+    loop {
+        line.clear();
+        let n = r.read_until(b'\n', &mut line)?;
+        if n == 0 || line.starts_with(b"From ") {
+            if started {
+                each(&msg)?;
+            }
+            msg.clear();
+            started = true;
+            if n == 0 {
+                return Ok(());
+            }
+            continue;
+        }
+        let unquoted = line
+            .iter()
+            .position(|&c| c != b'>')
+            .filter(|&i| i > 0 && line.get(i..).is_some_and(|l| l.starts_with(b"From ")))
+            .map_or(line.as_slice(), |_| line.get(1..).unwrap_or_default());
+        msg.extend_from_slice(unquoted);
+    }
 }
 
 fn alias_cmd(store: &SqliteStore, cmd: AliasCmd) -> Result<()> {

@@ -14,9 +14,9 @@ use super::snapshot::{BlobRef, Body, Snapshot, blob_key};
 use super::{DeadBody, Listeners, SqliteStore, canonical_mailbox, now};
 use crate::index;
 use crate::{
-    AccountId, ChangeListener, Changes, Copied, Delivered, Error, FlagOp, Flags, FlagsUpdate,
-    MailStore, Mailbox, MailboxId, MessageMeta, Outbound, Placement, Result, Selection, SortInfo,
-    StagedBlob, TextField, TrainingEvent,
+    AccountId, BayesRow, ChangeListener, Changes, Copied, Delivered, Error, FlagOp, Flags,
+    FlagsUpdate, MailStore, Mailbox, MailboxId, MessageMeta, Outbound, Placement, Result,
+    Selection, SortInfo, StagedBlob, TextField, TrainingEvent, TrainingItem,
 };
 
 /// Largest number of deliveries committed in one transaction.
@@ -943,7 +943,9 @@ impl MailStore for SqliteStore {
                     out.messages.push(meta);
                     continue;
                 }
+                let before = meta.flags.clone();
                 if meta.flags.apply(op, flags) {
+                    label_by_keyword(tx, mailbox, uid, &before, &meta.flags)?;
                     meta.modseq = match modseq {
                         Some(m) => m,
                         None => *modseq.insert(Self::bump_modseq(tx, mailbox)?),
@@ -1018,6 +1020,138 @@ impl MailStore for SqliteStore {
             })?
             .collect::<std::result::Result<_, _>>()?;
         Ok(rows)
+    }
+
+    fn training_pending(&self, after: i64, limit: usize) -> Result<Vec<TrainingItem>> {
+        let c = self.reader();
+        let rows: Vec<PendingRow> = c
+            .prepare(
+                "SELECT t.id, t.account_id, t.blob_id, t.spam, t.features,
+                        (SELECT p.spam FROM training p WHERE p.blob_id = t.blob_id
+                           AND p.account_id IS t.account_id AND p.id < t.id
+                         ORDER BY p.id DESC LIMIT 1)
+                 FROM training t WHERE t.id > ?1 ORDER BY t.id LIMIT ?2",
+            )?
+            .query_map(params![after, limit as i64], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?
+            .collect::<std::result::Result<_, _>>()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, account, blob, spam, features, previous) in rows {
+            let message = match (&features, blob) {
+                (None, Some(b)) => self.load_body(&c, b)?,
+                _ => None,
+            };
+            out.push(TrainingItem {
+                id,
+                account,
+                spam,
+                relabel: previous == Some(!spam),
+                message,
+                features: features.map(|f| {
+                    f.chunks_exact(4)
+                        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect()
+                }),
+            });
+        }
+        Ok(out)
+    }
+
+    fn training_add(&self, account: Option<AccountId>, spam: bool, features: &[u32]) -> Result<()> {
+        let bytes: Vec<u8> = features.iter().flat_map(|f| f.to_le_bytes()).collect();
+        self.conn().execute(
+            "INSERT INTO training(account_id, spam, created, features) VALUES (?1, ?2, ?3, ?4)",
+            params![account, spam, now(), bytes],
+        )?;
+        Ok(())
+    }
+
+    fn bayes_load(&self) -> Result<(i64, Vec<BayesRow>)> {
+        let c = self.reader();
+        let tx = c.unchecked_transaction()?;
+        let cursor: i64 = tx.query_row(
+            "SELECT value FROM meta WHERE key = 'bayes_cursor'",
+            [],
+            |r| r.get(0),
+        )?;
+        let rows = tx
+            .prepare("SELECT feature, spam, ham FROM bayes")?
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u32,
+                    r.get::<_, i64>(1)? as u32,
+                    r.get::<_, i64>(2)? as u32,
+                ))
+            })?
+            .collect::<std::result::Result<_, _>>()?;
+        Ok((cursor, rows))
+    }
+
+    fn bayes_save(&self, from: i64, to: i64, rows: &[BayesRow]) -> Result<bool> {
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let cursor: i64 = tx.query_row(
+            "SELECT value FROM meta WHERE key = 'bayes_cursor'",
+            [],
+            |r| r.get(0),
+        )?;
+        if cursor != from {
+            return Ok(false);
+        }
+        for &(f, spam, ham) in rows {
+            if spam == 0 && ham == 0 {
+                tx.prepare_cached("DELETE FROM bayes WHERE feature = ?1")?
+                    .execute([i64::from(f)])?;
+            } else {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO bayes(feature, spam, ham) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![
+                    i64::from(f),
+                    i64::from(spam),
+                    i64::from(ham)
+                ])?;
+            }
+        }
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'bayes_cursor'",
+            [to],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    fn correspondents_add(&self, account: AccountId, addresses: &[String]) -> Result<()> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        for a in addresses {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO correspondents(account_id, address, last) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![account, a.to_lowercase(), now()])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn is_correspondent(&self, account: AccountId, address: &str) -> Result<bool> {
+        let c = self.reader();
+        Ok(
+            c.prepare_cached(
+                "SELECT 1 FROM correspondents WHERE account_id = ?1 AND address = ?2",
+            )?
+            .query_row(params![account, address.to_lowercase()], |_| Ok(()))
+            .optional()?
+            .is_some(),
+        )
     }
 
     fn search_text(&self, mailbox: MailboxId, field: TextField, needle: &str) -> Result<Vec<u32>> {
@@ -1350,6 +1484,43 @@ fn remove_messages(
     SqliteStore::drop_unreferenced_blobs(tx, blob_ids)
 }
 
+/// A training row: id, account, body, spam, features, the body's previous label.
+type PendingRow = (
+    i64,
+    Option<i64>,
+    Option<i64>,
+    bool,
+    Option<Vec<u8>>,
+    Option<bool>,
+);
+
+/// `$Junk` or `$NotJunk` newly set on a message (Thunderbird, K-9, Apple Mail do it when
+/// the user marks mail) is a label for the classifier.
+fn label_by_keyword(
+    tx: &Transaction<'_>,
+    mailbox: MailboxId,
+    uid: u32,
+    before: &Flags,
+    after: &Flags,
+) -> Result<()> {
+    let has = |f: &Flags, k: &str| f.keywords.iter().any(|x| x.eq_ignore_ascii_case(k));
+    let spam = match (
+        !has(before, "$Junk") && has(after, "$Junk"),
+        !has(before, "$NotJunk") && has(after, "$NotJunk"),
+    ) {
+        (true, false) => true,
+        (false, true) => false,
+        _ => return Ok(()),
+    };
+    let (account, _, _) = SqliteStore::mailbox_meta(tx, mailbox)?;
+    tx.prepare_cached(
+        "INSERT INTO training(account_id, blob_id, spam, created)
+         SELECT ?1, blob_id, ?2, ?3 FROM messages WHERE mailbox_id = ?4 AND uid = ?5",
+    )?
+    .execute(params![account, spam, now(), mailbox, uid])?;
+    Ok(())
+}
+
 fn copy_in(
     tx: &Transaction<'_>,
     from: MailboxId,
@@ -1608,6 +1779,17 @@ fn apply_part(
         };
         let (mailbox, uidvalidity, uid, modseq): (i64, u32, u32, i64) =
             found.ok_or_else(|| Error::NoSuchMailbox(p.mailbox.clone()))?;
+        // A client that appends into Junk (mbsync, clients that move by APPEND and
+        // EXPUNGE) labels the message spam, as a MOVE would; inbound filing does not.
+        if !job.inbox_fallback {
+            let (_, _, special) = SqliteStore::mailbox_meta(c, mailbox)?;
+            if special.as_deref() == Some("\\Junk") {
+                c.prepare_cached(
+                    "INSERT INTO training(account_id, blob_id, spam, created) VALUES (?1, ?2, 1, ?3)",
+                )?
+                .execute(params![account, blob_id, now()])?;
+            }
+        }
         c.prepare_cached(
             "INSERT INTO messages(mailbox_id, uid, blob_id, size, internal_date, flags, keywords,
                                   modseq, saved)

@@ -42,7 +42,7 @@ mod reserve;
 mod snapshot;
 
 const DB_FILE: &str = "yubin.db";
-const SCHEMA_VERSION: i64 = 8;
+const SCHEMA_VERSION: i64 = 9;
 
 /// Upgrades from each older schema version, applied in order in one transaction.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -133,6 +133,34 @@ const MIGRATIONS: &[(i64, &str)] = &[
              PRIMARY KEY(list, value)) WITHOUT ROWID;
          ALTER TABLE accounts ADD COLUMN junk_score REAL;
          ALTER TABLE accounts ADD COLUMN reject_score REAL;",
+    ),
+    // 8 -> 9: the classifier. Training rows may carry their words' hashes instead of a
+    // body (`yubin filter train`, submission) and may be server-wide (no account); the
+    // model's counts and the last training row applied to them; correspondents.
+    (
+        8,
+        "CREATE TABLE training_new(
+             id INTEGER PRIMARY KEY,
+             account_id INTEGER REFERENCES accounts(id) ON DELETE CASCADE,
+             blob_id INTEGER,
+             spam INTEGER NOT NULL,
+             created INTEGER NOT NULL,
+             features BLOB);
+         INSERT INTO training_new(id, account_id, blob_id, spam, created)
+             SELECT id, account_id, blob_id, spam, created FROM training;
+         DROP TABLE training;
+         ALTER TABLE training_new RENAME TO training;
+         CREATE INDEX training_blob ON training(blob_id);
+         CREATE TABLE bayes(
+             feature INTEGER PRIMARY KEY,
+             spam INTEGER NOT NULL,
+             ham INTEGER NOT NULL);
+         INSERT INTO meta(key, value) VALUES ('bayes_cursor', 0);
+         CREATE TABLE correspondents(
+             account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+             address TEXT NOT NULL,
+             last INTEGER NOT NULL,
+             PRIMARY KEY(account_id, address)) WITHOUT ROWID;",
     ),
 ];
 
@@ -275,13 +303,29 @@ CREATE TABLE queue_rcpts(
     notify TEXT,
     orcpt TEXT);
 CREATE INDEX queue_due ON queue_rcpts(done, next_attempt);
--- Messages the user moved into (spam = 1) or out of (spam = 0) Junk: filter training.
+-- Labels for the classifier, applied in id order: a message the user moved into
+-- (spam = 1) or out of (spam = 0) Junk, flagged $Junk/$NotJunk, appended to Junk, sent,
+-- or given to `yubin filter train` (then `features` holds its words' hashes, u32 LE,
+-- and account_id may be NULL: server-wide).
 CREATE TABLE training(
     id INTEGER PRIMARY KEY,
-    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
-    blob_id INTEGER NOT NULL,
+    account_id INTEGER REFERENCES accounts(id) ON DELETE CASCADE,
+    blob_id INTEGER,
     spam INTEGER NOT NULL,
-    created INTEGER NOT NULL);
+    created INTEGER NOT NULL,
+    features BLOB);
+CREATE INDEX training_blob ON training(blob_id);
+-- The classifier's counts per feature (yubin_filter::bayes), up to meta.bayes_cursor.
+CREATE TABLE bayes(
+    feature INTEGER PRIMARY KEY,
+    spam INTEGER NOT NULL,
+    ham INTEGER NOT NULL);
+-- Addresses each account sent mail to (sender reputation).
+CREATE TABLE correspondents(
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    address TEXT NOT NULL,
+    last INTEGER NOT NULL,
+    PRIMARY KEY(account_id, address)) WITHOUT ROWID;
 -- The admin's allow and block lists of inbound mail: IPs, CIDRs, domains, addresses.
 CREATE TABLE filter_lists(
     list TEXT NOT NULL CHECK (list IN ('allow', 'block')),
@@ -293,6 +337,7 @@ INSERT INTO meta(key, value) VALUES ('mailbox_seq', 0);
 INSERT INTO meta(key, value) VALUES ('account_seq', 0);
 INSERT INTO meta(key, value) VALUES ('account_epoch', 0);
 INSERT INTO meta(key, value) VALUES ('blob_seq', 0);
+INSERT INTO meta(key, value) VALUES ('bayes_cursor', 0);
 ";
 
 /// Called after every committed change, with the mailboxes it touched.
