@@ -8,6 +8,7 @@ import smtplib
 import socket
 import subprocess
 import time
+from email.utils import formatdate
 
 import authres
 import dkim
@@ -137,7 +138,7 @@ def yubin(make_server, zone):
 
 def message(frm: str, subject: str = "hello", body: str = "Hello there.\r\n", extra: str = "") -> bytes:
     return (f"From: Sender <{frm}>\r\nTo: bob@{DOMAIN}\r\nSubject: {subject}\r\n"
-            f"Date: Tue, 01 Dec 2026 10:00:00 +0000\r\nMessage-ID: <{time.time_ns()}@x>\r\n"
+            f"Date: {formatdate()}\r\nMessage-ID: <{time.time_ns()}@x>\r\n"
             f"{extra}\r\n{body}").encode()
 
 

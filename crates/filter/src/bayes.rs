@@ -23,11 +23,14 @@ pub const MAX_FEATURES: usize = 1_000_000;
 /// The word whose counts are the number of messages learned.
 pub const TOTAL: &str = "\u{0}total";
 
-/// Robinson's strength of the prior and its value (bogofilter's defaults).
-const ROBS: f64 = 0.0178;
-const ROBX: f64 = 0.52;
-/// Words closer than this to 0.5 are ignored.
-const MIN_DEV: f64 = 0.375;
+/// Robinson's strength of the prior and its value (SpamBayes' defaults: a word seen once
+/// says little, which matters while few labels are in; bogofilter's 0.0178 trusts it).
+const ROBS: f64 = 0.45;
+const ROBX: f64 = 0.5;
+/// Words closer than this to 0.5 are ignored...
+const MIN_DEV: f64 = 0.1;
+/// ...and of the rest, the most telling this many count (SpamBayes' max_discriminators).
+const MAX_DISCRIMINATORS: usize = 150;
 
 /// FNV-1a, folded to 32 bits: stable across builds and platforms (the counts are stored).
 pub fn hash(word: &str) -> u32 {
@@ -166,6 +169,10 @@ impl Model {
                     add(personal(f, a), mine);
                 }
             }
+        }
+        if probs.len() > MAX_DISCRIMINATORS {
+            probs.sort_unstable_by(|a, b| (b - 0.5).abs().total_cmp(&(a - 0.5).abs()));
+            probs.truncate(MAX_DISCRIMINATORS);
         }
         Some(fisher(&probs) as f32)
     }

@@ -430,7 +430,8 @@ pub fn decide(e: &Evidence, p: &Policy, rcpts: &[RcptPolicy]) -> Decision {
             detail: e.content.from.clone().unwrap_or_default(),
         });
     }
-    let score: f32 = reasons.iter().map(|r| r.score).sum();
+    // `+ 0.0`: a sum of nothing is -0.0 in Rust, which would print as "-0.0".
+    let score: f32 = reasons.iter().map(|r| r.score).sum::<f32>() + 0.0;
 
     // Message-wide verdicts, by precedence; then each recipient's thresholds.
     let whole: Option<Outcome> = if e.timed_out && p.on_timeout == OnTimeout::TempFail {
