@@ -392,3 +392,25 @@ def test_hostile_messages_get_a_verdict_and_the_server_goes_on(yubin):
         assert time.time() - t < 30
     code, text = send(yubin, "alice@partner.example", message("alice@partner.example", "ok", "fine\n"))
     assert code == 250
+
+
+def test_quarantine_holds_and_releases(make_server):
+    y = make_server(extra='[filter]\nattachments = "quarantine"\n').start()
+    for name in ("first.exe", "second.exe"):
+        code, text = send(y, "alice@partner.example", with_attachment(name, PE))
+        assert code == 250, text
+    assert y.uids(BOB) == [] and y.uids(BOB, "Junk") == []
+    out = y.cli("quarantine", "list").stdout.decode().splitlines()
+    assert len(out) == 2 and all(BOB in line and "from <alice@partner.example>" in line for line in out), out
+    assert "first.exe" in out[0] and "a program or script" in out[0], out
+    first, second = (line.split("\t")[0] for line in out)
+    assert b"first.exe" in y.cli("quarantine", "show", first).stdout
+    assert "delivered to INBOX" in y.cli("quarantine", "release", first).stdout.decode()
+    m = imap(y)
+    m.select("INBOX")
+    assert uids_matching(m, "the file"), "released mail is seen over IMAP"
+    m.logout()
+    y.cli("quarantine", "delete", second)
+    assert "quarantine is empty" in y.cli("quarantine", "list").stdout.decode()
+    r = y.cli("quarantine", "release", second, check=False)
+    assert r.returncode != 0 and b"quarantine list" in r.stderr

@@ -750,17 +750,17 @@ impl Conn {
             .enumerate()
             .map(|(i, &account)| match decision.rcpts.get(i) {
                 Some(yubin_filter::Outcome::Inbox) | None => Placement::inbox(account),
-                // Quarantine is not produced yet; until it has its own store it is Junk.
+                Some(yubin_filter::Outcome::Quarantine(why)) => Placement::quarantine(account, why),
                 // A copy refused by its own account's threshold while others take the
                 // message cannot be refused in SMTP (one reply to DATA); it goes to Junk
                 // rather than being dropped unseen.
                 Some(_) => Placement {
-                    account,
                     mailbox: junk_boxes
                         .get(&account)
                         .cloned()
                         .unwrap_or_else(|| "Junk".into()),
                     flags: junk.clone(),
+                    ..Placement::inbox(account)
                 },
             })
             .collect();

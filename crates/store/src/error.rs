@@ -56,6 +56,8 @@ pub enum Error {
     InboxNotDeletable,
     #[error("no message with UID {0}")]
     NoSuchMessage(u32),
+    #[error("no message #{0} in the quarantine (see `yubin quarantine list`)")]
+    NoSuchQuarantined(i64),
     #[error("password: {0}")]
     Password(String),
     #[error("a delivery needs at least one account")]

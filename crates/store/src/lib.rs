@@ -232,6 +232,9 @@ pub struct Placement {
     pub mailbox: String,
     /// Added to the message's own flags.
     pub flags: Flags,
+    /// Held in the quarantine for the admin with this reason instead of filed (inbound
+    /// mail only; `mailbox` and `flags` are then unused).
+    pub quarantine: Option<String>,
 }
 
 impl Placement {
@@ -240,8 +243,29 @@ impl Placement {
             account,
             mailbox: "INBOX".into(),
             flags: Flags::default(),
+            quarantine: None,
         }
     }
+
+    pub fn quarantine(account: AccountId, reason: &str) -> Self {
+        Placement {
+            quarantine: Some(reason.to_owned()),
+            ..Placement::inbox(account)
+        }
+    }
+}
+
+/// A message the filter holds for the admin (`yubin quarantine`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    pub id: i64,
+    pub account: AccountId,
+    /// The recipient account's address.
+    pub address: String,
+    pub reason: String,
+    pub mail_from: String,
+    pub created: i64,
+    pub size: u64,
 }
 
 /// Message bodies and mailboxes. Mailbox names are full paths with `/` as the separator;
@@ -365,6 +389,14 @@ pub trait MailStore: Send + Sync {
     /// `to`, only if it is still at `from` (one writer applies each label once); `false`
     /// when someone else moved it.
     fn bayes_save(&self, from: i64, to: i64, rows: &[BayesRow]) -> Result<bool>;
+    /// Messages held in the quarantine, oldest first.
+    fn quarantine_list(&self) -> Result<Vec<Quarantined>>;
+    /// A held message's bytes.
+    fn quarantine_read(&self, id: i64) -> Result<Vec<u8>>;
+    /// Deliver a held message to its account's INBOX and take it out of the quarantine.
+    fn quarantine_release(&self, id: i64) -> Result<Delivered>;
+    /// Drop a held message for good.
+    fn quarantine_delete(&self, id: i64) -> Result<()>;
     /// Remember that an account sent mail to these addresses.
     fn correspondents_add(&self, account: AccountId, addresses: &[String]) -> Result<()>;
     fn is_correspondent(&self, account: AccountId, address: &str) -> Result<bool>;

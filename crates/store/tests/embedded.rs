@@ -747,6 +747,7 @@ fn schema_1_is_upgraded() {
                                         'bayes_cursor');
          DROP TABLE bayes;
          DROP TABLE correspondents;
+         DROP TABLE quarantine;
          ALTER TABLE envelopes DROP COLUMN sent_day;
          ALTER TABLE mailboxes DROP COLUMN recent_uid;
          ALTER TABLE mailboxes ADD COLUMN subscribed INTEGER NOT NULL DEFAULT 1;
@@ -1419,9 +1420,9 @@ fn accept_files_per_recipient() {
         keywords: vec!["$Junk".into()],
     };
     let to = |account, mailbox: &str, flags: &Flags| Placement {
-        account,
         mailbox: mailbox.into(),
         flags: flags.clone(),
+        ..Placement::inbox(account)
     };
     let blob = s.stage(&[b"Subject: spam\r\n\r\nbuy\r\n"]).unwrap();
     let placements = [
@@ -1506,4 +1507,60 @@ fn classifier_labels_counts_and_correspondents() {
         .unwrap();
     assert!(s.is_correspondent(a, "bob@example.net").unwrap());
     assert!(!s.is_correspondent(a, "eve@example.net").unwrap());
+}
+
+#[test]
+fn quarantine_holds_releases_and_deletes() {
+    use yubin_store::{Error as E, Placement};
+    let (_d, s) = store();
+    s.add_domain("example.com").unwrap();
+    let a = s.add_account("a@example.com", "pw", false).unwrap().id;
+    let b = s.add_account("b@example.com", "pw", false).unwrap().id;
+    let out = yubin_store::Outbound {
+        mail_from: "x@far.example".into(),
+        ..Default::default()
+    };
+    let blob = s.stage(&[b"Subject: held\r\n\r\nMZ\r\n"]).unwrap();
+    let (d, _) = s
+        .accept(
+            blob,
+            &[
+                Placement::quarantine(a, "attachment: x.exe"),
+                Placement::quarantine(b, "attachment: x.exe"),
+            ],
+            &out,
+            1_000,
+        )
+        .unwrap();
+    assert!(d.is_empty(), "nothing filed");
+    let q = s.quarantine_list().unwrap();
+    assert_eq!(q.len(), 2);
+    assert_eq!(
+        (
+            q[0].address.as_str(),
+            q[0].reason.as_str(),
+            q[0].mail_from.as_str()
+        ),
+        ("a@example.com", "attachment: x.exe", "x@far.example")
+    );
+    assert_eq!(
+        s.quarantine_read(q[0].id).unwrap(),
+        b"Subject: held\r\n\r\nMZ\r\n"
+    );
+    let r = s.quarantine_release(q[0].id).unwrap();
+    let inbox = s.mailbox(a, "INBOX").unwrap();
+    assert_eq!((r.mailbox, r.uid), (inbox.id, 1));
+    assert_eq!(s.read(inbox.id, 1).unwrap(), b"Subject: held\r\n\r\nMZ\r\n");
+    assert!(matches!(
+        s.quarantine_release(q[0].id),
+        Err(E::NoSuchQuarantined(_))
+    ));
+    // Deleting the other copy keeps the body the released one uses.
+    s.quarantine_delete(q[1].id).unwrap();
+    assert!(s.quarantine_list().unwrap().is_empty());
+    assert_eq!(s.read(inbox.id, 1).unwrap(), b"Subject: held\r\n\r\nMZ\r\n");
+    assert!(matches!(
+        s.quarantine_delete(q[1].id),
+        Err(E::NoSuchQuarantined(_))
+    ));
 }

@@ -60,10 +60,35 @@ enum Command {
     /// The outbound queue: mail waiting for other domains' servers.
     #[command(subcommand)]
     Queue(QueueCmd),
+    /// Messages the filter held back (`[filter] attachments = "quarantine"`): list, read,
+    /// deliver or drop them.
+    #[command(subcommand)]
+    Quarantine(QuarantineCmd),
     /// The judgement of inbound mail: the allow and block lists (read by the running
     /// server for every message), explanations of verdicts, the classifier.
     #[command(subcommand)]
     Filter(FilterCmd),
+}
+
+#[derive(Subcommand)]
+enum QuarantineCmd {
+    /// Held messages: id, recipient, age, size, sender, reason.
+    List,
+    /// A held message exactly as it arrived.
+    Show {
+        /// The message's id (first column of `quarantine list`).
+        id: i64,
+    },
+    /// Deliver a held message to its recipient's INBOX.
+    Release {
+        /// The message's id (first column of `quarantine list`).
+        id: i64,
+    },
+    /// Drop a held message for good.
+    Delete {
+        /// The message's id (first column of `quarantine list`).
+        id: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -388,7 +413,43 @@ fn run(cli: Cli) -> Result<()> {
         Command::Mail(cmd) => mail_cmd(&open(&cli.config)?, cmd),
         Command::Queue(cmd) => queue_cmd(&open(&cli.config)?, cmd),
         Command::Filter(cmd) => filter_cmd(&open(&cli.config)?, cmd),
+        Command::Quarantine(cmd) => quarantine_cmd(&open(&cli.config)?, cmd),
     }
+}
+
+fn quarantine_cmd(store: &SqliteStore, cmd: QuarantineCmd) -> Result<()> {
+    match cmd {
+        QuarantineCmd::List => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let q = store.quarantine_list()?;
+            if q.is_empty() {
+                println!("quarantine is empty");
+            }
+            for m in q {
+                println!(
+                    "{}\t{}\t{}s ago\t{} bytes\tfrom <{}>\t{}",
+                    m.id,
+                    m.address,
+                    (now - m.created).max(0),
+                    m.size,
+                    m.mail_from,
+                    m.reason
+                );
+            }
+        }
+        QuarantineCmd::Show { id } => std::io::stdout().write_all(&store.quarantine_read(id)?)?,
+        QuarantineCmd::Release { id } => {
+            let d = store.quarantine_release(id)?;
+            println!("#{id} delivered to INBOX (UID {})", d.uid);
+        }
+        QuarantineCmd::Delete { id } => {
+            store.quarantine_delete(id)?;
+            println!("#{id} deleted");
+        }
+    }
+    Ok(())
 }
 
 fn print_first_run(f: &FirstRun, cfg: &Config) {

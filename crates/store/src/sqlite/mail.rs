@@ -15,8 +15,8 @@ use super::{DeadBody, Listeners, SqliteStore, canonical_mailbox, now};
 use crate::index;
 use crate::{
     AccountId, BayesRow, ChangeListener, Changes, Copied, Delivered, Error, FlagOp, Flags,
-    FlagsUpdate, MailStore, Mailbox, MailboxId, MessageMeta, Outbound, Placement, Result,
-    Selection, SortInfo, StagedBlob, TextField, TrainingEvent, TrainingItem,
+    FlagsUpdate, MailStore, Mailbox, MailboxId, MessageMeta, Outbound, Placement, Quarantined,
+    Result, Selection, SortInfo, StagedBlob, TextField, TrainingEvent, TrainingItem,
 };
 
 /// Largest number of deliveries committed in one transaction.
@@ -36,6 +36,8 @@ pub(super) struct Job {
     flags: Flags,
     internal_date: i64,
     outbound: Option<Outbound>,
+    /// The reverse-path, kept with quarantined copies.
+    mail_from: String,
     /// More messages for the same recipients and mailbox, all or none with this one
     /// (IMAP MULTIAPPEND, RFC 3502).
     more: Vec<(StagedBlob, Flags, i64)>,
@@ -407,6 +409,7 @@ impl SqliteStore {
         flags: &Flags,
         internal_date: i64,
         outbound: Option<Outbound>,
+        mail_from: &str,
     ) -> Result<(Vec<Delivered>, Option<i64>)> {
         if placements.is_empty() && outbound.is_none() {
             if let Some(at) = blob.packed {
@@ -422,6 +425,7 @@ impl SqliteStore {
             flags: flags.clone(),
             internal_date,
             outbound,
+            mail_from: mail_from.to_owned(),
             more: Vec::new(),
             reply,
         };
@@ -484,12 +488,11 @@ impl MailStore for SqliteStore {
         let placements = accounts
             .iter()
             .map(|&account| Placement {
-                account,
                 mailbox: canonical_mailbox(mailbox).to_owned(),
-                flags: Flags::default(),
+                ..Placement::inbox(account)
             })
             .collect();
-        self.write_job(blob, placements, false, flags, internal_date, None)
+        self.write_job(blob, placements, false, flags, internal_date, None, "")
             .map(|(d, _)| d)
     }
 
@@ -508,13 +511,13 @@ impl MailStore for SqliteStore {
             blob,
             inbox_fallback: false,
             placements: vec![Placement {
-                account,
                 mailbox: canonical_mailbox(mailbox).to_owned(),
-                flags: Flags::default(),
+                ..Placement::inbox(account)
             }],
             flags,
             internal_date,
             outbound: None,
+            mail_from: String::new(),
             more: it.collect(),
             reply,
         };
@@ -529,6 +532,7 @@ impl MailStore for SqliteStore {
         outbound: &Outbound,
         internal_date: i64,
     ) -> Result<(Vec<Delivered>, Option<i64>)> {
+        let mail_from = outbound.mail_from.as_str();
         let outbound = (!outbound.rcpts.is_empty()).then(|| outbound.clone());
         let placements = placements
             .iter()
@@ -544,6 +548,7 @@ impl MailStore for SqliteStore {
             &Flags::default(),
             internal_date,
             outbound,
+            mail_from,
         )
     }
 
@@ -1127,6 +1132,100 @@ impl MailStore for SqliteStore {
         )?;
         tx.commit()?;
         Ok(true)
+    }
+
+    fn quarantine_list(&self) -> Result<Vec<Quarantined>> {
+        let c = self.reader();
+        let rows = c
+            .prepare(
+                "SELECT q.id, q.account_id, a.local || '@' || d.name, q.reason, q.mail_from,
+                        q.created, b.size
+                 FROM quarantine q JOIN accounts a ON a.id = q.account_id
+                 JOIN domains d ON d.id = a.domain_id JOIN blobs b ON b.id = q.blob_id
+                 ORDER BY q.id",
+            )?
+            .query_map([], |r| {
+                Ok(Quarantined {
+                    id: r.get(0)?,
+                    account: r.get(1)?,
+                    address: r.get(2)?,
+                    reason: r.get(3)?,
+                    mail_from: r.get(4)?,
+                    created: r.get(5)?,
+                    size: r.get::<_, i64>(6)? as u64,
+                })
+            })?
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    fn quarantine_read(&self, id: i64) -> Result<Vec<u8>> {
+        let c = self.reader();
+        let blob: i64 = c
+            .query_row("SELECT blob_id FROM quarantine WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .ok_or(Error::NoSuchQuarantined(id))?;
+        self.load_body(&c, blob)?
+            .ok_or(Error::NoSuchQuarantined(id))
+    }
+
+    fn quarantine_release(&self, id: i64) -> Result<Delivered> {
+        self.write_then_notify(|tx| {
+            let (account, blob, created): (AccountId, i64, i64) = tx
+                .query_row(
+                    "SELECT account_id, blob_id, created FROM quarantine WHERE id = ?1",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?
+                .ok_or(Error::NoSuchQuarantined(id))?;
+            let size: i64 =
+                tx.query_row("SELECT size FROM blobs WHERE id = ?1", [blob], |r| r.get(0))?;
+            let (mailbox, uidvalidity, uid, modseq): (i64, u32, u32, i64) = tx
+                .prepare_cached(
+                    "UPDATE mailboxes SET uid_next = uid_next + 1,
+                                          highest_modseq = highest_modseq + 1
+                     WHERE account_id = ?1 AND name = 'INBOX'
+                     RETURNING id, uidvalidity, uid_next - 1, highest_modseq",
+                )?
+                .query_row([account], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?;
+            tx.prepare_cached(
+                "INSERT INTO messages(mailbox_id, uid, blob_id, size, internal_date, flags,
+                                      keywords, modseq, saved)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0, '', ?6, ?7)",
+            )?
+            .execute(params![mailbox, uid, blob, size, created, modseq, now()])?;
+            tx.execute("DELETE FROM quarantine WHERE id = ?1", [id])?;
+            Ok((
+                Delivered {
+                    account,
+                    mailbox,
+                    uidvalidity,
+                    uid,
+                },
+                vec![mailbox],
+                vec![],
+            ))
+        })
+    }
+
+    fn quarantine_delete(&self, id: i64) -> Result<()> {
+        self.write_then_notify(|tx| {
+            let blob: i64 = tx
+                .query_row(
+                    "DELETE FROM quarantine WHERE id = ?1 RETURNING blob_id",
+                    [id],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .ok_or(Error::NoSuchQuarantined(id))?;
+            let dead = SqliteStore::drop_unreferenced_blobs(tx, [blob])?;
+            Ok(((), vec![], dead))
+        })
     }
 
     fn correspondents_add(&self, account: AccountId, addresses: &[String]) -> Result<()> {
@@ -1755,6 +1854,20 @@ fn apply_part(
     for p in &job.placements {
         let account = p.account;
         if !seen.insert(account) {
+            continue;
+        }
+        if let Some(reason) = &p.quarantine {
+            c.prepare_cached(
+                "INSERT INTO quarantine(account_id, blob_id, reason, mail_from, created)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                account,
+                blob_id,
+                reason,
+                job.mail_from,
+                internal_date
+            ])?;
             continue;
         }
         let mut flags = flags.clone();

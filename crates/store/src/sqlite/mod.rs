@@ -136,7 +136,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     // 8 -> 9: the classifier. Training rows may carry their words' hashes instead of a
     // body (`yubin filter train`, submission) and may be server-wide (no account); the
-    // model's counts and the last training row applied to them; correspondents.
+    // model's counts and the last training row applied to them; correspondents; the
+    // quarantine.
     (
         8,
         "CREATE TABLE training_new(
@@ -160,7 +161,15 @@ const MIGRATIONS: &[(i64, &str)] = &[
              account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
              address TEXT NOT NULL,
              last INTEGER NOT NULL,
-             PRIMARY KEY(account_id, address)) WITHOUT ROWID;",
+             PRIMARY KEY(account_id, address)) WITHOUT ROWID;
+         CREATE TABLE quarantine(
+             id INTEGER PRIMARY KEY,
+             account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+             blob_id INTEGER NOT NULL,
+             reason TEXT NOT NULL,
+             mail_from TEXT NOT NULL,
+             created INTEGER NOT NULL);
+         CREATE INDEX quarantine_blob ON quarantine(blob_id);",
     ),
 ];
 
@@ -326,6 +335,15 @@ CREATE TABLE correspondents(
     address TEXT NOT NULL,
     last INTEGER NOT NULL,
     PRIMARY KEY(account_id, address)) WITHOUT ROWID;
+-- Inbound messages the filter holds for the admin (`yubin quarantine`), one per account.
+CREATE TABLE quarantine(
+    id INTEGER PRIMARY KEY,
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    blob_id INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    mail_from TEXT NOT NULL,
+    created INTEGER NOT NULL);
+CREATE INDEX quarantine_blob ON quarantine(blob_id);
 -- The admin's allow and block lists of inbound mail: IPs, CIDRs, domains, addresses.
 CREATE TABLE filter_lists(
     list TEXT NOT NULL CHECK (list IN ('allow', 'block')),
@@ -742,6 +760,7 @@ impl SqliteStore {
             "DELETE FROM blobs WHERE id = ?1
              AND NOT EXISTS (SELECT 1 FROM messages WHERE blob_id = ?1)
              AND NOT EXISTS (SELECT 1 FROM queue WHERE blob_id = ?1)
+             AND NOT EXISTS (SELECT 1 FROM quarantine WHERE blob_id = ?1)
              RETURNING name, data IS NULL, pack, off, size",
         )?;
         // The indexer drops the body's search.db entry after commit.
