@@ -408,9 +408,10 @@ impl SqliteStore {
         inbox_fallback: bool,
         flags: &Flags,
         internal_date: i64,
-        outbound: Option<Outbound>,
-        mail_from: &str,
+        outbound: &Outbound,
     ) -> Result<(Vec<Delivered>, Option<i64>)> {
+        let mail_from = outbound.mail_from.clone();
+        let outbound = (!outbound.rcpts.is_empty()).then(|| outbound.clone());
         if placements.is_empty() && outbound.is_none() {
             if let Some(at) = blob.packed {
                 self.blob_dirs.packs.release([(at, blob.size)]);
@@ -425,7 +426,7 @@ impl SqliteStore {
             flags: flags.clone(),
             internal_date,
             outbound,
-            mail_from: mail_from.to_owned(),
+            mail_from,
             more: Vec::new(),
             reply,
         };
@@ -492,8 +493,15 @@ impl MailStore for SqliteStore {
                 ..Placement::inbox(account)
             })
             .collect();
-        self.write_job(blob, placements, false, flags, internal_date, None, "")
-            .map(|(d, _)| d)
+        self.write_job(
+            blob,
+            placements,
+            false,
+            flags,
+            internal_date,
+            &Outbound::default(),
+        )
+        .map(|(d, _)| d)
     }
 
     fn deliver_many(
@@ -532,8 +540,6 @@ impl MailStore for SqliteStore {
         outbound: &Outbound,
         internal_date: i64,
     ) -> Result<(Vec<Delivered>, Option<i64>)> {
-        let mail_from = outbound.mail_from.as_str();
-        let outbound = (!outbound.rcpts.is_empty()).then(|| outbound.clone());
         let placements = placements
             .iter()
             .map(|p| Placement {
@@ -548,7 +554,6 @@ impl MailStore for SqliteStore {
             &Flags::default(),
             internal_date,
             outbound,
-            mail_from,
         )
     }
 
