@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 PY=.venv/bin/python
 have_all() {
-    for tool in cargo swaks openssl curl mbsync fetchmail getmail dnsmasq unbound ldns-signzone; do
+    for tool in cargo swaks openssl curl mbsync fetchmail getmail dnsmasq unbound ldns-signzone clamd sigtool; do
         command -v "$tool" >/dev/null || return 1
     done
     [ -x "$PY" ] && "$PY" -c 'import pytest, dkim, scramp, spf, authres, nacl' 2>/dev/null

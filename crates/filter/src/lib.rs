@@ -18,6 +18,7 @@
 //! 5. the score against each recipient's thresholds: reject / Junk / INBOX.
 
 pub mod bayes;
+pub mod clamd;
 pub mod content;
 pub mod dnsbl;
 pub mod headers;
@@ -103,6 +104,8 @@ pub struct Evidence {
     pub content: content::Content,
     /// The classifier's spam probability (0..1), when it has learned enough.
     pub bayes: Option<f32>,
+    /// The virus scan, when a scanner is configured.
+    pub virus: Option<clamd::Scan>,
 }
 
 /// What to do with DMARC `p=reject` failures.
@@ -137,6 +140,16 @@ pub struct Policy {
     pub thresholds: Thresholds,
     /// What to do with a message the attachment policy refuses.
     pub attachments: OnAttachment,
+    /// What to do when the virus scanner cannot answer.
+    pub on_scanner_failure: OnScannerFailure,
+}
+
+/// The virus scanner is down or slow: `451 4.7.1` (fail closed, the sender retries) or
+/// deliver with a header saying it was not scanned (fail open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnScannerFailure {
+    TempFail,
+    Accept,
 }
 
 /// What to do with a dangerous attachment (program, disguised program, encrypted
@@ -157,6 +170,7 @@ impl Default for Policy {
             on_timeout: OnTimeout::Accept,
             thresholds: Thresholds::default(),
             attachments: OnAttachment::Reject,
+            on_scanner_failure: OnScannerFailure::TempFail,
         }
     }
 }
@@ -416,6 +430,19 @@ pub fn decide(e: &Evidence, p: &Policy, rcpts: &[RcptPolicy]) -> Decision {
             detail: e.from_domain.clone().unwrap_or_default(),
         });
     }
+    match &e.virus {
+        Some(clamd::Scan::Infected(name)) => reasons.push(Reason {
+            rule: "VIRUS",
+            score: 0.0,
+            detail: name.clone(),
+        }),
+        Some(clamd::Scan::Unavailable(why) | clamd::Scan::Skipped(why)) => reasons.push(Reason {
+            rule: "NOT_SCANNED",
+            score: 0.0,
+            detail: why.clone(),
+        }),
+        _ => {}
+    }
     if e.timed_out {
         reasons.push(Reason {
             rule: "CHECKS_TIMED_OUT",
@@ -434,7 +461,18 @@ pub fn decide(e: &Evidence, p: &Policy, rcpts: &[RcptPolicy]) -> Decision {
     let score: f32 = reasons.iter().map(|r| r.score).sum::<f32>() + 0.0;
 
     // Message-wide verdicts, by precedence; then each recipient's thresholds.
-    let whole: Option<Outcome> = if e.timed_out && p.on_timeout == OnTimeout::TempFail {
+    let whole: Option<Outcome> = if let Some(clamd::Scan::Infected(name)) = &e.virus {
+        Some(Outcome::Reject {
+            code: 554,
+            text: format!("Virus found: {name}"),
+        })
+    } else if matches!(e.virus, Some(clamd::Scan::Unavailable(_)))
+        && p.on_scanner_failure == OnScannerFailure::TempFail
+    {
+        Some(Outcome::TempFail(
+            "The virus scanner is unavailable, try again later".into(),
+        ))
+    } else if e.timed_out && p.on_timeout == OnTimeout::TempFail {
         Some(Outcome::TempFail(
             "Checks of this message did not finish in time, try again later".into(),
         ))
@@ -532,6 +570,14 @@ fn header_fields(e: &Evidence, p: &Policy, d: &Decision) -> String {
         if items.is_empty() { "" } else { " tests=" }
     );
     out.push_str(&headers::folded("X-Spam-Status", &head, &items, ","));
+    match &e.virus {
+        Some(clamd::Scan::Clean) => out.push_str("X-Virus-Scanned: clamd; clean\r\n"),
+        Some(clamd::Scan::Unavailable(why) | clamd::Scan::Skipped(why)) => out.push_str(&format!(
+            "X-Virus-Scanned: no ({})\r\n",
+            headers::clean(why, 120).replace(['(', ')'], "")
+        )),
+        _ => {}
+    }
     if junk {
         out.push_str("X-Spam-Flag: YES\r\n");
     }
@@ -548,6 +594,7 @@ pub fn exercise(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let _ = lists::Entry::parse(&text);
     let _ = dmarc_pct(&text);
+    let _ = clamd::parse_reply(data);
     let _ = dnsbl::domain_name(&text, "dbl.example");
     let local = ["example.org".to_owned()];
     let c = content::inspect(
@@ -630,6 +677,8 @@ pub fn describe(rule: &str) -> &'static str {
             "From: is one of our domains, but the message came from outside unauthenticated"
         }
         "CHECKS_TIMED_OUT" => "the checks did not finish within [filter] deadline_seconds",
+        "VIRUS" => "the virus scanner (clamd) found this signature",
+        "NOT_SCANNED" => "the virus scanner could not scan it (down, slow, or too large)",
         "KNOWN_CORRESPONDENT" => "the recipient has written to this sender: INBOX",
         "GTUBE" => "the GTUBE anti-spam test string (SpamAssassin's convention)",
         "MISSING_HEADERS" => "no header section at all",

@@ -50,6 +50,7 @@ pub struct Analyzer {
     /// The classifier, and the last training row it learned.
     model: std::sync::RwLock<Model>,
     cursor: std::sync::Mutex<i64>,
+    scanner: Option<crate::virus::Scanner>,
 }
 
 impl Analyzer {
@@ -71,7 +72,16 @@ impl Analyzer {
             )),
             model: Default::default(),
             cursor: std::sync::Mutex::new(0),
+            scanner: crate::virus::Scanner::new(&cfg.filter),
         })
+    }
+
+    /// The virus scan of a message, when `[filter] clamd` is set.
+    pub async fn scan(&self, data: &[u8]) -> Option<yubin_filter::clamd::Scan> {
+        match &self.scanner {
+            Some(s) => Some(s.scan(data).await),
+            None => None,
+        }
     }
 
     /// Read the classifier's counts from the store (at start, and after a failed save).
@@ -190,9 +200,17 @@ impl Analyzer {
             })
         };
         if trusted {
-            // Trusted clients skip the judgement, not the attachment policy.
-            let c = inspected.await.unwrap_or_default();
-            if c.blocked.is_none() {
+            // Trusted clients skip the judgement, not the attachment policy and the
+            // virus scan.
+            let (c, virus) = tokio::join!(inspected, self.scan(m.data));
+            let c = c.unwrap_or_default();
+            let clean = matches!(
+                virus,
+                None | Some(
+                    yubin_filter::clamd::Scan::Clean | yubin_filter::clamd::Scan::Skipped(_)
+                )
+            );
+            if c.blocked.is_none() && clean {
                 return Decision::deliver_all(m.rcpts.len());
             }
             let e = Evidence {
@@ -200,6 +218,7 @@ impl Analyzer {
                     blocked: c.blocked,
                     ..Default::default()
                 },
+                virus,
                 ..Default::default()
             };
             return yubin_filter::decide(&e, &policy, &m.rcpts);
@@ -228,19 +247,27 @@ impl Analyzer {
             .as_ref()
             .and_then(|p| p.from.first().cloned())
             .unwrap_or_default();
-        let done = tokio::time::timeout(deadline, async {
-            tokio::join!(
-                async {
-                    if self.cfg.sender_auth {
-                        self.authenticate(m, parsed.as_ref(), &domains, &mut evidence)
-                            .await
-                    }
-                },
-                self.blocklists(m, &from, &mut listings)
-            )
-        })
-        .await
-        .is_ok();
+        // The virus scan has its own timeout, outside the deadline of the DNS checks: a
+        // message is never let through unscanned because DNS was slow.
+        let (done, virus) = tokio::join!(
+            async {
+                tokio::time::timeout(deadline, async {
+                    tokio::join!(
+                        async {
+                            if self.cfg.sender_auth {
+                                self.authenticate(m, parsed.as_ref(), &domains, &mut evidence)
+                                    .await
+                            }
+                        },
+                        self.blocklists(m, &from, &mut listings)
+                    )
+                })
+                .await
+                .is_ok()
+            },
+            self.scan(m.data)
+        );
+        evidence.virus = virus;
         evidence.listings = listings;
         // Bounded and linear, so awaited whatever the deadline: the attachment policy is
         // never skipped because DNS was slow.

@@ -65,6 +65,16 @@ pub struct Filter {
     /// Mail users send counts as legitimate (ham) for the classifier, and its
     /// recipients as their correspondents.
     pub learn_from_sent: bool,
+    /// ClamAV's clamd: a unix socket path or `host:port`; empty: no virus scanning.
+    pub clamd: String,
+    /// Seconds for one scan (connect, send, answer).
+    pub clamd_timeout_seconds: u64,
+    /// Larger messages are not sent to clamd (its StreamMaxLength is 25 MiB by default).
+    pub clamd_max_bytes: usize,
+    /// Scans at once; more wait their turn (within the deadline).
+    pub clamd_max_concurrent: usize,
+    /// clamd down or slow: `tempfail` (451 4.7.1) or `accept` (with a header saying so).
+    pub on_scanner_failure: String,
 }
 
 /// One DNS blocklist: of client IPs (RFC 5782 §2.1, IPv4 octets or IPv6 nibbles
@@ -111,6 +121,11 @@ impl Default for Filter {
             attachments: "reject".into(),
             classifier: true,
             learn_from_sent: true,
+            clamd: String::new(),
+            clamd_timeout_seconds: 30,
+            clamd_max_bytes: 25 << 20,
+            clamd_max_concurrent: 4,
+            on_scanner_failure: "tempfail".into(),
         }
     }
 }
@@ -118,7 +133,9 @@ impl Default for Filter {
 impl Filter {
     /// The policy of `yubin-filter`; unknown words are refused when the file is loaded.
     pub fn policy(&self) -> yubin_filter::Policy {
-        use yubin_filter::{OnAttachment, OnDmarcReject, OnForgery, OnTimeout, Policy, Thresholds};
+        use yubin_filter::{
+            OnAttachment, OnDmarcReject, OnForgery, OnScannerFailure, OnTimeout, Policy, Thresholds,
+        };
         Policy {
             dmarc_reject: if self.dmarc_reject == "quarantine" {
                 OnDmarcReject::Quarantine
@@ -144,6 +161,11 @@ impl Filter {
             } else {
                 OnAttachment::Reject
             },
+            on_scanner_failure: if self.on_scanner_failure == "accept" {
+                OnScannerFailure::Accept
+            } else {
+                OnScannerFailure::TempFail
+            },
         }
     }
 
@@ -153,6 +175,11 @@ impl Filter {
             ("dmarc_reject", &self.dmarc_reject, ["reject", "quarantine"]),
             ("forgery", &self.forgery, ["junk", "reject"]),
             ("attachments", &self.attachments, ["reject", "quarantine"]),
+            (
+                "on_scanner_failure",
+                &self.on_scanner_failure,
+                ["tempfail", "accept"],
+            ),
         ] {
             if !allowed.contains(&value.as_str()) {
                 bail!(

@@ -17,6 +17,7 @@ mod smtp;
 mod stream;
 pub mod tls;
 mod tlsrpt;
+mod virus;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

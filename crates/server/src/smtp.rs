@@ -768,12 +768,38 @@ impl Conn {
         Ok((placements, decision.headers, stripped))
     }
 
-    /// The attachment policy on a message an authenticated user sends (`554 5.7.1`
-    /// when it refuses); otherwise, with `[filter] learn_from_sent`, the message is a
+    /// The virus scan and the attachment policy on a message an authenticated user
+    /// sends (`554 5.7.1` when they refuse, 451 when the scanner is down and
+    /// `[filter] on_scanner_failure` says so); otherwise, with `[filter] learn_from_sent`, the message is a
     /// legitimate example for the classifier and its recipients the user's
     /// correspondents (learned in the background, after the reply).
     async fn check_sent(&self, msg: &Message, sender: AccountId) -> Result<(), DeliveryOutcome> {
         let cfg = &self.server.cfg.filter;
+        match self.server.analyzer.scan(&msg.data).await {
+            Some(yubin_filter::clamd::Scan::Infected(name)) => {
+                info!(
+                    from = msg.mail_from,
+                    virus = name,
+                    "submission refused: virus"
+                );
+                return Err(DeliveryOutcome::PolicyReject {
+                    code: 554,
+                    text: format!("Virus found: {name}"),
+                });
+            }
+            Some(yubin_filter::clamd::Scan::Unavailable(why))
+                if cfg.on_scanner_failure != "accept" =>
+            {
+                info!(
+                    from = msg.mail_from,
+                    why, "submission deferred: virus scanner unavailable"
+                );
+                return Err(DeliveryOutcome::PolicyTempFail(
+                    "The virus scanner is unavailable, try again later".into(),
+                ));
+            }
+            _ => {}
+        }
         let data = msg.data.clone();
         let inspected = tokio::task::spawn_blocking(move || {
             yubin_filter::content::inspect(
