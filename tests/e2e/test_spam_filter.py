@@ -414,3 +414,23 @@ def test_quarantine_holds_and_releases(make_server):
     assert "quarantine is empty" in y.cli("quarantine", "list").stdout.decode()
     r = y.cli("quarantine", "release", second, check=False)
     assert r.returncode != 0 and b"quarantine list" in r.stderr
+
+
+def test_metrics_count_each_outcome(make_server):
+    from conftest import free_port
+    y = make_server(extra="[filter]\ncheck_local = true\nsender_auth = false\n")
+    port = free_port()
+    y.config.write_text(y.config.read_text().replace("[listen]\n", f'[listen]\nmetrics = ["{IP}:{port}"]\n'))
+    y.start()
+    send(y, "alice@partner.example", message("alice@partner.example", "lunch", "noon?\n"))
+    html = f'<a href="http://192.0.2.7/">https://www.{DOMAIN}/</a>'
+    send(y, "help@evil.example", message(f'"Support {DOMAIN}" <help@evil.example>', "full", "", html))
+    gtube = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\n"
+    send(y, "a@spam.example", message("a@spam.example", "test", gtube))
+    out = subprocess.run(["curl", "-sf", f"http://{IP}:{port}/metrics"], capture_output=True,
+                         timeout=30, check=True).stdout.decode()
+    for outcome, n in (("inbox", 1), ("junk", 1), ("reject", 1), ("quarantine", 0), ("tempfail", 0)):
+        assert f'yubin_filter_verdicts_total{{outcome="{outcome}"}} {n}\n' in out, out
+    r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://{IP}:{port}/"],
+                       capture_output=True, timeout=30)
+    assert r.stdout == b"404"

@@ -51,6 +51,7 @@ pub struct Analyzer {
     model: std::sync::RwLock<Model>,
     cursor: std::sync::Mutex<i64>,
     scanner: Option<crate::virus::Scanner>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Analyzer {
@@ -73,15 +74,15 @@ impl Analyzer {
             model: Default::default(),
             cursor: std::sync::Mutex::new(0),
             scanner: crate::virus::Scanner::new(&cfg.filter),
+            metrics: Default::default(),
         })
     }
 
     /// The virus scan of a message, when `[filter] clamd` is set.
     pub async fn scan(&self, data: &[u8]) -> Option<yubin_filter::clamd::Scan> {
-        match &self.scanner {
-            Some(s) => Some(s.scan(data).await),
-            None => None,
-        }
+        let s = self.scanner.as_ref()?.scan(data).await;
+        self.metrics.scan(&s);
+        Some(s)
     }
 
     /// Read the classifier's counts from the store (at start, and after a failed save).
@@ -134,6 +135,8 @@ impl Analyzer {
         match store.bayes_save(*cursor, last, &dirty) {
             Ok(true) => {
                 *cursor = last;
+                let spam = learned.iter().filter(|l| l.2).count() as u64;
+                self.metrics.labels(spam, learned.len() as u64 - spam);
                 Ok(learned.len())
             }
             other => {
@@ -173,6 +176,17 @@ impl Analyzer {
     /// The decision for one message from an unauthenticated client. `trusted` (a
     /// client on loopback while `[filter] check_local` is off) skips the checks.
     pub async fn analyze(
+        &self,
+        store: &Arc<dyn yubin_store::Store>,
+        m: &Inbound<'_>,
+        trusted: bool,
+    ) -> Decision {
+        let d = self.decide(store, m, trusted).await;
+        self.metrics.verdicts(&d.rcpts);
+        d
+    }
+
+    async fn decide(
         &self,
         store: &Arc<dyn yubin_store::Store>,
         m: &Inbound<'_>,

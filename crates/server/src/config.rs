@@ -247,6 +247,8 @@ pub struct Listen {
     pub pop3s: Vec<SocketAddr>,
     /// HTTPS for our own MTA-STS policy (RFC 8461 §3.3): none unless set.
     pub mta_sts: Vec<SocketAddr>,
+    /// Plain HTTP for Prometheus (`GET /metrics`): none unless set; keep it on loopback.
+    pub metrics: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -375,6 +377,7 @@ impl Default for Listen {
             pop3: both(110),
             pop3s: both(995),
             mta_sts: Vec::new(),
+            metrics: Vec::new(),
         }
     }
 }
@@ -542,6 +545,7 @@ impl Config {
             pop3: lo(110),
             pop3s: lo(995),
             mta_sts: Vec::new(),
+            metrics: Vec::new(),
         };
     }
 

@@ -10,6 +10,7 @@ pub mod https;
 pub mod imap;
 mod limits;
 pub mod login_cache;
+pub mod metrics;
 pub mod mta_sts;
 mod outbound;
 pub mod pop3;
@@ -626,6 +627,14 @@ pub static LISTENERS: &[ListenerKind] = &[
         refuse_per_ip: HTTP_FULL,
         refuse_total: HTTP_FULL,
         handle: |s, t, p| Box::pin(https::handle(s, t, p)),
+    },
+    ListenerKind {
+        name: "metrics",
+        addrs: |l| &l.metrics,
+        limits: |s| &s.https_limits,
+        refuse_per_ip: HTTP_FULL,
+        refuse_total: HTTP_FULL,
+        handle: |s, t, p| Box::pin(metrics::handle(s, t, p)),
     },
 ];
 
