@@ -23,14 +23,16 @@ pub const MAX_FEATURES: usize = 1_000_000;
 /// The word whose counts are the number of messages learned.
 pub const TOTAL: &str = "\u{0}total";
 
-/// Robinson's strength of the prior and its value (SpamBayes' defaults: a word seen once
-/// says little, which matters while few labels are in; bogofilter's 0.0178 trusts it).
-const ROBS: f64 = 0.45;
-const ROBX: f64 = 0.5;
-/// Words closer than this to 0.5 are ignored...
-const MIN_DEV: f64 = 0.1;
-/// ...and of the rest, the most telling this many count (SpamBayes' max_discriminators).
-const MAX_DISCRIMINATORS: usize = 150;
+/// Robinson's strength of the prior and its value (bogofilter's defaults), and words
+/// closer than MIN_DEV to 0.5 ignored. Chosen on bench/spam.py's replay of the
+/// SpamAssassin corpus: SpamBayes' s = 0.45 with 150 discriminators caught 91.8 % of
+/// spam at 0.5 % false positives, these 96.2 %; min_dev 0.1..0.45 moved it by under 1 %.
+const ROBS: f64 = 0.0178;
+const ROBX: f64 = 0.52;
+const MIN_DEV: f64 = 0.2;
+/// At most this many words decide (a bound; a message has at most twice
+/// `content::MAX_WORDS` features).
+const MAX_DISCRIMINATORS: usize = 4096;
 
 /// FNV-1a, folded to 32 bits: stable across builds and platforms (the counts are stored).
 pub fn hash(word: &str) -> u32 {
@@ -144,11 +146,18 @@ impl Model {
             .collect()
     }
 
-    /// The spam probability of a message (0 ham .. 1 spam), or `None` while the model
-    /// has not seen [`MIN_LABELS`] of each kind.
-    pub fn classify(&self, features: &[u32], account: Option<i64>) -> Option<f32> {
+    /// Whether the model has seen [`MIN_LABELS`] of each kind: before that its opinion
+    /// is not used for filing (with spam labels only, every common word looks spammy).
+    pub fn ready(&self) -> bool {
         let (ns, nh) = self.totals(None);
-        if ns < MIN_LABELS || nh < MIN_LABELS {
+        ns >= MIN_LABELS && nh >= MIN_LABELS
+    }
+
+    /// The spam probability of a message (0 ham .. 1 spam) once the model has learned
+    /// anything, whether or not it is [`Model::ready`].
+    pub fn spamicity(&self, features: &[u32], account: Option<i64>) -> Option<f64> {
+        let (ns, nh) = self.totals(None);
+        if ns == 0 && nh == 0 {
             return None;
         }
         let mut probs = Vec::with_capacity(features.len() * 2);
@@ -163,8 +172,10 @@ impl Model {
             add(f, (ns, nh));
         }
         if let Some(a) = account {
+            // An account's own words count once it has labelled both kinds: with one
+            // kind only, every word it has seen would look like that kind.
             let mine = self.totals(Some(a));
-            if mine != (0, 0) {
+            if mine.0 > 0 && mine.1 > 0 {
                 for &f in features {
                     add(personal(f, a), mine);
                 }
@@ -174,7 +185,15 @@ impl Model {
             probs.sort_unstable_by(|a, b| (b - 0.5).abs().total_cmp(&(a - 0.5).abs()));
             probs.truncate(MAX_DISCRIMINATORS);
         }
-        Some(fisher(&probs) as f32)
+        Some(fisher(&probs))
+    }
+
+    /// [`Model::spamicity`] when the model is [`Model::ready`], else `None`.
+    pub fn classify(&self, features: &[u32], account: Option<i64>) -> Option<f32> {
+        if !self.ready() {
+            return None;
+        }
+        self.spamicity(features, account).map(|p| p as f32)
     }
 
     /// Robinson's f(w): the word's spam ratio pulled towards [`ROBX`] when it was seen
@@ -298,6 +317,8 @@ mod tests {
             m.learn(&words("weekly newsletter digest"), Some(1), true, 1);
             m.learn(&words("weekly newsletter digest"), Some(7), false, 1);
         }
+        // Account 7 has labelled both kinds, so its own words count.
+        m.learn(&words("cheap pills viagra offer"), Some(7), true, 1);
         let others = m
             .classify(&words("weekly newsletter digest"), Some(2))
             .unwrap();
@@ -306,6 +327,19 @@ mod tests {
             .unwrap();
         assert!(others > 0.4, "{others}");
         assert!(mine < others, "{mine} vs {others}");
+    }
+
+    #[test]
+    fn one_kind_of_personal_labels_is_not_used() {
+        let mut m = trained();
+        for _ in 0..6 {
+            m.learn(&words("cheap pills viagra offer"), None, true, 1);
+            m.learn(&words("agenda notes"), Some(7), false, 1);
+        }
+        // Account 7 only labelled ham: its copy of "pills" (never seen by it) must not
+        // make spam look legitimate, nor its common words everything.
+        let p = m.classify(&words("cheap pills viagra"), Some(7)).unwrap();
+        assert!(p > 0.99, "{p}");
     }
 
     #[test]

@@ -355,9 +355,102 @@ pub fn inspect(raw: &[u8], env: &Envelope<'_>) -> Content {
             ));
         }
     }
+    header_words(raw, &mut words);
     body_rules(msg, env, &mut c, &mut words);
     c.words = words.done();
     c
+}
+
+/// Header fields that hold addresses, whose parts tell the classifier most.
+const ADDRESS_FIELDS: &[&str] = &[
+    "from",
+    "to",
+    "cc",
+    "reply-to",
+    "sender",
+    "return-path",
+    "errors-to",
+    "delivered-to",
+];
+/// Fields of the top-level header looked at by [`header_words`].
+const MAX_FIELDS: usize = 100;
+
+/// The classifier's words of the top-level header (SpamBayes mines it the same way):
+/// which fields are present, the addresses, domains and names in address fields, the
+/// hosts and networks of the first Received fields, the Message-ID's domain, the
+/// content type and charset, list fields.
+fn header_words(raw: &[u8], words: &mut Words) {
+    let mut received = 0;
+    for (start, end, name) in crate::headers::fields(raw).into_iter().take(MAX_FIELDS) {
+        let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+        if name.is_empty() || name.len() > 40 {
+            continue;
+        }
+        words.tag(format!("h:{name}"));
+        let field = raw.get(start..end).unwrap_or_default();
+        let colon = memchr::memchr(b':', field).map_or(field.len(), |i| i + 1);
+        let value = String::from_utf8_lossy(field.get(colon..).unwrap_or_default());
+        let value = cut(&value, 2000).to_lowercase();
+        let pieces = || {
+            value
+                .split(|c: char| c.is_whitespace() || "<>,;\"'()[]".contains(c))
+                .filter(|w| !w.is_empty())
+        };
+        if ADDRESS_FIELDS.contains(&name.as_str()) {
+            for w in pieces().take(20) {
+                if let Some((_, d)) = w.rsplit_once('@') {
+                    words.tag(format!("{name}:addr:{w}"));
+                    words.tag(format!("{name}:dom:{d}"));
+                } else if (3..=24).contains(&w.chars().count()) {
+                    words.tag(format!("{name}:w:{w}"));
+                }
+            }
+        } else if name == "received" && received < 3 {
+            received += 1;
+            for w in pieces().take(30) {
+                if let Ok(ip) = w.parse::<std::net::Ipv4Addr>() {
+                    let [a, b, c, _] = ip.octets();
+                    words.tag(format!("rcvd:ip:{a}.{b}.{c}"));
+                } else if w.contains('.') && !w.contains(':') && w.len() <= 60 {
+                    words.tag(format!("rcvd:{}", w.trim_matches('.')));
+                } else if ["with", "esmtp", "smtp", "esmtps", "local", "http", "qmqp"].contains(&w)
+                {
+                    words.tag(format!("rcvd:{w}"));
+                }
+            }
+        } else if name == "message-id" {
+            if let Some((_, d)) = value.trim().trim_matches(['<', '>']).rsplit_once('@') {
+                words.tag(format!("mid:{}", d.trim_end_matches('>')));
+            } else {
+                words.tag("mid:none".into());
+            }
+        } else if name == "content-type" {
+            if let Some(t) = pieces().next() {
+                words.tag(format!("ct:{t}"));
+            }
+            if let Some(cs) = value.split("charset=").nth(1) {
+                let cs: String = cs
+                    .trim_matches(['"', ' '])
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || "-_".contains(*c))
+                    .collect();
+                words.tag(format!("charset:{cs}"));
+            }
+        } else if [
+            "list-id",
+            "precedence",
+            "mailing-list",
+            "x-mailing-list",
+            "list-unsubscribe",
+        ]
+        .contains(&name.as_str())
+        {
+            words.tag(format!(
+                "{name}:{}",
+                value.trim().chars().take(40).collect::<String>()
+            ));
+        }
+    }
 }
 
 fn addr_domain(a: &str) -> Option<String> {
@@ -597,6 +690,19 @@ fn is_ip_literal(host: &str) -> bool {
         || host.strip_prefix("0x").is_some_and(|h| h.chars().all(|ch| ch.is_ascii_hexdigit()))
 }
 
+/// The pieces of a link's path and query, for the classifier.
+fn url_words(url: &str, words: &mut Words) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let path = rest.split_once('/').map_or("", |(_, p)| p);
+    for piece in path
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|p| (3..=24).contains(&p.len()))
+        .take(10)
+    {
+        words.tag(format!("up:{}", piece.to_lowercase()));
+    }
+}
+
 fn link_rules(host: &str, c: &mut Content, words: &mut Words) {
     if is_ip_literal(host) {
         c.add("LINK_IP_LITERAL", 1.5, host);
@@ -617,8 +723,10 @@ fn links_in_text(t: &str, c: &mut Content, words: &mut Words) {
         let end = rest
             .find(|ch: char| ch.is_whitespace() || "<>\"'".contains(ch))
             .unwrap_or(rest.len());
-        if let Some(h) = link_host(rest.get(..end).unwrap_or_default()) {
+        let url = rest.get(..end).unwrap_or_default();
+        if let Some(h) = link_host(url) {
             link_rules(&h, c, words);
+            url_words(url, words);
         }
     }
 }
@@ -664,6 +772,7 @@ fn anchors(h: &str, c: &mut Content, words: &mut Words) {
             continue;
         };
         link_rules(&target, c, words);
+        url_words(href.unwrap_or_default(), words);
         let text = mail_parser::decoders::html::html_to_text(
             h.get(tag_end + 1..close).unwrap_or_default(),
         );
@@ -745,6 +854,10 @@ impl Words {
         let n = w.chars().count();
         if (3..=24).contains(&n) {
             self.tag(format!("{prefix}{w}"));
+        } else if n > 24 {
+            // SpamBayes' "skip" tokens: a long word by its first character and length.
+            let first = w.chars().next().unwrap_or('?');
+            self.tag(format!("{prefix}skip:{first}{}", n / 10 * 10));
         }
         word.clear();
     }
