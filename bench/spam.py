@@ -229,7 +229,7 @@ def main():
 
 def band(p):
     """yubin's score for a probability (yubin_filter's BAYES_* rules)."""
-    for lo, s in ((0.99, 5.0), (0.95, 3.5), (0.80, 2.0), (0.60, 1.0), (0.40, 0.0), (0.20, -0.5),
+    for lo, s in ((0.99, 5.5), (0.90, 5.0), (0.70, 3.0), (0.60, 1.5), (0.40, 0.0), (0.20, -0.5),
                   (0.05, -1.0), (0.01, -1.5)):
         if p >= lo:
             return s
