@@ -51,6 +51,9 @@ pub struct Content {
     pub from: Option<String>,
     /// Words and tags for the classifier (distinct, at most [`MAX_WORDS`]).
     pub words: Vec<String>,
+    /// A part that is an attachment or not text (what a virus scanner is asked about
+    /// under `[filter] clamd_scan = "attachments"`, Rspamd's default too).
+    pub has_attachments: bool,
 }
 
 impl Content {
@@ -330,11 +333,14 @@ pub fn inspect(raw: &[u8], env: &Envelope<'_>) -> Content {
     }
     let Some(mime) = yubin_model::mime::parse(raw) else {
         c.add("MISSING_HEADERS", 2.0, "");
+        c.has_attachments = true;
         return c;
     };
     let msg: &Message<'_> = &mime;
     if mime.truncated {
         c.add("MIME_MALFORMED", 1.0, "nested too deep or too many parts");
+        // Parts not shown as structure may hold anything: the scanner looks.
+        c.has_attachments = true;
     }
     header_rules(msg, env, &mut c);
     let mut words = Words::default();
@@ -614,7 +620,9 @@ fn body_rules(msg: &Message<'_>, env: &Envelope<'_>, c: &mut Content, words: &mu
                     }
                 }
                 PartType::Multipart(_) => {}
+                PartType::Text(_) | PartType::Html(_) => c.has_attachments = true,
                 body => {
+                    c.has_attachments = true;
                     if attachments >= MAX_ATTACHMENTS {
                         continue;
                     }
@@ -975,6 +983,7 @@ mod tests {
         let c = inspect(&message("", "Shall we meet at noon?\r\n"), &env());
         assert!(c.reasons.is_empty(), "{:?}", c.reasons);
         assert_eq!(c.blocked, None);
+        assert!(!c.has_attachments, "nothing for a virus scanner");
         assert_eq!(c.from.as_deref(), Some("alice@example.com"));
         assert!(c.words.contains(&"s:lunch".to_owned()));
         assert!(c.words.contains(&"noon".to_owned()));
@@ -1079,6 +1088,7 @@ mod tests {
         assert!(c.blocked.unwrap().contains("Windows executable"));
         let c = inspect(&with_attachment("report.pdf", b"%PDF-1.7 fine"), &env());
         assert_eq!(c.blocked, None, "{:?}", c.reasons);
+        assert!(c.has_attachments);
     }
 
     #[test]

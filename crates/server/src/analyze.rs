@@ -78,6 +78,16 @@ impl Analyzer {
         })
     }
 
+    /// The virus scan of a message whose content is `c`, when `[filter] clamd` is set
+    /// and `[filter] clamd_scan` asks for this message.
+    pub async fn scan_if(&self, data: &[u8], c: &Content) -> Option<yubin_filter::clamd::Scan> {
+        if self.cfg.clamd_scan == "all" || c.has_attachments {
+            self.scan(data).await
+        } else {
+            None
+        }
+    }
+
     /// The virus scan of a message, when `[filter] clamd` is set.
     pub async fn scan(&self, data: &[u8]) -> Option<yubin_filter::clamd::Scan> {
         let s = self.scanner.as_ref()?.scan(data).await;
@@ -216,8 +226,8 @@ impl Analyzer {
         if trusted {
             // Trusted clients skip the judgement, not the attachment policy and the
             // virus scan.
-            let (c, virus) = tokio::join!(inspected, self.scan(m.data));
-            let c = c.unwrap_or_default();
+            let c = inspected.await.unwrap_or_default();
+            let virus = self.scan_if(m.data, &c).await;
             let clean = matches!(
                 virus,
                 None | Some(
@@ -261,9 +271,10 @@ impl Analyzer {
             .as_ref()
             .and_then(|p| p.from.first().cloned())
             .unwrap_or_default();
-        // The virus scan has its own timeout, outside the deadline of the DNS checks: a
-        // message is never let through unscanned because DNS was slow.
-        let (done, virus) = tokio::join!(
+        // The content rules (bounded and linear, so awaited whatever the deadline: the
+        // attachment policy is never skipped because DNS was slow), then the virus scan
+        // with its own timeout, beside the DNS checks and outside their deadline.
+        let (done, (inspected, virus)) = tokio::join!(
             async {
                 tokio::time::timeout(deadline, async {
                     tokio::join!(
@@ -279,14 +290,19 @@ impl Analyzer {
                 .await
                 .is_ok()
             },
-            self.scan(m.data)
+            async {
+                let c = inspected.await;
+                let virus = match &c {
+                    Ok(c) => self.scan_if(m.data, c).await,
+                    Err(_) => self.scan(m.data).await,
+                };
+                (c, virus)
+            }
         );
         evidence.virus = virus;
         evidence.listings = listings;
-        // Bounded and linear, so awaited whatever the deadline: the attachment policy is
-        // never skipped because DNS was slow.
         let mut rcpts = m.rcpts.clone();
-        if let Ok(mut c) = inspected.await {
+        if let Ok(mut c) = inspected {
             if self.cfg.classifier {
                 let f = yubin_filter::bayes::features(&c.words);
                 // One recipient account: its own features count too; several share

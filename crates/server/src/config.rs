@@ -75,6 +75,9 @@ pub struct Filter {
     pub clamd_max_concurrent: usize,
     /// clamd down or slow: `tempfail` (451 4.7.1) or `accept` (with a header saying so).
     pub on_scanner_failure: String,
+    /// `attachments`: scan messages with a part that is an attachment or not text (as
+    /// Rspamd does by default); `all`: every message.
+    pub clamd_scan: String,
 }
 
 /// One DNS blocklist: of client IPs (RFC 5782 §2.1, IPv4 octets or IPv6 nibbles
@@ -126,6 +129,7 @@ impl Default for Filter {
             clamd_max_bytes: 25 << 20,
             clamd_max_concurrent: 4,
             on_scanner_failure: "tempfail".into(),
+            clamd_scan: "attachments".into(),
         }
     }
 }

@@ -775,7 +775,20 @@ impl Conn {
     /// correspondents (learned in the background, after the reply).
     async fn check_sent(&self, msg: &Message, sender: AccountId) -> Result<(), DeliveryOutcome> {
         let cfg = &self.server.cfg.filter;
-        match self.server.analyzer.scan(&msg.data).await {
+        let data = msg.data.clone();
+        let inspected = tokio::task::spawn_blocking(move || {
+            yubin_filter::content::inspect(
+                &data,
+                &yubin_filter::content::Envelope {
+                    mail_from: "",
+                    local_domains: &[],
+                    now: 0,
+                },
+            )
+        })
+        .await
+        .unwrap_or_default();
+        match self.server.analyzer.scan_if(&msg.data, &inspected).await {
             Some(yubin_filter::clamd::Scan::Infected(name)) => {
                 info!(
                     from = msg.mail_from,
@@ -800,19 +813,6 @@ impl Conn {
             }
             _ => {}
         }
-        let data = msg.data.clone();
-        let inspected = tokio::task::spawn_blocking(move || {
-            yubin_filter::content::inspect(
-                &data,
-                &yubin_filter::content::Envelope {
-                    mail_from: "",
-                    local_domains: &[],
-                    now: 0,
-                },
-            )
-        })
-        .await
-        .unwrap_or_default();
         if let Some(what) = inspected.blocked {
             info!(from = msg.mail_from, what, "submission refused: attachment");
             return Err(DeliveryOutcome::PolicyReject {

@@ -65,12 +65,16 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
     data: &[u8],
 ) -> std::io::Result<Scan> {
-    s.write_all(clamd::COMMAND).await?;
+    // One write for the whole request: clamd answers as soon as it has read the
+    // zero-length chunk, and a request in many small writes costs a wakeup each.
+    let mut req = Vec::with_capacity(data.len() + data.len() / clamd::CHUNK * 4 + 24);
+    req.extend_from_slice(clamd::COMMAND);
     for chunk in data.chunks(clamd::CHUNK) {
-        s.write_all(&clamd::chunk_header(chunk.len())).await?;
-        s.write_all(chunk).await?;
+        req.extend_from_slice(&clamd::chunk_header(chunk.len()));
+        req.extend_from_slice(chunk);
     }
-    s.write_all(&clamd::END).await?;
+    req.extend_from_slice(&clamd::END);
+    s.write_all(&req).await?;
     s.flush().await?;
     let mut reply = Vec::new();
     let mut buf = [0u8; 512];
