@@ -5,7 +5,7 @@ trusted), yubin with every check on (SPF, DKIM, DMARC against a local dnsmasq, a
 blocklist, content rules, the classifier and ClamAV's clamd), and Postfix with Rspamd
 (Debian's, as a milter, with its antivirus module asking the same clamd) — side by side in
 one run, several rounds each, medians. Both scan attachments, not text (Rspamd's default,
-yubin's `clamd_scan = "attachments"`); `--attachment` gives every message one. Run as root (Postfix and Rspamd need it):
+yubin's `clamd_scan = "attachments"`). Run as root (Postfix and Rspamd need it):
 
     python3 bench/filter.py [--count 2000] [--rounds 3]
 """
