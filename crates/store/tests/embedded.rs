@@ -1564,3 +1564,28 @@ fn quarantine_holds_releases_and_deletes() {
         Err(E::NoSuchQuarantined(_))
     ));
 }
+
+#[test]
+fn purging_an_account_frees_its_quarantined_bodies() {
+    use yubin_store::Placement;
+    let (d, s) = store();
+    s.add_domain("example.com").unwrap();
+    let a = s.add_account("a@example.com", "pw", false).unwrap().id;
+    let big = vec![b'x'; 200_000]; // kept outside the database
+    let blob = s.stage(&[b"Subject: held\r\n\r\n", &big]).unwrap();
+    s.accept(
+        blob,
+        &[Placement::quarantine(a, "test")],
+        &Default::default(),
+        1,
+    )
+    .unwrap();
+    s.remove_account("a@example.com").unwrap();
+    assert_eq!(s.purge_account("a@example.com").unwrap(), 1);
+    assert!(s.quarantine_list().unwrap().is_empty());
+    let db = rusqlite::Connection::open(d.path().join("yubin.db")).unwrap();
+    let n: i64 = db
+        .query_row("SELECT count(*) FROM blobs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0, "no body left behind");
+}

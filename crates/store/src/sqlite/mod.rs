@@ -1222,6 +1222,13 @@ impl Directory for SqliteStore {
                 "m.mailbox_id IN (SELECT id FROM mailboxes WHERE account_id = ?1)",
                 id,
             )?);
+            // Its quarantined copies too, before the cascade would drop their rows and
+            // leave their bodies referenced by nothing.
+            let held: Vec<i64> = tx
+                .prepare("DELETE FROM quarantine WHERE account_id = ?1 RETURNING blob_id")?
+                .query_map([id], |r| r.get(0))?
+                .collect::<std::result::Result<_, _>>()?;
+            names.extend(Self::drop_unreferenced_blobs(&tx, held)?);
             tx.execute("DELETE FROM accounts WHERE id = ?1", [id])?;
         }
         tx.commit()?;
