@@ -1503,6 +1503,8 @@ fn classifier_labels_counts_and_correspondents() {
             .unwrap()
     );
     assert_eq!(s.bayes_load().unwrap(), (p[4].id, vec![(8, 3, 4)]));
+    // Learned word-hash labels are gone; labels of bodies stay for relabelling.
+    assert_eq!(s.training_pending(0, 100).unwrap().len(), 4);
     s.correspondents_add(a, &["Bob@Example.NET".into()])
         .unwrap();
     assert!(s.is_correspondent(a, "bob@example.net").unwrap());

@@ -1135,6 +1135,13 @@ impl MailStore for SqliteStore {
             "UPDATE meta SET value = ?1 WHERE key = 'bayes_cursor'",
             [to],
         )?;
+        // Labels given as word hashes (sent mail, `yubin filter train`) are a few KiB
+        // each and needed only until learned; labels of stored bodies stay (a later move
+        // of the same message is a relabel).
+        tx.execute(
+            "DELETE FROM training WHERE id <= ?1 AND features IS NOT NULL",
+            [to],
+        )?;
         tx.commit()?;
         Ok(true)
     }
