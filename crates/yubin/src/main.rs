@@ -979,6 +979,8 @@ fn train(
             };
             if is_mbox {
                 for_each_mbox_message(&file, &mut learn)?;
+            } else if std::fs::metadata(&file).is_ok_and(|m| m.len() > MAX_TRAIN_MESSAGE as u64) {
+                eprintln!("{}: skipped, larger than 64 MiB", file.display());
             } else {
                 let raw = std::fs::read(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
@@ -1025,8 +1027,12 @@ fn message_files(path: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
     Ok(out)
 }
 
+/// Larger messages are not read for training (nor kept whole in memory).
+const MAX_TRAIN_MESSAGE: usize = 64 << 20;
+
 /// The messages of an mbox file (mboxo and mboxrd: `>From ` lines unquoted once), read
-/// line by line so that a large file does not fill memory.
+/// line by line so that a large file does not fill memory; a message past
+/// [`MAX_TRAIN_MESSAGE`] is skipped.
 fn for_each_mbox_message(
     path: &std::path::Path,
     each: &mut dyn FnMut(&[u8]) -> Result<()>,
@@ -1037,10 +1043,14 @@ fn for_each_mbox_message(
     let (mut msg, mut line, mut started) = (Vec::new(), Vec::new(), false);
     loop {
         line.clear();
-        let n = r.read_until(b'\n', &mut line)?;
+        // A line is read to its end or to the bound, whichever comes first.
+        let n = std::io::Read::take(&mut r, MAX_TRAIN_MESSAGE as u64 + 1)
+            .read_until(b'\n', &mut line)?;
         if n == 0 || line.starts_with(b"From ") {
-            if started {
+            if started && msg.len() <= MAX_TRAIN_MESSAGE {
                 each(&msg)?;
+            } else if started {
+                eprintln!("{}: a message larger than 64 MiB skipped", path.display());
             }
             msg.clear();
             started = true;
@@ -1054,7 +1064,9 @@ fn for_each_mbox_message(
             .position(|&c| c != b'>')
             .filter(|&i| i > 0 && line.get(i..).is_some_and(|l| l.starts_with(b"From ")))
             .map_or(line.as_slice(), |_| line.get(1..).unwrap_or_default());
-        msg.extend_from_slice(unquoted);
+        if msg.len() <= MAX_TRAIN_MESSAGE {
+            msg.extend_from_slice(unquoted);
+        }
     }
 }
 
