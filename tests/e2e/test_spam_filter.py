@@ -283,8 +283,9 @@ def test_imap_labels_teach_the_classifier_and_moving_back_flips_it(yubin):
 
 
 def test_mbsync_moving_into_junk_is_a_spam_label(yubin, tmp_path):
-    send(yubin, "deals@casino.example",
-         message("deals@casino.example", "bonus mbsync", SPAM_WORDS + "\n"))
+    seed_labels(yubin)
+    shop = "news@boutique.example"
+    send(yubin, shop, message(shop, "lookbook via mbsync", NEWSLETTER + "\n"))
     local = tmp_path / "Mail"
     local.mkdir()
     cfg = tmp_path / "mbsyncrc"
@@ -319,14 +320,21 @@ SyncState *
         assert r.returncode == 0, r.stderr.decode()
 
     sync()
-    files = [p for d in ("cur", "new") for p in (local / "INBOX" / d).iterdir()]
+    files = [p for d in ("cur", "new") for p in (local / "INBOX" / d).iterdir()
+             if b"lookbook via mbsync" in p.read_bytes()]
     assert len(files) == 1
     # Moved locally the way a Maildir client does; mbsync's UID is dropped from the name.
     f = files[0]
     f.rename(local / "Junk" / "cur" / re.sub(r",U=\d+", "", f.name))
     sync()
-    assert yubin.uids(BOB) == [] and len(yubin.uids(BOB, "Junk")) == 1
-    wait_learned(yubin, 1, 0)
+    junk = [yubin.cat(BOB, u, "Junk") for u in yubin.uids(BOB, "Junk")]
+    assert sum(b"lookbook via mbsync" in m for m in junk) == 1
+    assert not any(b"lookbook via mbsync" in yubin.cat(BOB, u) for u in yubin.uids(BOB))
+    wait_learned(yubin, 6, 5)
+    # The next one from that shop goes to Junk by itself.
+    send(yubin, shop, message(shop, "lookbook again", NEWSLETTER + "\n"))
+    raw = latest(yubin, "Junk")
+    assert b"lookbook again" in raw and status(raw).startswith("Yes"), status(raw)
 
 
 def test_filter_train_from_mbox_and_maildir(yubin, tmp_path):
