@@ -12,7 +12,7 @@
 //! - It says nothing ([`Model::classify`] is `None`) before it has seen [`MIN_LABELS`]
 //!   of each kind server-wide: with spam labels only, every common word looks spammy.
 //! - Bounded: at most [`MAX_FEATURES`] features (12 bytes each, well under 16 MiB);
-//!   when full, words seen once are forgotten first.
+//!   when full, the least-seen tenth of the words is forgotten.
 
 use std::collections::HashMap;
 
@@ -65,6 +65,8 @@ pub struct Model {
     counts: HashMap<u32, (u32, u32)>,
     /// Features changed since [`Model::take_dirty`].
     dirty: Vec<u32>,
+    /// [`MAX_FEATURES`] unless a test sets a smaller bound.
+    cap: Option<usize>,
 }
 
 impl Model {
@@ -72,6 +74,7 @@ impl Model {
         Model {
             counts: rows.into_iter().map(|(f, s, h)| (f, (s, h))).collect(),
             dirty: Vec::new(),
+            cap: None,
         }
     }
 
@@ -91,9 +94,10 @@ impl Model {
     }
 
     fn bump(&mut self, f: u32, spam: bool, delta: i32) {
-        if delta > 0 && !self.counts.contains_key(&f) && self.counts.len() >= MAX_FEATURES {
+        let cap = self.cap.unwrap_or(MAX_FEATURES);
+        if delta > 0 && !self.counts.contains_key(&f) && self.counts.len() >= cap {
             self.prune();
-            if self.counts.len() >= MAX_FEATURES {
+            if self.counts.len() >= cap {
                 return;
             }
         }
@@ -106,13 +110,25 @@ impl Model {
         self.dirty.push(f);
     }
 
-    /// Forget the words seen only once (bogofilter's maintenance does the same).
+    /// Forget the least-seen tenth of the words (bogofilter's maintenance drops rare
+    /// words too). A tenth at least, so that a full model prunes once per
+    /// `MAX_FEATURES / 10` new words, not on every one (each prune is a pass over all).
     fn prune(&mut self) {
         let total = hash(TOTAL);
+        let mut seen: Vec<u64> = self
+            .counts
+            .values()
+            .map(|(s, h)| u64::from(*s) + u64::from(*h))
+            .collect();
+        if seen.is_empty() {
+            return;
+        }
+        let tenth = seen.len() / 10;
+        let (_, &mut limit, _) = seen.select_nth_unstable(tenth);
         let gone: Vec<u32> = self
             .counts
             .iter()
-            .filter(|(f, (s, h))| s + h <= 1 && **f != total)
+            .filter(|(f, (s, h))| u64::from(*s) + u64::from(*h) <= limit && **f != total)
             .map(|(f, _)| *f)
             .collect();
         for f in gone {
@@ -340,6 +356,29 @@ mod tests {
         // make spam look legitimate, nor its common words everything.
         let p = m.classify(&words("cheap pills viagra"), Some(7)).unwrap();
         assert!(p > 0.99, "{p}");
+    }
+
+    #[test]
+    fn a_full_model_forgets_a_tenth_at_once() {
+        let mut m = Model {
+            cap: Some(1000),
+            ..Model::default()
+        };
+        // Every word seen twice: nothing is "seen once", yet pruning must free room
+        // for many new words at a time rather than pass over all on each.
+        for f in 0..999u32 {
+            m.learn(&[f], None, f % 2 == 0, 1);
+            m.learn(&[f], None, f % 2 == 0, 1);
+        }
+        assert_eq!(m.len(), 1000); // and the total
+        m.learn(&[5000], None, true, 1);
+        let after = m.len();
+        assert!(after <= 902, "{after}");
+        assert!(m.totals(None).0 > 0, "the totals are kept");
+        for f in 6000..6050u32 {
+            m.learn(&[f], None, true, 1);
+        }
+        assert!(m.len() <= 1000);
     }
 
     #[test]

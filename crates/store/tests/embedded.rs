@@ -1463,6 +1463,11 @@ fn classifier_labels_counts_and_correspondents() {
         .unwrap();
     s.store_flags(inbox.id, &[1], FlagOp::Add, &kw("$junk"), None)
         .unwrap();
+    // Off and on again: the same label once more is no new label.
+    s.store_flags(inbox.id, &[1], FlagOp::Remove, &kw("$Junk"), None)
+        .unwrap();
+    s.store_flags(inbox.id, &[1], FlagOp::Add, &kw("$Junk"), None)
+        .unwrap();
     s.store_flags(inbox.id, &[2], FlagOp::Add, &kw("$NotJunk"), None)
         .unwrap();
     let seen = Flags::system(flags::SEEN);

@@ -1624,11 +1624,28 @@ fn label_by_keyword(
         _ => return Ok(()),
     };
     let (account, _, _) = SqliteStore::mailbox_meta(tx, mailbox)?;
-    tx.prepare_cached(
+    let blob: Option<i64> = tx
+        .prepare_cached("SELECT blob_id FROM messages WHERE mailbox_id = ?1 AND uid = ?2")?
+        .query_row(params![mailbox, uid], |r| r.get(0))
+        .optional()?;
+    match blob {
+        Some(blob) => record_label(tx, account, blob, spam),
+        None => Ok(()),
+    }
+}
+
+/// A label for the classifier on a stored body, unless that body's last label from this
+/// account is already the same: flagging `$Junk` off and on again, or copying a message
+/// into Junk twice, must not count it twice (one user could otherwise weigh one message
+/// as much as they like).
+fn record_label(c: &Connection, account: AccountId, blob: i64, spam: bool) -> Result<()> {
+    c.prepare_cached(
         "INSERT INTO training(account_id, blob_id, spam, created)
-         SELECT ?1, blob_id, ?2, ?3 FROM messages WHERE mailbox_id = ?4 AND uid = ?5",
+         SELECT ?1, ?2, ?3, ?4
+         WHERE (SELECT spam FROM training WHERE account_id = ?1 AND blob_id = ?2
+                ORDER BY id DESC LIMIT 1) IS NOT ?3",
     )?
-    .execute(params![account, spam, now(), mailbox, uid])?;
+    .execute(params![account, blob, spam, now()])?;
     Ok(())
 }
 
@@ -1693,10 +1710,7 @@ fn copy_in(
             super::now()
         ])?;
         if let Some(spam) = training {
-            tx.prepare_cached(
-                "INSERT INTO training(account_id, blob_id, spam, created) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![account, blob, spam, now()])?;
+            record_label(tx, account, blob, spam)?;
         }
         out.uids.push((uid, new_uid));
         moved.push(uid);
@@ -1909,10 +1923,7 @@ fn apply_part(
         if !job.inbox_fallback {
             let (_, _, special) = SqliteStore::mailbox_meta(c, mailbox)?;
             if special.as_deref() == Some("\\Junk") {
-                c.prepare_cached(
-                    "INSERT INTO training(account_id, blob_id, spam, created) VALUES (?1, ?2, 1, ?3)",
-                )?
-                .execute(params![account, blob_id, now()])?;
+                record_label(c, account, blob_id, true)?;
             }
         }
         c.prepare_cached(
