@@ -55,7 +55,7 @@ class Dns:
              # Authoritative for the zones asked about, as the internet's servers are:
              # answers carry a TTL and "no such name" carries the zone's SOA (RFC 2308),
              # so resolvers cache both (dnsmasq's local answers have TTL 0 and no SOA).
-             "--auth-server=ns.bench.test,127.0.0.1", "--auth-zone=net", "--auth-zone=bl.bench.test",
+             "--auth-server=ns.bench.test,127.0.0.1", f"--auth-zone={SENDER_DOMAIN.rsplit('.', 1)[-1]}", "--auth-zone=bl.bench.test",
              "--auth-ttl=300", "--auth-soa=1,hostmaster.bench.test",
              f"--txt-record={SENDER_DOMAIN},v=spf1 ip4:127.0.0.1 -all",
              f"--txt-record=_dmarc.{SENDER_DOMAIN},v=DMARC1; p=none",
