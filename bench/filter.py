@@ -140,6 +140,21 @@ class Rspamd:
             self.proc.kill()
 
 
+def quiet(limit: float = 120) -> None:
+    """Wait until the machine is idle (under 15 % of a core for a second): the server
+    timed before may still be working off its last round (yubin indexes new mail for
+    search in the background, Postfix delivers its queue), and that work must not be
+    charged to the next one."""
+    os.sync()
+    end = time.time() + limit
+    while time.time() < end:
+        busy = bench.machine_busy_seconds()
+        time.sleep(1)
+        if bench.machine_busy_seconds() - busy < 0.15:
+            return
+    print(f"  machine still busy after {limit:.0f} s; timing anyway", file=sys.stderr)
+
+
 def yubin_server(base: Path, name: str, extra: str) -> bench.Yubin:
     d = base / name
     d.mkdir()
@@ -189,6 +204,7 @@ def main():
         rates = {name: [] for name, *_ in servers}
         for _ in range(a.rounds):
             for name, port, stored in servers:
+                quiet()
                 before = stored()
                 rates[name].append(bench.smtp_source(port, a.sessions, a.count, 4096, stored, before))
         med = {k: statistics.median(v) for k, v in rates.items()}
