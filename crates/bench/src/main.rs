@@ -708,7 +708,7 @@ fn spam_replay(learn_first: Option<usize>) -> Result<()> {
                 now: i64::MAX / 4,
             },
         );
-        let f = bayes::features(&c.words);
+        let f = c.features;
         let p = model.spamicity(&f, None);
         let ready = model.ready();
         let micros = t.elapsed().as_micros();

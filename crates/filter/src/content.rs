@@ -49,8 +49,9 @@ pub struct Content {
     pub blocked: Option<String>,
     /// The From: address, lower case.
     pub from: Option<String>,
-    /// Words and tags for the classifier (distinct, at most [`MAX_WORDS`]).
-    pub words: Vec<String>,
+    /// The classifier's features: the hashes ([`crate::bayes::hash`]) of the message's
+    /// words and tags, distinct and sorted, at most [`MAX_WORDS`].
+    pub features: Vec<u32>,
     /// A part that is an attachment or not text (what a virus scanner is asked about
     /// under `[filter] clamd_scan = "attachments"`, Rspamd's default too).
     pub has_attachments: bool,
@@ -348,14 +349,14 @@ pub fn inspect(raw: &[u8], env: &Envelope<'_>) -> Content {
         words.text(s, "s:");
     }
     if let Some(f) = &c.from {
-        words.tag(format!("f:{f}"));
+        words.tag(format_args!("f:{f}"));
         if let Some((_, d)) = f.rsplit_once('@') {
-            words.tag(format!("fd:{d}"));
+            words.tag(format_args!("fd:{d}"));
         }
     }
     for h in ["X-Mailer", "User-Agent"] {
         if let Some(v) = msg.header_raw(h) {
-            words.tag(format!(
+            words.tag(format_args!(
                 "m:{}",
                 v.trim().chars().take(40).collect::<String>()
             ));
@@ -363,7 +364,7 @@ pub fn inspect(raw: &[u8], env: &Envelope<'_>) -> Content {
     }
     header_words(raw, &mut words);
     body_rules(msg, env, &mut c, &mut words);
-    c.words = words.done();
+    c.features = words.done();
     c
 }
 
@@ -392,7 +393,7 @@ fn header_words(raw: &[u8], words: &mut Words) {
         if name.is_empty() || name.len() > 40 {
             continue;
         }
-        words.tag(format!("h:{name}"));
+        words.tag(format_args!("h:{name}"));
         let field = raw.get(start..end).unwrap_or_default();
         let colon = memchr::memchr(b':', field).map_or(field.len(), |i| i + 1);
         let value = String::from_utf8_lossy(field.get(colon..).unwrap_or_default());
@@ -405,10 +406,10 @@ fn header_words(raw: &[u8], words: &mut Words) {
         if ADDRESS_FIELDS.contains(&name.as_str()) {
             for w in pieces().take(20) {
                 if let Some((_, d)) = w.rsplit_once('@') {
-                    words.tag(format!("{name}:addr:{w}"));
-                    words.tag(format!("{name}:dom:{d}"));
+                    words.tag(format_args!("{name}:addr:{w}"));
+                    words.tag(format_args!("{name}:dom:{d}"));
                 } else if (3..=24).contains(&w.chars().count()) {
-                    words.tag(format!("{name}:w:{w}"));
+                    words.tag(format_args!("{name}:w:{w}"));
                 }
             }
         } else if name == "received" && received < 3 {
@@ -416,23 +417,23 @@ fn header_words(raw: &[u8], words: &mut Words) {
             for w in pieces().take(30) {
                 if let Ok(ip) = w.parse::<std::net::Ipv4Addr>() {
                     let [a, b, c, _] = ip.octets();
-                    words.tag(format!("rcvd:ip:{a}.{b}.{c}"));
+                    words.tag(format_args!("rcvd:ip:{a}.{b}.{c}"));
                 } else if w.contains('.') && !w.contains(':') && w.len() <= 60 {
-                    words.tag(format!("rcvd:{}", w.trim_matches('.')));
+                    words.tag(format_args!("rcvd:{}", w.trim_matches('.')));
                 } else if ["with", "esmtp", "smtp", "esmtps", "local", "http", "qmqp"].contains(&w)
                 {
-                    words.tag(format!("rcvd:{w}"));
+                    words.tag(format_args!("rcvd:{w}"));
                 }
             }
         } else if name == "message-id" {
             if let Some((_, d)) = value.trim().trim_matches(['<', '>']).rsplit_once('@') {
-                words.tag(format!("mid:{}", d.trim_end_matches('>')));
+                words.tag(format_args!("mid:{}", d.trim_end_matches('>')));
             } else {
-                words.tag("mid:none".into());
+                words.tag(format_args!("mid:none"));
             }
         } else if name == "content-type" {
             if let Some(t) = pieces().next() {
-                words.tag(format!("ct:{t}"));
+                words.tag(format_args!("ct:{t}"));
             }
             if let Some(cs) = value.split("charset=").nth(1) {
                 let cs: String = cs
@@ -440,7 +441,7 @@ fn header_words(raw: &[u8], words: &mut Words) {
                     .chars()
                     .take_while(|c| c.is_alphanumeric() || "-_".contains(*c))
                     .collect();
-                words.tag(format!("charset:{cs}"));
+                words.tag(format_args!("charset:{cs}"));
             }
         } else if [
             "list-id",
@@ -451,7 +452,7 @@ fn header_words(raw: &[u8], words: &mut Words) {
         ]
         .contains(&name.as_str())
         {
-            words.tag(format!(
+            words.tag(format_args!(
                 "{name}:{}",
                 value.trim().chars().take(40).collect::<String>()
             ));
@@ -630,7 +631,7 @@ fn body_rules(msg: &Message<'_>, env: &Envelope<'_>, c: &mut Content, words: &mu
                     let data = part.contents();
                     let label = name.unwrap_or("(unnamed)");
                     if let Some(ct) = ctype {
-                        words.tag(format!(
+                        words.tag(format_args!(
                             "a:{}/{}",
                             ct.ctype().to_ascii_lowercase(),
                             ct.subtype().unwrap_or_default().to_ascii_lowercase()
@@ -707,7 +708,7 @@ fn url_words(url: &str, words: &mut Words) {
         .filter(|p| (3..=24).contains(&p.len()))
         .take(10)
     {
-        words.tag(format!("up:{}", piece.to_lowercase()));
+        words.tag(format_args!("up:{}", piece.to_lowercase()));
     }
 }
 
@@ -717,7 +718,7 @@ fn link_rules(host: &str, c: &mut Content, words: &mut Words) {
     } else if SHORTENERS.contains(&host) {
         c.add("LINK_SHORTENER", 0.5, host);
     }
-    words.tag(format!("u:{host}"));
+    words.tag(format_args!("u:{host}"));
 }
 
 fn links_in_text(t: &str, c: &mut Content, words: &mut Words) {
@@ -822,56 +823,100 @@ fn anchors(h: &str, c: &mut Content, words: &mut Words) {
 /// Japanese and Chinese do not separate words) and tags, distinct, bounded.
 #[derive(Default)]
 struct Words {
-    seen: std::collections::HashSet<String>,
-    out: Vec<String>,
+    /// Hashes taken so far; the words themselves are never kept (hashed as they are
+    /// read, with no string per word: this runs on every inbound message).
+    seen: std::collections::HashSet<u32>,
+    /// A tag being written, or the word being read, reused.
+    buf: String,
 }
 
 impl Words {
-    fn tag(&mut self, t: String) {
-        if self.out.len() < MAX_WORDS && self.seen.insert(t.clone()) {
-            self.out.push(t);
+    fn full(&self) -> bool {
+        self.seen.len() >= MAX_WORDS
+    }
+
+    fn take(&mut self, h: u32) {
+        if !self.full() {
+            self.seen.insert(h);
         }
     }
 
+    fn tag(&mut self, t: std::fmt::Arguments<'_>) {
+        use std::fmt::Write;
+        self.buf.clear();
+        let _ = self.buf.write_fmt(t);
+        let h = crate::bayes::hash(&self.buf);
+        self.take(h);
+    }
+
     fn text(&mut self, t: &str, prefix: &str) {
-        let mut word = String::new();
+        let mut word = std::mem::take(&mut self.buf);
+        word.clear();
         let mut prev_cjk: Option<char> = None;
         for ch in t.chars().chain(std::iter::once(' ')) {
-            if self.out.len() >= MAX_WORDS {
-                return;
+            if self.full() {
+                break;
+            }
+            if ch.is_ascii() {
+                prev_cjk = None;
+                if ch.is_ascii_alphanumeric() {
+                    word.push(ch.to_ascii_lowercase());
+                } else if !word.is_empty() && matches!(ch, '\'' | '$' | '-' | '!') {
+                    word.push(ch);
+                } else {
+                    self.flush(&mut word, prefix);
+                }
+                continue;
             }
             if is_cjk(ch) {
                 if let Some(p) = prev_cjk {
-                    self.tag(format!("{prefix}{p}{ch}"));
+                    let mut h = crate::bayes::Fnv::new();
+                    h.feed(prefix.as_bytes());
+                    h.feed(p.encode_utf8(&mut [0; 4]).as_bytes());
+                    h.feed(ch.encode_utf8(&mut [0; 4]).as_bytes());
+                    self.take(h.finish());
                 }
                 prev_cjk = Some(ch);
                 self.flush(&mut word, prefix);
                 continue;
             }
             prev_cjk = None;
-            if ch.is_alphanumeric() || (!word.is_empty() && "'$-!".contains(ch)) {
+            if ch.is_alphanumeric() {
                 word.extend(ch.to_lowercase());
             } else {
                 self.flush(&mut word, prefix);
             }
         }
+        self.buf = word;
     }
 
     fn flush(&mut self, word: &mut String, prefix: &str) {
         let w = word.trim_end_matches(['\'', '-']);
-        let n = w.chars().count();
+        let n = if w.is_ascii() {
+            w.len()
+        } else {
+            w.chars().count()
+        };
         if (3..=24).contains(&n) {
-            self.tag(format!("{prefix}{w}"));
+            let mut h = crate::bayes::Fnv::new();
+            h.feed(prefix.as_bytes());
+            h.feed(w.as_bytes());
+            self.take(h.finish());
         } else if n > 24 {
             // SpamBayes' "skip" tokens: a long word by its first character and length.
             let first = w.chars().next().unwrap_or('?');
-            self.tag(format!("{prefix}skip:{first}{}", n / 10 * 10));
+            let mut h = crate::bayes::Fnv::new();
+            h.feed(prefix.as_bytes());
+            h.feed(format!("skip:{first}{}", n / 10 * 10).as_bytes());
+            self.take(h.finish());
         }
         word.clear();
     }
 
-    fn done(self) -> Vec<String> {
-        self.out
+    fn done(self) -> Vec<u32> {
+        let mut f: Vec<u32> = self.seen.into_iter().collect();
+        f.sort_unstable();
+        f
     }
 }
 
@@ -883,6 +928,7 @@ fn is_cjk(ch: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bayes::hash;
 
     const NOW: i64 = 1_790_000_000;
 
@@ -985,9 +1031,9 @@ mod tests {
         assert_eq!(c.blocked, None);
         assert!(!c.has_attachments, "nothing for a virus scanner");
         assert_eq!(c.from.as_deref(), Some("alice@example.com"));
-        assert!(c.words.contains(&"s:lunch".to_owned()));
-        assert!(c.words.contains(&"noon".to_owned()));
-        assert!(c.words.contains(&"fd:example.com".to_owned()));
+        assert!(c.features.contains(&hash("s:lunch")));
+        assert!(c.features.contains(&hash("noon")));
+        assert!(c.features.contains(&hash("fd:example.com")));
     }
 
     #[test]
@@ -1065,7 +1111,7 @@ mod tests {
             .find(|r| r.rule == "LINK_TEXT_MISMATCH")
             .unwrap();
         assert!(m.detail.contains("mybank.com") && m.detail.contains("login.evil.example"));
-        assert!(c.words.contains(&"u:login.evil.example".to_owned()));
+        assert!(c.features.contains(&hash("u:login.evil.example")));
         // Matching text and target, www or not, is fine.
         let ok = message(
             "Content-Type: text/html\r\n",
@@ -1133,11 +1179,30 @@ mod tests {
             "Content-Type: text/plain; charset=utf-8\r\n",
             "会議の資料を送ります\r\n",
         );
-        let w = inspect(&raw, &env()).words;
+        let w = inspect(&raw, &env()).features;
         assert!(
-            w.contains(&"会議".to_owned()) && w.contains(&"資料".to_owned()),
+            w.contains(&hash("会議")) && w.contains(&hash("資料")),
             "{w:?}"
         );
+    }
+
+    #[test]
+    fn words_are_hashed_as_their_lower_case_text() {
+        // Hashed while read (no string per word): the same hashes as the words written
+        // out, which is what the stored counts are keyed by.
+        let long = "x".repeat(31);
+        let raw = message(
+            "Content-Type: text/plain; charset=utf-8\r\n",
+            &format!("Grüße aus KÖLN, it's-- $100! {long} no 会議\r\n"),
+        );
+        let w = inspect(&raw, &env()).features;
+        for word in [
+            "grüße", "aus", "köln", "it's", "100!", "skip:x30", "s:lunch",
+        ] {
+            assert!(w.contains(&hash(word)), "{word}");
+        }
+        assert!(!w.contains(&hash("no")), "short words are left out");
+        assert!(w.windows(2).all(|p| p[0] < p[1]), "distinct and sorted");
     }
 
     #[test]
@@ -1145,7 +1210,7 @@ mod tests {
         // Ten thousand anchors, a deep nesting and a long line: answers, quickly.
         let many = "<a href=\"http://a.example/\">b.example</a>".repeat(10_000);
         let c = inspect(&message("Content-Type: text/html\r\n", &many), &env());
-        assert!(c.words.len() <= MAX_WORDS);
+        assert!(c.features.len() <= MAX_WORDS);
         let mut deep = String::new();
         for i in 0..5000 {
             deep.push_str(&format!(

@@ -35,10 +35,47 @@ pub struct Inbound<'a> {
     pub helo: &'a str,
     pub mail_from: &'a str,
     pub data: &'a [u8],
-    /// One per local copy (account), with that account's thresholds.
-    pub rcpts: Vec<RcptPolicy>,
-    /// The accounts of those copies, in the same order.
+    /// The account of each local copy.
     pub accounts: &'a [yubin_store::AccountId],
+}
+
+/// What the decision reads from the store about a message: the admin's lists, each
+/// copy's thresholds and whether its account knows the sender. Read in one blocking
+/// task with the content rules (each hop to a blocking thread costs more than these
+/// indexed reads).
+#[derive(Default)]
+struct Known {
+    lists: Vec<(String, String)>,
+    rcpts: Vec<RcptPolicy>,
+}
+
+fn read_known(
+    store: &dyn yubin_store::Store,
+    accounts: &[yubin_store::AccountId],
+    sender: Option<&str>,
+    lists: bool,
+) -> Known {
+    let rcpts = accounts
+        .iter()
+        .map(|&id| {
+            let (junk, reject) = store.filter_scores(id).unwrap_or((None, None));
+            RcptPolicy {
+                junk,
+                reject,
+                // Correspondents: mail from someone the user wrote to (`correspondents`).
+                known_sender: sender
+                    .is_some_and(|s| store.is_correspondent(id, s).unwrap_or(false)),
+            }
+        })
+        .collect();
+    Known {
+        lists: if lists {
+            store.filter_list().unwrap_or_default()
+        } else {
+            Vec::new()
+        },
+        rcpts,
+    }
 }
 
 pub struct Analyzer {
@@ -123,9 +160,7 @@ impl Analyzer {
             .filter_map(|i| {
                 let f = match (i.features, i.message) {
                     (Some(f), _) => f,
-                    (None, Some(m)) => {
-                        yubin_filter::bayes::features(&content::inspect(&m, &env).words)
-                    }
+                    (None, Some(m)) => content::inspect(&m, &env).features,
                     // The message was expunged before it could be read: nothing to learn.
                     (None, None) => return None,
                 };
@@ -208,25 +243,28 @@ impl Analyzer {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         // The content rules parse the whole message: on a blocking thread, beside the
-        // DNS checks.
+        // DNS checks, with the store reads that depend on them.
         let inspected = {
             let (data, domains, mail_from) =
                 (m.data.to_vec(), domains.clone(), m.mail_from.to_owned());
+            let (store, accounts) = (store.clone(), m.accounts.to_vec());
             tokio::task::spawn_blocking(move || {
-                content::inspect(
+                let c = content::inspect(
                     &data,
                     &content::Envelope {
                         mail_from: &mail_from,
                         local_domains: &domains,
                         now,
                     },
-                )
+                );
+                let known = read_known(&*store, &accounts, c.from.as_deref(), !trusted);
+                (c, known)
             })
         };
         if trusted {
             // Trusted clients skip the judgement, not the attachment policy and the
             // virus scan.
-            let c = inspected.await.unwrap_or_default();
+            let (c, known) = inspected.await.unwrap_or_default();
             let virus = self.scan_if(m.data, &c).await;
             let clean = matches!(
                 virus,
@@ -235,7 +273,7 @@ impl Analyzer {
                 )
             );
             if c.blocked.is_none() && clean {
-                return Decision::deliver_all(m.rcpts.len());
+                return Decision::deliver_all(m.accounts.len());
             }
             let e = Evidence {
                 content: Content {
@@ -245,15 +283,8 @@ impl Analyzer {
                 virus,
                 ..Default::default()
             };
-            return yubin_filter::decide(&e, &policy, &m.rcpts);
+            return yubin_filter::decide(&e, &policy, &rcpts_or_default(known, m));
         }
-        let lists = {
-            let store = store.clone();
-            match tokio::task::spawn_blocking(move || store.filter_list()).await {
-                Ok(Ok(l)) => l,
-                _ => Vec::new(),
-            }
-        };
         let mut evidence = Evidence {
             checked: self.cfg.sender_auth,
             ..Default::default()
@@ -293,7 +324,7 @@ impl Analyzer {
             async {
                 let c = inspected.await;
                 let virus = match &c {
-                    Ok(c) => self.scan_if(m.data, c).await,
+                    Ok((c, _)) => self.scan_if(m.data, c).await,
                     Err(_) => self.scan(m.data).await,
                 };
                 (c, virus)
@@ -301,10 +332,15 @@ impl Analyzer {
         );
         evidence.virus = virus;
         evidence.listings = listings;
-        let mut rcpts = m.rcpts.clone();
-        if let Ok(mut c) = inspected {
+        let (inspected, mut known) = match inspected {
+            Ok((c, known)) => (Some(c), known),
+            Err(_) => (None, Known::default()),
+        };
+        let lists = std::mem::take(&mut known.lists);
+        let rcpts = rcpts_or_default(known, m);
+        if let Some(mut c) = inspected {
             if self.cfg.classifier {
-                let f = yubin_filter::bayes::features(&c.words);
+                let f = std::mem::take(&mut c.features);
                 // One recipient account: its own features count too; several share
                 // the server's view (one header for every copy).
                 let account = match m.accounts {
@@ -314,23 +350,10 @@ impl Analyzer {
                 let model = self.model.read().unwrap_or_else(|e| e.into_inner());
                 evidence.bayes = model.classify(&f, account);
             }
-            if let Some(sender) = c.from.clone() {
-                let (store, ids) = (store.clone(), m.accounts.to_vec());
-                let known = tokio::task::spawn_blocking(move || {
-                    ids.iter()
-                        .map(|&a| store.is_correspondent(a, &sender).unwrap_or(false))
-                        .collect::<Vec<_>>()
-                })
-                .await
-                .unwrap_or_default();
-                for (r, k) in rcpts.iter_mut().zip(known) {
-                    r.known_sender = k;
-                }
-            }
             if !self.cfg.content_rules {
                 c.reasons.clear();
             }
-            c.words = Vec::new();
+            c.features = Vec::new();
             evidence.content = c;
         }
         apply_lists(&lists, m, &from, &mut evidence);
@@ -533,6 +556,15 @@ impl Analyzer {
                 }
             }
         }
+    }
+}
+
+/// Each copy's policy; the defaults when the store could not be read.
+fn rcpts_or_default(known: Known, m: &Inbound<'_>) -> Vec<RcptPolicy> {
+    if known.rcpts.len() == m.accounts.len() {
+        known.rcpts
+    } else {
+        vec![RcptPolicy::default(); m.accounts.len()]
     }
 }
 

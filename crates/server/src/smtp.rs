@@ -659,24 +659,6 @@ impl Conn {
     ) -> Result<(Vec<Placement>, String, Option<Vec<u8>>), DeliveryOutcome> {
         let server = &self.server;
         let trusted = self.peer.ip().is_loopback() && !server.cfg.filter.check_local;
-        // Each account's own thresholds (`yubin user filter`).
-        let rcpts = {
-            let (store, ids) = (server.store.clone(), accounts.to_vec());
-            tokio::task::spawn_blocking(move || {
-                ids.iter()
-                    .map(|&id| {
-                        let (junk, reject) = store.filter_scores(id).unwrap_or((None, None));
-                        yubin_filter::RcptPolicy {
-                            junk,
-                            reject,
-                            known_sender: false,
-                        }
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .await
-            .unwrap_or_else(|_| vec![yubin_filter::RcptPolicy::default(); accounts.len()])
-        };
         let decision = server
             .analyzer
             .analyze(
@@ -686,7 +668,6 @@ impl Conn {
                     helo: &msg.helo,
                     mail_from: &msg.mail_from,
                     data: &msg.data,
-                    rcpts,
                     accounts,
                 },
                 trusted,
@@ -823,7 +804,7 @@ impl Conn {
         if cfg.learn_from_sent {
             let store = self.server.store.clone();
             let rcpts: Vec<String> = msg.rcpt_to.iter().map(|r| r.to_lowercase()).collect();
-            let features = yubin_filter::bayes::features(&inspected.words);
+            let features = inspected.features;
             let classifier = cfg.classifier;
             tokio::task::spawn_blocking(move || {
                 if let Err(e) = store.correspondents_add(sender, &rcpts) {

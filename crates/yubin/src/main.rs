@@ -960,7 +960,7 @@ fn train(
                 now: 0,
             },
         );
-        store.training_add(account, spam, &yubin_filter::bayes::features(&c.words))?;
+        store.training_add(account, spam, &c.features)?;
         n += 1;
         if n.is_multiple_of(500) {
             eprintln!("{n} messages read");
