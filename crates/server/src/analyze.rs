@@ -524,36 +524,46 @@ impl Analyzer {
                 }
             }
         }
+        // Every query of every list at once (at most 20 link domains, bounded, each
+        // with the resolver's own timeout): one slow list does not hold up the others.
+        let mut queries: Vec<(&crate::config::Dnsbl, String, String)> = Vec::new();
         for list in &self.cfg.dnsbl {
-            let names: Vec<(String, String)> = if list.kind == "ip" {
-                vec![(m.peer.to_string(), dnsbl::ip_name(m.peer, &list.zone))]
+            if list.kind == "ip" {
+                queries.push((list, m.peer.to_string(), dnsbl::ip_name(m.peer, &list.zone)));
             } else {
-                domains
-                    .iter()
-                    .filter_map(|d| Some((d.clone(), dnsbl::domain_name(d, &list.zone)?)))
-                    .collect()
-            };
-            for (what, name) in names {
-                let records = match self.auth.ipv4_lookup_raw(&name).await {
-                    Ok(r) => r.entry,
-                    Err(mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(_))) => continue,
-                    Err(e) => {
-                        warn!(zone = list.zone, name, error = %e, "blocklist lookup failed");
-                        continue;
+                for d in &domains {
+                    if let Some(name) = dnsbl::domain_name(d, &list.zone) {
+                        queries.push((list, d.clone(), name));
                     }
-                };
-                match dnsbl::interpret(&records) {
-                    Some(dnsbl::Answer::Listed(code)) => out.push(yubin_filter::Listing {
-                        zone: list.zone.clone(),
-                        what: format!("{what} ({code})"),
-                        weight: list.weight,
-                        reject: list.reject,
-                    }),
-                    Some(dnsbl::Answer::Error(code)) => {
-                        warn!(zone = list.zone, name, %code, "blocklist refused the query (not a listing)")
-                    }
-                    None => {}
                 }
+            }
+        }
+        let answers = futures_util::future::join_all(
+            queries
+                .iter()
+                .map(|(_, _, name)| self.auth.ipv4_lookup_raw(name)),
+        )
+        .await;
+        for ((list, what, name), answer) in queries.iter().zip(answers) {
+            let records = match answer {
+                Ok(r) => r.entry,
+                Err(mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(_))) => continue,
+                Err(e) => {
+                    warn!(zone = list.zone, name, error = %e, "blocklist lookup failed");
+                    continue;
+                }
+            };
+            match dnsbl::interpret(&records) {
+                Some(dnsbl::Answer::Listed(code)) => out.push(yubin_filter::Listing {
+                    zone: list.zone.clone(),
+                    what: format!("{what} ({code})"),
+                    weight: list.weight,
+                    reject: list.reject,
+                }),
+                Some(dnsbl::Answer::Error(code)) => {
+                    warn!(zone = list.zone, name, %code, "blocklist refused the query (not a listing)")
+                }
+                None => {}
             }
         }
     }
