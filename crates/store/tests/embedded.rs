@@ -1478,6 +1478,13 @@ fn classifier_labels_counts_and_correspondents() {
     s.deliver_many(vec![(blob, Flags::default(), 0)], a, "Junk")
         .unwrap();
     s.copy(junk.id, &[1], inbox.id, true).unwrap();
+    // The same body appended into Junk again and again (a new copy each time) is one
+    // more spam label after the ham one, not one per copy.
+    for _ in 0..3 {
+        let blob = s.stage(&[b"Subject: buy\r\n\r\npills\r\n"]).unwrap();
+        s.deliver_many(vec![(blob, Flags::default(), 0)], a, "Junk")
+            .unwrap();
+    }
     s.training_add(None, true, &[7, 8]).unwrap();
     let p = s.training_pending(0, 100).unwrap();
     let labels: Vec<(bool, bool, bool)> = p
@@ -1491,25 +1498,26 @@ fn classifier_labels_counts_and_correspondents() {
             (false, false, true),
             (true, false, true),
             (false, true, true),
+            (true, false, true),
             (true, false, false)
         ]
     );
-    assert_eq!(p[4].features.as_deref(), Some(&[7u32, 8][..]));
-    assert_eq!(p[4].account, None);
-    assert_eq!(s.training_pending(p[3].id, 100).unwrap().len(), 1);
+    assert_eq!(p[5].features.as_deref(), Some(&[7u32, 8][..]));
+    assert_eq!(p[5].account, None);
+    assert_eq!(s.training_pending(p[4].id, 100).unwrap().len(), 1);
     // The counts move with the cursor, once.
-    assert!(s.bayes_save(0, p[4].id, &[(7, 1, 0), (9, 0, 0)]).unwrap());
+    assert!(s.bayes_save(0, p[5].id, &[(7, 1, 0), (9, 0, 0)]).unwrap());
     assert!(
-        !s.bayes_save(0, p[4].id, &[(7, 2, 0)]).unwrap(),
+        !s.bayes_save(0, p[5].id, &[(7, 2, 0)]).unwrap(),
         "cursor moved"
     );
     assert!(
-        s.bayes_save(p[4].id, p[4].id, &[(7, 0, 0), (8, 3, 4)])
+        s.bayes_save(p[5].id, p[5].id, &[(7, 0, 0), (8, 3, 4)])
             .unwrap()
     );
-    assert_eq!(s.bayes_load().unwrap(), (p[4].id, vec![(8, 3, 4)]));
+    assert_eq!(s.bayes_load().unwrap(), (p[5].id, vec![(8, 3, 4)]));
     // Learned word-hash labels are gone; labels of bodies stay for relabelling.
-    assert_eq!(s.training_pending(0, 100).unwrap().len(), 4);
+    assert_eq!(s.training_pending(0, 100).unwrap().len(), 5);
     s.correspondents_add(a, &["Bob@Example.NET".into()])
         .unwrap();
     assert!(s.is_correspondent(a, "bob@example.net").unwrap());

@@ -1649,6 +1649,29 @@ fn record_label(c: &Connection, account: AccountId, blob: i64, spam: bool) -> Re
     Ok(())
 }
 
+/// A spam label for a body appended into Junk, unless this account's last label for an
+/// identical body (a new copy: APPEND always makes a new one) is spam already — appending
+/// one message again and again must not weigh it again and again. Compared in the
+/// database, byte for byte, for bodies kept there (up to 64 KiB: nearly all spam), among
+/// the last 10,000 labels (a range of the primary key: no scan of every label); a larger
+/// body is labelled each time.
+fn record_appended_spam(c: &Connection, account: AccountId, blob: i64) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO training(account_id, blob_id, spam, created)
+         SELECT ?1, ?2, 1, ?3
+         WHERE NOT EXISTS (
+             SELECT 1 FROM blobs n, training t JOIN blobs b ON b.id = t.blob_id
+             WHERE n.id = ?2 AND n.data IS NOT NULL
+               AND t.id > (SELECT coalesce(max(id), 0) - 10000 FROM training)
+               AND t.account_id = ?1 AND t.blob_id != ?2 AND t.spam = 1
+               AND b.size = n.size AND b.data = n.data
+               AND t.id = (SELECT max(p.id) FROM training p
+                           WHERE p.account_id = ?1 AND p.blob_id = t.blob_id))",
+    )?
+    .execute(params![account, blob, now()])?;
+    Ok(())
+}
+
 fn copy_in(
     tx: &Transaction<'_>,
     from: MailboxId,
@@ -1923,7 +1946,7 @@ fn apply_part(
         if !job.inbox_fallback {
             let (_, _, special) = SqliteStore::mailbox_meta(c, mailbox)?;
             if special.as_deref() == Some("\\Junk") {
-                record_label(c, account, blob_id, true)?;
+                record_appended_spam(c, account, blob_id)?;
             }
         }
         c.prepare_cached(
