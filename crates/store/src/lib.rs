@@ -382,7 +382,16 @@ pub trait MailStore: Send + Sync {
     fn training_pending(&self, after: i64, limit: usize) -> Result<Vec<TrainingItem>>;
     /// A label given as the hashes of a message's words (`yubin filter train`, sent
     /// mail); `account` `None` is server-wide.
-    fn training_add(&self, account: Option<AccountId>, spam: bool, features: &[u32]) -> Result<()>;
+    fn training_add(&self, account: Option<AccountId>, spam: bool, features: &[u32]) -> Result<()> {
+        self.training_add_many(account, spam, &[features])
+    }
+    /// Several such labels in one transaction (`yubin filter train` of a large mbox).
+    fn training_add_many(
+        &self,
+        account: Option<AccountId>,
+        spam: bool,
+        messages: &[&[u32]],
+    ) -> Result<()>;
     /// The classifier's counts `(feature, spam, ham)` and the training row they include.
     fn bayes_load(&self) -> Result<(i64, Vec<BayesRow>)>;
     /// Write changed counts (0/0 removes a feature) and move the cursor from `from` to

@@ -1075,12 +1075,23 @@ impl MailStore for SqliteStore {
         Ok(out)
     }
 
-    fn training_add(&self, account: Option<AccountId>, spam: bool, features: &[u32]) -> Result<()> {
-        let bytes: Vec<u8> = features.iter().flat_map(|f| f.to_le_bytes()).collect();
-        self.conn().execute(
-            "INSERT INTO training(account_id, spam, created, features) VALUES (?1, ?2, ?3, ?4)",
-            params![account, spam, now(), bytes],
-        )?;
+    fn training_add_many(
+        &self,
+        account: Option<AccountId>,
+        spam: bool,
+        messages: &[&[u32]],
+    ) -> Result<()> {
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let created = now();
+        for features in messages {
+            let bytes: Vec<u8> = features.iter().flat_map(|f| f.to_le_bytes()).collect();
+            tx.prepare_cached(
+                "INSERT INTO training(account_id, spam, created, features) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![account, spam, created, bytes])?;
+        }
+        tx.commit()?;
         Ok(())
     }
 
