@@ -1206,22 +1206,20 @@ impl MailStore for SqliteStore {
                 .ok_or(Error::NoSuchQuarantined(id))?;
             let size: i64 =
                 tx.query_row("SELECT size FROM blobs WHERE id = ?1", [blob], |r| r.get(0))?;
-            let (mailbox, uidvalidity, uid, modseq): (i64, u32, u32, i64) = tx
-                .prepare_cached(
-                    "UPDATE mailboxes SET uid_next = uid_next + 1,
-                                          highest_modseq = highest_modseq + 1
-                     WHERE account_id = ?1 AND name = 'INBOX'
-                     RETURNING id, uidvalidity, uid_next - 1, highest_modseq",
-                )?
-                .query_row([account], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                })?;
-            tx.prepare_cached(
-                "INSERT INTO messages(mailbox_id, uid, blob_id, size, internal_date, flags,
-                                      keywords, modseq, saved)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 0, '', ?6, ?7)",
-            )?
-            .execute(params![mailbox, uid, blob, size, created, modseq, now()])?;
+            let (mailbox, uidvalidity, uid, modseq) =
+                take_uid(tx, Target::Named(account, "INBOX"))?
+                    .ok_or_else(|| Error::NoSuchMailbox("INBOX".into()))?;
+            insert_message(
+                tx,
+                (mailbox, uid, modseq),
+                &Row {
+                    blob,
+                    size,
+                    internal_date: created,
+                    flags: 0,
+                    keywords: "",
+                },
+            )?;
             tx.execute("DELETE FROM quarantine WHERE id = ?1", [id])?;
             Ok((
                 Delivered {
@@ -1660,6 +1658,70 @@ fn record_label(c: &Connection, account: AccountId, blob: i64, spam: bool) -> Re
     Ok(())
 }
 
+/// The mailbox a message goes into: by id, or by account and name.
+enum Target<'a> {
+    Id(MailboxId),
+    Named(AccountId, &'a str),
+}
+
+/// Take the mailbox's next UID and MODSEQ for a new message: `(mailbox, uidvalidity,
+/// uid, modseq)`, or `None` when there is no such mailbox. In the caller's transaction,
+/// with [`insert_message`] (delivery, COPY/MOVE, release from quarantine).
+fn take_uid(c: &Connection, to: Target<'_>) -> Result<Option<(i64, u32, u32, i64)>> {
+    let row = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
+    Ok(match to {
+        Target::Id(id) => c
+            .prepare_cached(
+                "UPDATE mailboxes SET uid_next = uid_next + 1, highest_modseq = highest_modseq + 1
+                 WHERE id = ?1 RETURNING id, uidvalidity, uid_next - 1, highest_modseq",
+            )?
+            .query_row([id], row)
+            .optional()?,
+        Target::Named(account, name) => c
+            .prepare_cached(
+                "UPDATE mailboxes SET uid_next = uid_next + 1, highest_modseq = highest_modseq + 1
+                 WHERE account_id = ?1 AND name = ?2
+                 RETURNING id, uidvalidity, uid_next - 1, highest_modseq",
+            )?
+            .query_row(params![account, name], row)
+            .optional()?,
+    })
+}
+
+/// A message row: its body and what it carries into the mailbox.
+struct Row<'a> {
+    blob: i64,
+    size: i64,
+    internal_date: i64,
+    flags: u32,
+    keywords: &'a str,
+}
+
+/// Insert the message at `(mailbox, uid, modseq)` from [`take_uid`]; SAVEDATE is now.
+fn insert_message(
+    c: &Connection,
+    (mailbox, uid, modseq): (i64, u32, i64),
+    m: &Row<'_>,
+) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO messages(mailbox_id, uid, blob_id, size, internal_date, flags, keywords,
+                              modseq, saved)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        mailbox,
+        uid,
+        m.blob,
+        m.size,
+        m.internal_date,
+        m.flags,
+        m.keywords,
+        modseq,
+        super::now()
+    ])?;
+    Ok(())
+}
+
 /// A spam label for a body appended into Junk, unless this account's last label for an
 /// identical body (a new copy: APPEND always makes a new one) is spam already — appending
 /// one message again and again must not weigh it again and again. Compared in the
@@ -1721,28 +1783,19 @@ fn copy_in(
         let Some((blob, size, date, flags, keywords)) = row else {
             continue;
         };
-        let (new_uid, modseq): (u32, i64) = tx
-            .prepare_cached(
-                "UPDATE mailboxes SET uid_next = uid_next + 1, highest_modseq = highest_modseq + 1
-                 WHERE id = ?1 RETURNING uid_next - 1, highest_modseq",
-            )?
-            .query_row([to], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        tx.prepare_cached(
-            "INSERT INTO messages(mailbox_id, uid, blob_id, size, internal_date, flags, keywords,
-                                  modseq, saved)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )?
-        .execute(params![
-            to,
-            new_uid,
-            blob,
-            size,
-            date,
-            flags,
-            keywords,
-            modseq,
-            super::now()
-        ])?;
+        let (_, _, new_uid, modseq) =
+            take_uid(tx, Target::Id(to))?.ok_or_else(|| Error::NoSuchMailbox(format!("#{to}")))?;
+        insert_message(
+            tx,
+            (to, new_uid, modseq),
+            &Row {
+                blob,
+                size,
+                internal_date: date,
+                flags,
+                keywords: &keywords,
+            },
+        )?;
         if let Some(spam) = training {
             record_label(tx, account, blob, spam)?;
         }
@@ -1933,21 +1986,12 @@ fn apply_part(
         let mut flags = flags.clone();
         flags.apply(FlagOp::Add, &p.flags);
         let keywords = keywords_text(&flags);
-        let take_uid = |name: &str| {
-            c.prepare_cached(
-                "UPDATE mailboxes SET uid_next = uid_next + 1, highest_modseq = highest_modseq + 1
-                 WHERE account_id = ?1 AND name = ?2
-                 RETURNING id, uidvalidity, uid_next - 1, highest_modseq",
-            )?
-            .query_row(params![account, name], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
-            .optional()
-        };
         // A filing target the user has deleted (Junk, a rule's folder) falls back to INBOX
         // rather than losing or refusing the message; INBOX always exists.
-        let found = match take_uid(&p.mailbox)? {
-            None if job.inbox_fallback && p.mailbox != "INBOX" => take_uid("INBOX")?,
+        let found = match take_uid(c, Target::Named(account, &p.mailbox))? {
+            None if job.inbox_fallback && p.mailbox != "INBOX" => {
+                take_uid(c, Target::Named(account, "INBOX"))?
+            }
             found => found,
         };
         let (mailbox, uidvalidity, uid, modseq): (i64, u32, u32, i64) =
@@ -1960,22 +2004,17 @@ fn apply_part(
                 record_appended_spam(c, account, blob_id)?;
             }
         }
-        c.prepare_cached(
-            "INSERT INTO messages(mailbox_id, uid, blob_id, size, internal_date, flags, keywords,
-                                  modseq, saved)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )?
-        .execute(params![
-            mailbox,
-            uid,
-            blob_id,
-            blob.size as i64,
-            internal_date,
-            flags.system,
-            keywords,
-            modseq,
-            super::now()
-        ])?;
+        insert_message(
+            c,
+            (mailbox, uid, modseq),
+            &Row {
+                blob: blob_id,
+                size: blob.size as i64,
+                internal_date,
+                flags: flags.system,
+                keywords: &keywords,
+            },
+        )?;
         out.push(Delivered {
             account,
             mailbox,
