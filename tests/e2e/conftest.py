@@ -150,6 +150,38 @@ TRACE = re.compile(
 )
 
 
+def mbsync_config(path: Path, host: str, port: int, user: str, password: str, local: Path) -> Path:
+    """An mbsync (isync) configuration at `path`: every folder of `user` on the server,
+    both ways, with a Maildir at `local` (what a laptop user runs)."""
+    local.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"""
+IMAPAccount yubin
+Host {host}
+Port {port}
+User {user}
+Pass "{password}"
+SSLType None
+AuthMechs LOGIN
+
+IMAPStore remote
+Account yubin
+
+MaildirStore local
+Path {local}/
+Inbox {local}/INBOX
+SubFolders Verbatim
+
+Channel all
+Far :remote:
+Near :local:
+Patterns *
+Create Both
+Expunge Both
+SyncState *
+""")
+    return path
+
+
 def split_trace(stored: bytes):
     """The trace headers yubin added, and the message exactly as the client sent it."""
     m = TRACE.match(stored)

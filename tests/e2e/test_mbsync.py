@@ -7,7 +7,7 @@ import smtplib
 import subprocess
 from pathlib import Path
 
-from conftest import DOMAIN, PASSWORD
+from conftest import DOMAIN, PASSWORD, mbsync_config
 
 BOB = f"bob@{DOMAIN}"
 
@@ -43,33 +43,7 @@ def test_mbsync_both_ways_twice(server, tmp_path):
     for s in ("one", "two", "three"):
         deliver(server, s)
     local = tmp_path / "Mail"
-    local.mkdir()
-    cfg = tmp_path / "mbsyncrc"
-    cfg.write_text(f"""
-IMAPAccount yubin
-Host 127.0.0.1
-Port {server.imap_port}
-User {BOB}
-Pass "{PASSWORD}"
-SSLType None
-AuthMechs LOGIN
-
-IMAPStore remote
-Account yubin
-
-MaildirStore local
-Path {local}/
-Inbox {local}/INBOX
-SubFolders Verbatim
-
-Channel all
-Far :remote:
-Near :local:
-Patterns *
-Create Both
-Expunge Both
-SyncState *
-""")
+    cfg = mbsync_config(tmp_path / "mbsyncrc", "127.0.0.1", server.imap_port, BOB, PASSWORD, local)
     mbsync(cfg)
     inbox = local / "INBOX"
     files = maildir_files(inbox)

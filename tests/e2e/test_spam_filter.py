@@ -17,7 +17,7 @@ from email.utils import formatdate, make_msgid
 
 import pytest
 
-from conftest import DOMAIN, PASSWORD
+from conftest import DOMAIN, PASSWORD, mbsync_config
 
 IP = "127.0.0.1"
 BOB = f"bob@{DOMAIN}"
@@ -287,33 +287,7 @@ def test_mbsync_moving_into_junk_is_a_spam_label(yubin, tmp_path):
     shop = "news@boutique.example"
     send(yubin, shop, message(shop, "lookbook via mbsync", NEWSLETTER + "\n"))
     local = tmp_path / "Mail"
-    local.mkdir()
-    cfg = tmp_path / "mbsyncrc"
-    cfg.write_text(f"""
-IMAPAccount yubin
-Host {IP}
-Port {yubin.imap_port}
-User {BOB}
-Pass "{PASSWORD}"
-SSLType None
-AuthMechs LOGIN
-
-IMAPStore remote
-Account yubin
-
-MaildirStore local
-Path {local}/
-Inbox {local}/INBOX
-SubFolders Verbatim
-
-Channel all
-Far :remote:
-Near :local:
-Patterns *
-Create Both
-Expunge Both
-SyncState *
-""")
+    cfg = mbsync_config(tmp_path / "mbsyncrc", IP, yubin.imap_port, BOB, PASSWORD, local)
 
     def sync():
         r = subprocess.run(["mbsync", "-c", str(cfg), "-a"], capture_output=True, timeout=120)
