@@ -392,10 +392,14 @@ def test_quarantine_holds_and_releases(make_server):
     m.select("INBOX")
     assert uids_matching(m, "the file"), "released mail is seen over IMAP"
     m.logout()
-    y.cli("quarantine", "delete", second)
+    # Younger than a day: kept; `--days 0`: dropped.
+    assert "0 held messages" in y.cli("quarantine", "expire", "--days", "1").stdout.decode()
+    assert "1 held messages" in y.cli("quarantine", "expire", "--days", "0").stdout.decode()
     assert "quarantine is empty" in y.cli("quarantine", "list").stdout.decode()
     r = y.cli("quarantine", "release", second, check=False)
     assert r.returncode != 0 and b"quarantine list" in r.stderr
+    r = y.cli("quarantine", "delete", second, check=False)
+    assert r.returncode != 0
 
 
 def test_metrics_count_each_outcome(make_server):

@@ -78,6 +78,9 @@ pub struct Filter {
     /// `attachments`: scan messages with a part that is an attachment or not text (as
     /// Rspamd does by default); `all`: every message.
     pub clamd_scan: String,
+    /// Held messages are dropped after this many days; 0 keeps them until the admin
+    /// releases or deletes them.
+    pub quarantine_days: u32,
 }
 
 /// One DNS blocklist: of client IPs (RFC 5782 §2.1, IPv4 octets or IPv6 nibbles
@@ -130,6 +133,7 @@ impl Default for Filter {
             clamd_max_concurrent: 4,
             on_scanner_failure: "tempfail".into(),
             clamd_scan: "attachments".into(),
+            quarantine_days: 30,
         }
     }
 }

@@ -397,6 +397,38 @@ pub async fn serve(cfg: Config) -> Result<()> {
             }
         });
     }
+    // Held messages past `[filter] quarantine_days` are dropped, a batch at a time, soon
+    // after start and then every ten minutes.
+    if server.cfg.filter.quarantine_days > 0 {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let mut wait = std::time::Duration::from_secs(5);
+            loop {
+                tokio::time::sleep(wait).await;
+                wait = std::time::Duration::from_secs(600);
+                let s = server.clone();
+                let before = quarantine_cutoff(s.cfg.filter.quarantine_days);
+                let dropped =
+                    tokio::task::spawn_blocking(move || s.store.quarantine_expire(before, 1000))
+                        .await;
+                match dropped {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => {
+                        tracing::info!(
+                            n,
+                            days = server.cfg.filter.quarantine_days,
+                            "quarantine expired"
+                        );
+                        if n == 1000 {
+                            wait = std::time::Duration::from_secs(1);
+                        }
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "quarantine expiry failed"),
+                    Err(e) => tracing::warn!(error = %e, "quarantine expiry task failed"),
+                }
+            }
+        });
+    }
     // The classifier learns the labels users give (Junk moves, flags, sent mail,
     // `yubin filter train`), a few seconds after they give them.
     if let Err(e) = server.analyzer.load_model(server.store.as_ref()) {
@@ -720,4 +752,12 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// The time (Unix seconds) before which a held message is older than `days`.
+pub fn quarantine_cutoff(days: u32) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    now - i64::from(days) * 86_400
 }

@@ -406,6 +406,9 @@ pub trait MailStore: Send + Sync {
     fn quarantine_release(&self, id: i64) -> Result<Delivered>;
     /// Drop a held message for good.
     fn quarantine_delete(&self, id: i64) -> Result<()>;
+    /// Drop the held messages quarantined before `before` (Unix seconds), at most
+    /// `limit` of them; returns how many.
+    fn quarantine_expire(&self, before: i64, limit: usize) -> Result<usize>;
     /// Remember that an account sent mail to these addresses.
     fn correspondents_add(&self, account: AccountId, addresses: &[String]) -> Result<()>;
     fn is_correspondent(&self, account: AccountId, address: &str) -> Result<bool>;

@@ -1580,6 +1580,35 @@ fn quarantine_holds_releases_and_deletes() {
     ));
 }
 
+/// Held messages past their time are dropped in batches; younger ones stay.
+#[test]
+fn quarantine_expires_old_messages() {
+    use yubin_store::Placement;
+    let (_d, s) = store();
+    s.add_domain("example.com").unwrap();
+    let a = s.add_account("a@example.com", "pw", false).unwrap().id;
+    for created in [100, 200, 300] {
+        let blob = s.stage(&[b"Subject: held\r\n\r\nMZ\r\n"]).unwrap();
+        let held = [Placement::quarantine(a, "attachment: x.exe")];
+        s.accept(blob, &held, &Default::default(), created).unwrap();
+    }
+    assert_eq!(
+        s.quarantine_expire(100, 10).unwrap(),
+        0,
+        "none older than 100"
+    );
+    assert_eq!(s.quarantine_expire(1_000, 1).unwrap(), 1, "a batch of one");
+    let left: Vec<i64> = s
+        .quarantine_list()
+        .unwrap()
+        .iter()
+        .map(|q| q.created)
+        .collect();
+    assert_eq!(left, [200, 300]);
+    assert_eq!(s.quarantine_expire(1_000, 10).unwrap(), 2);
+    assert!(s.quarantine_list().unwrap().is_empty());
+}
+
 #[test]
 fn purging_an_account_frees_its_quarantined_bodies() {
     use yubin_store::Placement;

@@ -89,6 +89,13 @@ enum QuarantineCmd {
         /// The message's id (first column of `quarantine list`).
         id: i64,
     },
+    /// Drop every message held longer than DAYS (the running server does this by itself
+    /// after `[filter] quarantine_days`).
+    Expire {
+        /// Age in days; 0 drops everything held.
+        #[arg(long)]
+        days: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -447,6 +454,22 @@ fn quarantine_cmd(store: &SqliteStore, cmd: QuarantineCmd) -> Result<()> {
         QuarantineCmd::Delete { id } => {
             store.quarantine_delete(id)?;
             println!("#{id} deleted");
+        }
+        QuarantineCmd::Expire { days } => {
+            let before = if days == 0 {
+                i64::MAX
+            } else {
+                yubin_server::quarantine_cutoff(days)
+            };
+            let mut n = 0;
+            loop {
+                let k = store.quarantine_expire(before, 1000)?;
+                n += k;
+                if k < 1000 {
+                    break;
+                }
+            }
+            println!("{n} held messages older than {days} days dropped");
         }
     }
     Ok(())

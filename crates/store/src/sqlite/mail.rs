@@ -1249,6 +1249,22 @@ impl MailStore for SqliteStore {
         })
     }
 
+    fn quarantine_expire(&self, before: i64, limit: usize) -> Result<usize> {
+        self.write_then_notify(|tx| {
+            let blobs: Vec<i64> = tx
+                .prepare_cached(
+                    "DELETE FROM quarantine WHERE id IN
+                         (SELECT id FROM quarantine WHERE created < ?1 ORDER BY id LIMIT ?2)
+                     RETURNING blob_id",
+                )?
+                .query_map(params![before, limit as i64], |r| r.get(0))?
+                .collect::<std::result::Result<_, _>>()?;
+            let n = blobs.len();
+            let dead = SqliteStore::drop_unreferenced_blobs(tx, blobs)?;
+            Ok((n, vec![], dead))
+        })
+    }
+
     fn correspondents_add(&self, account: AccountId, addresses: &[String]) -> Result<()> {
         let mut c = self.conn();
         let tx = c.transaction()?;
