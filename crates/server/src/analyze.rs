@@ -524,8 +524,8 @@ impl Analyzer {
                 }
             }
         }
-        // Every query of every list at once (at most 20 link domains, bounded, each
-        // with the resolver's own timeout): one slow list does not hold up the others.
+        // Every query of every list at once (at most 20 link domains per list, each with
+        // the resolver's own timeout): one slow list does not hold up the others.
         let mut queries: Vec<(&crate::config::Dnsbl, String, String)> = Vec::new();
         for list in &self.cfg.dnsbl {
             if list.kind == "ip" {
@@ -538,13 +538,13 @@ impl Analyzer {
                 }
             }
         }
-        let answers = futures_util::future::join_all(
-            queries
-                .iter()
-                .map(|(_, _, name)| self.auth.ipv4_lookup_raw(name)),
-        )
-        .await;
-        for ((list, what, name), answer) in queries.iter().zip(answers) {
+        // Taken as they come, so that past the deadline the answers that arrived count.
+        use futures_util::StreamExt;
+        let mut answers: futures_util::stream::FuturesUnordered<_> = queries
+            .iter()
+            .map(|q| async move { (q, self.auth.ipv4_lookup_raw(&q.2).await) })
+            .collect();
+        while let Some(((list, what, name), answer)) = answers.next().await {
             let records = match answer {
                 Ok(r) => r.entry,
                 Err(mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(_))) => continue,
@@ -566,6 +566,8 @@ impl Analyzer {
                 None => {}
             }
         }
+        // The same order whichever answered first.
+        out.sort_by(|a, b| a.zone.cmp(&b.zone).then_with(|| a.what.cmp(&b.what)));
     }
 }
 
