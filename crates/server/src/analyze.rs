@@ -257,7 +257,9 @@ impl Analyzer {
                         now,
                     },
                 );
-                let known = read_known(&*store, &accounts, c.from.as_deref(), !trusted);
+                // Trusted mail is not judged: no lists, no correspondents to look up.
+                let sender = c.from.as_deref().filter(|_| !trusted);
+                let known = read_known(&*store, &accounts, sender, !trusted);
                 (c, known)
             })
         };
